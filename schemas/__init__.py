@@ -1,0 +1,14 @@
+"""Schemas and typed records: the one place table layouts are declared."""
+
+from schemas.records import (  # noqa: F401
+    MediaRef,
+    Rejection,
+    Segment,
+    SourceRecord,
+    SpeechRegion,
+    Transcript,
+    Word,
+    stable_id,
+    to_table,
+)
+from schemas.tables import SOURCE_LEVEL_STAGES, TABLES  # noqa: F401

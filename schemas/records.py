@@ -1,0 +1,182 @@
+"""Typed records the transforms pass around, checked against the Arrow schemas at import.
+
+A record's fields are exactly its table's columns, in order; `check_records()` runs at import so
+a schema change that forgets its record class fails loudly, not at write time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from schemas import tables
+
+
+def stable_id(*parts: object, n: int = 16) -> str:
+    """Deterministic short id from parts (sha1 hex prefix)."""
+    h = hashlib.sha1("\x1f".join(str(p) for p in parts).encode("utf-8", "backslashreplace"))
+    return h.hexdigest()[:n]
+
+
+class _Row:
+    TABLE: ClassVar[str]
+
+    def to_row(self) -> dict[str, Any]:
+        row = dataclasses.asdict(self)
+        if "metadata" in row and isinstance(row["metadata"], dict):
+            row["metadata"] = sorted(row["metadata"].items())
+        return row
+
+
+@dataclass(frozen=True)
+class SourceRecord(_Row):
+    TABLE: ClassVar[str] = "sources"
+    source_id: str
+    sha256: str
+    uri: str
+    media_uri: str
+    ingested_via: str
+    media_kind: str
+    container: str | None
+    audio_codec: str | None
+    video_codec: str | None
+    duration_s: float
+    sample_rate: int | None
+    channels: int | None
+    bytes: int
+    speech_s: float
+    speech_ratio: float
+    metadata: dict[str, str]
+    run_id: str
+
+
+@dataclass(frozen=True)
+class SpeechRegion(_Row):
+    TABLE: ClassVar[str] = "speech_regions"
+    region_id: str
+    source_id: str
+    start: float
+    end: float
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Rejection(_Row):
+    TABLE: ClassVar[str] = "rejected"
+    rejection_id: str
+    stage: str
+    reason: str
+    detail: str
+    uri: str
+    source_id: str | None
+    item_id: str | None
+    duration_s: float | None
+    run_id: str
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        stage: str,
+        reason: str,
+        detail: str,
+        uri: str,
+        run_id: str,
+        source_id: str | None = None,
+        item_id: str | None = None,
+        duration_s: float | None = None,
+    ) -> "Rejection":
+        rid = stable_id(stage, reason, uri, source_id, item_id)
+        return cls(rid, stage, reason, detail, uri, source_id, item_id, duration_s, run_id)
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment(_Row):
+    TABLE: ClassVar[str] = "segments"
+    segment_id: str
+    source_id: str
+    start: float
+    end: float
+    speaker: str | None
+    text: str
+    language: str | None
+    language_probability: float | None
+    words: list[Word]
+    avg_logprob: float | None
+    no_speech_prob: float | None
+    compression_ratio: float | None
+    asr_model: str | None
+    asr_model_version: str | None
+    diarization_model: str | None
+    audio_uri: str
+    audio_flac: bytes | None
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Transcript(_Row):
+    TABLE: ClassVar[str] = "transcripts"
+    source_id: str
+    text: str
+    language: str | None
+    language_probability: float | None
+    num_speakers: int
+    num_segments: int
+    num_words: int
+    speech_s: float
+    asr_model: str | None
+    diarization_model: str | None
+    run_id: str
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """An input between ingest and decode: bytes located and hashed, not yet decoded."""
+
+    uri: str  # as the user gave it (escaped if the name is not UTF-8)
+    media_uri: str  # readable location (local path, gs://, downloaded copy)
+    ingested_via: str
+    sha256: str
+    bytes: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def source_id(self) -> str:
+        return self.sha256[:20]
+
+
+RECORDS: dict[str, type[_Row]] = {
+    c.TABLE: c for c in (SourceRecord, SpeechRegion, Rejection, Segment, Transcript)
+}
+
+
+def check_records() -> None:
+    for name, cls in RECORDS.items():
+        names = [f.name for f in dataclasses.fields(cls)]
+        want = tables.TABLES[name].names
+        if names != want:
+            raise TypeError(f"record {cls.__name__} fields {names} != schema {name} columns {want}")
+    word_fields = [f.name for f in dataclasses.fields(Word)]
+    if word_fields != [f.name for f in tables.WORD]:
+        raise TypeError("Word record does not match schemas.tables.WORD")
+
+
+def to_table(name: str, records: list[Any]) -> pa.Table:
+    """Records (or row dicts) of table `name` as an Arrow table with the declared schema."""
+    rows = [r.to_row() if isinstance(r, _Row) else r for r in records]
+    return pa.Table.from_pylist(rows, schema=tables.TABLES[name])
+
+
+check_records()
