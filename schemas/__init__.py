@@ -1,12 +1,15 @@
 """Schemas and typed records: the one place table layouts are declared."""
 
 from schemas.records import (  # noqa: F401
+    AsrResult,
+    AsrSegment,
     MediaRef,
     Rejection,
     Segment,
     SourceRecord,
     SpeechRegion,
     Transcript,
+    Turn,
     Word,
     stable_id,
     to_table,

@@ -157,6 +157,37 @@ class MediaRef:
         return self.sha256[:20]
 
 
+@dataclass(frozen=True)
+class AsrSegment:
+    """One ASR segment; times are absolute seconds in the source."""
+
+    start: float
+    end: float
+    text: str
+    words: list[Word]
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    compression_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class AsrResult:
+    language: str | None
+    language_probability: float | None
+    segments: list[AsrSegment]
+    model: str  # e.g. "whisper-base (faster-whisper)"
+    model_version: str  # e.g. "faster-whisper 1.2.1 / ctranslate2 4.x / sha256:..."
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A diarization speaker turn; `speaker` is a 0-based index stable within one source."""
+
+    start: float
+    end: float
+    speaker: int
+
+
 RECORDS: dict[str, type[_Row]] = {
     c.TABLE: c for c in (SourceRecord, SpeechRegion, Rejection, Segment, Transcript)
 }
