@@ -1,0 +1,49 @@
+# Two entry points (README): `make demo` and `make test`. Both set up everything they need
+# in ./.venv from requirements/lock.txt, so a fresh clone on a fresh machine just works.
+PYTHON       ?= python3
+VENV         := .venv
+TOOLS        := .venv-tools
+UV           := $(TOOLS)/bin/uv
+UV_VERSION   := 0.13.9
+LOCK         := requirements/lock.txt
+TORCH_WHEELS ?= /opt/wheels
+FIND_LINKS   := $(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS),)
+MEDIA        ?= ../shared/media
+OUT          ?= out/demo
+PYTEST_ARGS  ?=
+
+.PHONY: demo test lock bench clean
+export PYANNOTE_METRICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
+
+$(VENV)/.installed: $(LOCK) pyproject.toml | $(UV)
+	test -x $(VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(VENV)
+	$(UV) pip sync -q --python $(VENV)/bin/python $(FIND_LINKS) $(LOCK)
+	$(UV) pip install -q --python $(VENV)/bin/python --no-deps --no-build-isolation -e . || \
+	  $(UV) pip install -q --python $(VENV)/bin/python --no-deps -e .
+	# torchaudio from PyPI is a CUDA build: its compiled libraries cannot load against the
+	# CPU torch, and pyannote/whisperx only need its Python code (audio is passed in memory).
+	rm -f $(VENV)/lib/python*/site-packages/torchaudio/lib/*.so
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/mmcurate run $(MEDIA) --output $(OUT)
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python bench/bench_foundation.py
+	$(VENV)/bin/python bench/bench_speech.py
+
+# Re-resolve the lock (needs the package index); commit the result.
+lock: | $(UV)
+	$(UV) pip compile -q pyproject.toml --extra prod --extra test --override requirements/overrides.txt \
+	  $(FIND_LINKS) --python-version 3.11 --no-header --emit-find-links -o $(LOCK)
+
+clean:
+	rm -rf $(VENV) $(TOOLS) out

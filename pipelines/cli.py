@@ -1,0 +1,252 @@
+"""`mmcurate`: run the curation job and audit its output.
+
+    mmcurate run INPUT... --output DIR [--config FILE] [--set KEY=VALUE] [Beam pipeline options]
+    mmcurate audit DIR [--json] [--sql "SELECT ..."]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+RUN_EPILOG = """\
+INPUT is any mix of:
+  a media file          audio (wav flac mp3 m4a aac ogg opus) or video (mp4 mkv webm mov)
+  a directory or glob   searched recursively for media files
+  a manifest            .jsonl / .csv / .parquet with a `uri` column and optional metadata
+                        (title, series, episode, license, language, num_speakers, ...)
+  a podcast feed        an http(s) URL or a local .rss/.xml file; enclosures are downloaded
+Local paths, gs:// and s3:// (with Beam's gcp/aws extras) are read through Beam FileSystems.
+
+Output: DIR/<table>/*.parquet for sources, speech_regions, segments, transcripts, rejected
+(the rejection ledger: every input not in `sources` is there with stage and reason), and
+DIR/manifest.json (run id, config, code version, models with checksums, counts), written last.
+Re-running the same inputs into the same DIR gives the same ids and replaces the shards.
+
+Any option not listed above is passed to Apache Beam untouched, e.g.
+  --runner DirectRunner --direct_running_mode multi_processing --direct_num_workers 2
+  --runner DataflowRunner --project P --region R --temp_location gs://...
+
+Examples:
+  mmcurate run ../shared/media --output out/demo
+  mmcurate run episodes.jsonl --output gs://bucket/curated --config prod.toml --runner DataflowRunner ...
+  mmcurate run https://example.com/feed.rss --output out/feed --set asr.model=whisper-tiny.en
+"""
+
+AUDIT_EPILOG = """\
+Views, one per table: sources, speech_regions, segments, transcripts, rejected.
+Examples:
+  mmcurate audit out/demo
+  mmcurate audit out/demo --json | jq .rejected
+  mmcurate audit out/demo --sql "SELECT stage, reason, count(*) FROM rejected GROUP BY ALL"
+"""
+
+
+class _Fmt(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mmcurate",
+        description="Turn raw podcasts and videos into curated multimodal pretraining data "
+        "(Apache Beam; DirectRunner by default).",
+        formatter_class=_Fmt,
+    )
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser(
+        "run",
+        help="run the curation job",
+        description="Ingest, decode, detect speech, diarize and transcribe; write Parquet shards.",
+        epilog=RUN_EPILOG,
+        formatter_class=_Fmt,
+    )
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs, manifests or feeds")
+    r.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory (local, gs://, s3://)")
+    r.add_argument("-c", "--config", metavar="FILE", help="run config (.toml, .yaml or .json); see README")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set asr.model=whisper-tiny.en (repeatable; VALUE is JSON or a string)",
+    )
+    r.add_argument(
+        "--stages",
+        metavar="LIST",
+        help="comma-separated stages to run: vad,speech (default: all)",
+    )
+    r.add_argument("--no-audit", action="store_true", help="do not print the audit summary at the end")
+    a = sub.add_parser(
+        "audit",
+        help="summarize a run's output with DuckDB",
+        description="Open DIR's shards in DuckDB and print inputs, hours, per-stage counts and rejections.",
+        epilog=AUDIT_EPILOG,
+        formatter_class=_Fmt,
+    )
+    a.add_argument("output", metavar="DIR")
+    a.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
+    a.add_argument("--sql", metavar="QUERY", help="run an ad-hoc query over the table views instead")
+    return ap
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        for noisy in ("apache_beam", "faster_whisper", "speechbrain", "pytorch_lightning", "lightning", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    class _DropBeamImportNoise(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "apitools not found" not in record.getMessage()
+
+    for h in logging.getLogger().handlers:
+        h.addFilter(_DropBeamImportNoise())
+
+
+def _apply_sets(cfg_dict: dict, sets: list[str]) -> dict:
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"mmcurate: --set {item!r}: expected KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = cfg_dict
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return cfg_dict
+
+
+def _load_config(args) -> "CurateConfig":  # noqa: F821
+    import dataclasses
+
+    from pipelines.config import CurateConfig
+
+    base = CurateConfig.load(args.config)
+    data = dataclasses.asdict(base)
+    if args.stages:
+        data["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
+    return CurateConfig.from_dict(_apply_sets(data, args.set))
+
+
+def cmd_run(args, beam_args: list[str]) -> int:
+    from pipelines import curate
+    from quality import audit
+
+    try:
+        cfg = _load_config(args)
+    except (ValueError, OSError) as e:
+        print(f"mmcurate: bad config: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    manifest = curate.run(args.inputs, args.output, cfg, beam_args)
+    wall = time.perf_counter() - t0
+    out = args.output if "://" in args.output else os.path.abspath(args.output)
+    print(f"\nrun {manifest['run_id']} finished in {wall:.1f} s")
+    print(f"shards:   {out}/<table>/*.parquet")
+    for table, n in manifest["tables"].items():
+        print(f"  {table:<15} {n:>8} rows   {out}/{table}/")
+    print(f"manifest: {out}/manifest.json")
+    if not args.no_audit and "://" not in out:
+        print()
+        print(audit.format_summary(audit.summarize(out)))
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from quality import audit
+
+    if "://" not in args.output and not os.path.isdir(args.output):
+        print(f"mmcurate: {args.output}: no such output directory", file=sys.stderr)
+        return 2
+    if args.sql:
+        tbl = audit.query(args.output, args.sql)
+        if args.json:
+            print(json.dumps(tbl.to_pylist(), default=str))
+        else:
+            print(audit.format_table(tbl))
+        return 0
+    summary = audit.summarize(args.output)
+    print(json.dumps(summary, indent=2, default=str) if args.json else audit.format_summary(summary))
+    return 0
+
+
+def _beam_flag_takes_value(flag: str) -> bool:
+    """Whether a Beam pipeline option consumes the next token (unknown flags: assume yes)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    seen, todo = set(), [PipelineOptions]
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        todo.extend(cls.__subclasses__())
+        try:
+            cls._add_argparse_args(parser)
+        except Exception:  # noqa: BLE001 - duplicate or odd option definitions
+            pass
+    action = parser._option_string_actions.get(flag)
+    return action is None or action.nargs != 0
+
+
+def split_beam_args(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """Separate Beam's flags (passed through untouched) from mmcurate's own arguments.
+
+    `--flag=value` and `--flag value` both work; everything after a lone `--` goes to Beam.
+    """
+    ours = set()
+    for action in parser._actions:
+        ours.update(action.option_strings)
+        for sub in getattr(action, "choices", None) or {}:
+            if isinstance(action.choices, dict):
+                for a in action.choices[sub]._actions:
+                    ours.update(a.option_strings)
+    mine, beam_args, i = [], [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            beam_args.extend(argv[i + 1 :])
+            break
+        name = tok.split("=", 1)[0]
+        if tok.startswith("--") and name not in ours:
+            beam_args.append(tok)
+            if "=" not in tok and i + 1 < len(argv) and not argv[i + 1].startswith("-") and _beam_flag_takes_value(name):
+                beam_args.append(argv[i + 1])
+                i += 1
+        else:
+            mine.append(tok)
+        i += 1
+    return mine, beam_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+    parser = _parser()
+    mine, rest = split_beam_args(list(sys.argv[1:] if argv is None else argv), parser)
+    args = parser.parse_args(mine)
+    _setup_logging(args.verbose)
+    if args.command == "run":
+        return cmd_run(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return cmd_audit(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

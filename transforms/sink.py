@@ -1,0 +1,197 @@
+"""Parquet shards per table, written with the declared schemas and published atomically.
+
+Layout: `<out>/<table>/part-<bucket>-<k>.parquet` and `<out>/manifest.json` (written last).
+
+Determinism and idempotency:
+- rows are bucketed by a hash of their id and sorted by id inside a bucket, so the same rows
+  always land in the same shard files with the same content;
+- shards are written under `<out>/<table>/_staging-<run_id>/`, then renamed into place one by
+  one (a rename is atomic on POSIX filesystems and on object stores a reader never sees a
+  partial object); shards of an earlier run that the new run did not write are deleted after
+  the new ones are in place, so re-running into the same directory never duplicates rows;
+- the manifest is written after every shard is published, through a temporary name too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+from typing import Any, Callable
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines.config import OutputConfig
+from schemas.records import to_table
+from schemas.tables import TABLES
+
+log = logging.getLogger("mmcurate.sink")
+
+# The id column of each table: bucketing and sort key.
+ID_COLUMN = {
+    "sources": "source_id",
+    "speech_regions": "region_id",
+    "segments": "segment_id",
+    "transcripts": "source_id",
+    "rejected": "rejection_id",
+}
+
+MANIFEST = "manifest.json"
+
+
+def _join(*parts: str) -> str:
+    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
+
+
+def _bucket(key: str, buckets: int) -> int:
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8", "backslashreplace")).digest()[:4], "big") % buckets
+
+
+def _write_parquet(path: str, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    with FileSystems.create(path) as fh:
+        fh.write(buf.getvalue())
+
+
+def split_rows(rows: list[dict[str, Any]], table: str, target_bytes: int) -> list[pa.Table]:
+    """Cut sorted rows into Arrow tables of about `target_bytes` (in-memory size) each."""
+    whole = to_table(table, rows)
+    if whole.num_rows == 0:
+        return []
+    per_row = max(1, whole.nbytes // whole.num_rows)
+    rows_per_shard = max(1, int(target_bytes // per_row))
+    return [whole.slice(i, rows_per_shard) for i in range(0, whole.num_rows, rows_per_shard)]
+
+
+class _WriteBucket(beam.DoFn):
+    def __init__(self, out_dir: str, run_id: str, target_bytes: int):
+        self.out_dir, self.run_id, self.target_bytes = out_dir, run_id, target_bytes
+
+    def process(self, element):
+        (table, bucket), rows = element
+        rows = sorted(rows, key=lambda r: r[ID_COLUMN[table]])
+        staging = _join(self.out_dir, table, f"_staging-{self.run_id}")
+        for k, shard in enumerate(split_rows(rows, table, self.target_bytes)):
+            name = f"part-{bucket:04d}-{k:04d}.parquet"
+            _write_parquet(_join(staging, name), shard)
+            beam.metrics.Metrics.counter("mmcurate", f"sink.{table}.rows").inc(shard.num_rows)
+            yield table, name, shard.num_rows
+
+
+class _Publish(beam.DoFn):
+    """Runs once: moves staged shards into place, drops stale ones, writes the manifest last."""
+
+    def __init__(self, out_dir: str, run_id: str, tables: list[str], manifest: Callable[[dict], dict]):
+        self.out_dir, self.run_id, self.tables, self.manifest = out_dir, run_id, tables, manifest
+
+    def process(self, _unused, written, rejected_counts):
+        published: dict[str, list[str]] = {t: [] for t in self.tables}
+        rows: dict[str, int] = {t: 0 for t in self.tables}
+        for table, name, n in sorted(set(written)):
+            published[table].append(name)
+            rows[table] += n
+        for table in self.tables:
+            tdir = _join(self.out_dir, table)
+            staging = _join(tdir, f"_staging-{self.run_id}")
+            if not published[table]:  # an empty table still gets a file with its schema
+                name = "part-0000-0000.parquet"
+                _write_parquet(_join(staging, name), TABLES[table].empty_table())
+                published[table].append(name)
+            src = [_join(staging, n) for n in published[table]]
+            dst = [_join(tdir, n) for n in published[table]]
+            existing = {m.path for m in _match(_join(tdir, "part-*.parquet"))}
+            _move_into_place(src, dst, existing)
+            stale = sorted(existing - set(dst))
+            if stale:
+                log.info("removing %d shard(s) of an earlier run from %s", len(stale), tdir)
+                FileSystems.delete(stale)
+            _delete_quietly(staging)
+        info = {
+            "tables": rows,
+            "rejected": dict(sorted(rejected_counts)),
+            "shards": sorted(f"{t}/{n}" for t in self.tables for n in published[t]),
+        }
+        manifest = self.manifest(info)
+        path = _join(self.out_dir, MANIFEST)
+        tmp = path + f".tmp-{self.run_id}"
+        with FileSystems.create(tmp) as fh:
+            fh.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+        FileSystems.rename([tmp], [path])
+        yield manifest
+
+
+def _move_into_place(src: list[str], dst: list[str], existing: set[str]) -> None:
+    if all("://" not in d for d in dst):
+        for s, d in zip(src, dst):
+            os.replace(s, d)  # atomic, overwrites: readers see the old shard or the new one
+        return
+    # object stores: rename is copy+delete and must not clobber; the window is one object
+    FileSystems.delete([d for d in dst if d in existing])
+    FileSystems.rename(src, dst)
+
+
+def _match(pattern: str):
+    try:
+        return FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # noqa: BLE001 - no directory yet
+        return []
+
+
+def _delete_quietly(path: str) -> None:
+    try:
+        FileSystems.delete([path])
+    except Exception:  # noqa: BLE001
+        pass
+
+
+class WriteTables(beam.PTransform):
+    """Write {table: PCollection[record]} as Parquet shards, then the run manifest.
+
+    `manifest` is called once on a worker with {"tables", "rejected", "shards"} and returns the
+    full manifest dict (conforming to schemas.tables.RUN_MANIFEST).
+    """
+
+    def __init__(self, out_dir: str, run_id: str, cfg: OutputConfig, manifest: Callable[[dict], dict]):
+        super().__init__()
+        self.out_dir, self.run_id, self.cfg, self.manifest = out_dir, run_id, cfg, manifest
+
+    def expand(self, tables: dict[str, beam.PCollection]):
+        buckets = max(1, self.cfg.buckets)
+        target = int(self.cfg.target_shard_mb * 1024 * 1024)
+        written = []
+        for name, pcoll in tables.items():
+            id_col = ID_COLUMN[name]
+            written.append(
+                pcoll
+                | f"ToRows[{name}]" >> beam.Map(lambda r: r.to_row())
+                | f"Bucket[{name}]" >> beam.Map(lambda r, c=id_col: (_bucket(r[c], buckets), r))
+                | f"KeyTable[{name}]" >> beam.Map(lambda kv, t=name: ((t, kv[0]), kv[1]))
+                | f"GroupBucket[{name}]" >> beam.GroupByKey()
+                | f"WriteShards[{name}]" >> beam.ParDo(_WriteBucket(self.out_dir, self.run_id, target))
+            )
+        all_written = written | "AllShards" >> beam.Flatten()
+        rejected_counts = (
+            tables["rejected"]
+            | "RejectionKey" >> beam.Map(lambda r: f"{r.stage}/{r.reason}")
+            | "CountRejections" >> beam.combiners.Count.PerElement()
+        )
+        pipeline = all_written.pipeline
+        return (
+            pipeline
+            | "PublishTrigger" >> beam.Create([None])
+            | "Publish"
+            >> beam.ParDo(
+                _Publish(self.out_dir, self.run_id, list(tables), self.manifest),
+                beam.pvalue.AsList(all_written),
+                beam.pvalue.AsList(rejected_counts),
+            )
+        )
