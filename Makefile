@@ -42,6 +42,7 @@ bench: $(VENV)/.installed
 
 # Re-resolve the lock (needs the package index); commit the result.
 lock: | $(UV)
+	rm -f $(LOCK)  # an existing output file would act as a preference
 	$(UV) pip compile -q pyproject.toml --extra prod --extra test --override requirements/overrides.txt \
 	  $(FIND_LINKS) --python-version 3.11 --no-header --emit-find-links -o $(LOCK)
 
