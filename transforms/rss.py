@@ -1,0 +1,414 @@
+"""Podcast feeds: safe parsing (RSS 2.0 enclosures, Atom enclosure links) and HTTP downloads.
+
+Parsing never expands a DTD or an entity: a document that declares a DOCTYPE is refused
+outright (that is where billion-laughs and external-entity attacks live), and the parse itself
+goes through `defusedxml` when it is importable, the standard library's expat otherwise.
+
+Downloads stream to a temporary file in the download folder while hashing, then are renamed
+atomically to `<sha256><ext>`; a small per-URL index makes a re-run reuse the file instead of
+fetching it again. Only http(s) is ever fetched (also after redirects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import hashlib
+import json
+import mimetypes
+import os
+import posixpath
+import re
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import timezone
+from typing import Iterator
+
+from schemas.records import stable_id
+
+USER_AGENT = "mmcurate/0.1 (podcast ingest; python-urllib)"
+CHUNK = 1 << 20  # 1 MiB: streaming read size, constant memory whatever the file size
+# A feed is one XML document held in memory to parse; the largest public podcast feeds are
+# tens of MB (thousands of items with show notes), so 128 MiB leaves room without being unbounded.
+MAX_FEED_BYTES = 128 * 1024**2
+
+ITUNES = "http://www.itunes.com/dtds/podcast-1.0.dtd"
+ATOM = "http://www.w3.org/2005/Atom"
+
+_MIME_EXT = {  # enclosure types mimetypes does not know or maps oddly
+    "audio/mpeg": ".mp3",
+    "audio/mp3": ".mp3",
+    "audio/x-m4a": ".m4a",
+    "audio/mp4": ".m4a",
+    "audio/aac": ".aac",
+    "audio/ogg": ".ogg",
+    "audio/opus": ".opus",
+    "audio/wav": ".wav",
+    "audio/x-wav": ".wav",
+    "audio/wave": ".wav",
+    "audio/flac": ".flac",
+    "audio/x-flac": ".flac",
+    "video/mp4": ".mp4",
+    "video/x-m4v": ".m4v",
+    "video/quicktime": ".mov",
+    "video/webm": ".webm",
+}
+
+
+class FeedError(Exception):
+    """A feed that cannot be fetched or parsed (ledger reason `feed_error`)."""
+
+
+class DownloadError(Exception):
+    """An enclosure that cannot be downloaded (ledger reason `download_failed`)."""
+
+
+def is_http(uri: str) -> bool:
+    return uri.lower().startswith(("http://", "https://"))
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    """One episode: where its media is and what the feed says about it."""
+
+    url: str | None  # enclosure URL resolved against the feed; None: the item has no enclosure
+    key: str  # guid, else link, else position: names the item in the ledger when url is None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Feed:
+    title: str | None
+    items: list[FeedItem]
+
+
+def parse_feed(data: bytes, feed_uri: str) -> Feed:
+    """Parse an RSS 2.0 or Atom document; raises FeedError on anything unsafe or unparsable."""
+    head = data[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if re.search(rb"<!DOCTYPE|<!ENTITY", data, re.IGNORECASE):
+        raise FeedError("feed declares a DOCTYPE/ENTITY; refused (no DTD or entity expansion)")
+    try:
+        root = _fromstring(data)
+    except FeedError:
+        raise
+    except Exception as e:  # ParseError, defusedxml's *Forbidden, encoding errors
+        raise FeedError(f"not well-formed XML ({type(e).__name__}: {e}); starts {head[:60]!r}") from e
+    name = _local(root.tag)
+    if name == "rss":
+        channel = _child(root, "channel")
+        if channel is None:
+            raise FeedError("RSS document without <channel>")
+        return _parse_rss(channel, feed_uri)
+    if name == "feed":
+        return _parse_atom(root, feed_uri)
+    raise FeedError(f"root element <{name}> is neither <rss> nor <feed>")
+
+
+def _fromstring(data: bytes):
+    try:
+        from defusedxml import ElementTree as SafeET
+    except ImportError:  # DOCTYPE already refused above; expat does not fetch external entities
+        import xml.etree.ElementTree as ET
+
+        return ET.fromstring(data)
+    return SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+
+
+def _local(tag) -> str:
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def _ns(tag) -> str:
+    return tag[1:].split("}", 1)[0] if isinstance(tag, str) and tag.startswith("{") else ""
+
+
+def _child(el, name: str, ns: str | None = None):
+    for c in el:
+        if _local(c.tag) == name and (ns is None or _ns(c.tag) == ns):
+            return c
+    return None
+
+
+def _text(el, name: str, ns: str | None = None) -> str | None:
+    c = _child(el, name, ns)
+    if c is None or c.text is None:
+        return None
+    t = c.text.strip()
+    return t or None
+
+
+def _iso_date(value: str | None) -> str | None:
+    """RFC 822 (RSS pubDate) or ISO 8601 (Atom) -> ISO 8601 in UTC; unparsable: as given."""
+    if not value:
+        return None
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        from datetime import datetime
+
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc).isoformat()
+
+
+def _put(meta: dict[str, str], key: str, value: str | None) -> None:
+    if value is not None and value != "":
+        meta[key] = value
+
+
+def _parse_rss(channel, feed_uri: str) -> Feed:
+    series = _text(channel, "title")
+    common: dict[str, str] = {"feed": feed_uri}
+    _put(common, "series", series)
+    _put(common, "language", _text(channel, "language"))
+    _put(common, "copyright", _text(channel, "copyright"))
+    _put(common, "author", _text(channel, "author", ITUNES))
+    items = []
+    for n, item in enumerate(c for c in channel if _local(c.tag) == "item"):
+        meta = dict(common)
+        _put(meta, "title", _text(item, "title"))
+        guid = _text(item, "guid")
+        _put(meta, "guid", guid)
+        link = _text(item, "link")
+        _put(meta, "link", link)
+        _put(meta, "pub_date", _iso_date(_text(item, "pubDate")))
+        _put(meta, "episode", _text(item, "episode", ITUNES))
+        _put(meta, "season", _text(item, "season", ITUNES))
+        _put(meta, "duration", _text(item, "duration", ITUNES))
+        _put(meta, "author", _text(item, "author", ITUNES) or common.get("author"))
+        enc = _child(item, "enclosure")
+        url = None
+        if enc is not None and (enc.get("url") or "").strip():
+            url = urllib.parse.urljoin(feed_uri, enc.get("url").strip()) if is_http(feed_uri) else enc.get("url").strip()
+            _put(meta, "mime_type", (enc.get("type") or "").strip() or None)
+            _put(meta, "enclosure_length", (enc.get("length") or "").strip() or None)
+        items.append(FeedItem(url=url, key=guid or link or f"item{n}", metadata=meta))
+    return Feed(title=series, items=items)
+
+
+def _parse_atom(root, feed_uri: str) -> Feed:
+    series = _text(root, "title", ATOM)
+    common: dict[str, str] = {"feed": feed_uri}
+    _put(common, "series", series)
+    lang = root.get("{http://www.w3.org/XML/1998/namespace}lang")
+    _put(common, "language", lang)
+    items = []
+    for n, entry in enumerate(c for c in root if _local(c.tag) == "entry"):
+        meta = dict(common)
+        _put(meta, "title", _text(entry, "title", ATOM))
+        guid = _text(entry, "id", ATOM)
+        _put(meta, "guid", guid)
+        _put(meta, "pub_date", _iso_date(_text(entry, "published", ATOM) or _text(entry, "updated", ATOM)))
+        _put(meta, "episode", _text(entry, "episode", ITUNES))
+        _put(meta, "season", _text(entry, "season", ITUNES))
+        url = None
+        for link in entry:
+            if _local(link.tag) == "link" and link.get("rel") == "enclosure" and link.get("href"):
+                href = link.get("href").strip()
+                url = urllib.parse.urljoin(feed_uri, href) if is_http(feed_uri) else href
+                _put(meta, "mime_type", (link.get("type") or "").strip() or None)
+                _put(meta, "enclosure_length", (link.get("length") or "").strip() or None)
+                break
+        items.append(FeedItem(url=url, key=guid or f"entry{n}", metadata=meta))
+    return Feed(title=series, items=items)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    timeout_s: float
+    retries: int
+    backoff_s: float
+    max_bytes: int
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not is_http(urllib.parse.urljoin(req.full_url, newurl)):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to non-http(s) {newurl!r} refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects())
+
+
+def _retryable(e: BaseException) -> bool:
+    if isinstance(e, urllib.error.HTTPError):
+        return e.code >= 500 or e.code in (408, 429)
+    return isinstance(e, (urllib.error.URLError, OSError, socket.timeout, ConnectionError, _Truncated))
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError):
+        return f"{type(e.reason).__name__}: {e.reason}"
+    return f"{type(e).__name__}: {e}"
+
+
+@contextlib.contextmanager
+def _open(url: str, policy: HttpPolicy) -> Iterator:
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
+    with _OPENER.open(req, timeout=policy.timeout_s) as resp:
+        yield resp
+
+
+def _with_retries(url: str, policy: HttpPolicy, attempt_fn, error_cls):
+    """Run attempt_fn(resp) on a fresh response, retrying connection errors, timeouts and 5xx."""
+    if not is_http(url):
+        raise error_cls(f"only http(s) URLs are fetched, not {url!r}")
+    attempts = 1 + max(0, policy.retries)
+    last: BaseException | None = None
+    for i in range(attempts):
+        if i:
+            time.sleep(policy.backoff_s * (2 ** (i - 1)))
+        try:
+            with _open(url, policy) as resp:
+                return attempt_fn(resp)
+        except error_cls:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure becomes a ledger row
+            last = e
+            if not _retryable(e):
+                break
+    tried = f"{i + 1} attempt{'s' if i else ''}"
+    raise error_cls(f"{_describe(last)} ({tried}, timeout {policy.timeout_s:g}s)") from last
+
+
+def _content_length(resp) -> int | None:
+    value = resp.headers.get("Content-Length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def fetch_bytes(url: str, policy: HttpPolicy) -> bytes:
+    """A whole (small) document, e.g. a feed, capped at policy.max_bytes."""
+
+    def attempt(resp) -> bytes:
+        cl = _content_length(resp)
+        if cl is not None and cl > policy.max_bytes:
+            raise FeedError(f"Content-Length {cl} > limit {policy.max_bytes} bytes")
+        data = resp.read(policy.max_bytes + 1)
+        if len(data) > policy.max_bytes:
+            raise FeedError(f"more than {policy.max_bytes} bytes")
+        if cl is not None and len(data) < cl:
+            raise _Truncated(f"got {len(data)} of {cl} bytes")
+        return data
+
+    return _with_retries(url, policy, attempt, FeedError)
+
+
+@dataclass(frozen=True)
+class Download:
+    path: str
+    sha256: str
+    bytes: int
+    reused: bool
+
+
+def _ext_for(url: str, content_type: str | None, hint_type: str | None) -> str:
+    ext = posixpath.splitext(urllib.parse.urlsplit(url).path)[1].lower()
+    if re.fullmatch(r"\.[a-z0-9]{1,5}", ext or ""):
+        return ext
+    for t in (content_type, hint_type):
+        t = (t or "").split(";")[0].strip().lower()
+        if t:
+            guess = _MIME_EXT.get(t) or mimetypes.guess_extension(t)
+            if guess:
+                return guess
+    return ".bin"
+
+
+def _index_path(download_dir: str, url: str) -> str:
+    return os.path.join(download_dir, ".by-url", stable_id("download", url, n=32) + ".json")
+
+
+def _reuse(download_dir: str, url: str) -> Download | None:
+    try:
+        with open(_index_path(download_dir, url), encoding="utf-8") as fh:
+            idx = json.load(fh)
+        path = os.path.join(download_dir, idx["file"])
+        if idx.get("url") == url and os.path.getsize(path) == idx["bytes"]:
+            return Download(path, idx["sha256"], idx["bytes"], reused=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _write_atomic(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".part-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def download(url: str, download_dir: str, policy: HttpPolicy, type_hint: str | None = None) -> Download:
+    """Fetch url into download_dir/<sha256><ext> (streamed, hashed, size-capped, atomic).
+
+    A URL downloaded before (per the `.by-url` index, file still present at its size) is reused.
+    Raises DownloadError with the HTTP status or network error in its message.
+    """
+    found = _reuse(download_dir, url)
+    if found is not None:
+        return found
+    os.makedirs(download_dir, exist_ok=True)
+
+    def attempt(resp) -> Download:
+        cl = _content_length(resp)
+        if cl is not None and cl > policy.max_bytes:
+            raise DownloadError(f"Content-Length {cl} > max_download_bytes {policy.max_bytes}")
+        ext = _ext_for(resp.geturl() or url, resp.headers.get("Content-Type"), type_hint)
+        fd, tmp = tempfile.mkstemp(dir=download_dir, prefix=".part-", suffix=ext)
+        h = hashlib.sha256()
+        n = 0
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := resp.read(CHUNK):
+                    n += len(chunk)
+                    if n > policy.max_bytes:
+                        raise DownloadError(f"more than max_download_bytes {policy.max_bytes} received")
+                    h.update(chunk)
+                    out.write(chunk)
+            if cl is not None and n < cl:
+                raise _Truncated(f"connection closed after {n} of {cl} bytes")
+            sha = h.hexdigest()
+            final = os.path.join(download_dir, sha + ext)
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        name = os.path.basename(final)
+        _write_atomic(
+            _index_path(download_dir, url),
+            json.dumps({"url": url, "file": name, "sha256": sha, "bytes": n}, sort_keys=True),
+        )
+        return Download(final, sha, n, reused=False)
+
+    return _with_retries(url, policy, attempt, DownloadError)
