@@ -133,11 +133,12 @@ def cut_utterances(
     max_duration_s: float = 30.0,
     long_pause_s: float = LONG_PAUSE_S,
     speakers: list[int | None] | None = None,
+    default_speaker: int | None = 0,
 ) -> list[Utterance]:
     """Utterances of one source, in time order, with renumbered speakers and ASR scores.
 
     `turns` should be exclusive (no overlap); an empty list means "no diarization": every word
-    then gets speaker 0 if `speakers` is not given. `speakers` overrides the per-word
+    then gets `default_speaker` (0: one speaker; None: unknown, e.g. diarization failed). `speakers` overrides the per-word
     assignment (one entry per word of `asr.segments`, in order) - e.g. all None when
     diarization failed. ASR segments without word timestamps become one utterance each,
     attributed by the overlap of the whole segment.
@@ -160,7 +161,7 @@ def cut_utterances(
     elif turns:
         spk = assign_speakers([w for w, _, _ in items], turns)
     else:
-        spk = [0] * len(items)
+        spk = [default_speaker] * len(items)
 
     # Group into runs: cut at speaker change, sentence end, long pause, whole-segment items.
     runs: list[list[int]] = []

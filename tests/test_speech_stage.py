@@ -1,0 +1,295 @@
+"""The Beam speech stage (TranscribeSpeech): fake models for the graph and ledger rules, and
+one real-model run (embedded Whisper + embedded diarizer) on the two-speaker sample."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.testing.test_pipeline import TestPipeline  # noqa: E402
+from apache_beam.testing.util import assert_that  # noqa: E402
+
+from pipelines.config import CurateConfig  # noqa: E402
+from schemas.records import (  # noqa: E402
+    AsrResult,
+    AsrSegment,
+    SourceRecord,
+    SpeechRegion,
+    Turn,
+    Word,
+    to_table,
+)
+from transforms.speech import TranscribeSpeech, encode_flac, speech_model_info  # noqa: E402
+
+MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
+SR = 16000
+RUN = "run-test"
+
+
+# ---------------------------------------------------------------- fakes
+# Behaviour is keyed on the audio itself (the models only ever see samples):
+#   silence -> ASR finds nothing; exactly 3.0 s -> ASR raises; exactly 4.0 s -> diarizer raises.
+
+
+class FakeTranscriber:
+    def transcribe(self, audio, regions=None, language=None):
+        dur = audio.shape[0] / SR
+        if abs(dur - 3.0) < 1e-6:
+            raise RuntimeError("CUDA out of memory (fake)")
+        if not np.any(audio):
+            return AsrResult(None, None, [], "fake-asr", "fake 1.0")
+        segments = []
+        for a, b in regions or [(0.0, dur)]:
+            words, t, i = [], a, 0
+            while t + 0.4 <= b:
+                text = f" w{int(t * 10)}" + ("." if i % 4 == 3 else "")
+                words.append(Word(text, round(t, 3), round(t + 0.4, 3), 0.9))
+                t += 0.5
+                i += 1
+            if words:
+                segments.append(AsrSegment(words[0].start, words[-1].end,
+                                           "".join(w.word for w in words), words,
+                                           avg_logprob=-0.25, no_speech_prob=0.05,
+                                           compression_ratio=1.3))
+        return AsrResult(language or "en", 0.97, segments, "fake-asr", "fake 1.0")
+
+    def model_info(self):
+        return {"role": "asr", "name": "fake-asr", "version": "1.0", "path": None, "sha256": None}
+
+
+class FakeDiarizer:
+    """Speaker 5 before the middle of the file, speaker 2 after (renumbered 0, 1)."""
+
+    def diarize(self, audio, sample_rate=16000, *, num_speakers=None, min_speakers=None,
+                max_speakers=None):
+        dur = audio.shape[0] / sample_rate
+        if abs(dur - 4.0) < 1e-6:
+            raise ValueError("embedding extraction failed (fake)")
+        if num_speakers == 1:
+            return [Turn(0.0, dur, 3)]
+        return [Turn(0.0, dur / 2, 5), Turn(dur / 2, dur, 2)]
+
+    def model_info(self):
+        return [{"role": "diarization", "name": "fake-diar", "version": "1", "path": None,
+                 "sha256": None}]
+
+
+def fake_transcriber_factory(asr_cfg):
+    return FakeTranscriber()
+
+
+def fake_diarizer_factory(diar_cfg):
+    return FakeDiarizer()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def write_wav(path: Path, seconds: float, amplitude: float = 0.3) -> Path:
+    import soundfile as sf
+
+    t = np.arange(int(seconds * SR)) / SR
+    sf.write(path, (amplitude * np.sin(2 * np.pi * 220 * t)).astype(np.float32), SR)
+    return path
+
+
+def source_of(path: Path, regions: list[tuple[float, float]] | None = None,
+              metadata: dict[str, str] | None = None) -> tuple[SourceRecord, list[SpeechRegion]]:
+    import soundfile as sf
+
+    dur = sf.info(str(path)).duration
+    sid = f"src{path.stem}"
+    regions = regions if regions is not None else [(0.2, dur - 0.2)]
+    src = SourceRecord(
+        source_id=sid, sha256=sid * 2, uri=str(path), media_uri=str(path), ingested_via="file",
+        media_kind="audio", container="wav", audio_codec="pcm_s16le", video_codec=None,
+        duration_s=dur, sample_rate=SR, channels=1, bytes=path.stat().st_size,
+        speech_s=sum(b - a for a, b in regions), speech_ratio=0.5, metadata=metadata or {},
+        run_id=RUN,
+    )
+    regs = [SpeechRegion(f"{sid}-vad-{n:05d}", sid, a, b, RUN) for n, (a, b) in enumerate(regions)]
+    return src, regs
+
+
+def _capture(path: str):
+    # The matcher hands its rows to the test through a file (it is pickled to the runner), so
+    # failures are ordinary pytest asserts with readable diffs.
+    def matcher(rows):
+        import pickle
+
+        with open(path, "wb") as fh:
+            pickle.dump(list(rows), fh)
+
+    return matcher
+
+
+def run_stage(inputs, cfg: CurateConfig | None = None, *, transcriber=fake_transcriber_factory,
+              diarizer=fake_diarizer_factory):
+    import pickle
+    import tempfile
+
+    cfg = cfg or CurateConfig()
+    p = TestPipeline()
+    out = (
+        p
+        | beam.Create(inputs)
+        | TranscribeSpeech(cfg, RUN, transcriber_factory=transcriber, diarizer_factory=diarizer)
+    )
+    with tempfile.TemporaryDirectory() as d:
+        for name in ("segments", "transcripts", "rejected"):
+            assert_that(out[name], _capture(os.path.join(d, name)), label=f"Capture{name}")
+        result = p.run()
+        result.wait_until_finish()
+        got = {}
+        for name in ("segments", "transcripts", "rejected"):
+            with open(os.path.join(d, name), "rb") as fh:
+                got[name] = pickle.load(fh)
+    query = result.metrics().query()
+    counters = {c.key.metric.name: c.committed for c in query["counters"]}
+    dists = {c.key.metric.name: c.committed for c in query["distributions"]}
+    return (sorted(got["segments"], key=lambda s: s.segment_id),
+            {t.source_id: t for t in got["transcripts"]},
+            sorted(got["rejected"], key=lambda r: (r.stage, r.reason)),
+            counters, dists)
+
+
+# ---------------------------------------------------------------- fake-model tests
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("speech")
+    inputs = [
+        source_of(write_wav(d / "two.wav", 6.0)),
+        source_of(write_wav(d / "french.wav", 5.0), metadata={"language": "fr",
+                                                             "num_speakers": "1"}),
+        source_of(write_wav(d / "silent.wav", 2.0, amplitude=0.0)),
+        source_of(write_wav(d / "asrboom.wav", 3.0)),
+        source_of(write_wav(d / "diarboom.wav", 4.0)),
+    ]
+    return inputs, run_stage(inputs)
+
+
+def test_segments_transcripts_and_ledger(fake_run):
+    inputs, (segments, transcripts, rejected, counters, dists) = fake_run
+    by_src: dict[str, list] = {}
+    for s in segments:
+        by_src.setdefault(s.source_id, []).append(s)
+    assert set(by_src) == {"srctwo", "srcfrench", "srcdiarboom"}
+
+    two = by_src["srctwo"]
+    assert [s.segment_id for s in two] == [f"srctwo-seg-{n:05d}" for n in range(len(two))]
+    # words only inside the VAD region (0.2 .. 5.8 s), cut at every 4th word ("." ends it)
+    assert all(0.2 <= w.start and w.end <= 5.8 for s in two for w in s.words)
+    assert all(len(s.words) <= 4 and s.words for s in two)
+    # diarizer said 5 then 2: renumbered by first appearance -> spk0 then spk1
+    assert two[0].speaker == "srctwo-spk0" and two[-1].speaker == "srctwo-spk1"
+    assert {s.speaker for s in two} == {"srctwo-spk0", "srctwo-spk1"}
+    s0 = two[0]
+    assert s0.audio_uri == f"{inputs[0][0].media_uri}#t={s0.start:.3f},{s0.end:.3f}"
+    assert s0.audio_flac is None  # references by default
+    assert (s0.language, s0.asr_model, s0.asr_model_version) == ("en", "fake-asr", "fake 1.0")
+    assert s0.diarization_model == "fake-diar"
+    assert s0.avg_logprob == pytest.approx(-0.25) and s0.no_speech_prob == pytest.approx(0.05)
+    assert s0.text == "".join(w.word for w in s0.words).strip()
+
+    t = transcripts["srctwo"]
+    assert t.num_speakers == 2 and t.num_segments == len(two)
+    assert t.num_words == sum(len(s.words) for s in two)
+    assert t.speech_s == pytest.approx(sum(s.end - s.start for s in two))
+    assert t.text.splitlines()[0] == f"[spk0] {two[0].text}"
+    assert t.text.splitlines()[-1] == f"[spk1] {two[-1].text}"
+
+    # metadata hints: language passed to ASR, num_speakers passed to the diarizer
+    fr = by_src["srcfrench"]
+    assert {s.language for s in fr} == {"fr"} and {s.speaker for s in fr} == {"srcfrench-spk0"}
+    assert transcripts["srcfrench"].num_speakers == 1
+
+    # diarization failed: words kept, speaker None, annotated in the ledger
+    assert {s.speaker for s in by_src["srcdiarboom"]} == {None}
+    assert transcripts["srcdiarboom"].text.startswith("[spk?] ")
+    assert transcripts["srcdiarboom"].num_speakers == 0
+
+    ledger = [(r.stage, r.reason, r.source_id, r.item_id) for r in rejected]
+    assert ledger == [
+        ("asr", "model_error", "srcasrboom", None),
+        ("asr", "no_transcript", "srcsilent", None),
+        ("diarize", "diarization_failed", "srcdiarboom", "srcdiarboom"),
+    ]
+    err = next(r for r in rejected if r.reason == "model_error")
+    assert "CUDA out of memory" in err.detail and err.run_id == RUN
+    assert "embedding extraction failed" in rejected[-1].detail
+    assert set(transcripts) == {"srctwo", "srcfrench", "srcdiarboom"}  # none for rejected
+
+    assert counters["asr.sources"] == 5
+    assert counters["asr.no_transcript"] == 1
+    assert counters["asr.segments"] == len(segments)
+    assert counters["diarize.sources"] == 5
+    assert dists["asr.rtf_x1000"].count == 4  # every source the model finished
+
+
+def test_rows_fit_the_arrow_schemas(fake_run):
+    _, (segments, transcripts, rejected, _, _) = fake_run
+    seg_table = to_table("segments", segments)
+    assert seg_table.num_rows == len(segments)
+    words = seg_table.column("words").to_pylist()[0]
+    assert set(words[0]) == {"word", "start", "end", "probability"}
+    assert to_table("transcripts", list(transcripts.values())).num_rows == len(transcripts)
+    assert to_table("rejected", rejected).num_rows == len(rejected)
+
+
+def test_no_diarization_backend_means_one_speaker_and_inline_audio(tmp_path):
+    import soundfile as sf
+
+    cfg = CurateConfig()
+    cfg.diarization.backend = "none"
+    cfg.segments.include_audio = True
+    inputs = [source_of(write_wav(tmp_path / "one.wav", 4.0))]  # 4.0 s would fail diarization
+
+    def no_diarizer(_):
+        raise AssertionError("diarizer must not be loaded when backend is none")
+
+    segments, transcripts, rejected, counters, _ = run_stage(inputs, cfg, diarizer=no_diarizer)
+    assert rejected == []
+    assert segments and {s.speaker for s in segments} == {"srcone-spk0"}
+    assert {s.diarization_model for s in segments} == {None}
+    assert "diarize.sources" not in counters
+    for s in segments:
+        audio, sr = sf.read(io.BytesIO(s.audio_flac))
+        assert sr == SR
+        assert len(audio) / SR == pytest.approx(s.end - s.start, abs=2 / SR)
+        assert np.abs(audio).max() == pytest.approx(0.3, abs=0.01)  # the tone, not silence
+    assert transcripts["srcone"].num_speakers == 1
+
+
+def test_source_without_vad_regions_is_no_transcript(tmp_path):
+    inputs = [source_of(write_wav(tmp_path / "novad.wav", 2.0), regions=[])]
+    segments, transcripts, rejected, _, _ = run_stage(inputs)
+    assert segments == [] and transcripts == {}
+    assert [(r.stage, r.reason) for r in rejected] == [("asr", "no_transcript")]
+
+
+def test_encode_flac_round_trip():
+    import soundfile as sf
+
+    x = (0.5 * np.sin(np.linspace(0, 200, SR))).astype(np.float32)
+    y, sr = sf.read(io.BytesIO(encode_flac(x, SR)), dtype="float32")
+    assert sr == SR and y.shape == x.shape
+    assert np.max(np.abs(y - x)) < 1e-3
+
+
+def test_speech_model_info_has_roles():
+    infos = speech_model_info(CurateConfig())
+    assert {i["role"] for i in infos} >= {"asr", "diarization"}
+    assert all(set(i) >= {"role", "name", "version", "path", "sha256"} for i in infos)
+    cfg = CurateConfig()
+    cfg.diarization.backend = "none"
+    assert {i["role"] for i in speech_model_info(cfg)} == {"asr"}
