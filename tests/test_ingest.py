@@ -1,0 +1,231 @@
+"""Ingest over local inputs: files, folders, globs, manifests, and every ledger reason they can hit."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import json
+import os
+import wave
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines.config import IngestConfig
+from schemas.records import MediaRef, Rejection, to_table
+from transforms.ingest import Ingest, escape_uri
+
+_SEEN: dict[str, list] = {}
+
+
+class Collect:
+    """assert_that matcher that keeps what it saw (module-level class: pickled by reference)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __call__(self, actual):
+        _SEEN[self.key] = list(actual)
+
+
+def run_ingest(inputs, cfg=None, download_dir="/nonexistent-download-dir", media_check=None):
+    """Run Ingest in a TestPipeline; returns (media, rejected, counters)."""
+    p = TestPipeline()
+    res = p | "Ingest" >> Ingest([str(i) for i in inputs], cfg or IngestConfig(), "run-test", str(download_dir))
+    assert_that(res["media"], Collect("media"), label="CollectMedia")
+    assert_that(res["rejected"], Collect("rejected"), label="CollectRejected")
+    if media_check is not None:
+        assert_that(res["media"] | "Project" >> _project(), media_check, label="CheckMedia")
+    result = p.run()
+    result.wait_until_finish()
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace("mmcurate"))["counters"]
+    }
+    media, rejected = _SEEN.pop("media"), _SEEN.pop("rejected")
+    assert all(isinstance(m, MediaRef) for m in media)
+    assert all(isinstance(r, Rejection) and r.stage == "ingest" and r.detail for r in rejected)
+    # nothing vanishes: every expanded input is one media ref or one ledger row
+    assert counters["ingest.inputs"] == len(media) + len(rejected) == counters.get("ingest.media", 0) + counters.get(
+        "ingest.rejected", 0
+    )
+    assert len({r.rejection_id for r in rejected}) == len(rejected), "rejection ids must be unique"
+    return media, rejected, counters
+
+
+def _project():
+    import apache_beam as beam
+
+    return beam.Map(lambda m: (m.uri, m.ingested_via, m.sha256, m.bytes))
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_wav(path: Path, freq: float, seconds: float = 0.3, sr: int = 16000) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(sr * seconds)) / sr
+    pcm = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(pcm.tobytes())
+    return path.read_bytes()
+
+
+def by_reason(rejected):
+    out: dict[str, list] = {}
+    for r in rejected:
+        out.setdefault(r.reason, []).append(r)
+    return out
+
+
+def test_files_folders_globs_and_duplicates(tmp_path):
+    a = write_wav(tmp_path / "lib" / "one.wav", 220)
+    (tmp_path / "lib" / "copy.wav").write_bytes(a)  # same bytes, smaller name: it is kept
+    big = os.urandom(2 * (1 << 20) + 12345)  # > 2 read chunks: hashing must stream all of it
+    (tmp_path / "lib" / "sub").mkdir()
+    (tmp_path / "lib" / "sub" / "long.MP3").write_bytes(big)  # extension match ignores case
+    (tmp_path / "lib" / "notes.txt").write_text("not media")
+    c = write_wav(tmp_path / "globbed" / "x.flac", 440)  # not really FLAC: ingest does not decode
+    write_wav(tmp_path / "globbed" / "y.wav", 550)  # not matched by the glob
+    gz = gzip.compress(b"pretend audio" * 100)
+    (tmp_path / "named.mp3.gz").write_bytes(gz)  # named explicitly: attempted, hashed raw (not gunzipped)
+
+    lib = tmp_path / "lib"
+    expected = [
+        (str(lib / "copy.wav"), "file", sha(a), len(a)),
+        (str(lib / "sub" / "long.MP3"), "file", sha(big), len(big)),
+        (str(tmp_path / "globbed" / "x.flac"), "file", sha(c), len(c)),
+        (str(tmp_path / "named.mp3.gz"), "file", sha(gz), len(gz)),
+    ]
+    inputs = [lib, str(tmp_path / "globbed" / "*.flac"), tmp_path / "named.mp3.gz"]
+    media, rejected, counters = run_ingest(inputs, media_check=equal_to(expected))
+
+    assert counters["ingest.inputs"] == 6
+    for m in media:
+        assert m.source_id == m.sha256[:20]
+        assert os.path.isabs(m.media_uri) and Path(m.media_uri).read_bytes()[:4] == Path(m.uri).read_bytes()[:4]
+        assert m.metadata == {}
+    reasons = by_reason(rejected)
+    assert sorted(reasons) == ["duplicate", "unsupported_extension"]
+    (dup,) = reasons["duplicate"]
+    assert dup.uri == str(lib / "one.wav") and dup.source_id == sha(a)[:20]
+    assert str(lib / "copy.wav") in dup.detail
+    (txt,) = reasons["unsupported_extension"]
+    assert txt.uri == str(lib / "notes.txt") and ".txt" in txt.detail
+
+    # deterministic: the same inputs give the same media and the same rejection ids
+    media2, rejected2, _ = run_ingest(list(reversed(inputs)))
+    assert sorted(media2, key=lambda m: m.uri) == sorted(media, key=lambda m: m.uri)
+    assert sorted(r.rejection_id for r in rejected2) == sorted(r.rejection_id for r in rejected)
+
+
+def test_manifests_with_metadata_and_relative_paths(tmp_path):
+    m = tmp_path / "manifests"
+    w1 = write_wav(m / "audio" / "ep1.wav", 300)
+    w2 = write_wav(m / "audio" / "ep2.wav", 310)
+    w3 = write_wav(tmp_path / "elsewhere" / "ep3.wav", 320)
+    w4 = write_wav(m / "audio" / "ep4.wav", 330)
+    w5 = write_wav(m / "audio" / "ep5.wav", 340)
+    lines = [
+        json.dumps({"uri": "audio/ep1.wav", "title": "Episode 1", "series": "Show", "num_speakers": 2,
+                    "language": "en", "explicit": False, "tags": ["a", "b"], "rating": 4.5}),
+        "",
+        json.dumps({"uri": str(tmp_path / "elsewhere" / "ep3.wav"), "license": "CC-BY-4.0", "episode": 3}),
+        json.dumps({"uri": "audio/missing.wav", "title": "gone"}),
+        json.dumps({"title": "no uri here"}),
+        "{not json",
+    ]
+    (m / "list.jsonl").write_text("\n".join(lines) + "\n")
+    with open(m / "list.csv", "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(["uri", "title", "min_speakers", "max_speakers", "language"])
+        wr.writerow(["audio/ep2.wav", "Episode, two", "1", "3", ""])
+    pq.write_table(
+        pa.table({"uri": ["audio/ep4.wav", "audio/ep5.wav"], "num_speakers": [1, None], "series": ["P", "P"]}),
+        m / "list.parquet",
+    )
+    (m / "nouri.csv").write_text("path,title\naudio/ep1.wav,x\n")
+
+    manifests = [m / "list.jsonl", m / "list.csv", m / "list.parquet", m / "nouri.csv"]
+    media, rejected, counters = run_ingest(manifests)
+
+    got = {Path(x.uri).name: x for x in media}
+    assert sorted(got) == ["ep1.wav", "ep2.wav", "ep3.wav", "ep4.wav", "ep5.wav"]
+    assert all(x.ingested_via == "manifest" for x in media)
+    assert got["ep1.wav"].uri == str(m / "audio" / "ep1.wav")  # relative to the manifest's folder
+    assert got["ep1.wav"].sha256 == sha(w1) and got["ep1.wav"].bytes == len(w1)
+    assert got["ep1.wav"].metadata == {
+        "title": "Episode 1", "series": "Show", "num_speakers": "2", "language": "en", "explicit": "false",
+        "rating": "4.5",
+    }
+    assert got["ep2.wav"].sha256 == sha(w2)
+    assert got["ep2.wav"].metadata == {"title": "Episode, two", "min_speakers": "1", "max_speakers": "3"}
+    assert got["ep3.wav"].sha256 == sha(w3) and got["ep3.wav"].metadata == {"license": "CC-BY-4.0", "episode": "3"}
+    assert got["ep4.wav"].sha256 == sha(w4) and got["ep4.wav"].metadata == {"num_speakers": "1", "series": "P"}
+    assert got["ep5.wav"].sha256 == sha(w5) and got["ep5.wav"].metadata == {"series": "P"}
+
+    reasons = by_reason(rejected)
+    assert sorted(reasons) == ["bad_manifest", "not_found"]
+    (nf,) = reasons["not_found"]
+    assert nf.uri == str(m / "audio" / "missing.wav")
+    bad = sorted(r.detail for r in reasons["bad_manifest"])
+    assert len(bad) == 3
+    assert any("no 'uri' value" in d and "row 5" in d for d in bad)
+    assert any("not JSON" in d and "row 6" in d for d in bad)
+    assert any("nouri.csv" in d and "no 'uri' column" in d for d in bad)
+    assert counters["ingest.inputs"] == 9
+
+
+def test_bad_inputs_go_to_the_ledger(tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "big.wav").write_bytes(b"x" * 64)
+    (tmp_path / "ok.wav").write_bytes(b"y" * 16)
+    fd = os.open(os.fsencode(tmp_path) + b"/bad\xff.wav", os.O_CREAT | os.O_WRONLY)
+    os.write(fd, b"z" * 8)
+    os.close(fd)
+    cfg = IngestConfig(max_bytes=32)
+    inputs = [
+        tmp_path / "does-not-exist.mp3",
+        tmp_path / "empty.wav",
+        tmp_path / "big.wav",
+        tmp_path / "ok.wav",
+        str(tmp_path / "nomatch" / "*.wav"),
+    ]
+    media, rejected, _ = run_ingest(inputs, cfg)
+    assert [m.uri for m in media] == [str(tmp_path / "ok.wav")]
+    got = {(r.reason, r.uri) for r in rejected}
+    assert got == {
+        ("not_found", str(tmp_path / "does-not-exist.mp3")),
+        ("empty_file", str(tmp_path / "empty.wav")),
+        ("too_large", str(tmp_path / "big.wav")),
+        ("not_found", str(tmp_path / "nomatch" / "*.wav")),
+    }
+    (tl,) = [r for r in rejected if r.reason == "too_large"]
+    assert "64 bytes" in tl.detail and "32" in tl.detail
+
+    # a folder holding a file whose name is not UTF-8: ledger row with an escaped, storable uri
+    media, rejected, _ = run_ingest([tmp_path], cfg)
+    bad = [r for r in rejected if r.reason == "invalid_path"]
+    assert len(bad) == 1 and bad[0].uri == str(tmp_path) + "/bad\\xff.wav"
+    bad[0].uri.encode("utf-8")  # valid text
+    pq.write_table(to_table("rejected", rejected), tmp_path / "rejected.parquet")  # Parquet can hold it
+    assert pq.read_table(tmp_path / "rejected.parquet").num_rows == len(rejected)
+    assert escape_uri(os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xff.wav")) == bad[0].uri
+
+
+def test_real_media_files_are_hashed(media):
+    jfk = media / "speech" / "jfk.mp3"
+    m, r, _ = run_ingest([jfk, media / "speech" / "jfk.wav"])
+    assert not r
+    got = {x.uri: x for x in m}
+    assert got[str(jfk)].sha256 == sha(jfk.read_bytes()) and got[str(jfk)].bytes == jfk.stat().st_size
