@@ -235,6 +235,21 @@ def iter_audio(
         yield from _iter_container(c, sample_rate, chunk_s, max_duration_s)
 
 
+@contextlib.contextmanager
+def stream_audio(
+    media_uri: str,
+    sample_rate: int = 16000,
+    chunk_s: float = 30.0,
+    max_duration_s: float | None = None,
+) -> Iterator[tuple[MediaInfo, Iterator[np.ndarray]]]:
+    """Open once: the container's `MediaInfo` and a chunk iterator as in `iter_audio`.
+
+    `with stream_audio(uri) as (info, chunks): ...`; raises DecodeError like `iter_audio`.
+    """
+    with open_media(media_uri) as src, _open_container(src) as c:
+        yield _info(c), _iter_container(c, sample_rate, chunk_s, max_duration_s)
+
+
 def _iter_container(
     c, sample_rate: int, chunk_s: float, max_duration_s: float | None = None
 ) -> Iterator[np.ndarray]:
@@ -366,6 +381,7 @@ def write_audio(
         dtype, scale = _SAMPLE_DTYPES[fmt.rstrip("p")]
         size = s.codec_context.frame_size or 1024
         carry = np.zeros((0, channels), dtype=np.float64)
+        out.start_encoding()  # write the header even when no samples follow
 
         def frames(block: np.ndarray, pts: int):
             y = np.clip(block, -1.0, 1.0)
