@@ -1,0 +1,459 @@
+"""Speech regions with silero VAD, streamed over the decoded audio (constant memory).
+
+Model: the silero VAD v6 ONNX files that ship in the `silero-vad` wheel (`silero_vad/data/`),
+located without importing the package (its `model.py` calls `torch.set_num_threads(1)` for the
+whole process) and run through onnxruntime directly:
+
+- `silero_vad_16k_sequence.onnx` (default): the same network exported to take a whole block of
+  512-sample windows (each prefixed with the 64 samples before it) in one call, carrying the
+  LSTM state (h, c) between calls. Its probabilities are bit-identical to the streaming model's
+  (tests/test_vad.py checks it) and it runs ~3.5x faster, because the per-window Python loop
+  is gone.
+- `silero_vad.onnx` (or faster-whisper's `silero_vad_v6.onnx`): the streaming model, one
+  window per call with state [2, 1, 128]; used when `model_path` points at such a file.
+
+One ONNX thread (`intra_op_threads=1`) is fastest for this small LSTM (measured: 2 threads were
+slower, both stepwise and in blocks) and leaves the other cores to other workers.
+
+`get_speech_timestamps`' hysteresis is reimplemented as a streaming state machine: a window
+with probability >= threshold starts speech; speech ends where the probability stays below
+`threshold - 0.15` for at least min_silence_ms; regions shorter than min_speech_ms are dropped;
+each region is then padded by speech_pad_ms (half the gap when two regions are closer than two
+pads). Regions match silero's own function to the sample (max_speech_duration_s = inf).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import apache_beam as beam
+import numpy as np
+
+from pipelines.config import CurateConfig, DecodeConfig, VadConfig
+from schemas.records import MediaRef, Rejection, SourceRecord, SpeechRegion
+
+log = logging.getLogger("mmcurate.vad")
+
+SAMPLE_RATE = 16000  # the only rate the 16k models take
+WINDOW = 512  # samples per VAD window at 16 kHz (32 ms)
+CONTEXT = 64  # samples of the previous window prefixed to each window
+DEFAULT_MODEL_FILE = "silero_vad_16k_sequence.onnx"
+PROGRESS_EVERY_S = 600.0  # a progress line per 10 minutes of audio decoded
+
+
+def _silero_data_dir() -> str:
+    spec = importlib.util.find_spec("silero_vad")  # locates, does not import
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the silero-vad package is not installed")
+    return os.path.join(list(spec.submodule_search_locations)[0], "data")
+
+
+def default_model_path() -> str:
+    return os.path.join(_silero_data_dir(), DEFAULT_MODEL_FILE)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime: float) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def vad_model_info(model_path: str | None = None) -> dict:
+    """What the run's manifest records about the VAD model (no ONNX session is loaded)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    path = os.path.abspath(model_path or default_model_path())
+    st = os.stat(path)
+    try:
+        pkg = f"silero-vad {version('silero-vad')}"
+    except PackageNotFoundError:
+        pkg = "silero-vad (package not installed)"
+    return {
+        "role": "vad",
+        "name": f"silero-vad v6 ({os.path.basename(path)})",
+        "version": f"{pkg}; onnxruntime",
+        "path": path,
+        "sha256": _sha256(path, st.st_size, st.st_mtime),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Interval helpers (seconds), shared by the tests and the bench.
+
+
+def merge_intervals(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[list[float]] = []
+    for s, e in sorted((float(s), float(e)) for s, e in intervals if e > s):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def total_duration(intervals: Iterable[tuple[float, float]]) -> float:
+    return sum(e - s for s, e in merge_intervals(intervals))
+
+
+def intersection_duration(
+    a: Iterable[tuple[float, float]], b: Iterable[tuple[float, float]]
+) -> float:
+    a, b = merge_intervals(a), merge_intervals(b)
+    i = j = 0
+    tot = 0.0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if hi > lo:
+            tot += hi - lo
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tot
+
+
+def read_rttm(path: str) -> list[tuple[float, float, str]]:
+    """(start, end, speaker) of every SPEAKER line of an RTTM file."""
+    turns = []
+    with open(path) as fh:
+        for line in fh:
+            f = line.split()
+            if len(f) >= 8 and f[0] == "SPEAKER":
+                start, dur = float(f[3]), float(f[4])
+                turns.append((start, start + dur, f[7]))
+    return turns
+
+
+# ---------------------------------------------------------------------------------------------
+# The model and the streaming hysteresis.
+
+
+class _Hysteresis:
+    """silero's get_speech_timestamps_from_probs (max_speech_duration_s=inf), one window at a time."""
+
+    def __init__(self, threshold: float, min_speech: float, min_silence: float):
+        self.threshold = threshold
+        self.neg_threshold = max(threshold - 0.15, 0.01)
+        self.min_speech = min_speech  # samples
+        self.min_silence = min_silence  # samples
+        self.triggered = False
+        self.start = 0
+        self.temp_end = 0
+        self.index = 0  # next window index
+        self.speeches: list[list[int]] = []
+
+    def feed(self, probs: np.ndarray) -> None:
+        thr, neg = self.threshold, self.neg_threshold
+        for p in probs.tolist():
+            cur = self.index * WINDOW
+            self.index += 1
+            if p >= thr and self.temp_end:
+                self.temp_end = 0
+            if p >= thr and not self.triggered:
+                self.triggered = True
+                self.start = cur
+                continue
+            if p < neg and self.triggered:
+                if not self.temp_end:
+                    self.temp_end = cur
+                if cur - self.temp_end < self.min_silence:
+                    continue
+                if self.temp_end - self.start > self.min_speech:
+                    self.speeches.append([self.start, self.temp_end])
+                self.triggered = False
+                self.temp_end = 0
+
+    def finish(self, n_samples: int, pad: float) -> list[tuple[int, int]]:
+        sp = self.speeches
+        if self.triggered and n_samples - self.start > self.min_speech:
+            sp.append([self.start, n_samples])
+        for i, s in enumerate(sp):
+            if i == 0:
+                s[0] = int(max(0, s[0] - pad))
+            if i != len(sp) - 1:
+                gap = sp[i + 1][0] - s[1]
+                if gap < 2 * pad:
+                    s[1] += int(gap // 2)
+                    sp[i + 1][0] = int(max(0, sp[i + 1][0] - gap // 2))
+                else:
+                    s[1] = int(min(n_samples, s[1] + pad))
+                    sp[i + 1][0] = int(max(0, sp[i + 1][0] - pad))
+            else:
+                s[1] = int(min(n_samples, s[1] + pad))
+        return [(int(s), int(e)) for s, e in sp]
+
+
+@dataclass(frozen=True)
+class VadResult:
+    regions: list[tuple[float, float]]  # seconds
+    num_samples: int  # audio length seen, at 16 kHz
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_samples / SAMPLE_RATE
+
+    @property
+    def speech_s(self) -> float:
+        return sum(e - s for s, e in self.regions)
+
+
+class SileroVad:
+    """silero VAD over a stream of 16 kHz mono float32 chunks; loads its ONNX session here.
+
+    Defaults are silero-vad's own (`get_speech_timestamps`): threshold 0.5, min_speech 250 ms,
+    min_silence 100 ms, speech_pad 30 ms. `block_windows` windows (512 = 16.4 s) go to the
+    sequence model per call.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        threshold: float = 0.5,
+        min_speech_ms: int = 250,
+        min_silence_ms: int = 100,
+        speech_pad_ms: int = 30,
+        block_windows: int = 512,
+        intra_op_threads: int = 1,
+    ):
+        import onnxruntime as ort
+
+        self.model_path = os.path.abspath(model_path or default_model_path())
+        self.threshold = threshold
+        self.min_speech_ms = min_speech_ms
+        self.min_silence_ms = min_silence_ms
+        self.speech_pad_ms = speech_pad_ms
+        self.block_windows = max(1, int(block_windows))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            self.model_path, sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        names = {i.name for i in self._session.get_inputs()}
+        if {"input", "h", "c"} <= names:
+            self.kind = "sequence"
+        elif {"input", "state", "sr"} <= names:
+            self.kind = "stepwise"
+        else:
+            raise ValueError(f"{self.model_path}: not a silero VAD model (inputs {sorted(names)})")
+
+    def model_info(self) -> dict:
+        return vad_model_info(self.model_path)
+
+    def probabilities(self, chunks: Iterable[np.ndarray], sample_rate: int = SAMPLE_RATE
+                      ) -> Iterator[np.ndarray]:
+        """Per-window speech probabilities, block by block; `self.samples_seen` after the end.
+
+        The last partial window is zero-padded, as silero does.
+        """
+        if sample_rate != SAMPLE_RATE:
+            raise ValueError(f"silero VAD here takes {SAMPLE_RATE} Hz audio, got {sample_rate}")
+        self.samples_seen = 0
+        prev = np.zeros(CONTEXT, dtype=np.float32)
+        h = np.zeros((1, 1, 128), dtype=np.float32)
+        c = np.zeros((1, 1, 128), dtype=np.float32)
+        state = np.zeros((2, 1, 128), dtype=np.float32)
+        sr = np.array(SAMPLE_RATE, dtype=np.int64)
+        rest = np.zeros(0, dtype=np.float32)
+
+        def run(frames: np.ndarray) -> np.ndarray:
+            nonlocal prev, h, c, state
+            n = frames.shape[0]
+            x = np.empty((n, CONTEXT + WINDOW), dtype=np.float32)
+            x[:, CONTEXT:] = frames
+            x[0, :CONTEXT] = prev
+            x[1:, :CONTEXT] = frames[:-1, -CONTEXT:]
+            prev = frames[-1, -CONTEXT:].copy()
+            if self.kind == "sequence":
+                p, h, c = self._session.run(None, {"input": x, "h": h, "c": c})
+                return p.reshape(-1)
+            p = np.empty(n, dtype=np.float32)
+            for i in range(n):
+                out, state = self._session.run(None, {"input": x[i : i + 1], "state": state, "sr": sr})
+                p[i] = out[0, 0]
+            return p
+
+        for chunk in chunks:
+            chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+            self.samples_seen += chunk.shape[0]
+            buf = np.concatenate([rest, chunk]) if rest.shape[0] else chunk
+            nwin = buf.shape[0] // WINDOW
+            for b in range(0, nwin, self.block_windows):
+                e = min(nwin, b + self.block_windows)
+                yield run(buf[b * WINDOW : e * WINDOW].reshape(e - b, WINDOW))
+            rest = buf[nwin * WINDOW :].copy()
+        if rest.shape[0]:
+            last = np.zeros((1, WINDOW), dtype=np.float32)
+            last[0, : rest.shape[0]] = rest
+            yield run(last)
+
+    def detect(self, chunks: Iterable[np.ndarray], sample_rate: int = SAMPLE_RATE) -> VadResult:
+        per_ms = SAMPLE_RATE / 1000
+        hyst = _Hysteresis(self.threshold, self.min_speech_ms * per_ms, self.min_silence_ms * per_ms)
+        for probs in self.probabilities(chunks, sample_rate):
+            hyst.feed(probs)
+        n = self.samples_seen
+        spans = hyst.finish(n, self.speech_pad_ms * per_ms)
+        return VadResult([(s / SAMPLE_RATE, e / SAMPLE_RATE) for s, e in spans], n)
+
+    def regions(self, chunks: Iterable[np.ndarray], sample_rate: int = SAMPLE_RATE
+                ) -> list[tuple[float, float]]:
+        """Speech regions (start_s, end_s) of the audio in `chunks` (16 kHz mono float32)."""
+        return self.detect(chunks, sample_rate).regions
+
+
+# ---------------------------------------------------------------------------------------------
+# The Beam stage.
+
+
+class _AudioDecodeFailed(Exception):
+    """An unexpected (non-DecodeError) exception raised while decoding, kept apart from VAD's."""
+
+
+def _watch(chunks: Iterator[np.ndarray], uri: str, t0: float) -> Iterator[np.ndarray]:
+    """Pass chunks through; log progress every PROGRESS_EVERY_S of audio; wrap odd errors."""
+    from transforms.decode import DecodeError
+
+    seen = 0
+    mark = PROGRESS_EVERY_S * SAMPLE_RATE
+    it = iter(chunks)
+    while True:
+        try:
+            chunk = next(it)
+        except StopIteration:
+            return
+        except DecodeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - anything PyAV throws is this input's problem
+            raise _AudioDecodeFailed(f"{type(e).__name__}: {e}") from e
+        seen += chunk.shape[0]
+        if seen >= mark:
+            mark += PROGRESS_EVERY_S * SAMPLE_RATE
+            audio_s = seen / SAMPLE_RATE
+            log.info("%s: %.0f min of audio decoded (%.0fx realtime)", uri, audio_s / 60,
+                     audio_s / max(time.perf_counter() - t0, 1e-9))
+        yield chunk
+
+
+class _DetectSpeechFn(beam.DoFn):
+    """MediaRef -> SourceRecord + SpeechRegions (tagged outputs) or one Rejection."""
+
+    def __init__(self, decode: DecodeConfig, vad: VadConfig, run_id: str):
+        self._decode = decode
+        self._vad_cfg = vad
+        self._run_id = run_id
+        self._vad: SileroVad | None = None
+        self._ok = beam.metrics.Metrics.counter("mmcurate", "decode.ok")
+        self._rejected = beam.metrics.Metrics.counter("mmcurate", "decode.rejected")
+        self._no_speech = beam.metrics.Metrics.counter("mmcurate", "vad.no_speech")
+        self._vad_failed = beam.metrics.Metrics.counter("mmcurate", "vad.failed")
+        self._ratio = beam.metrics.Metrics.distribution("mmcurate", "vad.speech_ratio_pct")
+
+    def setup(self):
+        v = self._vad_cfg
+        self._vad = SileroVad(threshold=v.threshold, min_speech_ms=v.min_speech_ms,
+                              min_silence_ms=v.min_silence_ms, speech_pad_ms=v.speech_pad_ms)
+
+    def _reject(self, ref: MediaRef, stage: str, reason: str, detail: str,
+                duration_s: float | None = None):
+        if stage == "decode":
+            self._rejected.inc()
+        log.info("%s: rejected at %s (%s): %s", ref.uri, stage, reason, detail)
+        return beam.pvalue.TaggedOutput("rejected", Rejection.make(
+            stage=stage, reason=reason, detail=detail, uri=ref.uri, run_id=self._run_id,
+            source_id=ref.source_id, duration_s=duration_s))
+
+    def process(self, ref: MediaRef):
+        from transforms.decode import DecodeError, stream_audio
+
+        sr = self._decode.sample_rate
+        max_s = self._decode.max_duration_s
+        t0 = time.perf_counter()
+        self._vad.samples_seen = 0
+        try:
+            with stream_audio(ref.media_uri, sr, chunk_s=30.0, max_duration_s=max_s) as (info, chunks):
+                if info.duration_s and info.duration_s > max_s:
+                    yield self._reject(ref, "decode", "too_long",
+                                       f"the container says {info.duration_s:.0f} s "
+                                       f"> max_duration_s {max_s:.0f}", info.duration_s)
+                    return
+                result = self._vad.detect(_watch(chunks, ref.uri, t0), sr)
+        except DecodeError as e:
+            yield self._reject(ref, "decode", e.reason, e.detail,
+                               (self._vad.samples_seen / sr) if e.reason == "too_long" else None)
+            return
+        except _AudioDecodeFailed as e:
+            yield self._reject(ref, "decode", "decode_error", str(e))
+            return
+        except Exception as e:  # noqa: BLE001 - the model failing on one input must not end the run
+            self._vad_failed.inc()
+            yield self._reject(ref, "vad", "vad_error", f"{type(e).__name__}: {e}")
+            return
+        if result.num_samples == 0:
+            yield self._reject(ref, "decode", "empty_audio", "the audio track decodes to zero samples")
+            return
+        self._ok.inc()
+        wall = time.perf_counter() - t0
+        duration = result.duration_s
+        speech_s = round(result.speech_s, 3)
+        ratio = speech_s / duration
+        self._ratio.update(int(round(100 * ratio)))
+        log.info("%s: %.1f s audio, speech %.1f%%, %d region(s), %.0fx realtime",
+                 ref.uri, duration, 100 * ratio, len(result.regions), duration / max(wall, 1e-9))
+        if speech_s <= 0 or ratio < self._vad_cfg.min_speech_ratio:
+            self._no_speech.inc()
+            yield self._reject(ref, "vad", "no_speech",
+                               f"speech {speech_s:.2f} s of {duration:.2f} s "
+                               f"(min_speech_ratio {self._vad_cfg.min_speech_ratio})", duration)
+            return
+        sid = ref.source_id
+        source = SourceRecord(
+            source_id=sid, sha256=ref.sha256, uri=ref.uri, media_uri=ref.media_uri,
+            ingested_via=ref.ingested_via, media_kind=info.media_kind, container=info.container,
+            audio_codec=info.audio_codec, video_codec=info.video_codec, duration_s=duration,
+            sample_rate=info.sample_rate, channels=info.channels, bytes=ref.bytes,
+            speech_s=speech_s, speech_ratio=ratio, metadata=dict(ref.metadata),
+            run_id=self._run_id)
+        regions = [SpeechRegion(f"{sid}-vad-{n:05d}", sid, round(s, 3), round(e, 3), self._run_id)
+                   for n, (s, e) in enumerate(result.regions)]
+        yield beam.pvalue.TaggedOutput("sources", source)
+        for r in regions:
+            yield beam.pvalue.TaggedOutput("regions", r)
+        yield source, regions
+
+
+class DetectSpeech(beam.PTransform):
+    """PCollection[MediaRef] -> {"sources", "regions", "rejected", "speech"}.
+
+    "speech" holds (SourceRecord, [SpeechRegion]) for sources with speech only; a source without
+    speech is only a Rejection (stage vad, reason no_speech); an input that does not decode is
+    only a Rejection (stage decode, DecodeError's reason). One outcome per input.
+    """
+
+    def __init__(self, cfg: CurateConfig, run_id: str):
+        super().__init__()
+        self._cfg = cfg
+        self._run_id = run_id
+
+    def expand(self, media):
+        out = (
+            media
+            | "SpreadInputs" >> beam.Reshuffle()
+            | "DecodeAndDetect" >> beam.ParDo(
+                _DetectSpeechFn(dataclasses.replace(self._cfg.decode),
+                                dataclasses.replace(self._cfg.vad), self._run_id)
+            ).with_outputs("sources", "regions", "rejected", main="speech")
+        )
+        return {"sources": out.sources, "regions": out.regions, "rejected": out.rejected,
+                "speech": out.speech}
