@@ -305,3 +305,29 @@ def test_download_limits_and_timeouts(server, tmp_path):
     ok = rss.download(server.base + "/nolength.mp3", str(tmp_path / "ok"), rss.HttpPolicy(2, 0, 0.01, 10_000))
     assert ok.sha256 == hashlib.sha256(body).hexdigest() and not ok.reused
     assert Path(ok.path).name == ok.sha256 + ".mp3"
+
+
+CDATA_FEED = b"""<?xml version="1.0"?>
+<!-- generator: test -->
+<rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/"><channel><title>Notes</title>
+  <item><guid>n1</guid><description><![CDATA[<!DOCTYPE html><p>show notes</p>]]></description>
+    <media:group><media:content url="https://example.org/n1.jpg" medium="image"/>
+      <media:content url="https://example.org/n1.m4a" type="audio/mp4"/></media:group></item>
+</channel></rss>"""
+
+ATTACK = b"""<?xml version="1.0"?>
+<!DOCTYPE rss [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>
+<rss><channel><title>&b;</title><item><enclosure url="https://example.org/x.mp3"/></item></channel></rss>"""
+
+
+@pytest.mark.parametrize("defused", [True, False], ids=["defusedxml", "stdlib-fallback"])
+def test_doctype_only_refused_in_the_prolog(defused, monkeypatch):
+    if not defused:
+        monkeypatch.setitem(__import__("sys").modules, "defusedxml", None)  # import now fails
+    feed = rss.parse_feed(CDATA_FEED, "https://example.org/feed")  # DOCTYPE inside CDATA is text
+    (item,) = feed.items
+    assert item.url == "https://example.org/n1.m4a" and item.metadata["mime_type"] == "audio/mp4"
+    with pytest.raises(rss.FeedError, match="DOCTYPE"):
+        rss.parse_feed(ATTACK, "https://example.org/feed")
+    with pytest.raises(rss.FeedError, match="DOCTYPE"):
+        rss.parse_feed(ATTACK.decode().replace("<?xml version=\"1.0\"?>", "").encode("utf-16"), "x")

@@ -39,6 +39,7 @@ MAX_FEED_BYTES = 128 * 1024**2
 
 ITUNES = "http://www.itunes.com/dtds/podcast-1.0.dtd"
 ATOM = "http://www.w3.org/2005/Atom"
+MRSS = "http://search.yahoo.com/mrss/"
 
 _MIME_EXT = {  # enclosure types mimetypes does not know or maps oddly
     "audio/mpeg": ".mp3",
@@ -93,8 +94,8 @@ class Feed:
 def parse_feed(data: bytes, feed_uri: str) -> Feed:
     """Parse an RSS 2.0 or Atom document; raises FeedError on anything unsafe or unparsable."""
     head = data[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
-    if re.search(rb"<!DOCTYPE|<!ENTITY", data, re.IGNORECASE):
-        raise FeedError("feed declares a DOCTYPE/ENTITY; refused (no DTD or entity expansion)")
+    if _declares_doctype(data):
+        raise FeedError(_DTD_REFUSED)
     try:
         root = _fromstring(data)
     except FeedError:
@@ -112,14 +113,46 @@ def parse_feed(data: bytes, feed_uri: str) -> Feed:
     raise FeedError(f"root element <{name}> is neither <rss> nor <feed>")
 
 
+_DTD_REFUSED = "feed declares a DOCTYPE/ENTITY; refused (no DTD or entity expansion)"
+# What may precede the root element: BOM, whitespace, the XML declaration, PIs, comments.
+_PROLOG_ITEM = re.compile(rb"\s+|<\?.*?\?>|<!--.*?-->", re.DOTALL)
+
+
+def _declares_doctype(data: bytes) -> bool:
+    """True when the prolog (before the root element) holds a DOCTYPE.
+
+    Only the prolog: show notes often carry `<![CDATA[<!DOCTYPE html>...]]>`, which is harmless
+    text. A document not in an ASCII-compatible encoding (UTF-16) cannot be checked this way and
+    counts as declaring one unless defusedxml does the parse (it forbids DTDs in any encoding).
+    """
+    pos = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    if data[pos : pos + 2] in (b"\xff\xfe", b"\xfe\xff") or data[pos : pos + 1] == b"\x00":
+        return not _have_defusedxml()
+    while m := _PROLOG_ITEM.match(data, pos):
+        pos = m.end()
+    return data[pos : pos + 9].upper() == b"<!DOCTYPE"
+
+
+def _have_defusedxml() -> bool:
+    try:
+        import defusedxml  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _fromstring(data: bytes):
     try:
+        import defusedxml
         from defusedxml import ElementTree as SafeET
     except ImportError:  # DOCTYPE already refused above; expat does not fetch external entities
         import xml.etree.ElementTree as ET
 
         return ET.fromstring(data)
-    return SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    try:
+        return SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except defusedxml.DefusedXmlException as e:
+        raise FeedError(f"{_DTD_REFUSED}: {e!r}") from e
 
 
 def _local(tag) -> str:
@@ -189,6 +222,8 @@ def _parse_rss(channel, feed_uri: str) -> Feed:
         _put(meta, "duration", _text(item, "duration", ITUNES))
         _put(meta, "author", _text(item, "author", ITUNES) or common.get("author"))
         enc = _child(item, "enclosure")
+        if enc is None:  # Media RSS instead of (or nested in a group beside) a plain enclosure
+            enc = _media_content(item)
         url = None
         if enc is not None and (enc.get("url") or "").strip():
             url = urllib.parse.urljoin(feed_uri, enc.get("url").strip()) if is_http(feed_uri) else enc.get("url").strip()
@@ -196,6 +231,15 @@ def _parse_rss(channel, feed_uri: str) -> Feed:
             _put(meta, "enclosure_length", (enc.get("length") or "").strip() or None)
         items.append(FeedItem(url=url, key=guid or link or f"item{n}", metadata=meta))
     return Feed(title=series, items=items)
+
+
+def _media_content(item):
+    """First Media RSS <media:content> (directly or in a <media:group>) that is audio or video."""
+    for el in item.iter(f"{{{MRSS}}}content"):
+        kind = (el.get("medium") or el.get("type") or "").split("/")[0].lower()
+        if el.get("url") and kind in ("audio", "video"):
+            return el
+    return None
 
 
 def _parse_atom(root, feed_uri: str) -> Feed:
