@@ -1,0 +1,563 @@
+"""Speech recognition with word timestamps: faster-whisper (embedded) and whisperx (production).
+
+Both backends take the whole source as 16 kHz mono float32 plus the VAD speech regions, decode
+only inside those regions, and return an `AsrResult` whose times are absolute seconds in the
+source. Models load once, when the transcriber is built (the Beam stage builds it in
+`DoFn.setup`); heavy imports happen there, never at import time.
+
+Hallucination guard (both backends), Whisper's own rules (openai/whisper transcribe.py) with
+the thresholds from `AsrConfig`, plus one for VAD-gated input:
+  * no_speech_prob > no_speech_threshold AND avg_logprob < log_prob_threshold -> drop
+  * no_speech_prob > NO_SPEECH_ALONE_THRESHOLD (0.6, measured; see there) -> drop
+  * compression_ratio > compression_ratio_threshold (repetition loops) -> drop
+  * text with no letter or digit at all (e.g. "♪", "...") -> drop: it carries no words.
+Dropped segments of the last call stay inspectable in `transcriber.last_dropped` as
+(reason, AsrSegment) pairs so the caller can count them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import logging
+import os
+import threading
+import zlib
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from pipelines.config import AsrConfig
+from schemas.records import AsrResult, AsrSegment, Word
+from transforms import models
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+# Regions are decoded in groups of at most this much speech (memory stays bounded for hours-long
+# sources; each group is one faster-whisper call, long enough that the 30 s windows stay full).
+GROUP_SPEECH_S = 600.0
+# Silence put between joined regions so that a word never straddles two regions.
+JOIN_GAP_S = 0.1
+
+
+class Transcriber(Protocol):
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        regions: list[tuple[float, float]] | None = None,
+        language: str | None = None,
+    ) -> AsrResult: ...
+
+    def model_info(self) -> dict: ...
+
+
+def load_transcriber(cfg: AsrConfig) -> Transcriber:
+    """The configured backend with its model loaded (call once per worker, in DoFn.setup)."""
+    if cfg.backend == "faster-whisper":
+        return FasterWhisperTranscriber(cfg)
+    if cfg.backend == "whisperx":
+        return WhisperXTranscriber(cfg)
+    raise ValueError(f"asr.backend {cfg.backend!r}: use 'faster-whisper' or 'whisperx'")
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's repetition measure: UTF-8 bytes / zlib-compressed bytes."""
+    b = text.encode("utf-8")
+    return len(b) / len(zlib.compress(b)) if b else 0.0
+
+
+# Whisper keeps a "no speech" window when its text decodes confidently (avg_logprob above
+# log_prob_threshold), because it runs without a VAD and must not skip quiet speech. Our input is
+# already VAD speech, and measured on whisper-base (2026-11-23): text invented on white noise and
+# synthetic tones inside VAD regions had no_speech_prob 0.67-0.74 with avg_logprob -0.69..-0.94
+# (Whisper's AND-rule keeps it: "I'm sorry.", "1,5kg"), while real speech in ../shared/media
+# (jfk, LDC93S1, diarization/sample, laion_talk, autoeditor_example) stayed at <= 0.29.
+# So no_speech_prob above this alone drops a segment; None turns the extra rule off.
+NO_SPEECH_ALONE_THRESHOLD: float | None = 0.6
+
+
+def drop_reason(
+    seg: AsrSegment,
+    cfg: AsrConfig,
+    no_speech_alone: float | None = NO_SPEECH_ALONE_THRESHOLD,
+) -> str | None:
+    """Why a segment is a hallucination (no_speech / repetitive / no_words), or None to keep it.
+
+    Whisper's rules with the cfg thresholds, plus `no_speech_alone` (see
+    NO_SPEECH_ALONE_THRESHOLD) for input that a VAD already called speech.
+    """
+    if (
+        no_speech_alone is not None
+        and seg.no_speech_prob is not None
+        and seg.no_speech_prob > no_speech_alone
+    ):
+        return "no_speech"
+    if (
+        seg.no_speech_prob is not None
+        and seg.avg_logprob is not None
+        and seg.no_speech_prob > cfg.no_speech_threshold
+        and seg.avg_logprob < cfg.log_prob_threshold
+    ):
+        return "no_speech"
+    if seg.compression_ratio is not None and seg.compression_ratio > cfg.compression_ratio_threshold:
+        return "repetitive"
+    if not any(c.isalnum() for c in seg.text):
+        return "no_words"
+    return None
+
+
+def normalize_regions(
+    regions: Sequence[tuple[float, float]] | None, duration_s: float
+) -> list[tuple[float, float]]:
+    """Regions clipped to the audio, sorted, overlaps merged, empty ones dropped."""
+    if regions is None:
+        return [(0.0, duration_s)] if duration_s > 0 else []
+    out: list[list[float]] = []
+    for s, e in sorted((max(0.0, float(s)), min(duration_s, float(e))) for s, e in regions):
+        if e - s < 1.0 / SAMPLE_RATE:
+            continue
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def _check_audio(audio: np.ndarray) -> np.ndarray:
+    a = np.asarray(audio)
+    if a.ndim != 1:
+        raise ValueError(f"audio must be mono 1-D 16 kHz samples, got shape {a.shape}")
+    return a.astype(np.float32, copy=False)
+
+
+class _TimeMap:
+    """Maps times in joined-regions audio back to absolute source seconds."""
+
+    def __init__(self) -> None:
+        self.joined_starts: list[float] = []
+        self.joined_ends: list[float] = []
+        self.abs_starts: list[float] = []
+
+    def add(self, joined_start: float, abs_start: float, length: float) -> None:
+        self.joined_starts.append(joined_start)
+        self.joined_ends.append(joined_start + length)
+        self.abs_starts.append(abs_start)
+
+    def __call__(self, t: float, is_end: bool = False) -> float:
+        i = max(0, bisect.bisect_right(self.joined_starts, t) - 1)
+        if t > self.joined_ends[i]:  # in the gap after region i
+            if is_end or i + 1 == len(self.joined_starts):
+                t = self.joined_ends[i]
+            else:
+                i += 1
+                t = self.joined_starts[i]
+        return float(round(self.abs_starts[i] + (float(t) - self.joined_starts[i]), 3))
+
+
+def _join(audio: np.ndarray, regions: list[tuple[float, float]]) -> tuple[np.ndarray, _TimeMap]:
+    gap = np.zeros(int(JOIN_GAP_S * SAMPLE_RATE), dtype=np.float32)
+    pieces: list[np.ndarray] = []
+    tmap = _TimeMap()
+    pos = 0
+    for s, e in regions:
+        a, b = int(round(s * SAMPLE_RATE)), int(round(e * SAMPLE_RATE))
+        if pieces:
+            pieces.append(gap)
+            pos += len(gap)
+        piece = audio[a:b]
+        tmap.add(pos / SAMPLE_RATE, a / SAMPLE_RATE, len(piece) / SAMPLE_RATE)
+        pieces.append(piece)
+        pos += len(piece)
+    return np.concatenate(pieces), tmap
+
+
+def _groups(regions: list[tuple[float, float]], max_speech_s: float) -> list[list[tuple[float, float]]]:
+    groups: list[list[tuple[float, float]]] = []
+    total = 0.0
+    for r in regions:
+        if not groups or total + (r[1] - r[0]) > max_speech_s:
+            groups.append([])
+            total = 0.0
+        groups[-1].append(r)
+        total += r[1] - r[0]
+    return groups
+
+
+def interpolate_words(text: str, start: float, end: float) -> list[Word]:
+    """Words of `text` with times spread over [start, end] by character length (no model).
+
+    probability is None: these times are an estimate, not a measurement.
+    """
+    tokens = text.split()
+    if not tokens:
+        return []
+    weights = [len(t) + 1 for t in tokens]  # +1: the space before each word takes time too
+    total = float(sum(weights))
+    span = max(0.0, end - start)
+    words, acc = [], 0.0
+    for tok, w in zip(tokens, weights):
+        ws = start + span * acc / total
+        acc += w
+        we = start + span * acc / total
+        words.append(Word(tok, round(ws, 3), round(we, 3), None))  # type: ignore[arg-type]
+    return words
+
+
+# ---------------------------------------------------------------------------------------------
+# faster-whisper (embedded default)
+
+
+class FasterWhisperTranscriber:
+    """faster-whisper with an embedded CTranslate2 Whisper model (default: whisper-base).
+
+    Regions are joined (0.1 s of silence between them) in groups of at most 10 minutes of
+    speech, decoded with word_timestamps=True and vad_filter=False (the regions already are
+    the VAD), and times mapped back to the source. The language is detected once per call on
+    the first group (i.e. on speech, not on a music intro) unless a hint is given, and then
+    kept for the other groups.
+    """
+
+    backend = "faster-whisper"
+
+    def __init__(self, cfg: AsrConfig):
+        import ctranslate2
+        import faster_whisper
+
+        self.cfg = cfg
+        self._info = models.model_info("asr", cfg.model)
+        self.model = faster_whisper.WhisperModel(
+            self._info["path"],
+            device=cfg.device,
+            compute_type=cfg.compute_type,
+            cpu_threads=cfg.cpu_threads,
+            local_files_only=True,
+        )
+        self.name = f"{self._info['name']} (faster-whisper)"
+        self.version = (
+            f"faster-whisper {faster_whisper.__version__}, ctranslate2 {ctranslate2.__version__}, "
+            f"model sha256 {self._info['sha256'][:12]}"
+        )
+        self.last_dropped: list[tuple[str, AsrSegment]] = []
+
+    def model_info(self) -> dict:
+        return {
+            **self._info,
+            "backend": self.backend,
+            "source": self._info["version"],
+            "version": self.version,
+            "model": self.name,
+        }
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        regions: list[tuple[float, float]] | None = None,
+        language: str | None = None,
+    ) -> AsrResult:
+        audio = _check_audio(audio)
+        regions = normalize_regions(regions, len(audio) / SAMPLE_RATE)
+        self.last_dropped = []
+        lang, lang_p = language or self.cfg.language, None
+        detect = lang is None
+        segments: list[AsrSegment] = []
+        for group in _groups(regions, GROUP_SPEECH_S):
+            joined, tmap = _join(audio, group)
+            seg_iter, info = self.model.transcribe(
+                joined,
+                language=lang,
+                beam_size=self.cfg.beam_size,
+                word_timestamps=True,
+                condition_on_previous_text=self.cfg.condition_on_previous_text,
+                vad_filter=False,
+                no_speech_threshold=self.cfg.no_speech_threshold,
+                log_prob_threshold=self.cfg.log_prob_threshold,
+                compression_ratio_threshold=self.cfg.compression_ratio_threshold,
+            )
+            if detect and lang_p is None:  # first group: detected on speech
+                lang, lang_p = info.language, float(info.language_probability)
+            else:  # hinted (or detected earlier); an English-only model reports "en" anyway
+                lang = info.language
+            for s in seg_iter:
+                words = [
+                    Word(w.word.strip(), tmap(w.start), tmap(w.end, is_end=True), float(w.probability))
+                    for w in (s.words or [])
+                    if w.word.strip()
+                ]
+                start, end = tmap(s.start), tmap(s.end, is_end=True)
+                if words:
+                    start, end = min(start, words[0].start), max(end, words[-1].end)
+                seg = AsrSegment(
+                    start=start,
+                    end=max(start, end),
+                    text=s.text.strip(),
+                    words=words,
+                    avg_logprob=float(s.avg_logprob),
+                    no_speech_prob=float(s.no_speech_prob),
+                    compression_ratio=float(s.compression_ratio),
+                )
+                reason = drop_reason(seg, self.cfg)
+                if reason:
+                    self.last_dropped.append((reason, seg))
+                else:
+                    segments.append(seg)
+        return AsrResult(lang, lang_p, segments, self.name, self.version)
+
+
+# ---------------------------------------------------------------------------------------------
+# whisperx (production)
+
+NO_ALIGN_WARNING = (
+    "whisperx: no local alignment model configured (asr.align_model_dir); "
+    "word times are interpolated within segments"
+)
+
+
+def _offline_hub() -> None:
+    """No hub, ever: set the offline switches, also in modules that already read them."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
+    import huggingface_hub.constants
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        import transformers.utils.hub as th
+
+        if hasattr(th, "_is_offline_mode"):
+            th._is_offline_mode = True
+    except ImportError:
+        pass
+
+
+class WhisperXTranscriber:
+    """whisperx 3.8: batched faster-whisper over pyannote-VAD chunks, optional wav2vec2 alignment.
+
+    * Model: `asr.whisperx_model_dir` (a local CTranslate2 dir, e.g. faster-whisper-large-v3);
+      without it the embedded `asr.model` dir is used (tests, small runs).
+    * VAD: whisperx's pyannote segmentation model shipped inside the whisperx wheel
+      (whisperx/assets/pytorch_model.bin); HF_HUB_OFFLINE is forced so nothing reaches a hub.
+      Its speech is intersected with our `regions`, then whisperx merges it into <= 30 s
+      windows (its published method), so short pauses inside a window are decoded with their
+      neighbours.
+    * Language: detected by us on the first 30 s of region speech (so we get its probability)
+      unless hinted, then passed to whisperx.
+    * Words: with `asr.align_model_dir` (a local Hugging Face wav2vec2 CTC model directory)
+      whisperx.align gives word times and scores. WITHOUT it a warning is logged once at load
+      and words are the segment text split on spaces, times interpolated by character length
+      inside the segment, probability None. Those times are estimates (segment-level accuracy).
+    * Scores: whisperx's batched decoding reports avg_logprob only (no no_speech_prob, no
+      temperature fallback); compression_ratio is computed from the text, and the same drop
+      rules as the embedded backend apply to what is available.
+    """
+
+    backend = "whisperx"
+
+    def __init__(self, cfg: AsrConfig):
+        from pathlib import Path
+
+        self.cfg = cfg
+        if cfg.align_model_dir is not None:
+            p = Path(cfg.align_model_dir).expanduser()
+            if not (p.is_dir() and (p / "config.json").is_file()):
+                raise FileNotFoundError(
+                    f"asr.align_model_dir {cfg.align_model_dir!r} is not a local wav2vec2 model "
+                    "directory (needs config.json, weights and the processor/tokenizer files); "
+                    "set it to such a directory or leave it unset to skip alignment"
+                )
+            self.align_dir: str | None = str(p.resolve())
+        else:
+            self.align_dir = None
+        _offline_hub()
+        import ctranslate2
+        import whisperx
+        import whisperx.vads.pyannote as wx_pyannote
+
+        self._whisperx = whisperx
+        asset = Path(wx_pyannote.__file__).resolve().parents[1] / "assets" / "pytorch_model.bin"
+        if not asset.is_file():
+            raise FileNotFoundError(f"whisperx's packaged pyannote VAD model is missing: {asset}")
+        if cfg.whisperx_model_dir:
+            self._info = models.model_info("asr", cfg.whisperx_model_dir)
+        else:
+            log.info("whisperx: no asr.whisperx_model_dir; using embedded %s", cfg.model)
+            self._info = models.model_info("asr", cfg.model)
+        self.pipeline = whisperx.load_model(
+            self._info["path"],
+            cfg.device,
+            compute_type=cfg.compute_type,
+            asr_options={
+                "beam_size": cfg.beam_size,
+                "condition_on_previous_text": cfg.condition_on_previous_text,
+                "no_speech_threshold": cfg.no_speech_threshold,
+                "log_prob_threshold": cfg.log_prob_threshold,
+                "compression_ratio_threshold": cfg.compression_ratio_threshold,
+            },
+            language=cfg.language,
+            vad_method="pyannote",
+            local_files_only=True,
+            threads=cfg.cpu_threads,
+        )
+        self._pyannote_vad = self.pipeline.vad_model
+        self._lock = threading.Lock()
+        self._align: dict[str, tuple] = {}
+        if self.align_dir is None:
+            log.warning(NO_ALIGN_WARNING)
+        elif cfg.language:
+            self._align_model(cfg.language)
+        self.name = f"{self._info['name']} (whisperx)"
+        self.version = (
+            f"whisperx {_dist_version('whisperx')}, ctranslate2 {ctranslate2.__version__}, "
+            f"model sha256 {self._info['sha256'][:12]}"
+            + (f", align {Path(self.align_dir).name}" if self.align_dir else ", no alignment")
+        )
+        self.last_dropped: list[tuple[str, AsrSegment]] = []
+
+    def model_info(self) -> dict:
+        return {
+            **self._info,
+            "backend": self.backend,
+            "source": self._info["version"],
+            "version": self.version,
+            "model": self.name,
+            "align_model_dir": self.align_dir,
+        }
+
+    def _align_model(self, language: str) -> tuple:
+        if language not in self._align:
+            model, meta = self._whisperx.load_align_model(
+                language, self.cfg.device, model_name=self.align_dir, model_cache_only=True
+            )
+            self._align[language] = (model, meta)
+        return self._align[language]
+
+    def _detect_language(self, audio: np.ndarray, regions: list[tuple[float, float]]) -> tuple[str, float]:
+        speech, _ = _join(audio, _groups(regions, 30.0)[0])
+        lang, prob, _ = self.pipeline.model.detect_language(audio=speech[: 30 * SAMPLE_RATE])
+        return lang, float(prob)
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        regions: list[tuple[float, float]] | None = None,
+        language: str | None = None,
+    ) -> AsrResult:
+        audio = _check_audio(audio)
+        regions = normalize_regions(regions, len(audio) / SAMPLE_RATE)
+        self.last_dropped = []
+        lang, lang_p = language or self.cfg.language, None
+        if not regions:
+            return AsrResult(lang, lang_p, [], self.name, self.version)
+        if not self.pipeline.model.model.is_multilingual:
+            lang = "en"
+        elif lang is None:
+            lang, lang_p = self._detect_language(audio, regions)
+        with self._lock:
+            self.pipeline.vad_model = _region_vad_class()(self._pyannote_vad, regions)
+            try:
+                out = self.pipeline.transcribe(audio, batch_size=self.cfg.batch_size, language=lang)
+            finally:
+                self.pipeline.vad_model = self._pyannote_vad
+        raw = [s for s in out["segments"] if s.get("text", "").strip()]
+        if self.align_dir is not None and raw:
+            model, meta = self._align_model(lang)
+            aligned = self._whisperx.align(
+                raw, model, meta, audio, self.cfg.device, return_char_alignments=False
+            )
+            raw = aligned["segments"]
+        segments: list[AsrSegment] = []
+        for s in raw:
+            text = s["text"].strip()
+            start, end = float(s["start"]), float(s["end"])
+            if "words" in s:
+                words = _aligned_words(s["words"], start, end)
+            else:
+                words = interpolate_words(text, start, end)
+            avg = s.get("avg_logprob")
+            seg = AsrSegment(
+                start=round(start, 3),
+                end=round(max(start, end), 3),
+                text=text,
+                words=words,
+                avg_logprob=float(avg) if avg is not None else None,
+                no_speech_prob=None,
+                compression_ratio=compression_ratio(text),
+            )
+            reason = drop_reason(seg, self.cfg)
+            if reason:
+                self.last_dropped.append((reason, seg))
+            else:
+                segments.append(seg)
+        return AsrResult(lang, lang_p, segments, self.name, self.version)
+
+
+def _aligned_words(words: list[dict], seg_start: float, seg_end: float) -> list[Word]:
+    """whisperx aligned words; words the aligner could not place (digits, symbols) get times
+    interpolated between their placed neighbours and probability None."""
+    out: list[Word] = []
+    for i, w in enumerate(words):
+        text = str(w.get("word", "")).strip()
+        if not text:
+            continue
+        if "start" in w and "end" in w and w["start"] is not None:
+            p = w.get("score")
+            out.append(Word(text, round(float(w["start"]), 3), round(float(w["end"]), 3),
+                            float(p) if p is not None else None))  # type: ignore[arg-type]
+            continue
+        prev_end = out[-1].end if out else seg_start
+        nxt = next((x for x in words[i + 1:] if x.get("start") is not None), None)
+        next_start = float(nxt["start"]) if nxt else seg_end
+        out.append(Word(text, round(prev_end, 3), round(max(prev_end, next_start), 3), None))  # type: ignore[arg-type]
+    return out
+
+
+def _dist_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@functools.cache
+def _region_vad_class() -> type:
+    """whisperx VAD adapter: pyannote scores binarized as whisperx does, then cut to our regions.
+
+    Built at first use (whisperx is imported lazily); it must subclass whisperx's Vad because
+    FasterWhisperPipeline.transcribe only calls a VAD's own merge_chunks for Vad subclasses.
+    """
+    import torch
+    from whisperx.diarize import Segment as SegmentX
+    from whisperx.vads.pyannote import Binarize
+    from whisperx.vads.vad import Vad
+
+    class RegionVad(Vad):
+        def __init__(self, inner, regions: list[tuple[float, float]]):
+            self.inner, self.regions = inner, regions  # Vad.__init__ only checks an onset
+
+        def __call__(self, audio, **kwargs):
+            return self.inner(audio, **kwargs)  # pyannote frame scores
+
+        @staticmethod
+        def preprocess_audio(audio):
+            return torch.from_numpy(audio).unsqueeze(0)
+
+        def merge_chunks(self, scores, chunk_size, onset=0.5, offset=None):
+            binarized = Binarize(max_duration=chunk_size, onset=onset, offset=offset)(scores)
+            cut = []
+            for turn in binarized.get_timeline():
+                for rs, re_ in self.regions:
+                    s, e = max(turn.start, rs), min(turn.end, re_)
+                    if e > s:
+                        cut.append(SegmentX(s, e, "UNKNOWN"))
+            cut.sort(key=lambda x: x.start)
+            if not cut:
+                return []
+            return Vad.merge_chunks(cut, chunk_size, onset, offset)
+
+    return RegionVad
