@@ -136,7 +136,9 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
         os.makedirs(output, exist_ok=True)
     version = code_version()
     run_id = make_run_id(inputs, cfg, version)
-    manifest = ManifestBuilder(run_id, version, cfg.to_json(), list(inputs), model_infos(cfg))
+    from transforms.ingest import escape_uri
+
+    manifest = ManifestBuilder(run_id, version, cfg.to_json(), [escape_uri(i) for i in inputs], model_infos(cfg))
     log.info("run %s: %d input(s) -> %s (stages: %s)", run_id, len(inputs), output, ",".join(cfg.stages))
     options = PipelineOptions(beam_args or [])
     p = test_pipeline or beam.Pipeline(options=options)

@@ -173,7 +173,9 @@ def _invariant(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         con,
         f"""
         WITH s AS (SELECT uri FROM sources),
-             r AS (SELECT uri FROM rejected WHERE stage IN {_SL})
+             -- the same name reached twice (a folder and a manifest) is two inputs: the
+             -- repeat's ledger row carries an item_id, which makes its key distinct
+             r AS (SELECT uri || coalesce('#' || item_id, '') AS uri FROM rejected WHERE stage IN {_SL})
         SELECT
             (SELECT count(*) FROM s),
             (SELECT count(*) FROM r),
@@ -195,7 +197,7 @@ def _invariant(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     inputs = int(n_sources) + int(n_sl)
     return {
         "ok": int(distinct) == inputs,
-        "definition": "count(distinct uri over sources and source-level rejected) "
+        "definition": "count(distinct uri[#item_id] over sources and source-level rejected) "
         "== rows(sources) + rows(source-level rejected)",
         "source_level_stages": list(SOURCE_LEVEL_STAGES),
         "inputs": inputs,

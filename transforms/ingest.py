@@ -22,6 +22,7 @@ unsupported_extension, bad_manifest, feed_error, no_enclosure, download_failed, 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -127,8 +128,9 @@ class _ExpandInputFn(beam.DoFn):
         self.run_id = run_id
         self.exts = frozenset(e.lower() for e in cfg.media_extensions)
 
-    def process(self, item: str) -> Iterator[Any]:
-        for out in self._expand(item):
+    def process(self, item: bytes) -> Iterator[Any]:
+        # inputs travel as bytes: a non-UTF-8 file name (surrogate-escaped str) has no UTF-8 form
+        for out in self._expand(item.decode("utf-8", "surrogateescape")):
             count_inputs()
             if isinstance(out, Rejection):
                 yield beam.pvalue.TaggedOutput("rejected", out)
@@ -469,6 +471,14 @@ class _KeepOneFn(beam.DoFn):
         _, refs = kv
         refs = sorted(refs, key=_sort_key)
         kept = refs[0]
+        # the same name reached twice (a folder and a manifest line): keep every piece of
+        # metadata the user gave for it (first one wins on conflicts)
+        merged = dict(kept.metadata)
+        for other in refs[1:]:
+            if other.uri == kept.uri:
+                merged.update({k: v for k, v in other.metadata.items() if k not in merged})
+        if merged != kept.metadata:
+            kept = dataclasses.replace(kept, metadata=merged)
         yield kept
         same_uri = 0
         for dup in refs[1:]:
@@ -510,7 +520,7 @@ class Ingest(beam.PTransform):
     def expand(self, pbegin) -> dict[str, beam.PCollection]:
         expanded = (
             pbegin
-            | "Inputs" >> beam.Create(self.inputs)
+            | "Inputs" >> beam.Create([i.encode("utf-8", "surrogateescape") for i in self.inputs])
             | "ExpandInputs"
             >> beam.ParDo(_ExpandInputFn(self.cfg, self.run_id)).with_outputs("rejected", main="candidates")
         )
