@@ -301,3 +301,25 @@ def test_too_long(tmp_path):
 def test_decode_error_pickles():
     e = pickle.loads(pickle.dumps(DecodeError("decode_error", "bad packet")))
     assert (e.reason, e.detail) == ("decode_error", "bad packet")
+
+
+def _with_holes(data: bytes, every: int, seed: int = 1) -> bytes:
+    """40 random bytes every `every` bytes after the first 2000 (damaged download or disk)."""
+    rng = np.random.default_rng(seed)
+    out = bytearray(data)
+    for i in range(2000, len(out), every):
+        out[i : i + 40] = rng.integers(0, 256, 40, dtype=np.uint8).tobytes()
+    return bytes(out)
+
+
+def test_damaged_mp3_skips_a_few_bad_packets_but_not_many(tmp_path):
+    data = (MEDIA / "speech" / "jfk.mp3").read_bytes()
+    few = tmp_path / "few_holes.mp3"  # 2 of ~300 packets fail to decode: skipped
+    few.write_bytes(_with_holes(data, 3000))
+    y = decode_audio(str(few))
+    assert 10.0 < y.shape[0] / SR <= 11.05
+    many = tmp_path / "many_holes.mp3"  # about one packet in five fails: the input is damaged
+    many.write_bytes(_with_holes(data, 300))
+    with pytest.raises(DecodeError) as e:
+        decode_audio(str(many))
+    assert e.value.reason == "decode_error" and "corrupt packets" in e.value.detail

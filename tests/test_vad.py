@@ -221,10 +221,20 @@ def test_detect_speech_stage(tmp_path, caplog):
         return check
 
     caplog.set_level(logging.INFO, logger="mmcurate.vad")
-    with TestPipeline() as p:
-        out = p | beam.Create(refs) | "Detect" >> DetectSpeech(CurateConfig(), "run-test")
-        for name in ("sources", "regions", "rejected", "speech"):
-            assert_that(out[name], keep(name), label=f"Keep{name}")
+    p = TestPipeline()
+    out = p | beam.Create(refs) | "Detect" >> DetectSpeech(CurateConfig(), "run-test")
+    for name in ("sources", "regions", "rejected", "speech"):
+        assert_that(out[name], keep(name), label=f"Keep{name}")
+    result = p.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]
+                if c.key.metric.namespace == "mmcurate"}
+    assert counters["decode.ok"] == len(good) + 1  # the silent file decodes fine
+    assert counters["decode.rejected"] == len(bad) - 1
+    assert counters["vad.no_speech"] == 1
+    ratios = [d.committed for d in result.metrics().query()["distributions"]
+              if d.key.metric.name == "vad.speech_ratio_pct"]
+    assert ratios and ratios[0].count == len(good) + 1 and ratios[0].min == 0
 
     got = {n: pickle.loads((tmp_path / f"{n}.pkl").read_bytes())
            for n in ("sources", "regions", "rejected", "speech")}
@@ -306,3 +316,18 @@ def test_detect_speech_multiprocessing(tmp_path):
                     label="Rejected")
         assert_that(out["speech"] | beam.Map(lambda t: (Path(t[0].uri).name, len(t[1]) > 0)),
                     equal_to([("jfk.wav", True), ("LDC93S1.wav", True)]), label="Speech")
+
+
+def test_progress_lines_for_long_sources(monkeypatch, caplog):
+    """A progress line per PROGRESS_EVERY_S of decoded audio (10 min; 5 s here)."""
+    import time
+
+    import transforms.vad as vad_mod
+
+    monkeypatch.setattr(vad_mod, "PROGRESS_EVERY_S", 5.0)
+    caplog.set_level(logging.INFO, logger="mmcurate.vad")
+    chunks = list(vad_mod._watch(iter_audio(str(MEDIA / "diarization" / "sample.wav"), chunk_s=1.0),
+                                 "sample.wav", time.perf_counter()))
+    assert sum(c.shape[0] for c in chunks) == 30 * SR
+    lines = [r.getMessage() for r in caplog.records if "decoded" in r.getMessage()]
+    assert len(lines) == 6, lines

@@ -7,8 +7,8 @@ whole process) and run through onnxruntime directly:
 - `silero_vad_16k_sequence.onnx` (default): the same network exported to take a whole block of
   512-sample windows (each prefixed with the 64 samples before it) in one call, carrying the
   LSTM state (h, c) between calls. Its probabilities are bit-identical to the streaming model's
-  (tests/test_vad.py checks it) and it runs ~3.5x faster, because the per-window Python loop
-  is gone.
+  (tests/test_vad.py checks it) and it runs 2.4-3.5x faster (bench/bench_foundation.py), the
+  per-window Python loop being gone.
 - `silero_vad.onnx` (or faster-whisper's `silero_vad_v6.onnx`): the streaming model, one
   window per call with state [2, 1, 128]; used when `model_path` points at such a file.
 
@@ -437,8 +437,13 @@ class DetectSpeech(beam.PTransform):
     """PCollection[MediaRef] -> {"sources", "regions", "rejected", "speech"}.
 
     "speech" holds (SourceRecord, [SpeechRegion]) for sources with speech only; a source without
-    speech is only a Rejection (stage vad, reason no_speech); an input that does not decode is
-    only a Rejection (stage decode, DecodeError's reason). One outcome per input.
+    speech is only a Rejection (stage vad, reason no_speech, duration_s set); an input that does
+    not decode is only a Rejection (stage decode, DecodeError's reason). One outcome per input.
+
+    Truncated or damaged media: whatever FFmpeg decodes is the source (a truncated mp3 becomes a
+    shorter source, its duration the decoded one, not the header's); when decoding raises, even
+    after some audio was read, the input is a decode_error rejection and nothing else (see
+    transforms.decode). An unexpected error in the model is a vad/vad_error rejection.
     """
 
     def __init__(self, cfg: CurateConfig, run_id: str):
