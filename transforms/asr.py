@@ -334,6 +334,31 @@ def _offline_hub() -> None:
         pass
 
 
+def _offline_sentence_splitter() -> None:
+    """whisperx.align splits sentences with NLTK's punkt_tab data and, when that data is not
+    installed, calls nltk.download (network). Shim: whisperx.alignment's loader falls back to
+    an untrained PunktSentenceTokenizer (splits on sentence punctuation, no learned
+    abbreviations) instead of downloading. Installed punkt_tab data is still used first."""
+    import whisperx.alignment as wxa
+
+    if getattr(wxa.nltk_load, "_mmcurate_offline", False):
+        return
+    real_load = wxa.nltk_load
+
+    def load(resource_url, *args, **kwargs):
+        try:
+            return real_load(resource_url, *args, **kwargs)
+        except LookupError:
+            from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+            log.info("whisperx: NLTK %s not installed; untrained Punkt splits sentences",
+                     resource_url)
+            return PunktSentenceTokenizer()
+
+    load._mmcurate_offline = True  # type: ignore[attr-defined]
+    wxa.nltk_load = load
+
+
 class WhisperXTranscriber:
     """whisperx 3.8: batched faster-whisper over pyannote-VAD chunks, optional wav2vec2 alignment.
 
@@ -350,6 +375,8 @@ class WhisperXTranscriber:
       whisperx.align gives word times and scores. WITHOUT it a warning is logged once at load
       and words are the segment text split on spaces, times interpolated by character length
       inside the segment, probability None. Those times are estimates (segment-level accuracy).
+      Sentence splitting inside whisperx.align never downloads NLTK data (see
+      `_offline_sentence_splitter`).
     * Scores: whisperx's batched decoding reports avg_logprob only (no no_speech_prob, no
       temperature fallback); compression_ratio is computed from the text, and the same drop
       rules as the embedded backend apply to what is available.
@@ -407,8 +434,10 @@ class WhisperXTranscriber:
         self._align: dict[str, tuple] = {}
         if self.align_dir is None:
             log.warning(NO_ALIGN_WARNING)
-        elif cfg.language:
-            self._align_model(cfg.language)
+        else:
+            _offline_sentence_splitter()
+            if cfg.language:
+                self._align_model(cfg.language)
         self.name = f"{self._info['name']} (whisperx)"
         self.version = (
             f"whisperx {_dist_version('whisperx')}, ctranslate2 {ctranslate2.__version__}, "
