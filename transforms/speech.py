@@ -170,7 +170,10 @@ class _TranscribeFn(beam.DoFn):
             return
         elapsed = time.perf_counter() - t0
         audio_s = audio.shape[0] / sr
-        for reason, seg in getattr(self._model, "last_dropped", None) or []:
+        if audio_s > 0:
+            self._rtf.update(int(round(1000 * elapsed / audio_s)))
+        dropped = list(getattr(self._model, "last_dropped", None) or [])
+        for reason, seg in dropped:
             # Whisper's hallucination rules dropped this ASR segment: say so in the ledger
             self._dropped.inc()
             yield pvalue.TaggedOutput(REJECTED, Rejection.make(
@@ -183,14 +186,15 @@ class _TranscribeFn(beam.DoFn):
                 item_id=f"{source.source_id}-asr-{seg.start:.3f}",
                 duration_s=max(0.0, seg.end - seg.start),
             ))
-        if audio_s > 0:
-            self._rtf.update(int(round(1000 * elapsed / audio_s)))
         if not any(s.text.strip() for s in result.segments):
             self._no_transcript.inc()
+            speech_s = sum(b - a for a, b in spans) if spans is not None else audio_s
+            log.info("%s: %.1f s audio, ASR %.1f s (rtf %.3f): no transcript",
+                     source.source_id, audio_s, elapsed, elapsed / max(audio_s, 1e-9))
             yield pvalue.TaggedOutput(REJECTED, self._reject(
                 source, "no_transcript",
-                f"ASR ({result.model}) found no speech in {sum(b - a for a, b in spans or [(0, audio_s)]):.1f} s "
-                "of VAD regions",
+                f"ASR ({result.model}) found no speech in {speech_s:.1f} s of VAD regions"
+                + (f" ({len(dropped)} segment(s) dropped as hallucinations)" if dropped else ""),
             ))
             return
         yield source.source_id, AsrOutcome(result, audio_s, elapsed)
