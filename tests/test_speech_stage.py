@@ -36,7 +36,8 @@ RUN = "run-test"
 
 # ---------------------------------------------------------------- fakes
 # Behaviour is keyed on the audio itself (the models only ever see samples):
-#   silence -> ASR finds nothing; exactly 3.0 s -> ASR raises; exactly 4.0 s -> diarizer raises.
+#   silence -> ASR finds nothing; exactly 3.0 s -> ASR raises; exactly 4.0 s -> diarizer raises;
+#   exactly 2.5 s -> diarizer finds no turn; exactly 6.0 s -> ASR reports a dropped segment.
 
 
 class FakeTranscriber:
@@ -79,6 +80,8 @@ class FakeDiarizer:
         dur = audio.shape[0] / sample_rate
         if abs(dur - 4.0) < 1e-6:
             raise ValueError("embedding extraction failed (fake)")
+        if abs(dur - 2.5) < 1e-6:
+            return []  # e.g. a voice too short or too faint for the diarizer
         if num_speakers == 1:
             return [Turn(0.0, dur, 3)]
         return [Turn(0.0, dur / 2, 5), Turn(dur / 2, dur, 2)]
@@ -180,6 +183,7 @@ def fake_run(tmp_path_factory):
         source_of(write_wav(d / "silent.wav", 2.0, amplitude=0.0)),
         source_of(write_wav(d / "asrboom.wav", 3.0)),
         source_of(write_wav(d / "diarboom.wav", 4.0)),
+        source_of(write_wav(d / "noturns.wav", 2.5)),
     ]
     return inputs, run_stage(inputs)
 
@@ -189,7 +193,7 @@ def test_segments_transcripts_and_ledger(fake_run):
     by_src: dict[str, list] = {}
     for s in segments:
         by_src.setdefault(s.source_id, []).append(s)
-    assert set(by_src) == {"srctwo", "srcfrench", "srcdiarboom"}
+    assert set(by_src) == {"srctwo", "srcfrench", "srcdiarboom", "srcnoturns"}
 
     two = by_src["srctwo"]
     assert [s.segment_id for s in two] == [f"srctwo-seg-{n:05d}" for n in range(len(two))]
@@ -223,6 +227,7 @@ def test_segments_transcripts_and_ledger(fake_run):
     assert {s.speaker for s in by_src["srcdiarboom"]} == {None}
     assert transcripts["srcdiarboom"].text.startswith("[spk?] ")
     assert transcripts["srcdiarboom"].num_speakers == 0
+    assert {s.speaker for s in by_src["srcnoturns"]} == {None}
 
     ledger = [(r.stage, r.reason, r.source_id, r.item_id) for r in rejected]
     assert ledger == [
@@ -230,20 +235,21 @@ def test_segments_transcripts_and_ledger(fake_run):
         ("asr", "model_error", "srcasrboom", None),
         ("asr", "no_transcript", "srcsilent", None),
         ("diarize", "diarization_failed", "srcdiarboom", "srcdiarboom"),
+        ("diarize", "no_turns", "srcnoturns", "srcnoturns"),
     ]
     err = next(r for r in rejected if r.reason == "model_error")
     assert "CUDA out of memory" in err.detail and err.run_id == RUN
-    assert "embedding extraction failed" in rejected[-1].detail
+    assert "embedding extraction failed" in rejected[-2].detail
     assert "repetitive" in rejected[0].detail and "la la la" in rejected[0].detail
     assert rejected[0].duration_s == pytest.approx(1.0)
-    assert set(transcripts) == {"srctwo", "srcfrench", "srcdiarboom"}  # none for rejected
+    assert set(transcripts) == {"srctwo", "srcfrench", "srcdiarboom", "srcnoturns"}
 
-    assert counters["asr.sources"] == 5
+    assert counters["asr.sources"] == 6
     assert counters["asr.no_transcript"] == 1
     assert counters["asr.segments"] == len(segments)
-    assert counters["diarize.sources"] == 5
+    assert counters["diarize.sources"] == 6
     assert counters["asr.dropped_segments"] == 1
-    assert dists["asr.rtf_x1000"].count == 4  # every source the model finished
+    assert dists["asr.rtf_x1000"].count == 5  # every source the model finished
 
 
 def test_rows_fit_the_arrow_schemas(fake_run):

@@ -14,13 +14,14 @@ at ~500x realtime; decoding twice is cheaper than shipping samples).
 Ledger rules (nothing is lost):
 * ASR yields no segment for a source (music or noise that slipped past VAD, or a source with
   no VAD region) -> Rejection(stage "asr", reason "no_transcript"); no text is invented.
-* a model raising on one source -> Rejection(stage "asr"/"diarize", reason "model_error", the
-  exception text); the rest of the run goes on. An ASR error rejects the source's speech.
-* diarization failing (a model exception) or finding no turn while ASR found words does NOT
-  drop the words: their segments are written with speaker None and the ledger gets an
-  annotation row (stage "diarize", reason "diarization_failed" with the exception text /
-  "no_turns", item_id = source_id). The words
-  are real; only the attribution is missing, and the row says why.
+* the ASR model (or decoding) raising on one source -> Rejection(stage "asr", reason
+  "model_error" (or the DecodeError's reason), the exception text); the rest of the run goes
+  on. The source gets no segments.
+* diarization raising, or finding no turn where ASR found words, does NOT drop the words:
+  their segments are written with speaker None and the ledger gets an annotation row (stage
+  "diarize", reason "diarization_failed" with the exception text, or "no_turns";
+  item_id = source_id). The words are real; only the attribution is missing, and the row
+  says why.
 * an ASR segment dropped by Whisper's hallucination rules (`transforms.asr.drop_reason`:
   no_speech / repetitive / no_words) -> Rejection(stage "asr", reason "hallucination",
   item_id f"{source_id}-asr-{start:.3f}", the rule, scores and text in the detail).
