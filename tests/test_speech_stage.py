@@ -404,3 +404,31 @@ def test_real_models_attribute_the_two_speakers_of_the_sample():
     print(t.text)
     assert scored >= 30
     assert frac >= 0.85
+
+
+def test_model_steps_have_stable_labels():
+    """Runners scale and monitor steps by label: the two model steps and the join keep theirs."""
+    from apache_beam.pipeline import PipelineVisitor
+
+    def labels(cfg):
+        p = beam.Pipeline()
+        _ = p | beam.Create([]) | "Speech" >> TranscribeSpeech(cfg, RUN)
+        seen: set[str] = set()
+
+        class Visitor(PipelineVisitor):
+            def enter_composite_transform(self, node):
+                seen.add(node.full_label)
+
+            def visit_transform(self, node):
+                seen.add(node.full_label)
+
+        p.visit(Visitor())
+        return seen
+
+    want = {"Speech/Transcribe", "Speech/Diarize", "Speech/JoinAsrAndTurns",
+            "Speech/AttributeSpeakers"}
+    assert want <= labels(CurateConfig())
+    cfg = CurateConfig()
+    cfg.diarization.backend = "none"
+    got = labels(cfg)
+    assert "Speech/Diarize" not in got and want - {"Speech/Diarize"} <= got
