@@ -158,7 +158,10 @@ def cmd_run(args, beam_args: list[str]) -> int:
     out = args.output if "://" in args.output else os.path.abspath(args.output)
     print(f"\nrun {manifest['run_id']} finished in {wall:.1f} s")
     print(f"shards:   {out}/<table>/*.parquet")
-    for table, n in manifest["tables"].items():
+    from schemas.tables import TABLES
+
+    for table in [t for t in TABLES if t in manifest["tables"]]:
+        n = manifest["tables"][table]
         print(f"  {table:<15} {n:>8} rows   {out}/{table}/")
     print(f"manifest: {out}/manifest.json")
     if not args.no_audit and "://" not in out:

@@ -42,6 +42,7 @@ class VadConfig:
     min_silence_ms: int = 100
     speech_pad_ms: int = 30
     min_speech_ratio: float = 0.0  # sources with speech_s == 0 (or below this ratio) -> no_speech
+    model_path: str | None = None  # None: silero v6 sequence model from the silero-vad wheel
 
 
 @dataclass
@@ -63,6 +64,9 @@ class AsrConfig:
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
+    # Inside VAD speech, no_speech_prob above this drops a segment on its own: measured on
+    # noise/tones that passed as speech (0.67-0.74) vs real speech here (<= 0.29). None: off.
+    no_speech_alone_threshold: float | None = 0.6
 
 
 @dataclass

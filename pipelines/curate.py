@@ -55,7 +55,7 @@ def model_infos(cfg: CurateConfig) -> list[dict]:
     """Names, versions and checksums of every model the run uses (computed on the driver)."""
     from transforms.vad import vad_model_info
 
-    infos = [vad_model_info()]
+    infos = [vad_model_info(cfg.vad.model_path)]
     if "speech" in cfg.stages:
         from transforms.speech import speech_model_info
 

@@ -99,7 +99,7 @@ class Word:
     word: str
     start: float
     end: float
-    probability: float
+    probability: float | None  # None where times are interpolated (whisperx without alignment)
 
 
 @dataclass(frozen=True)

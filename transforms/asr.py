@@ -300,7 +300,7 @@ class FasterWhisperTranscriber:
                     no_speech_prob=float(s.no_speech_prob),
                     compression_ratio=float(s.compression_ratio),
                 )
-                reason = drop_reason(seg, self.cfg)
+                reason = drop_reason(seg, self.cfg, self.cfg.no_speech_alone_threshold)
                 if reason:
                     self.last_dropped.append((reason, seg))
                 else:
@@ -516,7 +516,7 @@ class WhisperXTranscriber:
                 no_speech_prob=None,
                 compression_ratio=compression_ratio(text),
             )
-            reason = drop_reason(seg, self.cfg)
+            reason = drop_reason(seg, self.cfg, self.cfg.no_speech_alone_threshold)
             if reason:
                 self.last_dropped.append((reason, seg))
             else:

@@ -362,7 +362,7 @@ class _DetectSpeechFn(beam.DoFn):
 
     def setup(self):
         v = self._vad_cfg
-        self._vad = SileroVad(threshold=v.threshold, min_speech_ms=v.min_speech_ms,
+        self._vad = SileroVad(model_path=v.model_path, threshold=v.threshold, min_speech_ms=v.min_speech_ms,
                               min_silence_ms=v.min_silence_ms, speech_pad_ms=v.speech_pad_ms)
 
     def _reject(self, ref: MediaRef, stage: str, reason: str, detail: str,
