@@ -20,13 +20,12 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
 
+# torchaudio from PyPI is a CUDA build: its compiled libraries cannot load against the CPU
+# torch, and pyannote/whisperx only need its Python code (audio is passed in memory): delete them.
 $(VENV)/.installed: $(LOCK) pyproject.toml | $(UV)
 	test -x $(VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(VENV)
 	$(UV) pip sync -q --python $(VENV)/bin/python $(FIND_LINKS) $(LOCK)
-	$(UV) pip install -q --python $(VENV)/bin/python --no-deps --no-build-isolation -e . || \
-	  $(UV) pip install -q --python $(VENV)/bin/python --no-deps -e .
-	# torchaudio from PyPI is a CUDA build: its compiled libraries cannot load against the
-	# CPU torch, and pyannote/whisperx only need its Python code (audio is passed in memory).
+	$(UV) pip install -q --python $(VENV)/bin/python --no-deps -e .
 	rm -f $(VENV)/lib/python*/site-packages/torchaudio/lib/*.so
 	touch $@
 
