@@ -7,7 +7,11 @@ confusion = min(R, H) - (number of correctly mapped speakers), after the one-to-
 speaker mapping that maximises overlap (Hungarian, ``scipy.optimize.linear_sum_assignment``).
 This is the definition of md-eval and ``pyannote.metrics.diarization.DiarizationErrorRate``.
 
-``collar`` removes +-collar seconds around every reference boundary from scoring.
+Overlapping turns of one label count once (a speaker cannot overlap themself), as in
+md-eval; pyannote.metrics agrees once such tracks are merged (``Annotation.support()``).
+
+``collar`` removes +-collar seconds around every reference boundary from scoring (md-eval
+convention; pyannote.metrics' ``collar`` is the total width, i.e. twice this value).
 """
 
 from __future__ import annotations
