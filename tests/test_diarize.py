@@ -207,11 +207,26 @@ def test_embedded_threshold_robust(embedded, sample):
 
 
 @pytest.mark.slow
+def test_embedded_robust_to_offset_and_gain(embedded, sample):
+    """Same conversation shifted by leading silence (moves every sliding-window boundary)
+    and at another level: still 2 speakers and within target."""
+    audio, ref = sample
+    for offset, gain in ((1.3, 0.5), (0.37, 2.0)):
+        shifted = np.concatenate([np.zeros(int(offset * SR), np.float32), np.clip(audio * gain, -1, 1)])
+        turns = embedded.diarize(shifted, SR)
+        d = der([(s + offset, e + offset, lab) for s, e, lab in ref], turns)["der"]
+        print(f"\n[embedded] offset {offset} s, gain {gain}: {len({t.speaker for t in turns})} speakers, DER {d:.4f}")
+        assert len({t.speaker for t in turns}) == 2 and d <= MAX_DER
+
+
+@pytest.mark.slow
 def test_embedded_speaker_count_hints(embedded, sample):
     audio, ref = sample
     turns = embedded.diarize(audio, SR, num_speakers=2)
     assert len({t.speaker for t in turns}) == 2
     assert der(ref, turns)["der"] <= MAX_DER
+    assert len({t.speaker for t in embedded.diarize(audio, SR, min_speakers=3)}) == 3
+    assert len({t.speaker for t in embedded.diarize(audio, SR, max_speakers=1)}) == 1
 
 
 @pytest.mark.slow
