@@ -122,6 +122,24 @@ def build(p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, r
     _ = tables | "WriteTables" >> WriteTables(output, run_id, cfg.output, manifest)
 
 
+def local_runner(options: PipelineOptions):
+    """The DirectRunner's portable engine (FnApiRunner) when no other runner is asked for.
+
+    Beam 2.77's DirectRunner first tries the Prism runner, which downloads a Go binary from
+    GitHub at run time; here that fails (no network) and it falls back to the FnApiRunner
+    anyway. Going there directly skips the download attempt; `--direct_running_mode` and
+    `--direct_num_workers` keep working. Any other --runner is passed through untouched.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    if runner not in (None, "DirectRunner", "direct"):
+        return None
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return FnApiRunner()
+
+
 def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
         beam_args: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run the job to completion; returns the run manifest."""
@@ -141,7 +159,7 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
     manifest = ManifestBuilder(run_id, version, cfg.to_json(), [escape_uri(i) for i in inputs], model_infos(cfg))
     log.info("run %s: %d input(s) -> %s (stages: %s)", run_id, len(inputs), output, ",".join(cfg.stages))
     options = PipelineOptions(beam_args or [])
-    p = test_pipeline or beam.Pipeline(options=options)
+    p = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
     build(p, inputs, output, cfg, run_id, manifest)
     result = p.run()
     result.wait_until_finish()
