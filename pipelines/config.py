@@ -77,6 +77,10 @@ class DiarizationConfig:
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
+    # torch intra-op threads per worker process; 0 keeps torch's default (all cores). Set it to
+    # cores / workers when several workers share a machine (multi_processing, Flink, Spark):
+    # oversubscribed torch threads slowed a 30 s diarization from 3 s to minutes here.
+    torch_threads: int = 0
 
 
 @dataclass

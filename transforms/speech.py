@@ -220,6 +220,10 @@ class _DiarizeFn(beam.DoFn):
         self._rtf = Metrics.distribution(NS, "diarize.rtf_x1000")
 
     def setup(self):
+        if self._cfg.diarization.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self._cfg.diarization.torch_threads)
         self._model = (self._factory or _default_diarizer_factory)(self._cfg.diarization)
         try:
             infos = self._model.model_info() or []
