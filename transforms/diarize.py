@@ -417,8 +417,24 @@ def _apply_pipeline(pipeline, audio: np.ndarray, num_speakers, min_speakers, max
 MIN_AUDIO_S = 0.5
 
 
+class _PyannoteDiarizer:
+    """`diarize` for any pyannote pipeline held in `self.pipeline` (embedded or local dir)."""
+
+    pipeline: Any
+    last_exclusive: list[Turn]
+
+    def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None, max_speakers=None):
+        a = _check_audio(audio, sample_rate)
+        if a.size < MIN_AUDIO_S * SAMPLE_RATE or float(np.max(np.abs(a))) == 0.0:
+            self.last_exclusive = []
+            return []
+        regular, exclusive = _apply_pipeline(self.pipeline, a, num_speakers, min_speakers, max_speakers)
+        self.last_exclusive = _renumber_like(exclusive, regular)
+        return _renumber(regular)
+
+
 @dataclass
-class EmbeddedDiarizer:
+class EmbeddedDiarizer(_PyannoteDiarizer):
     """pyannote SpeakerDiarization over packaged segmentation-3.0 + CAM++ weights."""
 
     device: str = "cpu"
@@ -438,16 +454,6 @@ class EmbeddedDiarizer:
         self.pipeline.instantiate(self.params or PYANNOTE_31_PARAMS)
         self.pipeline.to(torch.device(self.device))
         self.last_exclusive: list[Turn] = []
-
-    def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None, max_speakers=None):
-        a = _check_audio(audio, sample_rate)
-        if a.size < MIN_AUDIO_S * SAMPLE_RATE or float(np.max(np.abs(a))) == 0.0:
-            self.last_exclusive = []
-            return []
-        regular, exclusive = _apply_pipeline(self.pipeline, a, num_speakers, min_speakers, max_speakers)
-        turns = _renumber(regular)
-        self.last_exclusive = _renumber_like(exclusive, regular)
-        return turns
 
     def model_info(self) -> list[dict]:
         return [
@@ -535,7 +541,7 @@ class SenkoDiarizer:
 
 
 @dataclass
-class PyannotePipelineDiarizer:
+class PyannotePipelineDiarizer(_PyannoteDiarizer):
     """``pyannote.audio.Pipeline.from_pretrained`` on a LOCAL pipeline directory."""
 
     pipeline_dir: str
@@ -566,14 +572,6 @@ class PyannotePipelineDiarizer:
         self._dir = d
         self.last_exclusive: list[Turn] = []
 
-    def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None, max_speakers=None):
-        a = _check_audio(audio, sample_rate)
-        if a.size < MIN_AUDIO_S * SAMPLE_RATE or float(np.max(np.abs(a))) == 0.0:
-            self.last_exclusive = []
-            return []
-        regular, exclusive = _apply_pipeline(self.pipeline, a, num_speakers, min_speakers, max_speakers)
-        self.last_exclusive = _renumber_like(exclusive, regular)
-        return _renumber(regular)
 
     def model_info(self) -> list[dict]:
         import yaml
