@@ -30,6 +30,7 @@ $(VENV)/.installed: $(LOCK) pyproject.toml | $(UV)
 	touch $@
 
 demo: $(VENV)/.installed
+	@test -d $(MEDIA) || { echo "make demo: $(MEDIA) not found (MEDIA=/path/to/media to choose)"; exit 2; }
 	$(VENV)/bin/mmcurate run $(MEDIA) --output $(OUT)
 
 test: $(VENV)/.installed
