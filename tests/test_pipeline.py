@@ -189,3 +189,35 @@ def test_run_id_is_deterministic():
     cfg = CurateConfig()
     assert curate.make_run_id(["b", "a"], cfg, "v") == curate.make_run_id(["a", "b"], cfg, "v")
     assert curate.make_run_id(["a"], cfg, "v") != curate.make_run_id(["a"], CurateConfig(stages=("vad",)), "v")
+
+
+def _music(seconds: float = 8.0, sr: int = 16000) -> np.ndarray:
+    """Chords with harmonics, a beat of noise bursts and a little hiss: music, no voice."""
+    t = np.arange(int(seconds * sr)) / sr
+    y = np.zeros_like(t)
+    for i, root in enumerate((220.0, 261.6, 196.0, 246.9) * 4):
+        seg = (t >= i * 0.5) & (t < (i + 1) * 0.5)
+        for f in (root, root * 1.25, root * 1.5):
+            for h in (1, 2, 3):
+                y[seg] += np.sin(2 * np.pi * f * h * t[seg]) / (h * 6)
+    rng = np.random.default_rng(7)
+    beat = (np.mod(t, 0.25) < 0.03) * rng.standard_normal(t.size) * 0.3
+    return (0.5 * y + beat + rng.standard_normal(t.size) * 0.01).astype(np.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vad_threshold", [0.5, 0.05], ids=["default-vad", "vad-lets-it-through"])
+def test_music_yields_no_segments_and_a_ledger_row(tmp_path, vad_threshold):
+    """Music without speech: no invented text, and the ledger says where it stopped. With a
+    VAD that lets it through, the ASR stage itself must refuse it."""
+    music = _wav(tmp_path / "music.wav", _music())
+    cfg = CurateConfig.from_dict({"vad": {"threshold": vad_threshold}})
+    out = tmp_path / "out"
+    curate.run([str(music)], str(out), cfg)
+    assert _read(out, "segments") == []
+    assert _read(out, "transcripts") == []
+    rows = [r for r in _read(out, "rejected") if r["uri"].endswith("music.wav")]
+    print(f"vad threshold {vad_threshold}: ledger {[(r['stage'], r['reason']) for r in rows]}")
+    assert rows, "a source that yields no text must leave a ledger row"
+    if _read(out, "sources"):  # it passed the VAD: the ASR stage must have said no
+        assert any(r["stage"] == "asr" and r["reason"] == "no_transcript" for r in rows), rows
