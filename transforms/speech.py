@@ -198,6 +198,9 @@ class _TranscribeFn(beam.DoFn):
                 + (f" ({len(dropped)} segment(s) dropped as hallucinations)" if dropped else ""),
             ))
             return
+        log.info("asr: %s: %.1f s audio in %.1f s (rtf %.3f), %d ASR segment(s), language %s",
+                 source.uri, audio_s, elapsed, elapsed / max(audio_s, 1e-9), len(result.segments),
+                 result.language)
         yield source.source_id, AsrOutcome(result, audio_s, elapsed)
 
     def _reject(self, source: SourceRecord, reason: str, detail: str) -> Rejection:
@@ -263,6 +266,9 @@ class _DiarizeFn(beam.DoFn):
         elapsed = time.perf_counter() - t0
         if audio.shape[0]:
             self._rtf.update(int(round(1000 * elapsed * sr / audio.shape[0])))
+        audio_s = audio.shape[0] / sr
+        log.info("diarize: %s: %.1f s audio in %.1f s (rtf %.3f), %d speaker(s)", source.uri,
+                 audio_s, elapsed, elapsed / max(audio_s, 1e-9), len({t.speaker for t in turns}))
         yield source.source_id, DiarizeOutcome(turns, self._model_name, elapsed)
 
 
