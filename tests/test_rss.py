@@ -9,63 +9,16 @@ import os
 import socket
 import threading
 import time
-import wave
 from pathlib import Path
 
-import numpy as np
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that
 
 from pipelines.config import IngestConfig
-from schemas.records import MediaRef, Rejection
 from transforms import rss
-from transforms.ingest import Ingest
+
+from ingest_harness import run_ingest, write_wav
 
 CFG = IngestConfig(http_timeout_s=2, http_retries=1, http_backoff_s=0.01)
-_SEEN: dict[str, list] = {}
-
-
-class Collect:
-    """assert_that matcher that keeps what it saw (module-level class: pickled by reference)."""
-
-    def __init__(self, key: str):
-        self.key = key
-
-    def __call__(self, actual):
-        _SEEN[self.key] = list(actual)
-
-
-def run_ingest(inputs, download_dir, cfg=CFG):
-    p = TestPipeline()
-    res = p | "Ingest" >> Ingest([str(i) for i in inputs], cfg, "run-test", str(download_dir))
-    assert_that(res["media"], Collect("media"), label="CollectMedia")
-    assert_that(res["rejected"], Collect("rejected"), label="CollectRejected")
-    result = p.run()
-    result.wait_until_finish()
-    counters = {
-        c.key.metric.name: c.committed
-        for c in result.metrics().query(MetricsFilter().with_namespace("mmcurate"))["counters"]
-    }
-    media, rejected = _SEEN.pop("media"), _SEEN.pop("rejected")
-    assert all(isinstance(m, MediaRef) for m in media)
-    assert all(isinstance(r, Rejection) and r.stage == "ingest" and r.detail for r in rejected)
-    assert counters["ingest.inputs"] == len(media) + len(rejected)
-    return media, rejected, counters
-
-
-def wav_bytes(path: Path, freq: float, seconds: float = 0.25, sr: int = 16000) -> bytes:
-    t = np.arange(int(sr * seconds)) / sr
-    pcm = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
-    return path.read_bytes()
-
-
 def closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -159,8 +112,8 @@ FEED = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 def test_feed_downloads_enclosures_with_metadata_and_reuses_them(server, tmp_path, media):
-    ep1 = wav_bytes(tmp_path / "ep1.wav", 200)
-    flaky = wav_bytes(tmp_path / "flaky.wav", 260)
+    ep1 = write_wav(tmp_path / "ep1.wav", 200, seconds=0.25)
+    flaky = write_wav(tmp_path / "flaky.wav", 260, seconds=0.25)
     jfk = (media / "speech" / "jfk.mp3").read_bytes()  # served from memory, never copied into the repo
     closed = closed_port()
     server.routes.update({
@@ -171,7 +124,7 @@ def test_feed_downloads_enclosures_with_metadata_and_reuses_them(server, tmp_pat
     })
     dl = tmp_path / "downloads"
     feed_url = server.base + "/feed"
-    media, rejected, counters = run_ingest([feed_url], dl)
+    media, rejected, counters = run_ingest([feed_url], CFG, dl)
 
     got = {m.metadata["guid"]: m for m in media}
     assert sorted(got) == ["ep-1", "ep-2", "ep-5"]
@@ -204,7 +157,7 @@ def test_feed_downloads_enclosures_with_metadata_and_reuses_them(server, tmp_pat
     # re-run: same MediaRefs and ledger ids, and the media are not fetched again
     mtimes = {m.media_uri: os.stat(m.media_uri).st_mtime_ns for m in media}
     before = dict(server.hits)
-    media2, rejected2, counters2 = run_ingest([feed_url], dl)
+    media2, rejected2, counters2 = run_ingest([feed_url], CFG, dl)
     assert sorted(media2, key=lambda m: m.uri) == sorted(media, key=lambda m: m.uri)
     assert sorted(r.rejection_id for r in rejected2) == sorted(r.rejection_id for r in rejected)
     for path in ("/media/ep1.wav", "/media/jfk", "/flaky.wav"):
@@ -229,14 +182,14 @@ def test_feed_errors_entity_attacks_and_direct_urls(server, tmp_path):
     server.routes["/broken"] = (b"<rss><channel><title>oops</channel>", "application/rss+xml")
     (tmp_path / "attack.xml").write_text(laughs)
     local_feed = tmp_path / "show.txt"  # sniffed as a feed whatever its extension
-    wav_bytes(tmp_path / "local.wav", 330)
+    write_wav(tmp_path / "local.wav", 330, seconds=0.25)
     local_feed.write_text(
         "<rss><channel><title>Local</title>"
         "<item><guid>l1</guid><enclosure url='local.wav'/></item>"
         "<item><guid>l2</guid><enclosure url='absent.wav'/></item></channel></rss>"
     )
-    direct = wav_bytes(tmp_path / "direct.wav", 410)
-    listed = wav_bytes(tmp_path / "listed.wav", 420)
+    direct = write_wav(tmp_path / "direct.wav", 410, seconds=0.25)
+    listed = write_wav(tmp_path / "listed.wav", 420, seconds=0.25)
     server.routes["/direct.wav"] = (direct, "audio/wav")
     server.routes["/listed"] = (listed, "audio/wav")
     (tmp_path / "m.jsonl").write_text(json.dumps({"uri": server.base + "/listed", "title": "Listed"}) + "\n")
@@ -251,7 +204,7 @@ def test_feed_errors_entity_attacks_and_direct_urls(server, tmp_path):
         server.base + "/direct.wav?token=1",  # a media URL, not a feed: downloaded as a file
         tmp_path / "m.jsonl",  # a manifest may list URLs
     ]
-    media, rejected, _ = run_ingest(inputs, tmp_path / "dl")
+    media, rejected, _ = run_ingest(inputs, CFG, tmp_path / "dl")
     got = {m.uri: m for m in media}
     assert sorted((m.uri, m.ingested_via) for m in media) == sorted([
         (str(tmp_path / "local.wav"), "rss"),
