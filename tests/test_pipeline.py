@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from media_fixtures import write_video
 from pipelines import cli, curate
 from pipelines.config import CurateConfig
 from quality import audit
@@ -29,21 +30,6 @@ def _wav(path: Path, samples: np.ndarray, sr: int = 16000) -> Path:
     return path
 
 
-def _video_without_audio(path: Path) -> Path:
-    import av
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mpeg4", rate=10)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
-        for i in range(10):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 20, np.uint8), format="rgb24")
-            for pkt in s.encode(frame):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
-    return path
-
-
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory) -> tuple[list[str], dict[str, tuple[str, str]]]:
     """Inputs and, for each bad one, the (stage, reason) expected in the ledger."""
@@ -54,7 +40,7 @@ def bad_inputs(tmp_path_factory) -> tuple[list[str], dict[str, tuple[str, str]]]
     (d / "empty.wav").write_bytes(b"")
     (d / "truncated.mp3").write_bytes(jfk[:200])
     (d / "notes.mp3").write_text("this is a text file, not an mp3\n" * 20)
-    _video_without_audio(d / "no_audio.mp4")
+    write_video(d / "no_audio.mp4", "mpeg4", None, seconds=1.0)
     _wav(d / "silence.wav", np.zeros(16000 * 3))
     bad_name = os.fsencode(str(d)) + b"/caf\xe9.wav"
     with open(bad_name, "wb") as fh:

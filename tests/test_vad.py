@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media_fixtures import write_video
 
 from transforms.decode import decode_audio, iter_audio, write_audio
 from transforms.vad import (
@@ -171,24 +172,13 @@ def _ref(path: Path, via: str = "local"):
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[str, str]]:
     """Files that must each end as exactly one rejection: name -> (stage, reason)."""
-    import av
-
     jfk = (MEDIA / "speech" / "jfk.mp3").read_bytes()
     (tmp_path / "zero_bytes.wav").write_bytes(b"")
     write_audio(str(tmp_path / "zero_samples.wav"), [], SR)
     (tmp_path / "head200.mp3").write_bytes(jfk[:200])
     (tmp_path / "notes.mp3").write_text("definitely not audio\n" * 40)
     write_audio(str(tmp_path / "silence.wav"), [np.zeros(5 * SR)], SR)
-    with av.open(str(tmp_path / "screen.mp4"), "w") as out:
-        v = out.add_stream("mpeg4", rate=10)
-        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
-        for i in range(5):
-            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, np.uint8), format="rgb24")
-            f.pts = i
-            for p in v.encode(f.reformat(format="yuv420p")):
-                out.mux(p)
-        for p in v.encode(None):
-            out.mux(p)
+    write_video(tmp_path / "screen.mp4", "mpeg4", None, seconds=0.5)
     return {
         "zero_bytes.wav": ("decode", "empty_audio"),
         "zero_samples.wav": ("decode", "empty_audio"),
