@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -190,6 +191,13 @@ def cmd_audit(args) -> int:
 
 def _beam_flag_takes_value(flag: str) -> bool:
     """Whether a Beam pipeline option consumes the next token (unknown flags: assume yes)."""
+    action = _beam_option_parser()._option_string_actions.get(flag)
+    return action is None or action.nargs != 0
+
+
+@functools.cache
+def _beam_option_parser() -> argparse.ArgumentParser:
+    """Every option of every registered PipelineOptions class (built once per process)."""
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
     parser = _BeamArgumentParser(allow_abbrev=False)
@@ -204,8 +212,7 @@ def _beam_flag_takes_value(flag: str) -> bool:
             cls._add_argparse_args(parser)
         except Exception:  # noqa: BLE001 - duplicate or odd option definitions
             pass
-    action = parser._option_string_actions.get(flag)
-    return action is None or action.nargs != 0
+    return parser
 
 
 def split_beam_args(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:

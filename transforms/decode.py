@@ -332,11 +332,6 @@ def decode_audio(
     return buf
 
 
-def local_path(media_uri: str) -> str | None:
-    p = media_uri.removeprefix("file://")
-    return p if "://" not in p and os.path.exists(p) else None
-
-
 # ---------------------------------------------------------------------------------------------
 # Encoding (streaming): synthetic test media, benchmark inputs, audio excerpts.
 

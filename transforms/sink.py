@@ -173,8 +173,8 @@ class WriteTables(beam.PTransform):
             written.append(
                 pcoll
                 | f"ToRows[{name}]" >> beam.Map(lambda r: r.to_row())
-                | f"Bucket[{name}]" >> beam.Map(lambda r, c=id_col: (_bucket(r[c], buckets), r))
-                | f"KeyTable[{name}]" >> beam.Map(lambda kv, t=name: ((t, kv[0]), kv[1]))
+                | f"KeyByBucket[{name}]"
+                >> beam.Map(lambda r, t=name, c=id_col: ((t, _bucket(r[c], buckets)), r))
                 | f"GroupBucket[{name}]" >> beam.GroupByKey()
                 | f"WriteShards[{name}]" >> beam.ParDo(_WriteBucket(self.out_dir, self.run_id, target))
             )
