@@ -58,12 +58,12 @@ def _peak_rss_mb() -> float:
 def child(mode: str, files: list[str]) -> dict:
     import numpy as np  # noqa: F401 - imported before timing, like a warm worker
 
-    from transforms.decode import DecodeError, decode_audio, iter_audio
+    from mmcurate.transforms.decode import DecodeError, decode_audio, iter_audio
 
     vad = None
     load_s = 0.0
     if mode.startswith("vad"):
-        from transforms.vad import SileroVad, _silero_data_dir
+        from mmcurate.transforms.vad import SileroVad, _silero_data_dir
 
         t0 = time.perf_counter()
         path = os.path.join(_silero_data_dir(), "silero_vad.onnx") if mode == "vad_stepwise" else None
@@ -107,7 +107,7 @@ def make_podcast(path: Path, seconds: float, clips: list, seed: int, codec: str 
     """Clips in random order, random gain, 0.3-4 s pauses, over noise at about -50 dBFS."""
     import numpy as np
 
-    from transforms.decode import write_audio
+    from mmcurate.transforms.decode import write_audio
 
     rng = np.random.default_rng(seed)
     total = int(seconds * SR)
@@ -138,7 +138,7 @@ def make_podcast(path: Path, seconds: float, clips: list, seed: int, codec: str 
 
 
 def load_clips(files: list[Path]) -> list:
-    from transforms.decode import DecodeError, decode_audio
+    from mmcurate.transforms.decode import DecodeError, decode_audio
 
     clips = []
     for f in files:

@@ -41,9 +41,9 @@ def warm_up(cfg) -> None:
     and cold-file-cache costs the other does not."""
     import numpy as np
 
-    from transforms.asr import load_transcriber
-    from transforms.diarize import load_diarizer
-    from transforms.vad import SileroVad
+    from mmcurate.transforms.asr import load_transcriber
+    from mmcurate.transforms.diarize import load_diarizer
+    from mmcurate.transforms.vad import SileroVad
 
     noise = (np.random.default_rng(0).standard_normal(16000 * 2) * 0.01).astype(np.float32)
     SileroVad().regions([noise])
@@ -53,10 +53,10 @@ def warm_up(cfg) -> None:
 
 def direct(files: list[Path], cfg) -> dict:
     """Each model on each file, called directly; returns timings and per-file results."""
-    from transforms.asr import load_transcriber
-    from transforms.decode import DecodeError, decode_audio, iter_audio
-    from transforms.diarize import load_diarizer
-    from transforms.vad import SileroVad
+    from mmcurate.transforms.asr import load_transcriber
+    from mmcurate.transforms.decode import DecodeError, decode_audio, iter_audio
+    from mmcurate.transforms.diarize import load_diarizer
+    from mmcurate.transforms.vad import SileroVad
 
     t = {}
     t0 = time.perf_counter()
@@ -109,7 +109,7 @@ def direct(files: list[Path], cfg) -> dict:
 
 
 def pipeline(media: Path, out: Path, cfg) -> tuple[float, dict]:
-    from pipelines import curate
+    from mmcurate.pipelines import curate
 
     t0 = time.perf_counter()
     manifest = curate.run([str(media)], str(out), cfg, [])
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "speech.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    from pipelines.config import CurateConfig
+    from mmcurate.pipelines.config import CurateConfig
 
     cfg = CurateConfig()
     media = Path(args.media)

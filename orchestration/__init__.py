@@ -1,1 +1,1 @@
-"""Orchestration (Airflow). The DAG factory lands with its own issue; the job entry point it will call is `pipelines.curate.run`."""
+"""Orchestration (Airflow). The DAG factory lands with its own issue; the job entry point it will call is `mmcurate.pipelines.curate.run`."""

@@ -135,7 +135,7 @@ def _apply_sets(cfg_dict: dict, sets: list[str]) -> dict:
 def _load_config(args) -> "CurateConfig":  # noqa: F821
     import dataclasses
 
-    from pipelines.config import CurateConfig
+    from mmcurate.pipelines.config import CurateConfig
 
     base = CurateConfig.load(args.config)
     data = dataclasses.asdict(base)
@@ -145,8 +145,8 @@ def _load_config(args) -> "CurateConfig":  # noqa: F821
 
 
 def cmd_run(args, beam_args: list[str]) -> int:
-    from pipelines import curate
-    from quality import audit
+    from mmcurate.pipelines import curate
+    from mmcurate.quality import audit
 
     try:
         cfg = _load_config(args)
@@ -159,7 +159,7 @@ def cmd_run(args, beam_args: list[str]) -> int:
     out = args.output if "://" in args.output else os.path.abspath(args.output)
     print(f"\nrun {manifest['run_id']} finished in {wall:.1f} s")
     print(f"shards:   {out}/<table>/*.parquet")
-    from schemas.tables import TABLES
+    from mmcurate.schemas.tables import TABLES
 
     for table in [t for t in TABLES if t in manifest["tables"]]:
         n = manifest["tables"][table]
@@ -172,7 +172,7 @@ def cmd_run(args, beam_args: list[str]) -> int:
 
 
 def cmd_audit(args) -> int:
-    from quality import audit
+    from mmcurate.quality import audit
 
     if "://" not in args.output and not os.path.isdir(args.output):
         print(f"mmcurate: {args.output}: no such output directory", file=sys.stderr)

@@ -18,7 +18,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.config import CurateConfig
+from mmcurate.pipelines.config import CurateConfig
 
 log = logging.getLogger("mmcurate")
 
@@ -53,11 +53,11 @@ def make_run_id(inputs: list[str], cfg: CurateConfig, version: str) -> str:
 
 def model_infos(cfg: CurateConfig) -> list[dict]:
     """Names, versions and checksums of every model the run uses (computed on the driver)."""
-    from transforms.vad import vad_model_info
+    from mmcurate.transforms.vad import vad_model_info
 
     infos = [vad_model_info(cfg.vad.model_path)]
     if "speech" in cfg.stages:
-        from transforms.speech import speech_model_info
+        from mmcurate.transforms.speech import speech_model_info
 
         infos.extend(speech_model_info(cfg))
     return infos
@@ -80,7 +80,7 @@ class ManifestBuilder:
         for key, n in rejected.items():
             stage = key.split("/", 1)[0]
             stage_counts[f"{stage}.rejected"] = stage_counts.get(f"{stage}.rejected", 0) + n
-        from schemas.tables import SOURCE_LEVEL_STAGES
+        from mmcurate.schemas.tables import SOURCE_LEVEL_STAGES
 
         stage_counts["ingest.inputs"] = tables.get("sources", 0) + sum(
             n for k, n in rejected.items() if k.split("/", 1)[0] in SOURCE_LEVEL_STAGES
@@ -102,9 +102,9 @@ class ManifestBuilder:
 def build(p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, run_id: str,
           manifest: ManifestBuilder) -> None:
     """Assemble the curation graph on `p` (labels are stable: monitoring keys on them)."""
-    from transforms.ingest import Ingest
-    from transforms.sink import WriteTables
-    from transforms.vad import DetectSpeech
+    from mmcurate.transforms.ingest import Ingest
+    from mmcurate.transforms.sink import WriteTables
+    from mmcurate.transforms.vad import DetectSpeech
 
     download_dir = cfg.ingest.download_dir or os.path.join(output, "_downloads")
     ingested = p | "Ingest" >> Ingest(inputs, cfg.ingest, run_id, download_dir)
@@ -112,7 +112,7 @@ def build(p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, r
     tables = {"sources": detected["sources"], "speech_regions": detected["regions"]}
     rejected = [ingested["rejected"], detected["rejected"]]
     if "speech" in cfg.stages:
-        from transforms.speech import TranscribeSpeech
+        from mmcurate.transforms.speech import TranscribeSpeech
 
         speech = detected["speech"] | "Speech" >> TranscribeSpeech(cfg, run_id)
         tables["segments"] = speech["segments"]
@@ -154,7 +154,7 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
         os.makedirs(output, exist_ok=True)
     version = code_version()
     run_id = make_run_id(inputs, cfg, version)
-    from transforms.ingest import escape_uri
+    from mmcurate.transforms.ingest import escape_uri
 
     manifest = ManifestBuilder(run_id, version, cfg.to_json(), [escape_uri(i) for i in inputs], model_infos(cfg))
     log.info("run %s: %d input(s) -> %s (stages: %s)", run_id, len(inputs), output, ",".join(cfg.stages))

@@ -1,14 +1,14 @@
 """Audit of a finished run: DuckDB SQL over the Parquet tables a run wrote (`mmcurate audit`).
 
-A run writes `<out>/<table>/*.parquet` for every table in `schemas.tables.TABLES` and
-`<out>/manifest.json` (schema `schemas.tables.RUN_MANIFEST`). `connect()` exposes each table
+A run writes `<out>/<table>/*.parquet` for every table in `mmcurate.schemas.tables.TABLES` and
+`<out>/manifest.json` (schema `mmcurate.schemas.tables.RUN_MANIFEST`). `connect()` exposes each table
 as a DuckDB view named after it; a table that is absent on disk (no shard yet, or a run that
 stopped early) is an empty view with the declared columns, so every query below runs on any
 output directory. `summarize()` computes the run's figures with SQL and checks the
 "nothing is lost" invariant:
 
     every input ends exactly once either as a `sources` row or as a rejection at a
-    source-level stage (`schemas.tables.SOURCE_LEVEL_STAGES`), keyed by its `uri`.
+    source-level stage (`mmcurate.schemas.tables.SOURCE_LEVEL_STAGES`), keyed by its `uri`.
 
 So `inputs = rows(sources) + rows(source-level rejected)`, and the invariant holds iff the
 number of distinct uris over both sides equals that sum (no uri both kept and rejected, none
@@ -27,7 +27,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from schemas.tables import SOURCE_LEVEL_STAGES, TABLES
+from mmcurate.schemas.tables import SOURCE_LEVEL_STAGES, TABLES
 
 # Word-level ASR confidence under which a word counts as doubtful; 0.5 is the point where
 # whisper's token probability says "more likely wrong than right".
@@ -66,7 +66,7 @@ def _shards(out_dir: str, table: str) -> list[str]:
 
 
 def connect(out_dir: str) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB with one view per table of `schemas.tables.TABLES`, named after it.
+    """In-memory DuckDB with one view per table of `mmcurate.schemas.tables.TABLES`, named after it.
 
     Present tables read the shards `<out>/<table>/*.parquet` found now (union_by_name, so
     shards written by different code versions still line up); the declared columns are always there (an empty

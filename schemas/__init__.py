@@ -1,6 +1,6 @@
 """Schemas and typed records: the one place table layouts are declared."""
 
-from schemas.records import (  # noqa: F401
+from mmcurate.schemas.records import (  # noqa: F401
     AsrResult,
     AsrSegment,
     MediaRef,
@@ -14,4 +14,4 @@ from schemas.records import (  # noqa: F401
     stable_id,
     to_table,
 )
-from schemas.tables import SOURCE_LEVEL_STAGES, TABLES  # noqa: F401
+from mmcurate.schemas.tables import SOURCE_LEVEL_STAGES, TABLES  # noqa: F401

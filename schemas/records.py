@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from schemas import tables
+from mmcurate.schemas import tables
 
 
 def stable_id(*parts: object, n: int = 16) -> str:
@@ -201,7 +201,7 @@ def check_records() -> None:
             raise TypeError(f"record {cls.__name__} fields {names} != schema {name} columns {want}")
     word_fields = [f.name for f in dataclasses.fields(Word)]
     if word_fields != [f.name for f in tables.WORD]:
-        raise TypeError("Word record does not match schemas.tables.WORD")
+        raise TypeError("Word record does not match mmcurate.schemas.tables.WORD")
 
 
 def to_table(name: str, records: list[Any]) -> pa.Table:

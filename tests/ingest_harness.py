@@ -11,9 +11,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from pipelines.config import IngestConfig
-from schemas.records import MediaRef, Rejection
-from transforms.ingest import Ingest
+from mmcurate.pipelines.config import IngestConfig
+from mmcurate.schemas.records import MediaRef, Rejection
+from mmcurate.transforms.ingest import Ingest
 
 _SEEN: dict[str, list] = {}
 

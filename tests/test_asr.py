@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import AsrConfig
-from quality.wer import align_words, normalize, wer
-from schemas.records import AsrSegment
-from transforms import models
-from transforms.asr import (
+from mmcurate.pipelines.config import AsrConfig
+from mmcurate.quality.wer import align_words, normalize, wer
+from mmcurate.schemas.records import AsrSegment
+from mmcurate.transforms import models
+from mmcurate.transforms.asr import (
     _join,
     drop_reason,
     interpolate_words,
     load_transcriber,
     normalize_regions,
 )
-from transforms.decode import decode_audio
+from mmcurate.transforms.decode import decode_audio
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 SPEECH = MEDIA / "speech"

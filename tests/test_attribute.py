@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from schemas.records import AsrResult, AsrSegment, Turn, Word
-from transforms.attribute import assign_speakers, cut_utterances, is_sentence_end, join_words
+from mmcurate.schemas.records import AsrResult, AsrSegment, Turn, Word
+from mmcurate.transforms.attribute import assign_speakers, cut_utterances, is_sentence_end, join_words
 
 
 def W(text: str, start: float, end: float, p: float = 0.9) -> Word:

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from quality import audit
-from schemas.records import (
+from mmcurate.quality import audit
+from mmcurate.schemas.records import (
     Rejection,
     Segment,
     SourceRecord,

@@ -1,4 +1,4 @@
-"""transforms.decode on real media and on files of every container, made here with PyAV."""
+"""mmcurate.transforms.decode on real media and on files of every container, made here with PyAV."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transforms.decode import (
+from mmcurate.transforms.decode import (
     DecodeError,
     decode_audio,
     iter_audio,

@@ -15,10 +15,10 @@ import pytest
 
 os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
 
-from pipelines.config import DiarizationConfig  # noqa: E402
-from quality.der import der, read_rttm  # noqa: E402
-from schemas.records import Turn  # noqa: E402
-from transforms.diarize import DiarizationError, exclusive_turns, export_pipeline_dir, load_diarizer  # noqa: E402
+from mmcurate.pipelines.config import DiarizationConfig  # noqa: E402
+from mmcurate.quality.der import der, read_rttm  # noqa: E402
+from mmcurate.schemas.records import Turn  # noqa: E402
+from mmcurate.transforms.diarize import DiarizationError, exclusive_turns, export_pipeline_dir, load_diarizer  # noqa: E402
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 SAMPLE = MEDIA / "diarization" / "sample.wav"
@@ -191,7 +191,7 @@ def test_embedded_default_on_sample(embedded, sample):
 def test_embedded_threshold_robust(embedded, sample):
     """Two speakers and DER <= target across a band of clustering thresholds around the
     pyannote 3.1 default (0.7046), i.e. the result is not one lucky number."""
-    from transforms.diarize import PYANNOTE_31_PARAMS
+    from mmcurate.transforms.diarize import PYANNOTE_31_PARAMS
 
     audio, ref = sample
     try:

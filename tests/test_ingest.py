@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.testing.util import equal_to
 
-from pipelines.config import IngestConfig
-from schemas.records import to_table
-from transforms.ingest import escape_uri
+from mmcurate.pipelines.config import IngestConfig
+from mmcurate.schemas.records import to_table
+from mmcurate.transforms.ingest import escape_uri
 
 from ingest_harness import run_ingest, sha, write_wav
 

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from media_fixtures import write_video
-from pipelines import cli, curate
-from pipelines.config import CurateConfig
-from quality import audit
-from schemas.tables import SOURCE_LEVEL_STAGES, TABLES
+from mmcurate.pipelines import cli, curate
+from mmcurate.pipelines.config import CurateConfig
+from mmcurate.quality import audit
+from mmcurate.schemas.tables import SOURCE_LEVEL_STAGES, TABLES
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 
@@ -72,7 +72,7 @@ def _read(out: Path, table: str) -> list[dict]:
     rows = []
     for f in sorted((out / table).glob("*.parquet")):
         t = pq.read_table(f)
-        assert t.schema.equals(TABLES[table]), f"{f}: schema differs from schemas.tables.{table.upper()}"
+        assert t.schema.equals(TABLES[table]), f"{f}: schema differs from mmcurate.schemas.tables.{table.upper()}"
         rows.extend(t.to_pylist())
     return rows
 

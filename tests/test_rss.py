@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import IngestConfig
-from transforms import rss
+from mmcurate.pipelines.config import IngestConfig
+from mmcurate.transforms import rss
 
 from ingest_harness import run_ingest, write_wav
 

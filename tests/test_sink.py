@@ -9,10 +9,10 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import OutputConfig
-from schemas import Rejection, SpeechRegion
-from schemas.tables import TABLES
-from transforms.sink import WriteTables, split_rows
+from mmcurate.pipelines.config import OutputConfig
+from mmcurate.schemas import Rejection, SpeechRegion
+from mmcurate.schemas.tables import TABLES
+from mmcurate.transforms.sink import WriteTables, split_rows
 
 
 def _manifest(written: dict) -> dict:

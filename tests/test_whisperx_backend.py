@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import AsrConfig
-from quality.wer import normalize, wer
-from transforms.asr import NO_ALIGN_WARNING, load_transcriber
-from transforms.decode import decode_audio
+from mmcurate.pipelines.config import AsrConfig
+from mmcurate.quality.wer import normalize, wer
+from mmcurate.transforms.asr import NO_ALIGN_WARNING, load_transcriber
+from mmcurate.transforms.decode import decode_audio
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 SPEECH = MEDIA / "speech"
@@ -46,9 +46,9 @@ def jfk():
 
 
 def test_whisperx_offline_without_alignment(offline, caplog, jfk):
-    caplog.set_level(logging.WARNING, logger="transforms.asr")
+    caplog.set_level(logging.WARNING, logger="mmcurate.transforms.asr")
     tr = load_transcriber(AsrConfig(backend="whisperx", batch_size=4))
-    warnings = [r.getMessage() for r in caplog.records if r.name == "transforms.asr"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mmcurate.transforms.asr"]
     assert warnings == [NO_ALIGN_WARNING]
 
     dur = len(jfk) / SR
@@ -73,7 +73,7 @@ def test_whisperx_offline_without_alignment(offline, caplog, jfk):
     assert part_text.startswith("and so my fellow americans") and "country" not in part_text
     assert all(s.end <= 2.6 + 1e-3 for s in part.segments)
     assert tr.transcribe(jfk, [], language="en").segments == []
-    assert len([r for r in caplog.records if r.name == "transforms.asr"]) == 1  # said once
+    assert len([r for r in caplog.records if r.name == "mmcurate.transforms.asr"]) == 1  # said once
 
 
 def test_whisperx_missing_align_dir_is_a_clear_error(offline, tmp_path):
@@ -112,7 +112,7 @@ def _tiny_wav2vec2(d: Path) -> Path:
 
 def test_whisperx_alignment_from_local_dir(offline, caplog, tmp_path, jfk):
     align_dir = _tiny_wav2vec2(tmp_path / "w2v2")
-    caplog.set_level(logging.WARNING, logger="transforms.asr")
+    caplog.set_level(logging.WARNING, logger="mmcurate.transforms.asr")
     tr = load_transcriber(AsrConfig(backend="whisperx", batch_size=4, language="en",
                                     align_model_dir=str(align_dir)))
     assert not [r for r in caplog.records if r.getMessage() == NO_ALIGN_WARNING]

@@ -23,13 +23,38 @@ import logging
 import os
 import threading
 import zlib
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
 
-from pipelines.config import AsrConfig
-from schemas.records import AsrResult, AsrSegment, Word
-from transforms import models
+from mmcurate.schemas.records import AsrResult, AsrSegment, Word
+from mmcurate.transforms import models
+
+
+@dataclass
+class AsrConfig:
+    backend: str = "faster-whisper"  # faster-whisper (embedded) | whisperx (production)
+    model: str = "whisper-base"  # whisper-base | whisper-tiny.en | path to a CTranslate2 dir
+    device: str = "cpu"
+    compute_type: str = "int8"
+    beam_size: int = 5
+    language: str | None = None  # None: detect from audio
+    condition_on_previous_text: bool = False  # on, it feeds hallucination loops
+    batch_size: int = 8
+    cpu_threads: int = 0  # 0: CTranslate2 default
+    # whisperx only
+    whisperx_model_dir: str | None = None  # local CT2 model dir (e.g. faster-whisper-large-v3)
+    whisperx_model_size: str = "large-v3"
+    align_model_dir: str | None = None  # local wav2vec2 alignment model; None: no alignment
+    # Segments whose ASR scores say "no speech" are dropped (Whisper's own defaults)
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+    compression_ratio_threshold: float = 2.4
+    # Inside VAD speech, no_speech_prob above this drops a segment on its own: measured on
+    # noise/tones that passed as speech (0.67-0.74) vs real speech here (<= 0.29). None: off.
+    no_speech_alone_threshold: float | None = 0.6
+
 
 log = logging.getLogger(__name__)
 

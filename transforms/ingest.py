@@ -36,9 +36,23 @@ from typing import Any, Iterable, Iterator
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.config import IngestConfig
-from schemas.records import MediaRef, Rejection
-from transforms import rss
+from mmcurate.schemas.records import MediaRef, Rejection
+from mmcurate.transforms import rss
+
+
+@dataclass
+class IngestConfig:
+    max_bytes: int = 20 * 1024**3  # refuse inputs above 20 GiB ("huge"): reason too_large
+    http_timeout_s: float = 30.0
+    http_retries: int = 3
+    http_backoff_s: float = 0.5
+    max_download_bytes: int = 4 * 1024**3
+    download_dir: str | None = None  # default: <output>/_downloads
+    media_extensions: tuple[str, ...] = (
+        ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".wma",
+        ".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v",
+    )
+
 
 STAGE = "ingest"
 NS = "mmcurate"

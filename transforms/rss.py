@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Iterator
 
-from schemas.records import stable_id
+from mmcurate.schemas.records import stable_id
 
 USER_AGENT = "mmcurate/0.1 (podcast ingest; python-urllib)"
 CHUNK = 1 << 20  # 1 MiB: streaming read size, constant memory whatever the file size

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import posixpath
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import apache_beam as beam
@@ -27,9 +28,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.config import OutputConfig
-from schemas.records import to_table
-from schemas.tables import TABLES
+from mmcurate.schemas.records import to_table
+from mmcurate.schemas.tables import TABLES
+
+
+@dataclass
+class OutputConfig:
+    target_shard_mb: float = 256.0
+    buckets: int = 8  # rows are bucketed by id hash; each bucket is cut into shards
+
 
 log = logging.getLogger("mmcurate.sink")
 
@@ -157,7 +164,7 @@ class WriteTables(beam.PTransform):
     """Write {table: PCollection[record]} as Parquet shards, then the run manifest.
 
     `manifest` is called once on a worker with {"tables", "rejected", "shards"} and returns the
-    full manifest dict (conforming to schemas.tables.RUN_MANIFEST).
+    full manifest dict (conforming to mmcurate.schemas.tables.RUN_MANIFEST).
     """
 
     def __init__(self, out_dir: str, run_id: str, cfg: OutputConfig, manifest: Callable[[dict], dict]):

@@ -22,7 +22,7 @@ Ledger rules (nothing is lost):
   "diarize", reason "diarization_failed" with the exception text, or "no_turns";
   item_id = source_id). The words are real; only the attribution is missing, and the row
   says why.
-* an ASR segment dropped by Whisper's hallucination rules (`transforms.asr.drop_reason`:
+* an ASR segment dropped by Whisper's hallucination rules (`mmcurate.transforms.asr.drop_reason`:
   no_speech / repetitive / no_words) -> Rejection(stage "asr", reason "hallucination",
   item_id f"{source_id}-asr-{start:.3f}", the rule, scores and text in the detail).
 * diarization.backend == "none": no "Diarize" step; every word is speaker 0.
@@ -41,8 +41,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from pipelines.config import CurateConfig, DiarizationConfig
-from schemas.records import (
+from mmcurate.schemas.records import (
     AsrResult,
     Rejection,
     Segment,
@@ -51,7 +50,8 @@ from schemas.records import (
     Transcript,
     Turn,
 )
-from transforms.attribute import Utterance, cut_utterances
+from mmcurate.transforms.attribute import Utterance, cut_utterances
+from mmcurate.transforms.diarize import DiarizationConfig
 
 log = logging.getLogger("mmcurate.speech")
 
@@ -78,13 +78,13 @@ class DiarizeOutcome:
 
 
 def _default_transcriber_factory(asr_cfg):
-    from transforms.asr import load_transcriber
+    from mmcurate.transforms.asr import load_transcriber
 
     return load_transcriber(asr_cfg)
 
 
 def _default_diarizer_factory(diar_cfg):
-    from transforms.diarize import load_diarizer
+    from mmcurate.transforms.diarize import load_diarizer
 
     return load_diarizer(diar_cfg)
 
@@ -92,7 +92,7 @@ def _default_diarizer_factory(diar_cfg):
 def _exclusive(turns: list[Turn]) -> list[Turn]:
     """Exclusive (non-overlapping) turns: the diarizer's own rule when it has one."""
     try:
-        from transforms.diarize import exclusive_turns
+        from mmcurate.transforms.diarize import exclusive_turns
     except ImportError:  # diarize backend module not installed with this build
         return sorted(turns, key=lambda t: (t.start, t.end))
     return exclusive_turns(turns)
@@ -146,7 +146,7 @@ class _TranscribeFn(beam.DoFn):
         self._model = (self._factory or _default_transcriber_factory)(self._cfg.asr)
 
     def process(self, element: tuple[SourceRecord, list[SpeechRegion] | None]):
-        from transforms.decode import decode_audio
+        from mmcurate.transforms.decode import decode_audio
 
         source, regions = element
         self._sources.inc()
@@ -235,7 +235,7 @@ class _DiarizeFn(beam.DoFn):
             self._model_name = self._cfg.diarization.backend
 
     def process(self, element: tuple[SourceRecord, list[SpeechRegion] | None]):
-        from transforms.decode import decode_audio
+        from mmcurate.transforms.decode import decode_audio
 
         source, regions = element
         if regions is not None and not regions:
@@ -315,7 +315,7 @@ class _AttributeFn(beam.DoFn):
         )
         audio = None
         if self._cfg.segments.include_audio and utts:
-            from transforms.decode import decode_audio
+            from mmcurate.transforms.decode import decode_audio
 
             audio = decode_audio(source.media_uri, sample_rate=self._cfg.decode.sample_rate)
 
@@ -412,7 +412,7 @@ class TranscribeSpeech(beam.PTransform):
     """(SourceRecord, [SpeechRegion]) -> {"segments", "transcripts", "rejected"}.
 
     `transcriber_factory(cfg.asr)` / `diarizer_factory(cfg.diarization)` build the models on
-    each worker (defaults: `transforms.asr.load_transcriber`, `transforms.diarize.load_diarizer`);
+    each worker (defaults: `mmcurate.transforms.asr.load_transcriber`, `mmcurate.transforms.diarize.load_diarizer`);
     tests pass fakes. Regions None means "transcribe the whole source" (no VAD ran).
     """
 
@@ -469,7 +469,7 @@ def speech_model_info(cfg: CurateConfig) -> list[dict]:
 
 
 def _asr_infos(cfg: CurateConfig) -> list[dict]:
-    from transforms import models
+    from mmcurate.transforms import models
 
     a = cfg.asr
     name = a.whisperx_model_dir if a.backend == "whisperx" and a.whisperx_model_dir else a.model
@@ -490,8 +490,8 @@ def _asr_infos(cfg: CurateConfig) -> list[dict]:
 def _diarization_infos(cfg: CurateConfig) -> list[dict]:
     d = cfg.diarization
     try:
-        from transforms import diarize
-        from transforms.models import file_sha256
+        from mmcurate.transforms import diarize
+        from mmcurate.transforms.models import file_sha256
 
         if d.backend == "embedded":
             files = (("diarization-segmentation", "pyannote/segmentation-3.0",

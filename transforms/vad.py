@@ -37,8 +37,20 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 import numpy as np
 
-from pipelines.config import CurateConfig, DecodeConfig, VadConfig
-from schemas.records import MediaRef, Rejection, SourceRecord, SpeechRegion
+from mmcurate.transforms.decode import DecodeConfig
+from mmcurate.schemas.records import MediaRef, Rejection, SourceRecord, SpeechRegion
+
+
+@dataclass
+class VadConfig:
+    # silero-vad's own defaults (silero_vad.utils_vad.get_speech_timestamps)
+    threshold: float = 0.5
+    min_speech_ms: int = 250
+    min_silence_ms: int = 100
+    speech_pad_ms: int = 30
+    min_speech_ratio: float = 0.0  # sources with speech_s == 0 (or below this ratio) -> no_speech
+    model_path: str | None = None  # None: silero v6 sequence model from the silero-vad wheel
+
 
 log = logging.getLogger("mmcurate.vad")
 
@@ -323,7 +335,7 @@ class _AudioDecodeFailed(Exception):
 
 def _watch(chunks: Iterator[np.ndarray], uri: str, t0: float) -> Iterator[np.ndarray]:
     """Pass chunks through; log progress every PROGRESS_EVERY_S of audio; wrap odd errors."""
-    from transforms.decode import DecodeError
+    from mmcurate.transforms.decode import DecodeError
 
     seen = 0
     mark = PROGRESS_EVERY_S * SAMPLE_RATE
@@ -375,7 +387,7 @@ class _DetectSpeechFn(beam.DoFn):
             source_id=ref.source_id, duration_s=duration_s))
 
     def process(self, ref: MediaRef):
-        from transforms.decode import DecodeError, stream_audio
+        from mmcurate.transforms.decode import DecodeError, stream_audio
 
         sr = self._decode.sample_rate
         max_s = self._decode.max_duration_s
@@ -443,7 +455,7 @@ class DetectSpeech(beam.PTransform):
     Truncated or damaged media: whatever FFmpeg decodes is the source (a truncated mp3 becomes a
     shorter source, its duration the decoded one, not the header's); when decoding raises, even
     after some audio was read, the input is a decode_error rejection and nothing else (see
-    transforms.decode). An unexpected error in the model is a vad/vad_error rejection.
+    mmcurate.transforms.decode). An unexpected error in the model is a vad/vad_error rejection.
     """
 
     def __init__(self, cfg: CurateConfig, run_id: str):
