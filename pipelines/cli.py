@@ -23,9 +23,10 @@ INPUT is any mix of:
   a podcast feed        an http(s) URL or a local .rss/.xml file; enclosures are downloaded
 Local paths, gs:// and s3:// (with Beam's gcp/aws extras) are read through Beam FileSystems.
 
-Output: DIR/<table>/*.parquet for sources, speech_regions, segments, transcripts, rejected
-(the rejection ledger: every input not in `sources` is there with stage and reason), and
-DIR/manifest.json (run id, config, code version, models with checksums, counts), written last.
+{stages}
+Output: DIR/<table>/*.parquet per table above plus `rejected` (the rejection ledger: every
+input not in `sources` is there with stage and reason), and DIR/manifest.json (run id, config,
+code version, models with checksums, counts), written last.
 Re-running the same inputs into the same DIR gives the same ids and replaces the shards.
 
 Any option not listed above is passed to Apache Beam untouched, e.g.
@@ -39,16 +40,39 @@ Examples:
 """
 
 AUDIT_EPILOG = """\
-Views, one per table: sources, speech_regions, segments, transcripts, rejected.
+Views, one per table: sources, speech_regions, segments, transcripts, turns, rejected.
 Examples:
   mmcurate audit out/demo
   mmcurate audit out/demo --json | jq .rejected
   mmcurate audit out/demo --sql "SELECT stage, reason, count(*) FROM rejected GROUP BY ALL"
+  mmcurate audit out/demo --rttm out/demo-rttm                     # <source_id>.rttm per source
+  mmcurate audit out/demo --rttm out/demo-rttm --rttm-name basename  # sample.rttm for .../sample.wav
+  mmcurate audit out/demo --der ../shared/media/diarization/sample.rttm
+  mmcurate audit out/demo --der refs/ --collar 0.25  # refs/<basename>.rttm, +-0.25 s collar
 """
 
 
 class _Fmt(argparse.RawDescriptionHelpFormatter):
     pass
+
+
+def _selectable() -> list[str]:
+    from mmcurate.schemas.stages import selectable
+
+    return selectable()
+
+
+def _stages_help() -> str:
+    """The stage list for --help, from the stage registry."""
+    from mmcurate.schemas.stages import STAGES
+
+    lines = ["Stages (in order; --stages picks among the optional ones):"]
+    for s in STAGES:
+        tables = ", ".join(s.produces) or "-"
+        tag = "" if s.selectable else " (always)"
+        lines.append(f"  {s.name + tag:<16} {s.summary}")
+        lines.append(f"  {'':<16} writes: {tables}; config: [{'], ['.join(s.config)}]")
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run the curation job",
         description="Ingest, decode, detect speech, diarize and transcribe; write Parquet shards.",
-        epilog=RUN_EPILOG,
+        epilog=RUN_EPILOG.format(stages=_stages_help()),
         formatter_class=_Fmt,
     )
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories, globs, manifests or feeds")
@@ -80,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--stages",
         metavar="LIST",
-        help="comma-separated stages to run: vad,speech (default: all)",
+        help=f"comma-separated stages to run, from: {','.join(_selectable())} (default: all; "
+        "a stage's prerequisites must be listed too)",
     )
     r.add_argument("--no-audit", action="store_true", help="do not print the audit summary at the end")
     a = sub.add_parser(
@@ -93,6 +118,17 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("output", metavar="DIR")
     a.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
     a.add_argument("--sql", metavar="QUERY", help="run an ad-hoc query over the table views instead")
+    a.add_argument("--rttm", metavar="OUTDIR", help="write the turns table as one RTTM file per source into OUTDIR")
+    a.add_argument(
+        "--rttm-name", choices=("source_id", "basename"), default="source_id",
+        help="name RTTM files (and their file-id) by source id (default) or by the media file's basename",
+    )
+    a.add_argument(
+        "--der", metavar="REF",
+        help="score the turns against reference RTTM: a file, or a directory of <basename>.rttm / <source_id>.rttm",
+    )
+    a.add_argument("--collar", type=float, default=0.0, metavar="S",
+                   help="with --der: +-S seconds around reference boundaries not scored (md-eval; default 0)")
     return ap
 
 
@@ -153,6 +189,17 @@ def cmd_run(args, beam_args: list[str]) -> int:
     except (ValueError, OSError) as e:
         print(f"mmcurate: bad config: {e}", file=sys.stderr)
         return 2
+    from mmcurate.schemas.stages import resolve
+
+    try:
+        resolve(cfg.stages)
+        problems = curate.startup_problems(cfg)
+    except ValueError as e:
+        problems = [str(e)]
+    if problems:
+        for problem in problems:
+            print(f"mmcurate: {problem}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     manifest = curate.run(args.inputs, args.output, cfg, beam_args)
     wall = time.perf_counter() - t0
@@ -183,6 +230,31 @@ def cmd_audit(args) -> int:
             print(json.dumps(tbl.to_pylist(), default=str))
         else:
             print(audit.format_table(tbl))
+        return 0
+    if args.rttm or args.der:  # the turns table as RTTM files / DER against reference RTTMs
+        out: dict = {}
+        if args.rttm:
+            paths = audit.write_rttm(args.output, args.rttm, name=args.rttm_name)
+            missing = audit.sources_without_turns(args.output)
+            out["rttm"] = {"dir": os.path.abspath(args.rttm), "files": paths, "sources_without_turns": missing}
+            if not args.json:
+                print(f"wrote {len(paths)} RTTM file{'s' if len(paths) != 1 else ''} to {os.path.abspath(args.rttm)}"
+                      + (f" ({len(missing)} source{'s' if len(missing) != 1 else ''} without turns: no file)" if missing else ""))
+        if args.der:
+            try:
+                rep = audit.der_report(args.output, args.der, collar=args.collar)
+            except (FileNotFoundError, ValueError) as e:
+                print(f"mmcurate: --der: {e}", file=sys.stderr)
+                return 2
+            out["der"] = rep
+            if not args.json:
+                print(audit.format_der_report(rep, args.der), end="")
+            if not rep["sources"]:
+                if args.json:
+                    print(json.dumps(out, indent=2, default=str))
+                return 1
+        if args.json:
+            print(json.dumps(out, indent=2, default=str))
         return 0
     summary = audit.summarize(args.output)
     print(json.dumps(summary, indent=2, default=str) if args.json else audit.format_summary(summary))

@@ -1,5 +1,8 @@
 """The main curation job: ingest -> decode + VAD -> diarization + ASR -> Parquet shards.
 
+The stages and their order come from the registry (`mmcurate.schemas.stages` declares them,
+`mmcurate.pipelines.stages` wires them).
+
 `run(argv)` is what the CLI, the Airflow DAG and the tests call; Beam runner flags pass
 through `PipelineOptions` untouched, and `test_pipeline` lets a test inject its own pipeline.
 """
@@ -21,9 +24,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from mmcurate.pipelines.config import CurateConfig
 
 log = logging.getLogger("mmcurate")
-
-STAGES = ("vad", "speech")
-
 
 def code_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -52,15 +52,21 @@ def make_run_id(inputs: list[str], cfg: CurateConfig, version: str) -> str:
 
 
 def model_infos(cfg: CurateConfig) -> list[dict]:
-    """Names, versions and checksums of every model the run uses (computed on the driver)."""
-    from mmcurate.transforms.vad import vad_model_info
+    """Names, versions and checksums of every model the run uses: the model handlers' own
+    `model_info()` (computed on the driver; nothing is loaded)."""
+    from mmcurate.pipelines.stages import REGISTRY
+    from mmcurate.schemas.stages import resolve
 
-    infos = [vad_model_info(cfg.vad.model_path)]
-    if "speech" in cfg.stages:
-        from mmcurate.transforms.speech import speech_model_info
+    return [info for spec in resolve(cfg.stages) for h in REGISTRY[spec.name].handlers(cfg)
+            for info in h.model_info()]
 
-        infos.extend(speech_model_info(cfg))
-    return infos
+
+def startup_problems(cfg: CurateConfig) -> list[str]:
+    """What would make the run fail, found before any work (each stage's `check`)."""
+    from mmcurate.pipelines.stages import REGISTRY
+    from mmcurate.schemas.stages import resolve
+
+    return [p for spec in resolve(cfg.stages) for p in REGISTRY[spec.name].check(cfg)]
 
 
 @dataclass
@@ -100,24 +106,26 @@ class ManifestBuilder:
 
 
 def build(p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, run_id: str,
-          manifest: ManifestBuilder) -> None:
-    """Assemble the curation graph on `p` (labels are stable: monitoring keys on them)."""
-    from mmcurate.transforms.ingest import Ingest
+          manifest: ManifestBuilder, overrides: dict | None = None) -> None:
+    """Assemble the curation graph on `p` from the stage registry, in declaration order.
+
+    Labels are stable (monitoring and pipeline updates key on them). `overrides` lets tests
+    hand in model handlers with fake loaders ({"asr_handler": ..., "vad_handler": ...})."""
+    from mmcurate.pipelines.stages import REGISTRY, BuildContext
+    from mmcurate.schemas.stages import resolve
     from mmcurate.transforms.sink import WriteTables
-    from mmcurate.transforms.vad import DetectSpeech
 
-    download_dir = cfg.ingest.download_dir or os.path.join(output, "_downloads")
-    ingested = p | "Ingest" >> Ingest(inputs, cfg.ingest, run_id, download_dir)
-    detected = ingested["media"] | "DetectSpeech" >> DetectSpeech(cfg, run_id)
-    tables = {"sources": detected["sources"], "speech_regions": detected["regions"]}
-    rejected = [ingested["rejected"], detected["rejected"]]
-    if "speech" in cfg.stages:
-        from mmcurate.transforms.speech import TranscribeSpeech
-
-        speech = detected["speech"] | "Speech" >> TranscribeSpeech(cfg, run_id)
-        tables["segments"] = speech["segments"]
-        tables["transcripts"] = speech["transcripts"]
-        rejected.append(speech["rejected"])
+    specs = resolve(cfg.stages)
+    ctx = BuildContext(p, inputs, output, cfg, run_id, [s.name for s in specs], overrides or {})
+    streams: dict = {}
+    tables: dict = {}
+    rejected = []
+    for spec in specs:
+        out = REGISTRY[spec.name].build(ctx, streams)
+        rejected.append(out.pop("rejected"))
+        for name in spec.produces:
+            tables[name] = out[name]
+        streams.update({k: out[k] for k in spec.streams})
     tables["rejected"] = rejected | "AllRejections" >> beam.Flatten()
     _ = tables | "WriteTables" >> WriteTables(output, run_id, cfg.output, manifest)
 
@@ -141,14 +149,16 @@ def local_runner(options: PipelineOptions):
 
 
 def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
-        beam_args: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
+        beam_args: list[str] | None = None, test_pipeline: beam.Pipeline | None = None,
+        overrides: dict | None = None) -> dict:
     """Run the job to completion; returns the run manifest."""
     cfg = cfg or CurateConfig()
-    unknown = set(cfg.stages) - set(STAGES)
-    if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {list(STAGES)}")
-    if "vad" not in cfg.stages:
-        raise ValueError("the 'vad' stage is required: every later stage reads speech regions")
+    from mmcurate.schemas.stages import resolve
+
+    resolve(cfg.stages)  # ValueError naming unknown stages or a missing prerequisite
+    problems = startup_problems(cfg)
+    if problems:
+        raise ValueError("; ".join(problems))
     output = output.rstrip("/") if "://" in output else os.path.abspath(output)
     if "://" not in output:
         os.makedirs(output, exist_ok=True)
@@ -160,7 +170,7 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
     log.info("run %s: %d input(s) -> %s (stages: %s)", run_id, len(inputs), output, ",".join(cfg.stages))
     options = PipelineOptions(beam_args or [])
     p = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
-    build(p, inputs, output, cfg, run_id, manifest)
+    build(p, inputs, output, cfg, run_id, manifest, overrides)
     result = p.run()
     result.wait_until_finish()
     with open(os.path.join(output, "manifest.json")) if "://" not in output else _open_remote(output) as fh:

@@ -10,6 +10,7 @@ from mmcurate.schemas.records import (  # noqa: F401
     SpeechRegion,
     Transcript,
     Turn,
+    TurnRow,
     Word,
     stable_id,
     to_table,

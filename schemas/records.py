@@ -31,6 +31,16 @@ class _Row:
             row["metadata"] = sorted(row["metadata"].items())
         return row
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]):
+        """The record of a row read back from its table (the inverse of `to_row`)."""
+        values = dict(row)
+        if "metadata" in values and values["metadata"] is not None and not isinstance(values["metadata"], dict):
+            values["metadata"] = dict(values["metadata"])
+        if "words" in values and values["words"] is not None:
+            values["words"] = [w if isinstance(w, Word) else Word(**w) for w in values["words"]]
+        return cls(**{f.name: values.get(f.name) for f in dataclasses.fields(cls)})
+
 
 @dataclass(frozen=True)
 class SourceRecord(_Row):
@@ -142,6 +152,21 @@ class Transcript(_Row):
 
 
 @dataclass(frozen=True)
+class TurnRow(_Row):
+    """One row of the `turns` table (see mmcurate.schemas.tables.TURNS)."""
+
+    TABLE: ClassVar[str] = "turns"
+    turn_id: str
+    source_id: str
+    speaker: str
+    start: float
+    end: float
+    overlapped: bool
+    diarization_model: str | None
+    run_id: str
+
+
+@dataclass(frozen=True)
 class MediaRef:
     """An input between ingest and decode: bytes located and hashed, not yet decoded."""
 
@@ -177,6 +202,10 @@ class AsrResult:
     segments: list[AsrSegment]
     model: str  # e.g. "whisper-base (faster-whisper)"
     model_version: str  # e.g. "faster-whisper 1.2.1 / ctranslate2 4.x / sha256:..."
+    # segments this call dropped as hallucinations, as (rule, segment): part of the result, not
+    # state on the model object, so one model shared by several threads cannot mix calls up
+    dropped: list[tuple[str, AsrSegment]] = field(default_factory=list)
+    elapsed_s: float = 0.0  # wall time of the call that made this result
 
 
 @dataclass(frozen=True)
@@ -188,8 +217,20 @@ class Turn:
     speaker: int
 
 
+@dataclass(frozen=True)
+class DiarizationResult:
+    """One diarization call: the overlap-aware turns, the diarizer's own exclusive (one speaker
+    at a time) turns when it has them (pyannote does; None: derive them by rule), the model
+    name and the call's wall time. Speaker ids agree between the two lists."""
+
+    turns: list[Turn]
+    exclusive: list[Turn] | None = None
+    model: str | None = None
+    elapsed_s: float = 0.0
+
+
 RECORDS: dict[str, type[_Row]] = {
-    c.TABLE: c for c in (SourceRecord, SpeechRegion, Rejection, Segment, Transcript)
+    c.TABLE: c for c in (SourceRecord, SpeechRegion, Rejection, Segment, Transcript, TurnRow)
 }
 
 

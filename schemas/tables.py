@@ -103,6 +103,23 @@ TRANSCRIPTS = pa.schema(
     ]
 )
 
+# The diarizer's own turns, overlap-aware (several speakers may hold a turn at one time), as it
+# produced them: what DER is scored on (`mmcurate audit DIR --rttm OUT` writes them as RTTM) and
+# what turn-taking and per-speaker streams read. Segments carry the exclusive (one speaker at a
+# time) attribution derived from these.
+TURNS = pa.schema(
+    [
+        pa.field("turn_id", pa.string(), nullable=False),  # f"{source_id}-turn-{n:05d}", by start
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("speaker", pa.string(), nullable=False),  # f"{source_id}-spk{k}", as in segments
+        pa.field("start", pa.float64(), nullable=False),
+        pa.field("end", pa.float64(), nullable=False),
+        pa.field("overlapped", pa.bool_(), nullable=False),  # another speaker talks during it
+        pa.field("diarization_model", pa.string()),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
 MODEL_INFO = pa.struct(
     [
         pa.field("role", pa.string()),  # vad | asr | diarization | ...
@@ -134,8 +151,15 @@ TABLES: dict[str, pa.Schema] = {
     "speech_regions": SPEECH_REGIONS,
     "segments": SEGMENTS,
     "transcripts": TRANSCRIPTS,
+    "turns": TURNS,
     "rejected": REJECTED,
 }
 
-# Stages whose rejections remove a whole source (count(inputs) == sources + these rejections).
-SOURCE_LEVEL_STAGES = ("ingest", "decode", "vad")
+# Stages whose rejections remove a whole source (count(inputs) == sources + these rejections):
+# derived from the stage declarations.
+from mmcurate.schemas.stages import PRODUCER, SOURCE_LEVEL_STAGES  # noqa: E402
+
+_undeclared = [t for t in TABLES if t != "rejected" and t not in PRODUCER]
+if _undeclared or set(PRODUCER) - set(TABLES):
+    raise TypeError(f"tables without a producing stage {_undeclared}, or stages producing "
+                    f"undeclared tables {sorted(set(PRODUCER) - set(TABLES))}")

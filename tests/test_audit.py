@@ -119,7 +119,7 @@ def _manifest(out: Path, tables: dict[str, int]) -> None:
     }))
 
 
-EXPECTED_TABLES = {"sources": 4, "speech_regions": 7, "segments": 6, "transcripts": 3, "rejected": 5}
+EXPECTED_TABLES = {"sources": 4, "speech_regions": 7, "segments": 6, "transcripts": 3, "turns": 0, "rejected": 5}
 
 
 @pytest.fixture
@@ -255,7 +255,7 @@ def test_missing_tables_are_zero(tmp_path: Path) -> None:
     (out / "transcripts").mkdir()  # a table directory with no shard
     _write(out, "speech_regions", [])  # an empty shard
     s = audit.summarize(str(out))
-    assert s["tables"] == {"sources": 1, "speech_regions": 0, "segments": 0, "transcripts": 0, "rejected": 0}
+    assert s["tables"] == {"sources": 1, "speech_regions": 0, "segments": 0, "transcripts": 0, "turns": 0, "rejected": 0}
     assert s["tables_present"]["speech_regions"] is True and s["tables_present"]["segments"] is False
     assert s["inputs"] == 1 and s["invariant_ok"] is True
     assert s["hours_in"] == pytest.approx(600 / 3600)

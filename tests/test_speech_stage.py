@@ -27,7 +27,10 @@ from mmcurate.schemas.records import (  # noqa: E402
     Word,
     to_table,
 )
-from mmcurate.transforms.speech import TranscribeSpeech, encode_flac, speech_model_info  # noqa: E402
+from mmcurate.transforms.asr import AsrModelHandler  # noqa: E402
+from mmcurate.transforms.diarize import DiarizationModelHandler  # noqa: E402
+from mmcurate.transforms.speech import TranscribeSpeech, encode_flac, overlapped_flags  # noqa: E402
+from mmcurate.transforms.vad import SpeechInput  # noqa: E402
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 SR = 16000
@@ -41,14 +44,11 @@ RUN = "run-test"
 
 
 class FakeTranscriber:
-    last_dropped: list = []
-
     def transcribe(self, audio, regions=None, language=None):
         dur = audio.shape[0] / SR
-        self.last_dropped = []
+        dropped = []
         if abs(dur - 6.0) < 1e-6:  # like mmcurate.transforms.asr: segments its hallucination rules dropped
-            self.last_dropped = [("repetitive", AsrSegment(1.0, 2.0, "la la la la", [],
-                                                           compression_ratio=3.1))]
+            dropped = [("repetitive", AsrSegment(1.0, 2.0, "la la la la", [], compression_ratio=3.1))]
         if abs(dur - 3.0) < 1e-6:
             raise RuntimeError("CUDA out of memory (fake)")
         if not np.any(audio):
@@ -66,7 +66,7 @@ class FakeTranscriber:
                                            "".join(w.word for w in words), words,
                                            avg_logprob=-0.25, no_speech_prob=0.05,
                                            compression_ratio=1.3))
-        return AsrResult(language or "en", 0.97, segments, "fake-asr", "fake 1.0")
+        return AsrResult(language or "en", 0.97, segments, "fake-asr", "fake 1.0", dropped)
 
     def model_info(self):
         return {"role": "asr", "name": "fake-asr", "version": "1.0", "path": None, "sha256": None}
@@ -141,26 +141,34 @@ def _capture(path: str):
 
 
 def run_stage(inputs, cfg: CurateConfig | None = None, *, transcriber=fake_transcriber_factory,
-              diarizer=fake_diarizer_factory):
+              diarizer=fake_diarizer_factory, turns: list | None = None):
+    """Run TranscribeSpeech on (source, regions) pairs with model handlers whose loaders are
+    `transcriber(cfg.asr)` / `diarizer(cfg.diarization)` (None: the real models). Audio is not
+    passed in, so the stage's DecodeOnce step decodes each source. `turns`, when a list, gets
+    the turns rows."""
     import pickle
     import tempfile
 
     cfg = cfg or CurateConfig()
     p = TestPipeline()
-    out = (
-        p
-        | beam.Create(inputs)
-        | TranscribeSpeech(cfg, RUN, transcriber_factory=transcriber, diarizer_factory=diarizer)
+    stage = TranscribeSpeech(
+        cfg.asr, cfg.diarization, cfg.segments, RUN,
+        asr_handler=AsrModelHandler(cfg.asr, loader=transcriber),
+        diarization_handler=DiarizationModelHandler(cfg.diarization, loader=diarizer),
     )
+    out = p | beam.Create([SpeechInput(src, regs) for src, regs in inputs]) | stage
+    names = ("segments", "transcripts", "turns", "rejected")
     with tempfile.TemporaryDirectory() as d:
-        for name in ("segments", "transcripts", "rejected"):
+        for name in names:
             assert_that(out[name], _capture(os.path.join(d, name)), label=f"Capture{name}")
         result = p.run()
         result.wait_until_finish()
         got = {}
-        for name in ("segments", "transcripts", "rejected"):
+        for name in names:
             with open(os.path.join(d, name), "rb") as fh:
                 got[name] = pickle.load(fh)
+    if turns is not None:
+        turns.extend(sorted(got["turns"], key=lambda t: t.turn_id))
     query = result.metrics().query()
     counters = {c.key.metric.name: c.committed for c in query["counters"]}
     dists = {c.key.metric.name: c.committed for c in query["distributions"]}
@@ -185,11 +193,13 @@ def fake_run(tmp_path_factory):
         source_of(write_wav(d / "diarboom.wav", 4.0)),
         source_of(write_wav(d / "noturns.wav", 2.5)),
     ]
-    return inputs, run_stage(inputs)
+    turns: list = []
+    result = run_stage(inputs, turns=turns)
+    return inputs, result, turns
 
 
 def test_segments_transcripts_and_ledger(fake_run):
-    inputs, (segments, transcripts, rejected, counters, dists) = fake_run
+    inputs, (segments, transcripts, rejected, counters, dists), _ = fake_run
     by_src: dict[str, list] = {}
     for s in segments:
         by_src.setdefault(s.source_id, []).append(s)
@@ -253,13 +263,37 @@ def test_segments_transcripts_and_ledger(fake_run):
 
 
 def test_rows_fit_the_arrow_schemas(fake_run):
-    _, (segments, transcripts, rejected, _, _) = fake_run
+    _, (segments, transcripts, rejected, _, _), turns = fake_run
     seg_table = to_table("segments", segments)
     assert seg_table.num_rows == len(segments)
     words = seg_table.column("words").to_pylist()[0]
     assert set(words[0]) == {"word", "start", "end", "probability"}
     assert to_table("transcripts", list(transcripts.values())).num_rows == len(transcripts)
     assert to_table("rejected", rejected).num_rows == len(rejected)
+    assert to_table("turns", turns).num_rows == len(turns)
+
+
+def test_turns_rows_use_the_segments_speaker_labels(fake_run):
+    _, (segments, _, _, counters, _), turns = fake_run
+    two = [t for t in turns if t.source_id == "srctwo"]
+    # the fake diarizer said speaker 5 on [0, 3) and speaker 2 on [3, 6): the segments call
+    # them spk0 and spk1 (first words), and so must the turns
+    assert [(t.turn_id, t.speaker, t.start, t.end, t.overlapped) for t in two] == [
+        ("srctwo-turn-00000", "srctwo-spk0", 0.0, 3.0, False),
+        ("srctwo-turn-00001", "srctwo-spk1", 3.0, 6.0, False),
+    ]
+    seg_speakers = {s.speaker for s in segments if s.source_id == "srctwo"}
+    assert {t.speaker for t in two} == seg_speakers
+    assert {t.diarization_model for t in two} == {"fake-diar"}
+    # the ASR failure still has the diarizer's turns; a failed diarization has none
+    assert {t.source_id for t in turns} == {"srctwo", "srcfrench", "srcasrboom", "srcsilent"}
+    assert counters["diarize.turns"] == len(turns)
+
+
+def test_overlapped_flags():
+    t = [Turn(0.0, 2.0, 0), Turn(1.5, 3.0, 1), Turn(3.0, 4.0, 0), Turn(3.5, 3.8, 0), Turn(5, 6, 2)]
+    # 0/1 overlap; a speaker overlapping itself is not overlapped speech; touching is not overlap
+    assert overlapped_flags(t) == [True, True, False, False, False]
 
 
 def test_no_diarization_backend_means_one_speaker_and_inline_audio(tmp_path):
@@ -304,7 +338,10 @@ def test_encode_flac_round_trip():
 
 def test_speech_model_info_names_the_embedded_models():
     pytest.importorskip("mmcurate.transforms.diarize", reason="diarization backend not in this checkout")
-    infos = speech_model_info(CurateConfig())
+    def info(cfg):
+        return TranscribeSpeech(cfg.asr, cfg.diarization, cfg.segments, RUN).model_info()
+
+    infos = info(CurateConfig())
     roles = [i["role"] for i in infos]
     assert roles == ["asr", "diarization-segmentation", "speaker-embedding"]
     assert all(set(i) == {"role", "name", "version", "path", "sha256"} for i in infos)
@@ -312,7 +349,7 @@ def test_speech_model_info_names_the_embedded_models():
     assert infos[0]["name"] == "whisper-base"
     cfg = CurateConfig()
     cfg.diarization.backend = "none"
-    assert [i["role"] for i in speech_model_info(cfg)] == ["asr"]
+    assert [i["role"] for i in info(cfg)] == ["asr"]
 
 
 # ---------------------------------------------------------------- real models
@@ -412,7 +449,8 @@ def test_model_steps_have_stable_labels():
 
     def labels(cfg):
         p = beam.Pipeline()
-        _ = p | beam.Create([]) | "Speech" >> TranscribeSpeech(cfg, RUN)
+        _ = p | beam.Create([]) | "Speech" >> TranscribeSpeech(cfg.asr, cfg.diarization,
+                                                                cfg.segments, RUN)
         seen: set[str] = set()
 
         class Visitor(PipelineVisitor):
@@ -432,3 +470,38 @@ def test_model_steps_have_stable_labels():
     cfg.diarization.backend = "none"
     got = labels(cfg)
     assert "Speech/Diarize" not in got and want - {"Speech/Diarize"} <= got
+
+
+_LOADS: list[str] = []
+
+
+def _counting_transcriber(asr_cfg):
+    _LOADS.append("asr")
+    return FakeTranscriber()
+
+
+def _counting_diarizer(diar_cfg):
+    _LOADS.append("diarizer")
+    return FakeDiarizer()
+
+
+def test_one_model_per_process_shared_by_worker_threads(tmp_path):
+    """Two DirectRunner worker threads, eight sources: each model is loaded once (RunInference
+    keeps it in a per-process shared.Shared), not once per thread or per DoFn instance."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    _LOADS.clear()
+    inputs = [source_of(write_wav(tmp_path / f"s{i}.wav", 2.0 + i / 10)) for i in range(8)]
+    cfg = CurateConfig()
+    opts = PipelineOptions(["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
+    with beam.Pipeline(runner=FnApiRunner(), options=opts) as p:
+        out = (p | beam.Create([SpeechInput(s, r) for s, r in inputs])
+               | TranscribeSpeech(cfg.asr, cfg.diarization, cfg.segments, RUN,
+                                  asr_handler=AsrModelHandler(cfg.asr, loader=_counting_transcriber),
+                                  diarization_handler=DiarizationModelHandler(
+                                      cfg.diarization, loader=_counting_diarizer)))
+        counted = out["transcripts"] | beam.combiners.Count.Globally()
+        assert_that(counted, lambda n: None if list(n) == [8] else (_ for _ in ()).throw(
+            AssertionError(f"transcripts {list(n)}")))
+    assert sorted(_LOADS) == ["asr", "diarizer"], _LOADS

@@ -69,6 +69,7 @@ def test_model_info_without_a_session():
 
 
 @pytest.mark.slow
+@pytest.mark.model_score
 def test_reference_speech_coverage(vad):
     """sample.wav against the union of its RTTM speaker turns."""
     regions = vad.regions(iter_audio(str(MEDIA / "diarization" / "sample.wav")))
@@ -131,6 +132,7 @@ def test_regions_match_silero_get_speech_timestamps(vad):
 
 
 @pytest.mark.slow
+@pytest.mark.model_score
 @pytest.mark.parametrize("name", SPEECH_FILES)
 def test_speech_files_have_speech(vad, name):
     result = vad.detect(iter_audio(str(MEDIA / name)))
@@ -152,6 +154,7 @@ def test_silence_and_low_noise_have_no_speech(vad):
 
 
 @pytest.mark.slow
+@pytest.mark.model_score
 def test_long_pauses_split_regions(vad):
     """autoeditor_example.mp4 has long real pauses: several regions, none spanning them all."""
     result = vad.detect(iter_audio(str(MEDIA / "video" / "autoeditor_example.mp4")))
@@ -316,14 +319,18 @@ def test_detect_speech_multiprocessing(tmp_path):
 
 def test_progress_lines_for_long_sources(monkeypatch, caplog):
     """A progress line per PROGRESS_EVERY_S of decoded audio (10 min; 5 s here)."""
-    import time
-
     import mmcurate.transforms.vad as vad_mod
 
     monkeypatch.setattr(vad_mod, "PROGRESS_EVERY_S", 5.0)
     caplog.set_level(logging.INFO, logger="mmcurate.vad")
-    chunks = list(vad_mod._watch(iter_audio(str(MEDIA / "diarization" / "sample.wav"), chunk_s=1.0),
-                                 "sample.wav", time.perf_counter()))
-    assert sum(c.shape[0] for c in chunks) == 30 * SR
+    from mmcurate.transforms.decode import SampleBuffer
+
+    keep = SampleBuffer(30.0, SR)
+    watched = vad_mod._Watched(iter_audio(str(MEDIA / "diarization" / "sample.wav"), chunk_s=1.0),
+                               "sample.wav", keep)
+    chunks = list(watched)
+    assert sum(c.shape[0] for c in chunks) == 30 * SR == watched.seen
+    # the kept samples are the decoded ones, in order (the speech stage reads them)
+    assert np.array_equal(keep.finish(), np.concatenate(chunks))
     lines = [r.getMessage() for r in caplog.records if "decoded" in r.getMessage()]
     assert len(lines) == 6, lines

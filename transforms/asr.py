@@ -11,22 +11,26 @@ the thresholds from `AsrConfig`, plus one for VAD-gated input:
   * no_speech_prob > NO_SPEECH_ALONE_THRESHOLD (0.6, measured; see there) -> drop
   * compression_ratio > compression_ratio_threshold (repetition loops) -> drop
   * text with no letter or digit at all (e.g. "♪", "...") -> drop: it carries no words.
-Dropped segments of the last call stay inspectable in `transcriber.last_dropped` as
-(reason, AsrSegment) pairs so the caller can count them.
+Dropped segments come back in the call's own result, `AsrResult.dropped`, as (reason,
+AsrSegment) pairs so the caller can put them in the ledger (nothing is kept on the model
+object: one model serves several threads).
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import logging
 import os
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from mmcurate.schemas.records import AsrResult, AsrSegment, Word
 from mmcurate.transforms import models
@@ -38,6 +42,12 @@ class AsrConfig:
     model: str = "whisper-base"  # whisper-base | whisper-tiny.en | path to a CTranslate2 dir
     device: str = "cpu"
     compute_type: str = "int8"
+    # Beam resource hint for the Transcribe step (e.g. Dataflow's
+    # "type:nvidia-l4;count:1;install-nvidia-driver"); None: DEFAULT_GPU_HINT when device is cuda
+    accelerator: str | None = None
+    # one model copy per worker process across processes too (Beam multi_process_shared); for
+    # large GPU models where each process loading its own copy would not fit
+    share_across_processes: bool = False
     beam_size: int = 5
     language: str | None = None  # None: detect from audio
     condition_on_previous_text: bool = False  # on, it feeds hallucination loops
@@ -267,7 +277,6 @@ class FasterWhisperTranscriber:
             f"faster-whisper {faster_whisper.__version__}, ctranslate2 {ctranslate2.__version__}, "
             f"model sha256 {self._info['sha256'][:12]}"
         )
-        self.last_dropped: list[tuple[str, AsrSegment]] = []
 
     def model_info(self) -> dict:
         return {
@@ -286,7 +295,7 @@ class FasterWhisperTranscriber:
     ) -> AsrResult:
         audio = _check_audio(audio)
         regions = normalize_regions(regions, len(audio) / SAMPLE_RATE)
-        self.last_dropped = []
+        dropped: list[tuple[str, AsrSegment]] = []
         lang, lang_p = language or self.cfg.language, None
         detect = lang is None
         segments: list[AsrSegment] = []
@@ -327,10 +336,10 @@ class FasterWhisperTranscriber:
                 )
                 reason = drop_reason(seg, self.cfg, self.cfg.no_speech_alone_threshold)
                 if reason:
-                    self.last_dropped.append((reason, seg))
+                    dropped.append((reason, seg))
                 else:
                     segments.append(seg)
-        return AsrResult(lang, lang_p, segments, self.name, self.version)
+        return AsrResult(lang, lang_p, segments, self.name, self.version, dropped)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,7 +478,6 @@ class WhisperXTranscriber:
             f"model sha256 {self._info['sha256'][:12]}"
             + (f", align {Path(self.align_dir).name}" if self.align_dir else ", no alignment")
         )
-        self.last_dropped: list[tuple[str, AsrSegment]] = []
 
     def model_info(self) -> dict:
         return {
@@ -502,7 +510,7 @@ class WhisperXTranscriber:
     ) -> AsrResult:
         audio = _check_audio(audio)
         regions = normalize_regions(regions, len(audio) / SAMPLE_RATE)
-        self.last_dropped = []
+        dropped: list[tuple[str, AsrSegment]] = []
         lang, lang_p = language or self.cfg.language, None
         if not regions:
             return AsrResult(lang, lang_p, [], self.name, self.version)
@@ -543,10 +551,10 @@ class WhisperXTranscriber:
             )
             reason = drop_reason(seg, self.cfg, self.cfg.no_speech_alone_threshold)
             if reason:
-                self.last_dropped.append((reason, seg))
+                dropped.append((reason, seg))
             else:
                 segments.append(seg)
-        return AsrResult(lang, lang_p, segments, self.name, self.version)
+        return AsrResult(lang, lang_p, segments, self.name, self.version, dropped)
 
 
 def _aligned_words(words: list[dict], seg_start: float, seg_end: float) -> list[Word]:
@@ -615,3 +623,87 @@ def _region_vad_class() -> type:
             return Vad.merge_chunks(cut, chunk_size, onset, offset)
 
     return RegionVad
+
+
+# ---------------------------------------------------------------------------------------------
+# The model handler (Beam RunInference)
+
+# The accelerator a GPU step asks for when the config names none (Dataflow's syntax).
+DEFAULT_GPU_HINT = "type:nvidia-l4;count:1;install-nvidia-driver"
+
+
+@dataclass(frozen=True)
+class AsrRequest:
+    """One source for the ASR model: its 16 kHz mono samples, the VAD regions to decode
+    (None: the whole source) and a language hint."""
+
+    audio: np.ndarray
+    regions: list[tuple[float, float]] | None
+    language: str | None = None
+
+
+def resource_hints(device: str, accelerator: str | None) -> dict:
+    """Beam resource hints for a model step: an accelerator when the model runs on a GPU."""
+    if accelerator:
+        return {"accelerator": accelerator}
+    return {"accelerator": DEFAULT_GPU_HINT} if str(device).startswith("cuda") else {}
+
+
+class AsrModelHandler(ModelHandler):
+    """ASR for `RunInference`: example = `AsrRequest`, inference = `AsrResult` (with the
+    segments this call dropped as hallucinations and its wall time), model = a `Transcriber`.
+
+    One model per worker process, shared by its threads (RunInference's `shared.Shared`);
+    `share_across_processes` shares one copy between processes too. One source is one call
+    (batching happens inside the backend over the source's VAD chunks). `model_info()` is what
+    the run manifest records, computed on the driver without loading the model.
+    """
+
+    def __init__(self, cfg: AsrConfig, loader=None):
+        super().__init__()
+        self.cfg = cfg
+        self._loader = loader  # tests: a fake Transcriber factory(cfg)
+
+    def load_model(self) -> Transcriber:
+        return (self._loader or load_transcriber)(self.cfg)
+
+    def run_inference(self, batch, model: Transcriber, inference_args=None):
+        for req in batch:
+            t0 = time.perf_counter()
+            result = model.transcribe(req.audio, regions=req.regions, language=req.language)
+            result = dataclasses.replace(result, elapsed_s=time.perf_counter() - t0)
+            yield PredictionResult(req, result, result.model)
+
+    def batch_elements_kwargs(self) -> dict:
+        return {"min_batch_size": 1, "max_batch_size": 1}
+
+    def get_metrics_namespace(self) -> str:
+        return "mmcurate.asr"
+
+    def get_resource_hints(self) -> dict:
+        return resource_hints(self.cfg.device, self.cfg.accelerator)
+
+    def share_model_across_processes(self) -> bool:
+        return bool(self.cfg.share_across_processes)
+
+    def model_info(self) -> list[dict]:
+        """role/name/version/path/sha256 of the ASR model(s), for the run manifest.
+
+        Files are hashed, no model is loaded. A model directory that exists only on the workers
+        (production paths) gives a config-only entry with sha256 None rather than failing."""
+        a = self.cfg
+        name = a.whisperx_model_dir if a.backend == "whisperx" and a.whisperx_model_dir else a.model
+        try:
+            info = models.model_info("asr", name)
+        except (OSError, ImportError, models.ModelIntegrityError) as e:
+            log.warning("ASR model %s not readable on the driver (%s); manifest gets its name only",
+                        name, e)
+            info = {"role": "asr", "name": str(name), "path": str(name), "sha256": None}
+        info["version"] = f"{a.backend}: {info.get('version', 'unverified on the driver')}"
+        infos = [info]
+        if a.backend == "whisperx" and a.align_model_dir:
+            infos.append({"role": "asr-alignment",
+                          "name": os.path.basename(a.align_model_dir.rstrip("/")),
+                          "version": "local wav2vec2 dir", "path": a.align_model_dir, "sha256": None})
+        keys = ("role", "name", "version", "path", "sha256")
+        return [{k: i.get(k) for k in keys} for i in infos]

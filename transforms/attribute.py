@@ -57,6 +57,7 @@ class Utterance:
     avg_logprob: float | None  # duration-weighted mean over the ASR segments it came from
     no_speech_prob: float | None  # max over those segments
     compression_ratio: float | None  # mean over those segments
+    raw_speaker: int | None = None  # the diarizer's own id before renumbering
 
     @property
     def duration(self) -> float:
@@ -214,6 +215,7 @@ def cut_utterances(
                 avg_logprob=avg_lp,
                 no_speech_prob=nsp,
                 compression_ratio=cr,
+                raw_speaker=raw,
             )
         )
     return out

@@ -312,31 +312,46 @@ def _iter_container(
         yield emit()
 
 
+class SampleBuffer:
+    """Decoded samples collected into one array: preallocated from the container's claimed
+    duration, grown by half when the claim was short, trimmed in place at the end. A long
+    source costs one copy of its samples, not two (no list of chunks, no concatenate)."""
+
+    def __init__(self, claim_s: float | None, sample_rate: int, max_duration_s: float | None = None):
+        claim = claim_s if claim_s and claim_s > 0 else 60.0
+        claim = min(claim, max_duration_s or 4 * 3600.0, 4 * 3600.0)  # a bogus header is no plan
+        self._buf = np.empty(int(claim * sample_rate * 1.01) + sample_rate, dtype=np.float32)
+        self.n = 0
+
+    def append(self, chunk: np.ndarray) -> None:
+        n, buf = self.n, self._buf
+        if n + chunk.shape[0] > buf.shape[0]:
+            grown = np.empty(max(buf.shape[0] * 3 // 2, n + chunk.shape[0]), dtype=np.float32)
+            grown[:n] = buf[:n]
+            self._buf = buf = grown
+        buf[n : n + chunk.shape[0]] = chunk
+        self.n = n + chunk.shape[0]
+
+    def finish(self) -> np.ndarray:
+        buf, self._buf = self._buf, np.empty(0, dtype=np.float32)
+        try:  # resize in place (no second copy) when we own the buffer
+            buf.resize(self.n, refcheck=False)
+        except ValueError:
+            buf = buf[: self.n].copy()
+        return buf
+
+
 def decode_audio(
     media_uri: str, sample_rate: int = 16000, max_duration_s: float | None = None
 ) -> np.ndarray:
     """The whole audio track as one mono float32 array at `sample_rate`."""
     with open_media(media_uri) as src, _open_container(src) as c:
-        info = _info(c)
-        claim = info.duration_s if info.duration_s and info.duration_s > 0 else 60.0
-        claim = min(claim, max_duration_s or 4 * 3600.0, 4 * 3600.0)  # a bogus header is no plan
-        buf = np.empty(int(claim * sample_rate * 1.01) + sample_rate, dtype=np.float32)
-        n = 0
+        buf = SampleBuffer(_info(c).duration_s, sample_rate, max_duration_s)
         for chunk in _iter_container(c, sample_rate, 5.0, max_duration_s):
-            if n + chunk.shape[0] > buf.shape[0]:
-                grown = np.empty(max(buf.shape[0] * 3 // 2, n + chunk.shape[0]), dtype=np.float32)
-                grown[:n] = buf[:n]
-                buf = grown
-            buf[n : n + chunk.shape[0]] = chunk
-            n += chunk.shape[0]
-    if n == 0:
+            buf.append(chunk)
+    if buf.n == 0:
         raise DecodeError("empty_audio", "the audio track decodes to zero samples")
-    # resize in place (no second copy) when we own the buffer
-    try:
-        buf.resize(n, refcheck=False)
-    except ValueError:
-        buf = buf[:n].copy()
-    return buf
+    return buf.finish()
 
 
 # ---------------------------------------------------------------------------------------------

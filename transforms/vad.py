@@ -32,12 +32,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from mmcurate.transforms.decode import DecodeConfig
+from mmcurate.transforms.decode import DecodeConfig, MediaInfo, SampleBuffer
 from mmcurate.schemas.records import MediaRef, Rejection, SourceRecord, SpeechRegion
 
 
@@ -265,13 +266,13 @@ class SileroVad:
 
     def probabilities(self, chunks: Iterable[np.ndarray], sample_rate: int = SAMPLE_RATE
                       ) -> Iterator[np.ndarray]:
-        """Per-window speech probabilities, block by block; `self.samples_seen` after the end.
+        """Per-window speech probabilities, block by block.
 
-        The last partial window is zero-padded, as silero does.
+        The last partial window is zero-padded, as silero does. All state is local to the call,
+        so one model serves several threads at once.
         """
         if sample_rate != SAMPLE_RATE:
             raise ValueError(f"silero VAD here takes {SAMPLE_RATE} Hz audio, got {sample_rate}")
-        self.samples_seen = 0
         prev = np.zeros(CONTEXT, dtype=np.float32)
         h = np.zeros((1, 1, 128), dtype=np.float32)
         c = np.zeros((1, 1, 128), dtype=np.float32)
@@ -298,7 +299,6 @@ class SileroVad:
 
         for chunk in chunks:
             chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
-            self.samples_seen += chunk.shape[0]
             buf = np.concatenate([rest, chunk]) if rest.shape[0] else chunk
             nwin = buf.shape[0] // WINDOW
             for b in range(0, nwin, self.block_windows):
@@ -313,9 +313,17 @@ class SileroVad:
     def detect(self, chunks: Iterable[np.ndarray], sample_rate: int = SAMPLE_RATE) -> VadResult:
         per_ms = SAMPLE_RATE / 1000
         hyst = _Hysteresis(self.threshold, self.min_speech_ms * per_ms, self.min_silence_ms * per_ms)
-        for probs in self.probabilities(chunks, sample_rate):
+        seen = [0]
+
+        def counted(it: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+            for chunk in it:
+                chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
+                seen[0] += chunk.shape[0]
+                yield chunk
+
+        for probs in self.probabilities(counted(chunks), sample_rate):
             hyst.feed(probs)
-        n = self.samples_seen
+        n = seen[0]
         spans = hyst.finish(n, self.speech_pad_ms * per_ms)
         return VadResult([(s / SAMPLE_RATE, e / SAMPLE_RATE) for s, e in spans], n)
 
@@ -326,103 +334,172 @@ class SileroVad:
 
 
 # ---------------------------------------------------------------------------------------------
-# The Beam stage.
+# The model handler (Beam RunInference) and the stage.
+
+
+@dataclass(frozen=True)
+class VadOutcome:
+    """One input after decode + VAD: everything the call found, nothing kept on the model.
+
+    `error` is (stage, reason, detail, duration_s) when the input is a ledger row instead of a
+    source; `audio` holds the decoded 16 kHz samples only when the handler was asked to keep
+    them (the speech stage runs next and must not decode the source again).
+    """
+
+    info: MediaInfo | None
+    result: VadResult | None
+    audio: np.ndarray | None
+    error: tuple[str, str, str, float | None] | None
+    elapsed_s: float
 
 
 class _AudioDecodeFailed(Exception):
     """An unexpected (non-DecodeError) exception raised while decoding, kept apart from VAD's."""
 
 
-def _watch(chunks: Iterator[np.ndarray], uri: str, t0: float) -> Iterator[np.ndarray]:
-    """Pass chunks through; log progress every PROGRESS_EVERY_S of audio; wrap odd errors."""
-    from mmcurate.transforms.decode import DecodeError
+class _Watched:
+    """Passes decoded chunks to the VAD: counts them, keeps them when asked, logs progress
+    every PROGRESS_EVERY_S of audio, and tells decoder failures from model failures."""
 
-    seen = 0
-    mark = PROGRESS_EVERY_S * SAMPLE_RATE
-    it = iter(chunks)
-    while True:
+    def __init__(self, chunks: Iterator[np.ndarray], uri: str, keep: SampleBuffer | None):
+        self.chunks, self.uri, self.keep = chunks, uri, keep
+        self.seen = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        from mmcurate.transforms.decode import DecodeError
+
+        t0 = time.perf_counter()
+        mark = PROGRESS_EVERY_S * SAMPLE_RATE
+        it = iter(self.chunks)
+        while True:
+            try:
+                chunk = next(it)
+            except StopIteration:
+                return
+            except DecodeError:
+                raise
+            except Exception as e:  # noqa: BLE001 - anything PyAV throws is this input's problem
+                raise _AudioDecodeFailed(f"{type(e).__name__}: {e}") from e
+            self.seen += chunk.shape[0]
+            if self.keep is not None:
+                self.keep.append(chunk)
+            if self.seen >= mark:
+                mark += PROGRESS_EVERY_S * SAMPLE_RATE
+                audio_s = self.seen / SAMPLE_RATE
+                log.info("%s: %.0f min of audio decoded (%.0fx realtime)", self.uri, audio_s / 60,
+                         audio_s / max(time.perf_counter() - t0, 1e-9))
+            yield chunk
+
+
+class VadModelHandler(ModelHandler[MediaRef, VadOutcome, SileroVad]):
+    """silero VAD for `RunInference`: example = a MediaRef, inference = a `VadOutcome`.
+
+    The input is decoded here, streamed chunk by chunk into the model (memory stays constant
+    unless `keep_audio`), so a source is decoded once for VAD and, with `keep_audio`, for the
+    speech models after it. One ONNX session per worker process serves every thread
+    (RunInference keeps it in a `shared.Shared`; all per-call state is local to the call).
+    Decode failures and model errors are outcomes (ledger rows), never exceptions: one bad
+    input must not fail a batch.
+    """
+
+    def __init__(self, vad: VadConfig, decode: DecodeConfig, keep_audio: bool = False):
+        super().__init__()
+        self.vad_cfg = dataclasses.replace(vad)
+        self.decode_cfg = dataclasses.replace(decode)
+        self.keep_audio = keep_audio
+
+    def load_model(self) -> SileroVad:
+        v = self.vad_cfg
+        return SileroVad(model_path=v.model_path, threshold=v.threshold, min_speech_ms=v.min_speech_ms,
+                         min_silence_ms=v.min_silence_ms, speech_pad_ms=v.speech_pad_ms)
+
+    def run_inference(self, batch: Sequence[MediaRef], model: SileroVad,
+                      inference_args: dict | None = None) -> Iterable[PredictionResult]:
+        for ref in batch:
+            yield PredictionResult(ref, self.detect(ref, model), "silero-vad")
+
+    def detect(self, ref: MediaRef, model: SileroVad) -> VadOutcome:
+        from mmcurate.transforms.decode import DecodeError, SampleBuffer, stream_audio
+
+        sr = self.decode_cfg.sample_rate
+        max_s = self.decode_cfg.max_duration_s
+        t0 = time.perf_counter()
+        watched = None
+
+        def failed(stage: str, reason: str, detail: str, duration_s: float | None = None):
+            return VadOutcome(None, None, None, (stage, reason, detail, duration_s),
+                              time.perf_counter() - t0)
+
         try:
-            chunk = next(it)
-        except StopIteration:
-            return
-        except DecodeError:
-            raise
-        except Exception as e:  # noqa: BLE001 - anything PyAV throws is this input's problem
-            raise _AudioDecodeFailed(f"{type(e).__name__}: {e}") from e
-        seen += chunk.shape[0]
-        if seen >= mark:
-            mark += PROGRESS_EVERY_S * SAMPLE_RATE
-            audio_s = seen / SAMPLE_RATE
-            log.info("%s: %.0f min of audio decoded (%.0fx realtime)", uri, audio_s / 60,
-                     audio_s / max(time.perf_counter() - t0, 1e-9))
-        yield chunk
+            with stream_audio(ref.media_uri, sr, chunk_s=30.0, max_duration_s=max_s) as (info, chunks):
+                if info.duration_s and info.duration_s > max_s:
+                    return failed("decode", "too_long", f"the container says {info.duration_s:.0f} s "
+                                  f"> max_duration_s {max_s:.0f}", info.duration_s)
+                keep = SampleBuffer(info.duration_s, sr, max_s) if self.keep_audio else None
+                watched = _Watched(chunks, ref.uri, keep)
+                result = model.detect(watched, sr)
+        except DecodeError as e:
+            seen = watched.seen / sr if watched is not None else None
+            return failed("decode", e.reason, e.detail, seen if e.reason == "too_long" else None)
+        except _AudioDecodeFailed as e:
+            return failed("decode", "decode_error", str(e))
+        except Exception as e:  # noqa: BLE001 - the model failing on one input must not end the run
+            return failed("vad", "vad_error", f"{type(e).__name__}: {e}")
+        audio = keep.finish() if keep is not None and result.speech_s > 0 else None
+        return VadOutcome(info, result, audio, None, time.perf_counter() - t0)
+
+    def batch_elements_kwargs(self) -> dict:
+        return {"min_batch_size": 1, "max_batch_size": 1}  # one source is one call
+
+    def get_metrics_namespace(self) -> str:
+        return "mmcurate.vad"
+
+    def model_info(self) -> list[dict]:
+        """The run manifest's entry for this model (files hashed, nothing loaded)."""
+        return [vad_model_info(self.vad_cfg.model_path)]
 
 
-class _DetectSpeechFn(beam.DoFn):
-    """MediaRef -> SourceRecord + SpeechRegions (tagged outputs) or one Rejection."""
+class _ToSourcesFn(beam.DoFn):
+    """(MediaRef, VadOutcome) -> SourceRecord + SpeechRegions (tagged) + the speech element,
+    or exactly one Rejection."""
 
-    def __init__(self, decode: DecodeConfig, vad: VadConfig, run_id: str):
-        self._decode = decode
+    def __init__(self, vad: VadConfig, run_id: str):
         self._vad_cfg = vad
         self._run_id = run_id
-        self._vad: SileroVad | None = None
         self._ok = beam.metrics.Metrics.counter("mmcurate", "decode.ok")
         self._rejected = beam.metrics.Metrics.counter("mmcurate", "decode.rejected")
         self._no_speech = beam.metrics.Metrics.counter("mmcurate", "vad.no_speech")
         self._vad_failed = beam.metrics.Metrics.counter("mmcurate", "vad.failed")
         self._ratio = beam.metrics.Metrics.distribution("mmcurate", "vad.speech_ratio_pct")
 
-    def setup(self):
-        v = self._vad_cfg
-        self._vad = SileroVad(model_path=v.model_path, threshold=v.threshold, min_speech_ms=v.min_speech_ms,
-                              min_silence_ms=v.min_silence_ms, speech_pad_ms=v.speech_pad_ms)
-
     def _reject(self, ref: MediaRef, stage: str, reason: str, detail: str,
                 duration_s: float | None = None):
         if stage == "decode":
             self._rejected.inc()
+        elif reason == "vad_error":
+            self._vad_failed.inc()
         log.info("%s: rejected at %s (%s): %s", ref.uri, stage, reason, detail)
         return beam.pvalue.TaggedOutput("rejected", Rejection.make(
             stage=stage, reason=reason, detail=detail, uri=ref.uri, run_id=self._run_id,
             source_id=ref.source_id, duration_s=duration_s))
 
-    def process(self, ref: MediaRef):
-        from mmcurate.transforms.decode import DecodeError, stream_audio
-
-        sr = self._decode.sample_rate
-        max_s = self._decode.max_duration_s
-        t0 = time.perf_counter()
-        self._vad.samples_seen = 0
-        try:
-            with stream_audio(ref.media_uri, sr, chunk_s=30.0, max_duration_s=max_s) as (info, chunks):
-                if info.duration_s and info.duration_s > max_s:
-                    yield self._reject(ref, "decode", "too_long",
-                                       f"the container says {info.duration_s:.0f} s "
-                                       f"> max_duration_s {max_s:.0f}", info.duration_s)
-                    return
-                result = self._vad.detect(_watch(chunks, ref.uri, t0), sr)
-        except DecodeError as e:
-            yield self._reject(ref, "decode", e.reason, e.detail,
-                               (self._vad.samples_seen / sr) if e.reason == "too_long" else None)
+    def process(self, prediction: PredictionResult):
+        ref: MediaRef = prediction.example
+        out: VadOutcome = prediction.inference
+        if out.error is not None:
+            yield self._reject(ref, *out.error)
             return
-        except _AudioDecodeFailed as e:
-            yield self._reject(ref, "decode", "decode_error", str(e))
-            return
-        except Exception as e:  # noqa: BLE001 - the model failing on one input must not end the run
-            self._vad_failed.inc()
-            yield self._reject(ref, "vad", "vad_error", f"{type(e).__name__}: {e}")
-            return
+        result, info = out.result, out.info
         if result.num_samples == 0:
             yield self._reject(ref, "decode", "empty_audio", "the audio track decodes to zero samples")
             return
         self._ok.inc()
-        wall = time.perf_counter() - t0
         duration = result.duration_s
         speech_s = round(result.speech_s, 3)
         ratio = speech_s / duration
         self._ratio.update(int(round(100 * ratio)))
         log.info("%s: %.1f s audio, speech %.1f%%, %d region(s), %.0fx realtime",
-                 ref.uri, duration, 100 * ratio, len(result.regions), duration / max(wall, 1e-9))
+                 ref.uri, duration, 100 * ratio, len(result.regions), duration / max(out.elapsed_s, 1e-9))
         if speech_s <= 0 or ratio < self._vad_cfg.min_speech_ratio:
             self._no_speech.inc()
             yield self._reject(ref, "vad", "no_speech",
@@ -442,15 +519,26 @@ class _DetectSpeechFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput("sources", source)
         for r in regions:
             yield beam.pvalue.TaggedOutput("regions", r)
-        yield source, regions
+        yield SpeechInput(source, regions, out.audio)
+
+
+@dataclass(frozen=True)
+class SpeechInput:
+    """A source with speech, on its way to the speech models: its VAD regions and, when the
+    VAD step kept them, its decoded 16 kHz samples (None: the consumer decodes)."""
+
+    source: SourceRecord
+    regions: list[SpeechRegion]
+    audio: np.ndarray | None = None
 
 
 class DetectSpeech(beam.PTransform):
     """PCollection[MediaRef] -> {"sources", "regions", "rejected", "speech"}.
 
-    "speech" holds (SourceRecord, [SpeechRegion]) for sources with speech only; a source without
-    speech is only a Rejection (stage vad, reason no_speech, duration_s set); an input that does
-    not decode is only a Rejection (stage decode, DecodeError's reason). One outcome per input.
+    "speech" holds a `SpeechInput` per source with speech (with the decoded samples when
+    `keep_audio`); a source without speech is only a Rejection (stage vad, reason no_speech,
+    duration_s set); an input that does not decode is only a Rejection (stage decode,
+    DecodeError's reason). One outcome per input.
 
     Truncated or damaged media: whatever FFmpeg decodes is the source (a truncated mp3 becomes a
     shorter source, its duration the decoded one, not the header's); when decoding raises, even
@@ -458,19 +546,20 @@ class DetectSpeech(beam.PTransform):
     mmcurate.transforms.decode). An unexpected error in the model is a vad/vad_error rejection.
     """
 
-    def __init__(self, cfg: CurateConfig, run_id: str):
+    def __init__(self, vad: VadConfig, decode: DecodeConfig, run_id: str, *,
+                 keep_audio: bool = False, model_handler: ModelHandler | None = None):
         super().__init__()
-        self._cfg = cfg
+        self._vad = vad
+        self._handler = model_handler or VadModelHandler(vad, decode, keep_audio)
         self._run_id = run_id
 
     def expand(self, media):
         out = (
             media
             | "SpreadInputs" >> beam.Reshuffle()
-            | "DecodeAndDetect" >> beam.ParDo(
-                _DetectSpeechFn(dataclasses.replace(self._cfg.decode),
-                                dataclasses.replace(self._cfg.vad), self._run_id)
-            ).with_outputs("sources", "regions", "rejected", main="speech")
+            | "DecodeAndDetect" >> RunInference(self._handler)
+            | "ToSources" >> beam.ParDo(_ToSourcesFn(self._vad, self._run_id)).with_outputs(
+                "sources", "regions", "rejected", main="speech")
         )
         return {"sources": out.sources, "regions": out.regions, "rejected": out.rejected,
                 "speech": out.speech}

@@ -1,0 +1,119 @@
+"""The Beam wiring of each declared stage (`mmcurate.schemas.stages.STAGES`).
+
+`REGISTRY[name]` pairs a stage's declaration with:
+  * `build(ctx, streams)`: applies its transforms to the streams of earlier stages and returns
+    {table or stream name: PCollection, "rejected": PCollection[Rejection]};
+  * `handlers(cfg)`: its RunInference model handlers (their `model_info()` fills the manifest);
+  * `check(cfg)`: start-up problems (a backend this CPU cannot run ...) found before any work.
+
+`mmcurate.pipelines.curate.build` runs the selected stages in declaration order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import apache_beam as beam
+
+from mmcurate.pipelines.config import CurateConfig
+from mmcurate.schemas.stages import STAGES, StageSpec
+
+
+@dataclass
+class BuildContext:
+    pipeline: beam.Pipeline
+    inputs: list[str]
+    output: str
+    cfg: CurateConfig
+    run_id: str
+    stages: list[str]  # names of the stages that run
+    overrides: dict[str, Any] = field(default_factory=dict)  # tests: {"asr_handler": ...}
+
+
+@dataclass(frozen=True)
+class Stage:
+    spec: StageSpec
+    build: Callable[[BuildContext, dict[str, Any]], dict[str, Any]]
+    handlers: Callable[[CurateConfig], list] = lambda cfg: []
+    check: Callable[[CurateConfig], list[str]] = lambda cfg: []
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def _build_ingest(ctx: BuildContext, streams: dict) -> dict:
+    from mmcurate.transforms.ingest import Ingest
+
+    download_dir = ctx.cfg.ingest.download_dir or os.path.join(ctx.output, "_downloads")
+    out = ctx.pipeline | "Ingest" >> Ingest(ctx.inputs, ctx.cfg.ingest, ctx.run_id, download_dir)
+    return {"media": out["media"], "rejected": out["rejected"]}
+
+
+# --------------------------------------------------------------------------- vad
+
+
+def _vad_handler(cfg: CurateConfig, keep_audio: bool = False):
+    from mmcurate.transforms.vad import VadModelHandler
+
+    return VadModelHandler(cfg.vad, cfg.decode, keep_audio=keep_audio)
+
+
+def _build_vad(ctx: BuildContext, streams: dict) -> dict:
+    from mmcurate.transforms.vad import DetectSpeech
+
+    # the speech stage reads the samples this step decodes: keep them (one decode per source)
+    keep = "speech" in ctx.stages
+    handler = ctx.overrides.get("vad_handler") or _vad_handler(ctx.cfg, keep_audio=keep)
+    out = streams["media"] | "DetectSpeech" >> DetectSpeech(
+        ctx.cfg.vad, ctx.cfg.decode, ctx.run_id, model_handler=handler)
+    return {"sources": out["sources"], "speech_regions": out["regions"], "speech": out["speech"],
+            "rejected": out["rejected"]}
+
+
+# --------------------------------------------------------------------------- speech
+
+
+def _speech_transform(cfg: CurateConfig, run_id: str, overrides: dict | None = None):
+    from mmcurate.transforms.speech import TranscribeSpeech
+
+    o = overrides or {}
+    return TranscribeSpeech(cfg.asr, cfg.diarization, cfg.segments, run_id,
+                            sample_rate=cfg.decode.sample_rate,
+                            asr_handler=o.get("asr_handler"),
+                            diarization_handler=o.get("diarization_handler"))
+
+
+def _build_speech(ctx: BuildContext, streams: dict) -> dict:
+    out = streams["speech"] | "Speech" >> _speech_transform(ctx.cfg, ctx.run_id, ctx.overrides)
+    return {"segments": out["segments"], "transcripts": out["transcripts"], "turns": out["turns"],
+            "rejected": out["rejected"]}
+
+
+def _speech_handlers(cfg: CurateConfig) -> list:
+    t = _speech_transform(cfg, "")
+    return [h for h in (t.asr_handler, t.diarization_handler) if h is not None]
+
+
+def _check_speech(cfg: CurateConfig) -> list[str]:
+    problems = []
+    if cfg.diarization.backend != "none":
+        from mmcurate.transforms import diarize
+
+        check = getattr(diarize, "check_backend", None)
+        if check is not None:
+            try:
+                check(cfg.diarization)
+            except Exception as e:  # noqa: BLE001 - reported as a start-up problem
+                problems.append(f"diarization.backend={cfg.diarization.backend!r}: {e}")
+    return problems
+
+
+_WIRING = {
+    "ingest": dict(build=_build_ingest),
+    "vad": dict(build=_build_vad, handlers=lambda cfg: [_vad_handler(cfg)]),
+    "speech": dict(build=_build_speech, handlers=_speech_handlers, check=_check_speech),
+}
+
+REGISTRY: dict[str, Stage] = {s.name: Stage(spec=s, **_WIRING[s.name]) for s in STAGES}

@@ -1,0 +1,86 @@
+"""What each stage of the curation job is: the one declaration everything else derives from.
+
+A `StageSpec` says what a stage reads (the job's inputs, a stream of an earlier stage, or
+tables), which tables it writes, which config sections and model roles it uses, which values of
+`rejected.stage` its ledger rows carry, and whether those rows remove a whole input. The
+pipeline's `build()`, `--stages`, the CLI help, the audit's per-stage view and
+`SOURCE_LEVEL_STAGES` are derived from `STAGES`; the Beam wiring of each stage lives in
+`mmcurate.pipelines.stages` (this module imports nothing, so every layer can read it).
+
+Stages that work on a whole corpus (dedup, rephrasing) are declared with `corpus=True`: they
+read the tables of an earlier output directory (`mmcurate.transforms.read.ReadTables`) and
+write new ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    summary: str  # one line for --help
+    requires: tuple[str, ...]  # "inputs", a stream ("media", "speech") or table names
+    produces: tuple[str, ...]  # tables written (the ledger, `rejected`, is everyone's)
+    streams: tuple[str, ...]  # in-graph streams handed to later stages
+    config: tuple[str, ...]  # config sections it reads
+    ledger: tuple[str, ...]  # values of rejected.stage on its rows
+    source_level: bool  # its ledger rows remove a whole input (inputs = sources + these)
+    models: tuple[str, ...] = ()  # model roles, as in the manifest
+    selectable: bool = True  # --stages may leave it out
+    corpus: bool = False  # reads tables of an earlier output directory
+
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec(
+        name="ingest",
+        summary="find inputs (files, folders, globs, manifests, feeds); hash and download them",
+        requires=("inputs",), produces=(), streams=("media",), config=("ingest",),
+        ledger=("ingest",), source_level=True, selectable=False,
+    ),
+    StageSpec(
+        name="vad",
+        summary="decode to 16 kHz mono and find speech regions (silero VAD)",
+        requires=("media",), produces=("sources", "speech_regions"), streams=("speech",),
+        config=("decode", "vad"), ledger=("decode", "vad"), source_level=True, models=("vad",),
+    ),
+    StageSpec(
+        name="speech",
+        summary="diarize + transcribe speech regions: speaker-attributed words and turns",
+        requires=("speech",), produces=("segments", "transcripts", "turns"), streams=(),
+        config=("asr", "diarization", "segments"), ledger=("asr", "diarize"),
+        source_level=False, models=("asr", "diarization-segmentation", "speaker-embedding"),
+    ),
+)
+
+BY_NAME: dict[str, StageSpec] = {s.name: s for s in STAGES}
+
+# The ledger stages whose rows remove a whole input: count(inputs) == sources + these rows.
+SOURCE_LEVEL_STAGES: tuple[str, ...] = tuple(l for s in STAGES if s.source_level for l in s.ledger)
+
+# Which stage writes each table (the ledger is written by all of them).
+PRODUCER: dict[str, str] = {t: s.name for s in STAGES for t in s.produces}
+
+
+def selectable() -> list[str]:
+    return [s.name for s in STAGES if s.selectable]
+
+
+def resolve(selected: tuple[str, ...] | list[str]) -> list[StageSpec]:
+    """The stages that run for a `--stages` selection, in order: the always-on ones plus the
+    selected ones. Raises ValueError naming unknown stages or a missing prerequisite."""
+    unknown = [s for s in selected if s not in BY_NAME or not BY_NAME[s].selectable]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; known: {selectable()}")
+    chosen = [s for s in STAGES if not s.selectable or s.name in selected]
+    have = {"inputs"}
+    for s in chosen:
+        missing = [r for r in s.requires if r not in have]
+        if missing:
+            needers = [p.name for p in STAGES if set(missing) & (set(p.streams) | set(p.produces))]
+            raise ValueError(f"stage {s.name!r} reads what stage(s) {', '.join(needers)} "
+                             f"make ({', '.join(missing)}): add {', '.join(needers)} to --stages")
+        have.update(s.streams)
+        have.update(s.produces)
+    return chosen

@@ -1,0 +1,73 @@
+"""Read the tables of an earlier output directory back into a pipeline (corpus-level jobs).
+
+Dedup and rephrasing run as jobs over what a curation run committed: `ReadTables(out_dir,
+["segments", "transcripts"])` gives one PCollection of typed records per table, read from
+exactly the shards that run's `manifest.json` lists (a half-published or foreign file beside
+them is never read). Local paths and Beam FileSystems URIs (gs://, s3://) both work.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from mmcurate.schemas.records import RECORDS
+from mmcurate.schemas.tables import TABLES
+
+MANIFEST = "manifest.json"
+
+
+def _join(base: str, rel: str) -> str:
+    return posixpath.join(base, rel) if "://" in base else f"{base.rstrip('/')}/{rel}"
+
+
+def committed_shards(out_dir: str) -> dict[str, list[str]]:
+    """{table: [shard path]} from the output's manifest; FileNotFoundError without one."""
+    path = _join(out_dir, MANIFEST)
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"{out_dir}: no {MANIFEST}; not a finished mmcurate output")
+    with FileSystems.open(path, compression_type="uncompressed") as fh:
+        manifest = json.loads(fh.read().decode("utf-8"))
+    shards: dict[str, list[str]] = {}
+    for rel in manifest.get("shards", []):
+        table = rel.split("/", 1)[0]
+        shards.setdefault(table, []).append(_join(out_dir, rel))
+    return shards
+
+
+def read_shard(path: str, table: str):
+    """The records of one Parquet shard of `table`."""
+    with FileSystems.open(path, compression_type="uncompressed") as fh:
+        data = pq.read_table(io.BytesIO(fh.read()), schema=TABLES[table])
+    cls = RECORDS[table]
+    for row in data.to_pylist():
+        yield cls.from_row(row)
+
+
+class ReadTables(beam.PTransform):
+    """PBegin -> {table: PCollection[record]} for the named tables of a finished output."""
+
+    def __init__(self, out_dir: str, tables: list[str]):
+        super().__init__()
+        unknown = [t for t in tables if t not in TABLES]
+        if unknown:
+            raise ValueError(f"unknown table(s) {unknown}; known: {list(TABLES)}")
+        self.out_dir, self.tables = out_dir, list(tables)
+
+    def expand(self, pbegin):
+        shards = committed_shards(self.out_dir)
+        out = {}
+        for table in self.tables:
+            paths = sorted(shards.get(table, []))
+            out[table] = (
+                pbegin
+                | f"Shards[{table}]" >> beam.Create(paths)
+                | f"SpreadShards[{table}]" >> beam.Reshuffle()
+                | f"ReadShard[{table}]" >> beam.FlatMap(read_shard, table)
+            )
+        return out
