@@ -29,6 +29,10 @@ import pyarrow as pa
 
 from mmcurate.schemas.tables import SOURCE_LEVEL_STAGES, TABLES
 
+# the turns table: RTTM export and DER in SQL (modules of their own, re-exported here)
+from mmcurate.quality.der_sql import der_from_turns, der_report, format_der_report  # noqa: F401
+from mmcurate.quality.turns import format_turns, sources_without_turns, turns_summary, write_rttm  # noqa: F401
+
 # Word-level ASR confidence under which a word counts as doubtful; 0.5 is the point where
 # whisper's token probability says "more likely wrong than right".
 LOW_WORD_PROBABILITY = 0.5
@@ -358,6 +362,9 @@ def _summarize(con: duckdb.DuckDBPyConnection, out_dir: str) -> dict[str, Any]:
         per_stage.setdefault(stage, {"rejected": rej(stage)})
     s["per_stage"] = per_stage
 
+    # ---- diarizer turns (overlap-aware): counts, speakers per source, overlapped speech share
+    s["turns"] = turns_summary(con)
+
     # ---- manifest
     m = _load_manifest(out_dir)
     s["manifest"] = _manifest_summary(m, s["tables"]) if m is not None else None
@@ -485,6 +492,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         ]
         + [(f"{k} speakers", f"{v} sources") for k, v in sp["histogram"].items()]
     )
+    L += format_turns(s.get("turns"))
 
     w = s["words_per_minute"]
     pw = w["per_source"]
