@@ -133,6 +133,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool) -> None:
+    import warnings
+
+    # pyannote warns at import that torchcodec (its file decoder) is missing; mmcurate always
+    # hands it audio in memory, so the warning only alarms users
+    warnings.filterwarnings("ignore", message=r"\s*torchcodec is not installed")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname).1s %(name)s: %(message)s",

@@ -253,10 +253,10 @@ def _asr_failures(run_id: str):
 
 def _diarize_requests(cfg: DiarizationConfig):
     def requests(element: SpeechInput):
-        if element.regions is not None and not element.regions:
-            return  # nothing to attribute; "PrepareAsr" writes the ledger row
-        Metrics.counter(NS, "diarize.sources").inc()
-        yield element.source, DiarizeRequest(element.audio, **_speaker_hints(element.source, cfg))
+        # no region: nothing to attribute ("PrepareAsr" writes the ledger row)
+        if element.regions is None or element.regions:
+            Metrics.counter(NS, "diarize.sources").inc()
+            yield element.source, DiarizeRequest(element.audio, **_speaker_hints(element.source, cfg))
     return requests
 
 
