@@ -505,3 +505,34 @@ def test_one_model_per_process_shared_by_worker_threads(tmp_path):
         assert_that(counted, lambda n: None if list(n) == [8] else (_ for _ in ()).throw(
             AssertionError(f"transcripts {list(n)}")))
     assert sorted(_LOADS) == ["asr", "diarizer"], _LOADS
+
+
+def test_gpu_model_steps_carry_accelerator_resource_hints():
+    """A model on cuda asks the runner for an accelerator on its step (Dataflow's syntax by
+    default, or the configured one); CPU models ask for nothing."""
+    from mmcurate.transforms.asr import DEFAULT_GPU_HINT
+
+    cfg = CurateConfig()
+    assert AsrModelHandler(cfg.asr).get_resource_hints() == {}
+    assert DiarizationModelHandler(cfg.diarization).get_resource_hints() == {}
+    cfg.asr.device = "cuda"
+    cfg.diarization.device = "cuda:0"
+    cfg.diarization.accelerator = "type:nvidia-tesla-t4;count:1"
+    assert AsrModelHandler(cfg.asr).get_resource_hints() == {"accelerator": DEFAULT_GPU_HINT}
+
+    p = beam.Pipeline()
+    _ = p | beam.Create([]) | "Speech" >> TranscribeSpeech(cfg.asr, cfg.diarization, cfg.segments, RUN)
+    hints = {}
+    from apache_beam.pipeline import PipelineVisitor
+
+    class Visitor(PipelineVisitor):
+        def visit_transform(self, node):
+            if node.resource_hints:
+                hints[node.full_label] = node.resource_hints
+
+    p.visit(Visitor())
+    asr_steps = [h for label, h in hints.items() if label.startswith("Speech/Transcribe/")]
+    diar_steps = [h for label, h in hints.items() if label.startswith("Speech/Diarize/")]
+    assert asr_steps and all(DEFAULT_GPU_HINT.encode() in h[k] for h in asr_steps for k in h)
+    assert diar_steps and all(b"nvidia-tesla-t4" in h[k] for h in diar_steps for k in h)
+    assert not any(label.startswith("Speech/AttributeSpeakers") for label in hints)

@@ -221,7 +221,7 @@ def test_detect_speech_stage(tmp_path, caplog):
 
     caplog.set_level(logging.INFO, logger="mmcurate.vad")
     p = TestPipeline()
-    out = p | beam.Create(refs) | "Detect" >> DetectSpeech(CurateConfig(), "run-test")
+    out = p | beam.Create(refs) | "Detect" >> DetectSpeech(CurateConfig().vad, CurateConfig().decode, "run-test")
     for name in ("sources", "regions", "rejected", "speech"):
         assert_that(out[name], keep(name), label=f"Keep{name}")
     result = p.run()
@@ -263,8 +263,9 @@ def test_detect_speech_stage(tmp_path, caplog):
         assert s.speech_s == pytest.approx(sum(r.end - r.start for r in mine), abs=0.01)
         assert s.speech_ratio == pytest.approx(s.speech_s / s.duration_s)
         assert 0 < s.speech_ratio <= 1 and s.run_id == "run-test"
-    assert sorted(src.uri for src, _ in speech) == sorted(by_uri)
-    for src, regs in speech:
+    assert sorted(e.source.uri for e in speech) == sorted(by_uri)
+    assert all(e.audio is None for e in speech)  # samples are kept only when asked
+    for src, regs in ((e.source, e.regions) for e in speech):
         assert [r.region_id for r in regs] == sorted(r.region_id for r in regions if r.source_id == src.source_id)
     done = [r.getMessage() for r in caplog.records if r.name == "mmcurate.vad" and "realtime" in r.getMessage()]
     assert len(done) >= len(good)
@@ -283,7 +284,7 @@ def test_too_long_is_rejected(tmp_path):
     cfg.decode.max_duration_s = 10.0
     refs = [_ref(MEDIA / "speech" / "jfk.wav"), _ref(MEDIA / "speech" / "LDC93S1.wav")]
     with TestPipeline() as p:
-        out = p | beam.Create(refs) | DetectSpeech(cfg, "run-test")
+        out = p | beam.Create(refs) | DetectSpeech(cfg.vad, cfg.decode, "run-test")
         assert_that(out["rejected"] | beam.Map(lambda r: (r.stage, r.reason, Path(r.uri).name)),
                     equal_to([("decode", "too_long", "jfk.wav")]), label="Rejected")
         assert_that(out["sources"] | beam.Map(lambda s: Path(s.uri).name),
@@ -306,14 +307,14 @@ def test_detect_speech_multiprocessing(tmp_path):
     refs = [_ref(p) for p in good] + [_ref(tmp_path / n) for n in ("notes.mp3", "silence.wav", "screen.mp4")]
     opts = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
     with TestPipeline(options=opts) as p:
-        out = p | beam.Create(refs) | DetectSpeech(CurateConfig(), "run-mp")
+        out = p | beam.Create(refs) | DetectSpeech(CurateConfig().vad, CurateConfig().decode, "run-mp")
         assert_that(out["sources"] | beam.Map(lambda s: (Path(s.uri).name, s.run_id, s.speech_ratio > 0.3)),
                     equal_to([("jfk.wav", "run-mp", True), ("LDC93S1.wav", "run-mp", True)]),
                     label="Sources")
         assert_that(out["rejected"] | beam.Map(lambda r: (Path(r.uri).name, r.stage, r.reason)),
                     equal_to([(n, *bad[n]) for n in ("notes.mp3", "silence.wav", "screen.mp4")]),
                     label="Rejected")
-        assert_that(out["speech"] | beam.Map(lambda t: (Path(t[0].uri).name, len(t[1]) > 0)),
+        assert_that(out["speech"] | beam.Map(lambda e: (Path(e.source.uri).name, len(e.regions) > 0)),
                     equal_to([("jfk.wav", True), ("LDC93S1.wav", True)]), label="Speech")
 
 
