@@ -125,7 +125,8 @@ def build(p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, r
         rejected.append(out.pop("rejected"))
         for name in spec.produces:
             tables[name] = out[name]
-        streams.update({k: out[k] for k in spec.streams})
+        # later stages read earlier streams and tables in-graph (e.g. video reads segments)
+        streams.update({k: out[k] for k in spec.streams + spec.produces})
     tables["rejected"] = rejected | "AllRejections" >> beam.Flatten()
     _ = tables | "WriteTables" >> WriteTables(output, run_id, cfg.output, manifest)
 
