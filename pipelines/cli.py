@@ -108,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         "a stage's prerequisites must be listed too)",
     )
     r.add_argument("--no-audit", action="store_true", help="do not print the audit summary at the end")
+    r.add_argument("--allow-empty", action="store_true",
+                   help="exit 0 even when every input was rejected (default: exit 1 and say why)")
     a = sub.add_parser(
         "audit",
         help="summarize a run's output with DuckDB",
@@ -157,50 +159,74 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _apply_sets(cfg_dict: dict, sets: list[str]) -> dict:
+    from mmcurate.pipelines.config import ConfigError
+
+    problems = []
     for item in sets:
         key, sep, raw = item.partition("=")
-        if not sep:
-            raise SystemExit(f"mmcurate: --set {item!r}: expected KEY=VALUE")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. --set vad.threshold=0.4")
+            continue
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
         node = cfg_dict
-        parts = key.split(".")
+        parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = value
+            if not isinstance(node, dict):
+                problems.append(f"--set {item!r}: {part!r} is a value, not a section")
+                break
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems)
     return cfg_dict
 
 
 def _load_config(args) -> "CurateConfig":  # noqa: F821
-    import dataclasses
+    from mmcurate.pipelines.config import CurateConfig, read_config_file
 
-    from mmcurate.pipelines.config import CurateConfig
-
-    base = CurateConfig.load(args.config)
-    data = dataclasses.asdict(base)
+    data = read_config_file(args.config) if args.config else {}
     if args.stages:
         data["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
     return CurateConfig.from_dict(_apply_sets(data, args.set))
 
 
+def output_problems(output: str) -> list[str]:
+    """Why the output directory cannot be used, found before any work (local paths): the
+    directory is created and a probe file written and removed, exactly what the run needs."""
+    if "://" in output:
+        return []  # object stores: the runner's credentials decide; checked when writing
+    path = os.path.abspath(output)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return [f"--output {output}: exists and is not a directory"]
+    try:
+        os.makedirs(path, exist_ok=True)
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".mmcurate-probe-"):
+            pass
+    except OSError as e:
+        return [f"--output {output}: cannot write there ({e.strerror or e}); choose another "
+                f"--output or fix its permissions"]
+    return []
+
+
 def cmd_run(args, beam_args: list[str]) -> int:
     from mmcurate.pipelines import curate
+    from mmcurate.pipelines.config import ConfigError
     from mmcurate.quality import audit
 
     try:
         cfg = _load_config(args)
-    except (ValueError, OSError) as e:
-        print(f"mmcurate: bad config: {e}", file=sys.stderr)
+    except ConfigError as e:
+        print("mmcurate: bad config (nothing was run):", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  - {problem}", file=sys.stderr)
         return 2
-    from mmcurate.schemas.stages import resolve
-
-    try:
-        resolve(cfg.stages)
-        problems = curate.startup_problems(cfg)
-    except ValueError as e:
-        problems = [str(e)]
+    problems = curate.startup_problems(cfg) + output_problems(args.output)
     if problems:
         for problem in problems:
             print(f"mmcurate: {problem}", file=sys.stderr)
@@ -220,6 +246,13 @@ def cmd_run(args, beam_args: list[str]) -> int:
     if not args.no_audit and "://" not in out:
         print()
         print(audit.format_summary(audit.summarize(out)))
+    inputs = manifest.get("stage_counts", {}).get("ingest.inputs", 0)
+    if manifest["tables"].get("sources", 0) == 0 and not args.allow_empty:
+        rejected = ", ".join(f"{k} {n}" for k, n in sorted(manifest.get("rejected", {}).items()))
+        print(f"mmcurate: no input became a source: all {inputs} input(s) were rejected "
+              f"({rejected or 'nothing found'}); see {out}/rejected/ "
+              "(--allow-empty makes this exit 0)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -230,7 +263,11 @@ def cmd_audit(args) -> int:
         print(f"mmcurate: {args.output}: no such output directory", file=sys.stderr)
         return 2
     if args.sql:
-        tbl = audit.query(args.output, args.sql)
+        try:
+            tbl = audit.query(args.output, args.sql)
+        except audit.AuditQueryError as e:
+            print(f"mmcurate: {e}", file=sys.stderr)
+            return 2
         if args.json:
             print(json.dumps(tbl.to_pylist(), default=str))
         else:
@@ -263,6 +300,11 @@ def cmd_audit(args) -> int:
         return 0
     summary = audit.summarize(args.output)
     print(json.dumps(summary, indent=2, default=str) if args.json else audit.format_summary(summary))
+    if summary.get("problems"):
+        if not args.json:
+            print(f"mmcurate: {args.output}: {len(summary['problems'])} problem(s), see PROBLEMS above",
+                  file=sys.stderr)
+        return 1
     return 0
 
 

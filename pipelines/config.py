@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmcurate.schemas import params
+from mmcurate.schemas.params import ConfigError
 from mmcurate.transforms.asr import AsrConfig
 from mmcurate.transforms.attribute import SegmentsConfig
 from mmcurate.transforms.decode import DecodeConfig
@@ -21,7 +23,7 @@ from mmcurate.transforms.ingest import IngestConfig
 from mmcurate.transforms.sink import OutputConfig
 from mmcurate.transforms.vad import VadConfig
 
-__all__ = ["AsrConfig", "CurateConfig", "DecodeConfig", "DiarizationConfig", "IngestConfig",
+__all__ = ["AsrConfig", "ConfigError", "CurateConfig", "DecodeConfig", "DiarizationConfig", "IngestConfig",
            "OutputConfig", "SegmentsConfig", "VadConfig"]
 
 
@@ -36,19 +38,51 @@ class CurateConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     stages: tuple[str, ...] = ("vad", "speech")  # speech: diarization + ASR + segments
 
+    def validate(self) -> list[str]:
+        """Cross-section problems: the stage selection (known, prerequisites present)."""
+        from mmcurate.schemas.stages import resolve
+
+        try:
+            resolve(self.stages)
+        except ValueError as e:
+            return [f"stages: {e}"]
+        return []
+
+    def problems(self) -> list[str]:
+        """Every problem of this config (types are checked when it is built from data)."""
+        return params.check(self, "", [])
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CurateConfig":
-        return _build(cls, data, "config")
+        """Build and check; raises ConfigError listing every problem (nothing half-checked)."""
+        problems: list[str] = []
+        cfg = params.build(cls, data, "", problems)
+        for section in dataclasses.fields(cfg):
+            value = getattr(cfg, section.name)
+            if dataclasses.is_dataclass(value) and section.name not in (data or {}):
+                params.check(value, section.name, problems)  # defaults can be wrong too (env)
+        if problems:
+            raise ConfigError(problems)
+        return cfg
 
     @classmethod
     def load(cls, path: str | Path | None) -> "CurateConfig":
-        if path is None:
-            return cls()
-        p = Path(path)
-        text = p.read_text()
+        return cls.from_dict(read_config_file(path)) if path is not None else cls()
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a .toml/.yaml/.json file; ConfigError with one clear line otherwise."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"--config {p}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"--config {p}: cannot read it ({e})"]) from None
+    try:
         if p.suffix == ".toml":
             data = tomllib.loads(text)
         elif p.suffix in (".yaml", ".yml"):
@@ -58,25 +92,13 @@ class CurateConfig:
         elif p.suffix == ".json":
             data = json.loads(text)
         else:
-            raise ValueError(f"--config {p}: use .toml, .yaml or .json")
-        return cls.from_dict(data)
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+            raise ConfigError([f"--config {p}: use a .toml, .yaml or .json file"])
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every parser's syntax error, one line
+        msg = " ".join(str(e).split())
+        raise ConfigError([f"--config {p}: not valid {p.suffix[1:].upper()}: {msg}"]) from None
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a table/mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        f = fields[name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+        raise ConfigError([f"--config {p}: expected a mapping of sections at the top, got "
+                           f"{type(data).__name__}"])
+    return data

@@ -98,6 +98,14 @@ def _speech_handlers(cfg: CurateConfig) -> list:
 
 def _check_speech(cfg: CurateConfig) -> list[str]:
     problems = []
+    a = cfg.asr
+    if not (a.backend == "whisperx" and a.whisperx_model_dir):  # else: the model is the workers'
+        from mmcurate.transforms import models
+
+        try:
+            models.whisper_model_dir(a.model)  # an embedded name (joined, verified) or a dir
+        except (OSError, models.ModelIntegrityError) as e:
+            problems.append(f"asr.model: {e}")
     if cfg.diarization.backend != "none":
         from mmcurate.transforms import diarize
 

@@ -66,25 +66,70 @@ def _sql_str(s: str) -> str:
 
 
 def _shards(out_dir: str, table: str) -> list[str]:
-    return sorted(glob.glob(os.path.join(glob.escape(out_dir), table, "*.parquet")))
+    """The shard files of `table` that readers use: the committed manifest's list (see
+    `committed_shards`), or, for an output without a readable manifest, what is on disk."""
+    listed, _ = committed_shards(out_dir)
+    if listed is not None:
+        return [f for f in listed.get(table, []) if os.path.exists(f)]
+    return _on_disk(out_dir, table)
 
 
-def connect(out_dir: str) -> duckdb.DuckDBPyConnection:
+def _on_disk(out_dir: str, table: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(glob.escape(out_dir), table, "part-*.parquet")))
+
+
+def committed_shards(out_dir: str) -> tuple[dict[str, list[str]] | None, str | None]:
+    """({table: [shard path]} from manifest.json, None) or (None, why there is none).
+
+    The manifest is the commit point of an output generation (mmcurate.transforms.sink):
+    readers use exactly the shards it lists, never a glob that could mix generations."""
+    m = _load_manifest(out_dir)
+    if m is None:
+        return None, "manifest.json missing: the run did not finish (or this is not an mmcurate output)"
+    if "error" in m and "run_id" not in m:
+        return None, m["error"]
+    shards = m.get("shards")
+    if not isinstance(shards, list):
+        return None, "manifest.json has no shard list"
+    out: dict[str, list[str]] = {}
+    for rel in shards:
+        table = str(rel).split("/", 1)[0]
+        out.setdefault(table, []).append(os.path.join(out_dir, *str(rel).split("/")))
+    return out, None
+
+
+def _readable(path: str) -> str | None:
+    """None when `path` is a Parquet file DuckDB can read, else the reason (one line)."""
+    try:
+        duckdb.execute(f"SELECT count(*) FROM read_parquet({_sql_str(path)})").fetchone()
+    except duckdb.Error as e:
+        return " ".join(str(e).split())[:300]
+    return None
+
+
+def connect(out_dir: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with one view per table of `mmcurate.schemas.tables.TABLES`, named after it.
 
-    Present tables read the shards `<out>/<table>/*.parquet` found now (union_by_name, so
-    shards written by different code versions still line up); the declared columns are always there (an empty
-    table of the declared Arrow schema is unioned in by name), and an absent table is just
-    that empty table.
+    Views read exactly the shards the committed manifest lists (`committed_shards`; what is on
+    disk only when there is no manifest), skipping files that are missing or not readable
+    Parquet (`output_problems` reports those). The declared columns are always there (an
+    empty table of the declared Arrow schema is unioned in by name, so shards written by
+    different code versions still line up), and an absent table is just that empty table.
+
+    `read_only`: the connection can read those shards and nothing else, and the settings are
+    locked: no file outside them (read_csv('/etc/passwd')), no COPY ... TO, no ATTACH, no
+    INSTALL/LOAD of extensions (see `query`).
     """
     con = duckdb.connect(":memory:")
     con.execute(f"CREATE SCHEMA {DECLARED_SCHEMA}")
+    allowed: list[str] = []
     for name, schema in TABLES.items():
         empty = pa.Table.from_pylist([], schema=schema)
         con.register("_declared_tmp", empty)
         con.execute(f"CREATE TABLE {DECLARED_SCHEMA}.{name} AS SELECT * FROM _declared_tmp")
         con.unregister("_declared_tmp")
-        shards = _shards(out_dir, name)
+        shards = [f for f in _shards(out_dir, name) if _readable(f) is None]
+        allowed.extend(os.path.abspath(f) for f in shards)
         if shards:
             # the shard list, not the glob: a directory name with [ ] * ? stays literal
             files = "[" + ", ".join(_sql_str(f) for f in shards) + "]"
@@ -95,7 +140,23 @@ def connect(out_dir: str) -> duckdb.DuckDBPyConnection:
             )
         else:
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM {DECLARED_SCHEMA}.{name}")
+    if read_only:
+        paths = "[" + ", ".join(_sql_str(f) for f in allowed) + "]"
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET autoload_known_extensions = false")
+        con.execute(f"SET allowed_paths = {paths}")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
     return con
+
+
+class AuditQueryError(ValueError):
+    """An --sql query that is not allowed or does not run; the message is one line."""
+
+
+# Statements `mmcurate audit --sql` runs: queries only. COPY, ATTACH, INSTALL/LOAD, CREATE,
+# INSERT, SET, PRAGMA, EXPORT ... are refused before DuckDB sees them.
+READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN")
 
 
 def _arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
@@ -112,12 +173,95 @@ def _arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
 
 
 def query(out_dir: str, sql: str) -> pa.Table:
-    """Ad-hoc SQL over the run's table views, as an Arrow table."""
-    con = connect(out_dir)
+    """Ad-hoc read-only SQL over the run's table views, as an Arrow table.
+
+    Only SELECT/EXPLAIN statements run, on a connection that can read the committed shards
+    and nothing else (`connect(read_only=True)`); AuditQueryError otherwise."""
+    con = connect(out_dir, read_only=True)
     try:
-        return _arrow(con, sql)
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as e:
+            raise AuditQueryError(f"--sql does not parse: {' '.join(str(e).split())}") from None
+        if not statements:
+            raise AuditQueryError("--sql is empty")
+        for st in statements:
+            kind = str(st.type).rsplit(".", 1)[-1]
+            if kind not in READ_ONLY_STATEMENTS:
+                raise AuditQueryError(f"--sql is read-only: {kind} statements are not allowed "
+                                      f"(use SELECT over the views {', '.join(TABLES)})")
+        try:
+            return _arrow(con, sql)
+        except duckdb.Error as e:
+            raise AuditQueryError(f"--sql failed: {' '.join(str(e).split())}") from None
     finally:
         con.close()
+
+
+# --------------------------------------------------------------------------- checks
+
+# Tables whose rows belong to a source (referential integrity: source_id in sources).
+def _child_tables() -> list[str]:
+    return [t for t, schema in TABLES.items() if t not in ("sources", "rejected")
+            and "source_id" in schema.names]
+
+
+def output_problems(out_dir: str, con: duckdb.DuckDBPyConnection | None = None,
+                    tables: dict[str, int] | None = None) -> list[str]:
+    """What is wrong with an output directory, one line each (empty: consistent).
+
+    Checks: a committed manifest exists and parses; every shard it lists exists and is
+    readable Parquet; no shard file lies beside them that it does not list (an interrupted
+    run's); row counts agree with the manifest; every row of a table with a source_id names
+    a source; the nothing-is-lost invariant holds."""
+    problems: list[str] = []
+    listed, why = committed_shards(out_dir)
+    if listed is None:
+        problems.append(why or "no committed manifest")
+    else:
+        for table, files in sorted(listed.items()):
+            if table not in TABLES:
+                problems.append(f"manifest lists shards of an unknown table {table!r}")
+            for f in files:
+                if not os.path.exists(f):
+                    problems.append(f"{table}: committed shard {os.path.relpath(f, out_dir)} is missing")
+                else:
+                    bad = _readable(f)
+                    if bad:
+                        problems.append(f"{table}: shard {os.path.relpath(f, out_dir)} is not "
+                                        f"readable Parquet ({bad})")
+        committed = {os.path.abspath(f) for files in listed.values() for f in files}
+        extra = [f for t in TABLES for f in _on_disk(out_dir, t) if os.path.abspath(f) not in committed]
+        if extra:
+            problems.append(f"{len(extra)} shard file(s) not in the committed manifest (an "
+                            f"interrupted run's, e.g. {os.path.relpath(extra[0], out_dir)}): "
+                            f"readers ignore them; re-run to finish or clean up")
+    own = con is None
+    con = con or connect(out_dir)
+    try:
+        if listed is not None and tables is not None:
+            m = _load_manifest(out_dir) or {}
+            declared = _as_map(m.get("tables"))
+            for t in sorted(declared):
+                if declared[t] != tables.get(t, 0):
+                    problems.append(f"{t}: manifest says {declared[t]} rows, the shards hold "
+                                    f"{tables.get(t, 0)}")
+        for t in _child_tables():
+            n = _one(con, f"SELECT count(*) FROM {t} WHERE source_id IS NULL OR source_id NOT IN "
+                          f"(SELECT source_id FROM sources)")[0]
+            if n:
+                problems.append(f"{t}: {n} row(s) belong to no source in `sources`")
+        inv = _invariant(con)
+        if not inv["ok"]:
+            problems.append(f"nothing-is-lost invariant broken: {inv['distinct_uris']} distinct "
+                            f"inputs vs {inv['inputs']} source + source-level ledger rows")
+        if inv["sub_source_rejections_without_source"]:
+            problems.append(f"rejected: {inv['sub_source_rejections_without_source']} sub-source "
+                            f"row(s) name no source in `sources`")
+    finally:
+        if own:
+            con.close()
+    return problems
 
 
 # --------------------------------------------------------------------------- figures
@@ -229,6 +373,7 @@ def _summarize(con: duckdb.DuckDBPyConnection, out_dir: str) -> dict[str, Any]:
 
     s["tables"] = {t: int(_one(con, f"SELECT count(*) FROM {t}")[0]) for t in TABLES}
     s["tables_present"] = {t: bool(_shards(out_dir, t)) for t in TABLES}
+    s["problems"] = output_problems(out_dir, con, s["tables"])
 
     # ---- rejections
     by_stage: dict[str, dict[str, int]] = {}
@@ -439,6 +584,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     for mdl in s.get("models") or []:
         L.append(f"  model {mdl.get('role')}: {mdl.get('name')} {mdl.get('version') or ''}".rstrip())
 
+    if s.get("problems"):
+        L += ["", f"PROBLEMS ({len(s['problems'])}): this output is not consistent"]
+        L += [f"  - {p}" for p in s["problems"]]
     L += ["", "Tables (rows)"]
     L += _rows([(t, str(n)) for t, n in s["tables"].items()])
 
@@ -451,7 +599,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             ("source-level rejected", str(inv["source_level_rejected"])),
         ]
     )
-    if s["invariant_ok"]:
+    if s["invariant_ok"] and not s.get("problems"):
         L.append("  invariant OK: inputs == sources + source-level rejected (distinct uris agree)")
     else:
         L.append(

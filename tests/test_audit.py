@@ -55,9 +55,17 @@ def _segment(sid: str, n: int, start: float, end: float, spk: int | None, lang: 
 
 
 def _write(out: Path, table: str, records: list, part: int = 0) -> None:
+    """Write a shard; when a manifest exists already, commit the shard in it too (the audit
+    reads exactly the shards the manifest lists)."""
     d = out / table
     d.mkdir(parents=True, exist_ok=True)
-    pq.write_table(to_table(table, records), d / f"part-{part:05d}.parquet")
+    name = f"part-{part:05d}.parquet"
+    pq.write_table(to_table(table, records), d / name)
+    m = out / "manifest.json"
+    if m.exists():
+        data = json.loads(m.read_text())
+        data["shards"] = sorted(set(data["shards"]) | {f"{table}/{name}"})
+        m.write_text(json.dumps(data))
 
 
 # Sources A (en, 2 speakers, 150 wpm), B (de, 3 speakers, 100 wpm), C (no transcript: asr
@@ -115,7 +123,7 @@ def _manifest(out: Path, tables: dict[str, int]) -> None:
         "tables": tables,
         "stage_counts": {"ingest.inputs": 8},
         "rejected": {"ingest/duplicate": 1},
-        "shards": [f"{t}/part-00000.parquet" for t in tables],
+        "shards": [f"{t}/{p.name}" for t in tables for p in sorted((out / t).glob("part-*.parquet"))],
     }))
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
+from mmcurate.schemas.params import positive
 from mmcurate.schemas.records import AsrResult, AsrSegment, Turn, Word
 
 
@@ -26,6 +28,8 @@ from mmcurate.schemas.records import AsrResult, AsrSegment, Turn, Word
 class SegmentsConfig:
     max_duration_s: float = 30.0  # one utterance at most (Whisper's window)
     include_audio: bool = False  # inline FLAC bytes; default is a reference
+
+    RULES: ClassVar[dict] = {"max_duration_s": positive("seconds")}
 
 
 # A word that overlaps no turn is given the nearest turn closer than this: diarizers trim

@@ -32,15 +32,34 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import IO, Iterable, Iterator
+from typing import IO, ClassVar, Iterable, Iterator
 
 import numpy as np
+
+from mmcurate.schemas.params import Rule, non_negative, positive, unit_interval
 
 
 @dataclass
 class DecodeConfig:
     sample_rate: int = 16000  # what every speech model here expects
     max_duration_s: float = 12 * 3600.0  # longer sources are rejected (too_long)
+    # Truncated or damaged media: the decoded audio is shorter than the container declares
+    # (by more than the tolerance), or decoding fails part-way. "keep": the decodable part is
+    # the source and the ledger gets an annotation row decode/truncated_kept with the seconds
+    # lost; "reject": the input is a decode/truncated (or decode_error) ledger row, no source.
+    truncated: str = "keep"
+    # Declared durations are estimates in some containers (a VBR mp3 without a Xing header);
+    # a shortfall counts as truncation beyond max(truncation_tolerance_s, this share).
+    truncation_tolerance_s: float = 1.0
+    truncation_tolerance_ratio: float = 0.05
+
+    RULES: ClassVar[dict] = {
+        "sample_rate": Rule(choices=(16000,), why="the VAD, ASR and diarization models take 16 kHz"),
+        "max_duration_s": positive("seconds"),
+        "truncated": Rule(choices=("keep", "reject")),
+        "truncation_tolerance_s": non_negative("seconds"),
+        "truncation_tolerance_ratio": unit_interval("share of the declared duration"),
+    }
 
 
 _MAX_BAD_PACKETS = 5  # corrupt packets tolerated before the input is a decode_error (+1%)

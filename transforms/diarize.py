@@ -30,11 +30,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from mmcurate.schemas.params import Rule, non_negative
 from mmcurate.schemas.records import DiarizationResult, Turn
 
 
@@ -51,6 +52,24 @@ class DiarizationConfig:
     # oversubscribed torch threads slowed a 30 s diarization from 3 s to minutes here.
     torch_threads: int = 0
     accelerator: str | None = None  # Beam resource hint (see AsrConfig.accelerator)
+
+    RULES: ClassVar[dict] = {
+        "backend": Rule(choices=("embedded", "senko", "pyannote", "none")),
+        "device": Rule(check=lambda d: None if d == "cpu" or d == "cuda" or d.startswith("cuda:")
+                       else f"{d!r}: use cpu, cuda or cuda:N"),
+        "num_speakers": Rule(ge=1), "min_speakers": Rule(ge=1), "max_speakers": Rule(ge=1),
+        "torch_threads": non_negative("0: torch's default"),
+        "pipeline_dir": Rule(check=lambda p: None if os.path.isdir(p) else
+                             f"{p!r} is not a directory (a pyannote pipeline directory)"),
+    }
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
+            problems.append(f"min_speakers {self.min_speakers} > max_speakers {self.max_speakers}")
+        if self.backend == "pyannote" and not self.pipeline_dir:
+            problems.append("backend 'pyannote' needs pipeline_dir (a local pyannote pipeline directory)")
+        return problems
 
 
 SAMPLE_RATE = 16000

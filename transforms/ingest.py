@@ -31,11 +31,12 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from mmcurate.schemas.params import Rule, non_negative, positive
 from mmcurate.schemas.records import MediaRef, Rejection
 from mmcurate.transforms import rss
 
@@ -52,6 +53,16 @@ class IngestConfig:
         ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".wma",
         ".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v",
     )
+
+    RULES: ClassVar[dict] = {
+        "max_bytes": positive("bytes"),
+        "http_timeout_s": positive("seconds to connect / between bytes"),
+        "http_retries": non_negative(),
+        "http_backoff_s": non_negative("seconds"),
+        "max_download_bytes": positive("bytes"),
+        "media_extensions": Rule(check=lambda v: None if v and all(e.startswith(".") for e in v)
+                                 else "a non-empty list of extensions like '.mp3'"),
+    }
 
 
 STAGE = "ingest"

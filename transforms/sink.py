@@ -1,15 +1,22 @@
-"""Parquet shards per table, written with the declared schemas and published atomically.
+"""Parquet shards per table, written with the declared schemas, committed by the manifest.
 
-Layout: `<out>/<table>/part-<bucket>-<k>.parquet` and `<out>/manifest.json` (written last).
+Layout: `<out>/<table>/part-<bucket>-<k>-<generation>.parquet` and `<out>/manifest.json`.
 
-Determinism and idempotency:
+One consistent output generation:
 - rows are bucketed by a hash of their id and sorted by id inside a bucket, so the same rows
-  always land in the same shard files with the same content;
-- shards are written under `<out>/<table>/_staging-<run_id>/`, then renamed into place one by
-  one (a rename is atomic on POSIX filesystems and on object stores a reader never sees a
-  partial object); shards of an earlier run that the new run did not write are deleted after
-  the new ones are in place, so re-running into the same directory never duplicates rows;
-- the manifest is written after every shard is published, through a temporary name too.
+  always land in the same shard files with the same content; the generation is the run id's
+  hash, so re-running the same inputs and config gives the same file names and bytes;
+- shards are written under `<out>/<table>/_staging-<run_id>/`, then renamed into place under
+  their generation's names: the previous generation's files are untouched until the commit;
+- the commit is one atomic step: `manifest.json` is replaced (write to a temporary name, then
+  rename). It lists every shard of the generation; readers (`mmcurate audit`, its DuckDB views,
+  `ReadTables`) read exactly the listed shards, so a run killed at any point leaves the
+  previous generation readable and consistent;
+- after the commit, every shard file the manifest does not list is deleted, in every table
+  directory, including tables this run did not produce (a re-run with fewer --stages leaves
+  no stale `segments` beside new `sources`), and leftover staging directories of killed runs.
+  A raw glob (`SELECT * FROM 'out/sources/*.parquet'`) is therefore exact except while a run
+  is publishing.
 """
 
 from __future__ import annotations
@@ -21,13 +28,14 @@ import logging
 import os
 import posixpath
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from mmcurate.schemas.params import Rule, positive
 from mmcurate.schemas.records import to_table
 from mmcurate.schemas.tables import TABLES
 
@@ -36,6 +44,8 @@ from mmcurate.schemas.tables import TABLES
 class OutputConfig:
     target_shard_mb: float = 256.0
     buckets: int = 8  # rows are bucketed by id hash; each bucket is cut into shards
+
+    RULES: ClassVar[dict] = {"target_shard_mb": positive("MiB"), "buckets": Rule(ge=1, le=4096)}
 
 
 log = logging.getLogger("mmcurate.sink")
@@ -78,6 +88,15 @@ def split_rows(rows: list[dict[str, Any]], table: str, target_bytes: int) -> lis
     return [whole.slice(i, rows_per_shard) for i in range(0, whole.num_rows, rows_per_shard)]
 
 
+def generation(run_id: str) -> str:
+    """The shard-name suffix of a run's output generation (deterministic, like the run id)."""
+    return hashlib.sha1(run_id.encode()).hexdigest()[:10]
+
+
+def shard_name(bucket: int, k: int, run_id: str) -> str:
+    return f"part-{bucket:04d}-{k:04d}-{generation(run_id)}.parquet"
+
+
 class _WriteBucket(beam.DoFn):
     def __init__(self, out_dir: str, run_id: str, target_bytes: int):
         self.out_dir, self.run_id, self.target_bytes = out_dir, run_id, target_bytes
@@ -87,14 +106,15 @@ class _WriteBucket(beam.DoFn):
         rows = sorted(rows, key=lambda r: r[ID_COLUMN[table]])
         staging = _join(self.out_dir, table, f"_staging-{self.run_id}")
         for k, shard in enumerate(split_rows(rows, table, self.target_bytes)):
-            name = f"part-{bucket:04d}-{k:04d}.parquet"
+            name = shard_name(bucket, k, self.run_id)
             _write_parquet(_join(staging, name), shard)
             beam.metrics.Metrics.counter("mmcurate", f"sink.{table}.rows").inc(shard.num_rows)
             yield table, name, shard.num_rows
 
 
 class _Publish(beam.DoFn):
-    """Runs once: moves staged shards into place, drops stale ones, writes the manifest last."""
+    """Runs once: moves staged shards into place, commits the manifest, then removes every
+    shard file the committed manifest does not list (and stale staging directories)."""
 
     def __init__(self, out_dir: str, run_id: str, tables: list[str], manifest: Callable[[dict], dict]):
         self.out_dir, self.run_id, self.tables, self.manifest = out_dir, run_id, tables, manifest
@@ -109,17 +129,13 @@ class _Publish(beam.DoFn):
             tdir = _join(self.out_dir, table)
             staging = _join(tdir, f"_staging-{self.run_id}")
             if not published[table]:  # an empty table still gets a file with its schema
-                name = "part-0000-0000.parquet"
+                name = shard_name(0, 0, self.run_id)
                 _write_parquet(_join(staging, name), TABLES[table].empty_table())
                 published[table].append(name)
             src = [_join(staging, n) for n in published[table]]
             dst = [_join(tdir, n) for n in published[table]]
             existing = {m.path for m in _match(_join(tdir, "part-*.parquet"))}
             _move_into_place(src, dst, existing)
-            stale = sorted(existing - set(dst))
-            if stale:
-                log.info("removing %d shard(s) of an earlier run from %s", len(stale), tdir)
-                FileSystems.delete(stale)
             _delete_quietly(staging)
         info = {
             "tables": rows,
@@ -127,20 +143,57 @@ class _Publish(beam.DoFn):
             "shards": sorted(f"{t}/{n}" for t in self.tables for n in published[t]),
         }
         manifest = self.manifest(info)
-        path = _join(self.out_dir, MANIFEST)
-        tmp = path + f".tmp-{self.run_id}"
-        with FileSystems.create(tmp) as fh:
-            fh.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
-        if FileSystems.exists(path):
-            FileSystems.delete([path])
-        FileSystems.rename([tmp], [path])
+        commit_manifest(self.out_dir, manifest, self.run_id)
+        collect_garbage(self.out_dir, set(info["shards"]))
         yield manifest
+
+
+def commit_manifest(out_dir: str, manifest: dict, run_id: str) -> None:
+    """Replace `<out>/manifest.json` in one step: the commit point of an output generation."""
+    path = _join(out_dir, MANIFEST)
+    tmp = _join(out_dir, f".{MANIFEST}.tmp-{run_id}")
+    with FileSystems.create(tmp) as fh:
+        fh.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
+    if "://" not in path:
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old manifest or the new one
+        return
+    if FileSystems.exists(path):  # object stores: no atomic overwrite; the window is one object
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+
+
+def collect_garbage(out_dir: str, committed: set[str]) -> list[str]:
+    """Delete shard files of every known table that the committed manifest does not list
+    (earlier generations, tables this run did not produce, half-published files of killed
+    runs) and leftover staging directories; returns what was deleted."""
+    deleted = []
+    for table in TABLES:
+        tdir = _join(out_dir, table)
+        stale = sorted(m.path for m in _match(_join(tdir, "part-*.parquet"))
+                       if f"{table}/{posixpath.basename(m.path)}" not in committed)
+        if stale:
+            produced = any(c.startswith(f"{table}/") for c in committed)
+            log.info("removing %d shard(s) from %s (%s)", len(stale), tdir,
+                     "an earlier generation" if produced else "a table this run did not produce")
+            FileSystems.delete(stale)
+            deleted.extend(stale)
+        for m in _match(_join(tdir, "_staging-*")):
+            _delete_quietly(m.path)
+        if "://" not in tdir and os.path.isdir(tdir):
+            for name in os.listdir(tdir):
+                if name.startswith("_staging-"):
+                    _delete_quietly(_join(tdir, name))
+            if not os.listdir(tdir):
+                os.rmdir(tdir)
+    for m in _match(_join(out_dir, f".{MANIFEST}.tmp-*")):
+        _delete_quietly(m.path)
+    return deleted
 
 
 def _move_into_place(src: list[str], dst: list[str], existing: set[str]) -> None:
     if all("://" not in d for d in dst):
         for s, d in zip(src, dst):
-            os.replace(s, d)  # atomic, overwrites: readers see the old shard or the new one
+            os.replace(s, d)  # atomic, overwrites: the same generation's file has the same bytes
         return
     # object stores: rename is copy+delete and must not clobber; the window is one object
     FileSystems.delete([d for d in dst if d in existing])

@@ -32,13 +32,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import ClassVar, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from mmcurate.transforms.decode import DecodeConfig, MediaInfo, SampleBuffer
+from mmcurate.schemas.params import Rule, non_negative, unit_interval
 from mmcurate.schemas.records import MediaRef, Rejection, SourceRecord, SpeechRegion
 
 
@@ -51,6 +52,16 @@ class VadConfig:
     speech_pad_ms: int = 30
     min_speech_ratio: float = 0.0  # sources with speech_s == 0 (or below this ratio) -> no_speech
     model_path: str | None = None  # None: silero v6 sequence model from the silero-vad wheel
+
+    RULES: ClassVar[dict] = {
+        "threshold": unit_interval("a speech probability"),
+        "min_speech_ms": non_negative("milliseconds"),
+        "min_silence_ms": non_negative("milliseconds"),
+        "speech_pad_ms": non_negative("milliseconds"),
+        "min_speech_ratio": unit_interval("share of the source"),
+        "model_path": Rule(check=lambda p: None if os.path.isfile(p) else
+                           f"{p!r} is not a file (a silero VAD .onnx model)"),
+    }
 
 
 log = logging.getLogger("mmcurate.vad")
