@@ -47,6 +47,11 @@ def _build_ingest(ctx: BuildContext, streams: dict) -> dict:
     from mmcurate.transforms.ingest import Ingest
 
     download_dir = ctx.cfg.ingest.download_dir or os.path.join(ctx.output, "_downloads")
+    if "://" not in download_dir:
+        from mmcurate.transforms.rss import remove_stale_parts
+
+        # partial downloads of a killed earlier run (a live transfer writes at least every timeout)
+        remove_stale_parts(download_dir, idle_s=max(2 * ctx.cfg.ingest.http_timeout_s, 60.0))
     out = ctx.pipeline | "Ingest" >> Ingest(ctx.inputs, ctx.cfg.ingest, ctx.run_id, download_dir)
     return {"media": out["media"], "rejected": out["rejected"]}
 

@@ -48,6 +48,12 @@ class IngestConfig:
     http_retries: int = 3
     http_backoff_s: float = 0.5
     max_download_bytes: int = 4 * 1024**3
+    # one download (all retries) may take this long: 4 GiB at ~1.2 MB/s
+    download_deadline_s: float = 3600.0
+    # a transfer averaging less than this after download_rate_grace_s is abandoned (a host
+    # dripping 10 B/s would otherwise hold a worker for days); 0 turns the check off
+    min_download_rate_bps: float = 10_000.0
+    download_rate_grace_s: float = 30.0
     download_dir: str | None = None  # default: <output>/_downloads
     media_extensions: tuple[str, ...] = (
         ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".wma",
@@ -60,12 +66,21 @@ class IngestConfig:
         "http_retries": non_negative(),
         "http_backoff_s": non_negative("seconds"),
         "max_download_bytes": positive("bytes"),
+        "download_deadline_s": positive("seconds"),
+        "min_download_rate_bps": non_negative("bytes per second"),
+        "download_rate_grace_s": non_negative("seconds"),
         "media_extensions": Rule(check=lambda v: None if v and all(e.startswith(".") for e in v)
                                  else "a non-empty list of extensions like '.mp3'"),
     }
 
 
 STAGE = "ingest"
+
+
+def http_policy(cfg: IngestConfig, max_bytes: int) -> "rss.HttpPolicy":
+    return rss.HttpPolicy(cfg.http_timeout_s, cfg.http_retries, cfg.http_backoff_s, max_bytes,
+                          deadline_s=cfg.download_deadline_s, min_rate_bps=cfg.min_download_rate_bps,
+                          rate_grace_s=cfg.download_rate_grace_s)
 NS = "mmcurate"
 MANIFEST_EXTS = (".jsonl", ".csv", ".parquet")
 FEED_EXTS = (".rss", ".xml")
@@ -313,9 +328,7 @@ class _ExpandInputFn(beam.DoFn):
         uri = escape_uri(s)
         try:
             if rss.is_http(s):
-                policy = rss.HttpPolicy(
-                    self.cfg.http_timeout_s, self.cfg.http_retries, self.cfg.http_backoff_s, rss.MAX_FEED_BYTES
-                )
+                policy = http_policy(self.cfg, rss.MAX_FEED_BYTES)
                 data = rss.fetch_bytes(s, policy)
             else:
                 with _open_raw(s) as fh:
@@ -433,9 +446,7 @@ class _HashOrDownloadFn(beam.DoFn):
         )
 
     def _download(self, c: _Candidate) -> MediaRef | Rejection:
-        policy = rss.HttpPolicy(
-            self.cfg.http_timeout_s, self.cfg.http_retries, self.cfg.http_backoff_s, self.cfg.max_download_bytes
-        )
+        policy = http_policy(self.cfg, self.cfg.max_download_bytes)
         try:
             got = rss.download(c.location, self.download_dir, policy, type_hint=c.metadata.get("mime_type"))
         except rss.DownloadError as e:

@@ -15,6 +15,7 @@ import contextlib
 import email.utils
 import hashlib
 import json
+import logging
 import mimetypes
 import os
 import posixpath
@@ -32,6 +33,7 @@ from typing import Iterator
 from mmcurate.schemas.records import stable_id
 
 USER_AGENT = "mmcurate/0.1 (podcast ingest; python-urllib)"
+log = logging.getLogger("mmcurate.ingest")
 CHUNK = 1 << 20  # 1 MiB: streaming read size, constant memory whatever the file size
 # A feed is one XML document held in memory to parse; the largest public podcast feeds are
 # tens of MB (thousands of items with show notes), so 128 MiB leaves room without being unbounded.
@@ -274,10 +276,59 @@ def _parse_atom(root, feed_uri: str) -> Feed:
 
 @dataclass(frozen=True)
 class HttpPolicy:
-    timeout_s: float
+    timeout_s: float  # connect, and the longest wait for the next bytes
     retries: int
     backoff_s: float
     max_bytes: int
+    deadline_s: float = 3600.0  # the whole fetch, retries and backoff included
+    min_rate_bps: float = 0.0  # abort a transfer slower than this on average ...
+    rate_grace_s: float = 30.0  # ... once it has run this long
+    progress_every_s: float = 15.0  # a log line while a transfer runs
+
+
+class _Clock:
+    """The deadline of one fetch (all attempts)."""
+
+    def __init__(self, policy: HttpPolicy):
+        self.t0 = time.monotonic()
+        self.policy = policy
+
+    def left(self) -> float:
+        return self.policy.deadline_s - (time.monotonic() - self.t0)
+
+
+class _TooSlow(Exception):
+    """The deadline passed or the transfer rate stayed below the minimum."""
+
+
+def _read_body(resp, url: str, policy: HttpPolicy, clock: _Clock, sink) -> int:
+    """Stream the body into sink(chunk); returns the byte count. Enforces max_bytes, the
+    deadline and the minimum rate between every chunk (read1: a host that drips a few bytes
+    at a time never blocks a read for long), and logs progress while it runs."""
+    n = 0
+    t0 = last_log = time.monotonic()
+    read = getattr(resp, "read1", resp.read)
+    while chunk := read(CHUNK):
+        n += len(chunk)
+        if n > policy.max_bytes:
+            raise _Oversize(f"more than {policy.max_bytes} bytes received")
+        sink(chunk)
+        now = time.monotonic()
+        if clock.left() <= 0:
+            raise _TooSlow(f"deadline of {policy.deadline_s:g} s passed after {n} bytes")
+        elapsed = now - t0
+        if policy.min_rate_bps and elapsed >= policy.rate_grace_s and n / elapsed < policy.min_rate_bps:
+            raise _TooSlow(f"transfer rate {n / elapsed:.0f} B/s below the minimum "
+                           f"{policy.min_rate_bps:g} B/s after {elapsed:.0f} s")
+        if now - last_log >= policy.progress_every_s:
+            last_log = now
+            log.info("downloading %s: %.1f MB in %.0f s (%.0f kB/s)", url, n / 1e6, elapsed,
+                     n / max(elapsed, 1e-9) / 1e3)
+    return n
+
+
+class _Oversize(Exception):
+    pass
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
@@ -293,6 +344,8 @@ _OPENER = urllib.request.build_opener(_HttpOnlyRedirects())
 def _retryable(e: BaseException) -> bool:
     if isinstance(e, urllib.error.HTTPError):
         return e.code >= 500 or e.code in (408, 429)
+    if isinstance(e, (_TooSlow, _Oversize)):
+        return False  # a slow host stays slow; the deadline bounds the whole fetch anyway
     return isinstance(e, (urllib.error.URLError, OSError, socket.timeout, ConnectionError, _Truncated))
 
 
@@ -309,24 +362,32 @@ def _describe(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _open(url: str, policy: HttpPolicy) -> Iterator:
+def _open(url: str, policy: HttpPolicy, timeout_s: float | None = None) -> Iterator:
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "*/*"})
-    with _OPENER.open(req, timeout=policy.timeout_s) as resp:
+    with _OPENER.open(req, timeout=timeout_s or policy.timeout_s) as resp:
         yield resp
 
 
 def _with_retries(url: str, policy: HttpPolicy, attempt_fn, error_cls):
-    """Run attempt_fn(resp) on a fresh response, retrying connection errors, timeouts and 5xx."""
+    """Run attempt_fn(resp, clock) on a fresh response, retrying connection errors, timeouts
+    and 5xx with backoff, all within policy.deadline_s; every retry is a log line."""
     if not is_http(url):
         raise error_cls(f"only http(s) URLs are fetched, not {url!r}")
+    clock = _Clock(policy)
     attempts = 1 + max(0, policy.retries)
     last: BaseException | None = None
+    i = 0
     for i in range(attempts):
         if i:
-            time.sleep(policy.backoff_s * (2 ** (i - 1)))
+            wait = policy.backoff_s * (2 ** (i - 1))
+            if clock.left() <= wait:
+                last = _TooSlow(f"deadline of {policy.deadline_s:g} s reached before retry {i}: {_describe(last)}")
+                break
+            log.warning("%s: %s; retry %d of %d in %.1f s", url, _describe(last), i, attempts - 1, wait)
+            time.sleep(wait)
         try:
-            with _open(url, policy) as resp:
-                return attempt_fn(resp)
+            with _open(url, policy, max(0.1, min(policy.timeout_s, clock.left()))) as resp:
+                return attempt_fn(resp, clock)
         except error_cls:
             raise
         except Exception as e:  # noqa: BLE001 - every failure becomes a ledger row
@@ -334,7 +395,8 @@ def _with_retries(url: str, policy: HttpPolicy, attempt_fn, error_cls):
             if not _retryable(e):
                 break
     tried = f"{i + 1} attempt{'s' if i else ''}"
-    raise error_cls(f"{_describe(last)} ({tried}, timeout {policy.timeout_s:g}s)") from last
+    raise error_cls(f"{_describe(last)} ({tried}, timeout {policy.timeout_s:g}s, deadline "
+                    f"{policy.deadline_s:g}s)") from last
 
 
 def _content_length(resp) -> int | None:
@@ -348,13 +410,16 @@ def _content_length(resp) -> int | None:
 def fetch_bytes(url: str, policy: HttpPolicy) -> bytes:
     """A whole (small) document, e.g. a feed, capped at policy.max_bytes."""
 
-    def attempt(resp) -> bytes:
+    def attempt(resp, clock) -> bytes:
         cl = _content_length(resp)
         if cl is not None and cl > policy.max_bytes:
             raise FeedError(f"Content-Length {cl} > limit {policy.max_bytes} bytes")
-        data = resp.read(policy.max_bytes + 1)
-        if len(data) > policy.max_bytes:
-            raise FeedError(f"more than {policy.max_bytes} bytes")
+        parts: list[bytes] = []
+        try:
+            _read_body(resp, url, policy, clock, parts.append)
+        except _Oversize:
+            raise FeedError(f"more than {policy.max_bytes} bytes") from None
+        data = b"".join(parts)
         if cl is not None and len(data) < cl:
             raise _Truncated(f"got {len(data)} of {cl} bytes")
         return data
@@ -399,6 +464,28 @@ def _reuse(download_dir: str, url: str) -> Download | None:
     return None
 
 
+def remove_stale_parts(download_dir: str, idle_s: float) -> list[str]:
+    """Delete partial downloads (`.part-*`) not written to for `idle_s` seconds: leftovers of a
+    killed run (a live transfer writes at least every timeout). Returns what was deleted."""
+    gone = []
+    now = time.time()
+    for d in (download_dir, os.path.join(download_dir, ".by-url")):
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(d, name)
+            if name.startswith(".part-"):
+                with contextlib.suppress(OSError):
+                    if now - os.path.getmtime(path) >= idle_s:
+                        os.unlink(path)
+                        gone.append(path)
+    if gone:
+        log.info("removed %d partial download(s) left by an interrupted run in %s", len(gone), download_dir)
+    return gone
+
+
 def _write_atomic(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".part-")
@@ -423,22 +510,23 @@ def download(url: str, download_dir: str, policy: HttpPolicy, type_hint: str | N
         return found
     os.makedirs(download_dir, exist_ok=True)
 
-    def attempt(resp) -> Download:
+    def attempt(resp, clock) -> Download:
         cl = _content_length(resp)
         if cl is not None and cl > policy.max_bytes:
             raise DownloadError(f"Content-Length {cl} > max_download_bytes {policy.max_bytes}")
         ext = _ext_for(resp.geturl() or url, resp.headers.get("Content-Type"), type_hint)
         fd, tmp = tempfile.mkstemp(dir=download_dir, prefix=".part-", suffix=ext)
         h = hashlib.sha256()
-        n = 0
         try:
             with os.fdopen(fd, "wb") as out:
-                while chunk := resp.read(CHUNK):
-                    n += len(chunk)
-                    if n > policy.max_bytes:
-                        raise DownloadError(f"more than max_download_bytes {policy.max_bytes} received")
+                def sink(chunk: bytes) -> None:
                     h.update(chunk)
                     out.write(chunk)
+
+                try:
+                    n = _read_body(resp, url, policy, clock, sink)
+                except _Oversize:
+                    raise DownloadError(f"more than max_download_bytes {policy.max_bytes} received") from None
             if cl is not None and n < cl:
                 raise _Truncated(f"connection closed after {n} of {cl} bytes")
             sha = h.hexdigest()
