@@ -86,10 +86,12 @@ class ManifestBuilder:
         for key, n in rejected.items():
             stage = key.split("/", 1)[0]
             stage_counts[f"{stage}.rejected"] = stage_counts.get(f"{stage}.rejected", 0) + n
+        from mmcurate.schemas.stages import KEPT_SOURCE_REASONS
         from mmcurate.schemas.tables import SOURCE_LEVEL_STAGES
 
         stage_counts["ingest.inputs"] = tables.get("sources", 0) + sum(
             n for k, n in rejected.items() if k.split("/", 1)[0] in SOURCE_LEVEL_STAGES
+            and k.split("/", 1)[1] not in KEPT_SOURCE_REASONS
         )
         return {
             "run_id": self.run_id,
@@ -163,6 +165,9 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
     output = output.rstrip("/") if "://" in output else os.path.abspath(output)
     if "://" not in output:
         os.makedirs(output, exist_ok=True)
+    from mmcurate.transforms.ingest import normalize_input
+
+    inputs = [normalize_input(i) for i in inputs]  # the same files by any path: the same uris
     version = code_version()
     run_id = make_run_id(inputs, cfg, version)
     from mmcurate.transforms.ingest import escape_uri

@@ -27,6 +27,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from mmcurate.schemas.stages import KEPT_SOURCE_REASONS
 from mmcurate.schemas.tables import SOURCE_LEVEL_STAGES, TABLES
 
 # the turns table: RTTM export and DER in SQL (modules of their own, re-exported here)
@@ -40,6 +41,9 @@ QUANTILES = (0.1, 0.5, 0.9)
 DECLARED_SCHEMA = "declared"  # DuckDB schema holding one empty table per declared Arrow schema
 
 _SL = "(" + ", ".join(f"'{s}'" for s in SOURCE_LEVEL_STAGES) + ")"
+# rows of the ledger that remove an input (not annotations of a kept source)
+_KEPT = "(" + ", ".join(f"'{r}'" for r in KEPT_SOURCE_REASONS) + ")"
+_REMOVES = f"(stage IN {_SL} AND reason NOT IN {_KEPT})"
 
 # Per segment: duration and word count. Words come from word timestamps; a backend that gives
 # none (words null or empty) falls back to whitespace tokens of the text.
@@ -323,7 +327,7 @@ def _invariant(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         WITH s AS (SELECT uri FROM sources),
              -- the same name reached twice (a folder and a manifest) is two inputs: the
              -- repeat's ledger row carries an item_id, which makes its key distinct
-             r AS (SELECT uri || coalesce('#' || item_id, '') AS uri FROM rejected WHERE stage IN {_SL})
+             r AS (SELECT uri || coalesce('#' || item_id, '') AS uri FROM rejected WHERE {_REMOVES})
         SELECT
             (SELECT count(*) FROM s),
             (SELECT count(*) FROM r),
@@ -338,7 +342,7 @@ def _invariant(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         con,
         f"""
         SELECT count(*) FROM rejected
-        WHERE stage NOT IN {_SL}
+        WHERE NOT {_REMOVES}
           AND (source_id IS NULL OR source_id NOT IN (SELECT source_id FROM sources))
         """,
     )[0]
@@ -398,8 +402,8 @@ def _summarize(con: duckdb.DuckDBPyConnection, out_dir: str) -> dict[str, Any]:
         SELECT
             (SELECT coalesce(sum(duration_s), 0) FROM sources),
             (SELECT coalesce(sum(speech_s), 0) FROM sources),
-            (SELECT coalesce(sum(duration_s), 0) FROM rejected WHERE stage IN {_SL}),
-            (SELECT count(*) FROM rejected WHERE stage IN {_SL} AND duration_s IS NULL)
+            (SELECT coalesce(sum(duration_s), 0) FROM rejected WHERE {_REMOVES}),
+            (SELECT count(*) FROM rejected WHERE {_REMOVES} AND duration_s IS NULL)
         """,
     )
     s["hours_in"] = (float(src_s) + float(rej_s)) / 3600.0

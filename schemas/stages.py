@@ -52,12 +52,24 @@ STAGES: tuple[StageSpec, ...] = (
         config=("asr", "diarization", "segments"), ledger=("asr", "diarize"),
         source_level=False, models=("asr", "diarization-segmentation", "speaker-embedding"),
     ),
+    StageSpec(
+        name="video",
+        summary="shot-aware keyframes of each video interleaved with its transcript's words "
+                "(image-only without speech)",
+        # reads `segments` too when the speech stage runs (optional: not a prerequisite)
+        requires=("sources",), produces=("interleaved", "documents"), streams=(),
+        config=("video",), ledger=("keyframes",), source_level=False,
+    ),
 )
 
 BY_NAME: dict[str, StageSpec] = {s.name: s for s in STAGES}
 
 # The ledger stages whose rows remove a whole input: count(inputs) == sources + these rows.
 SOURCE_LEVEL_STAGES: tuple[str, ...] = tuple(l for s in STAGES if s.source_level for l in s.ledger)
+
+# Ledger reasons at a source-level stage that annotate a KEPT source instead of removing the
+# input (it is in `sources` too): not counted as inputs.
+KEPT_SOURCE_REASONS: tuple[str, ...] = ("truncated_kept",)
 
 # Which stage writes each table (the ledger is written by all of them).
 PRODUCER: dict[str, str] = {t: s.name for s in STAGES for t in s.produces}

@@ -162,7 +162,11 @@ def _open_container(src):
 
 def _info(container) -> MediaInfo:
     audio = container.streams.audio[0] if container.streams.audio else None
-    video = next((s for s in container.streams.video if not _is_cover_art(s)), None)
+    if audio is not None and audio.codec_context is None:
+        # FFmpeg found an audio stream but no decoder for it: a damaged header
+        raise DecodeError("decode_error", "the audio stream's codec is unknown (damaged header?)")
+    video = next((s for s in container.streams.video
+                  if s.codec_context is not None and not _is_cover_art(s)), None)
     duration = None
     if audio is not None and audio.duration is not None and audio.time_base is not None:
         duration = float(audio.duration * audio.time_base)

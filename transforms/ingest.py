@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import posixpath
@@ -75,6 +76,7 @@ class IngestConfig:
 
 
 STAGE = "ingest"
+log = logging.getLogger("mmcurate.ingest")
 
 
 def http_policy(cfg: IngestConfig, max_bytes: int) -> "rss.HttpPolicy":
@@ -116,6 +118,16 @@ def escape_uri(path: str) -> str:
         return path
     except UnicodeEncodeError:
         return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def normalize_input(s: str) -> str:
+    """Inputs are stored as absolute, normalized local paths (the same files given by a
+    relative and by an absolute path get the same `uri` and rejection ids); remote URIs and
+    globs over them stay as given; file:// is a local path."""
+    if "://" in s and not s.startswith("file://"):
+        return s
+    path = s.removeprefix("file://")
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _is_local(uri: str) -> bool:
@@ -191,6 +203,8 @@ class _ExpandInputFn(beam.DoFn):
         kind = self._kind(s)
         if kind == "missing":
             yield _reject("not_found", f"input {escape_uri(s)!r} does not exist", escape_uri(s), self.run_id)
+        elif kind == "dir" and _is_local(s):
+            yield from self._walk(s)
         elif kind == "dir":
             yield from self._listing(s.rstrip("/") + "/**", f"folder {escape_uri(s)!r}", explicit_via="file")
         else:
@@ -234,6 +248,34 @@ class _ExpandInputFn(beam.DoFn):
         except Exception:  # noqa: BLE001 - unreadable: hashing will say so
             return False
         return b"<rss" in head or b"<feed" in head
+
+    def _walk(self, root: str) -> Iterator[_Candidate | Rejection]:
+        """A local folder, recursively, in name order; a subfolder that cannot be listed is an
+        `unreadable` ledger row (a glob would skip it without a word)."""
+        what = f"folder {escape_uri(root)!r}"
+        problems: list[OSError] = []
+        found: list[str] = []
+        for d, dirs, files in os.walk(root, onerror=problems.append, followlinks=False):
+            # hidden names (.DS_Store, .git/, partial downloads) are not inputs, as with a glob
+            dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+            found.extend(os.path.join(d, f) for f in files if not f.startswith("."))
+        for e in sorted(problems, key=lambda e: str(e.filename)):
+            path = escape_uri(str(e.filename))
+            log.warning("%s: cannot list %s: %s", what, path, e.strerror or e)
+            yield _reject("unreadable", f"cannot list {path} (inside {what}): {e.strerror or e}; "
+                          "its files were not read", path, self.run_id)
+        if not found and not problems:
+            yield _reject("not_found", f"{what} holds no files", escape_uri(root), self.run_id)
+            return
+        for path in sorted(found):
+            if _ext(path) in self.exts:
+                yield _Candidate(uri=escape_uri(path), location=path, via="file")
+            else:
+                yield _reject(
+                    "unsupported_extension",
+                    f"found in {what}; extension {_ext(path) or '(none)'!r} is not in media_extensions",
+                    escape_uri(path), self.run_id,
+                )
 
     def _listing(self, pattern: str, what: str, explicit_via: str) -> Iterator[_Candidate | Rejection]:
         try:
