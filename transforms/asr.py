@@ -5,12 +5,18 @@ only inside those regions, and return an `AsrResult` whose times are absolute se
 source. Models load once, when the transcriber is built (the Beam stage builds it in
 `DoFn.setup`); heavy imports happen there, never at import time.
 
-Hallucination guard (both backends), Whisper's own rules (openai/whisper transcribe.py) with
-the thresholds from `AsrConfig`, plus one for VAD-gated input:
-  * no_speech_prob > no_speech_threshold AND avg_logprob < log_prob_threshold -> drop
-  * no_speech_prob > NO_SPEECH_ALONE_THRESHOLD (0.6, measured; see there) -> drop
-  * compression_ratio > compression_ratio_threshold (repetition loops) -> drop
-  * text with no letter or digit at all (e.g. "♪", "...") -> drop: it carries no words.
+Hallucination guard (both backends; `drop_reason`, thresholds in `AsrConfig`, measured under
+six CPU instruction-set settings, see the comment above `drop_reason`): Whisper's own rules
+(openai/whisper transcribe.py) plus three for input a VAD already called speech:
+  * no_speech_prob > no_speech_alone_threshold (0.465) -> no_speech
+  * no_speech_prob > no_speech_threshold (0.6; vad_no_speech_threshold 0.38 for VAD input)
+    AND avg_logprob < log_prob_threshold (-1.0) -> no_speech (Whisper's rule)
+  * every word probability < low_confidence_word_prob (0.1) AND no_speech_prob >
+    low_confidence_no_speech (0.2) -> low_confidence
+  * compression_ratio > compression_ratio_threshold (2.4, repetition loops) -> repetitive
+  * text with no letter or digit at all (e.g. "♪", "...") -> no_words: it carries no words.
+A missing score (whisperx reports no no_speech_prob; its words may have no probability) is no
+evidence: a rule that needs it does not fire.
 Dropped segments come back in the call's own result, `AsrResult.dropped`, as (reason,
 AsrSegment) pairs so the caller can put them in the ledger (nothing is kept on the model
 object: one model serves several threads).
@@ -27,11 +33,12 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import ClassVar, Protocol, Sequence
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from mmcurate.schemas.params import Rule, non_negative, positive, unit_interval
 from mmcurate.schemas.records import AsrResult, AsrSegment, Word
 from mmcurate.transforms import models
 
@@ -57,13 +64,47 @@ class AsrConfig:
     whisperx_model_dir: str | None = None  # local CT2 model dir (e.g. faster-whisper-large-v3)
     whisperx_model_size: str = "large-v3"
     align_model_dir: str | None = None  # local wav2vec2 alignment model; None: no alignment
-    # Segments whose ASR scores say "no speech" are dropped (Whisper's own defaults)
+    # Segments whose ASR scores say "no speech" are dropped (Whisper's own defaults; they also
+    # go to the decoder, where they drive faster-whisper's temperature fallback)
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
-    # Inside VAD speech, no_speech_prob above this drops a segment on its own: measured on
-    # noise/tones that passed as speech (0.67-0.74) vs real speech here (<= 0.29). None: off.
-    no_speech_alone_threshold: float | None = 0.6
+    # Rules for VAD-gated input (see the measurements above `drop_reason`: whisper-base int8,
+    # noise/tones vs all real speech in ../shared/media, six CPU ISA settings). None: rule off.
+    # no_speech_prob above this drops on its own: noise text >= 0.529, speech <= 0.401 (midpoint;
+    # margins 0.064 / 0.064)
+    no_speech_alone_threshold: float | None = 0.465
+    # Whisper's AND-rule (avg_logprob < log_prob_threshold) with this no_speech threshold instead
+    # of 0.6: noise with avg_logprob < -1.0 had no_speech_prob >= 0.529, speech <= 0.244
+    # (margins 0.149 / 0.136); speech above 0.38 had avg_logprob >= -0.41
+    vad_no_speech_threshold: float | None = 0.38
+    # every word below this AND no_speech_prob above low_confidence_no_speech -> low_confidence:
+    # noise "You"/"a": words <= 0.017 at no_speech_prob >= 0.529; speech above 0.2 has a word
+    # >= 0.36; speech with all words < 0.1 ("test." 0.062) has no_speech_prob 0.004
+    low_confidence_word_prob: float | None = 0.1
+    low_confidence_no_speech: float = 0.2
+
+    RULES: ClassVar[dict] = {
+        "backend": Rule(choices=("faster-whisper", "whisperx")),
+        "device": Rule(check=lambda d: None if d in ("cpu", "cuda", "auto") or d.startswith("cuda:")
+                       else f"{d!r}: use cpu, cuda, cuda:N or auto"),
+        "compute_type": Rule(choices=("default", "auto", "int8", "int8_float32", "int8_float16",
+                                      "int8_bfloat16", "int16", "float16", "bfloat16", "float32"),
+                             why="CTranslate2 compute types"),
+        "beam_size": Rule(ge=1), "batch_size": Rule(ge=1),
+        "cpu_threads": non_negative("0: CTranslate2's default"),
+        "language": Rule(check=lambda v: None if v.isalpha() and 2 <= len(v) <= 3 else
+                         f"{v!r}: a language code like 'en' or 'de', or null to detect"),
+        "no_speech_threshold": unit_interval("a probability"),
+        "log_prob_threshold": Rule(le=0.0, why="a mean log probability"),
+        "compression_ratio_threshold": positive(),
+        "no_speech_alone_threshold": unit_interval("a probability"),
+        "vad_no_speech_threshold": unit_interval("a probability"),
+        "low_confidence_word_prob": unit_interval("a probability"),
+        "low_confidence_no_speech": unit_interval("a probability"),
+        "align_model_dir": Rule(check=lambda p: None if os.path.isdir(p) else
+                                f"{p!r} is not a directory (a local wav2vec2 model)"),
+    }
 
 
 log = logging.getLogger(__name__)
@@ -106,39 +147,68 @@ def compression_ratio(text: str) -> float:
     return len(b) / len(zlib.compress(b)) if b else 0.0
 
 
-# Whisper keeps a "no speech" window when its text decodes confidently (avg_logprob above
-# log_prob_threshold), because it runs without a VAD and must not skip quiet speech. Our input is
-# already VAD speech, and measured on whisper-base (2026-11-23): text invented on white noise and
-# synthetic tones inside VAD regions had no_speech_prob 0.67-0.74 with avg_logprob -0.69..-0.94
-# (Whisper's AND-rule keeps it: "I'm sorry.", "1,5kg"), while real speech in ../shared/media
-# (jfk, LDC93S1, diarization/sample, laion_talk, autoeditor_example) stayed at <= 0.29.
-# So no_speech_prob above this alone drops a segment; None turns the extra rule off.
-NO_SPEECH_ALONE_THRESHOLD: float | None = 0.6
+# Why these rules and thresholds. Whisper keeps a "no speech" window when its text decodes
+# confidently (avg_logprob above log_prob_threshold), because it runs without a VAD and must not
+# skip quiet speech; our input is already VAD speech, and whisper-base invents text on noise that
+# a VAD passes. int8 kernels differ per CPU instruction set, and so do the scores: a single
+# no_speech_prob > 0.6, measured on an AVX-512 CPU (noise 0.67-0.74, speech <= 0.29), kept "You"
+# (0.529) on AVX2. Measured 2026-11-23 on whisper-base int8, beam 5, every segment (no rule
+# applied) of 31-37 noise/tone inputs (white noise seeds 0-4 at 0.03/0.1/0.3, pink and brown
+# noise, stepped tones, a sine sweep, synthetic music; with and without an "en" hint) and of all
+# real speech in ../shared/media (jfk wav/mp3/flac, LDC93S1, diarization/sample, ami dev00 dev01
+# trn07, laion_talk, autoeditor_example; Silero VAD regions), under CT2_FORCE_CPU_ISA unset
+# (AVX2 here), AVX2 (+ ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2), AVX and GENERIC, and
+# AVX + ONEDNN_MAX_CPU_ISA=AVX, GENERIC + ONEDNN_MAX_CPU_ISA=SSE41 (oneDNN runs the int8 GEMMs):
+#
+#                       noise text (85 segments)        real speech (338 segments, ~612 words)
+#   no_speech_prob      0.529 .. 0.787                  0.003 .. 0.401 (one: 0.471, see below)
+#   avg_logprob         -3.72 .. -0.61                  -1.16 .. -0.18   (overlap)
+#   word probability    segment max 0.003 .. 0.994      segment max 0.062 .. 1.0 (overlap)
+#     all words < 0.1   12 segs ("You", "a"), <= 0.017  one ("test.", 0.062) at nsp 0.004
+#   compression_ratio   0.11 .. 2.35                    0.67 .. 1.88
+#   (AVX-512, earlier: noise nsp 0.67-0.74 with avg_logprob -0.69..-0.94; speech nsp <= 0.29)
+#
+# Noise text mostly comes from faster-whisper's temperature fallback, i.e. it is sampled: decoding
+# the same six noise windows with 8 random seeds gave the same no_speech_prob per window (0.529 ..
+# 0.578; it is computed before any text) but avg_logprob anywhere in -3.67 .. -0.08 and other
+# words. So only no_speech_prob separates reliably, and the main rule is no_speech_prob above the
+# midpoint of the gap, 0.465 (margins 0.064 to speech at 0.401 and to noise at 0.529; the same
+# window moved by up to 0.07 between ISA settings). Two rules add evidence below it: Whisper's
+# AND-rule with the no_speech threshold at 0.38 (noise text that failed every fallback, avg_logprob
+# < -1.0, had nsp >= 0.529; speech below -1.0 had nsp <= 0.244; margins 0.149 / 0.136; speech
+# above 0.38 had avg_logprob >= -0.41), and low_confidence: every word < 0.1 with nsp > 0.2 (noise
+# "You"-like words <= 0.017 x5.9; speech above nsp 0.2 had a word >= 0.36 x3.6). The one speech
+# segment inside the noise range: with oneDNN held to AVX, the autoeditor_example window holding
+# only "banana, banana." (two words after 24 s of pause over a synthetic background) scored like
+# noise (nsp 0.471, avg_logprob -1.15) and is dropped (2 of 614 words). Word retention on the real
+# speech: 100 % under five settings, 99.67 % under that one (tests/test_asr.py::
+# test_real_speech_keeps_its_words asserts >= 99 %; test_noise_and_tones_give_no_text the noise).
 
 
-def drop_reason(
-    seg: AsrSegment,
-    cfg: AsrConfig,
-    no_speech_alone: float | None = NO_SPEECH_ALONE_THRESHOLD,
-) -> str | None:
-    """Why a segment is a hallucination (no_speech / repetitive / no_words), or None to keep it.
+def drop_reason(seg: AsrSegment, cfg: AsrConfig) -> str | None:
+    """Why a segment is a hallucination, as a stable code, or None to keep it.
 
-    Whisper's rules with the cfg thresholds, plus `no_speech_alone` (see
-    NO_SPEECH_ALONE_THRESHOLD) for input that a VAD already called speech.
+    Codes: no_speech, low_confidence, repetitive, no_words (rules and measurements above;
+    thresholds from `cfg`). A score that is None (whisperx: no no_speech_prob; interpolated
+    words: no probability) never counts as evidence, so those rules do not fire without it.
     """
-    if (
-        no_speech_alone is not None
-        and seg.no_speech_prob is not None
-        and seg.no_speech_prob > no_speech_alone
-    ):
-        return "no_speech"
-    if (
-        seg.no_speech_prob is not None
-        and seg.avg_logprob is not None
-        and seg.no_speech_prob > cfg.no_speech_threshold
-        and seg.avg_logprob < cfg.log_prob_threshold
-    ):
-        return "no_speech"
+    nsp, lp = seg.no_speech_prob, seg.avg_logprob
+    if nsp is not None:
+        if cfg.no_speech_alone_threshold is not None and nsp > cfg.no_speech_alone_threshold:
+            return "no_speech"
+        and_threshold = cfg.no_speech_threshold  # Whisper's AND-rule, lower for VAD input
+        if cfg.vad_no_speech_threshold is not None:
+            and_threshold = min(and_threshold, cfg.vad_no_speech_threshold)
+        if lp is not None and nsp > and_threshold and lp < cfg.log_prob_threshold:
+            return "no_speech"
+        probs = [w.probability for w in seg.words if w.probability is not None]
+        if (
+            cfg.low_confidence_word_prob is not None
+            and probs
+            and nsp > cfg.low_confidence_no_speech
+            and max(probs) < cfg.low_confidence_word_prob
+        ):
+            return "low_confidence"
     if seg.compression_ratio is not None and seg.compression_ratio > cfg.compression_ratio_threshold:
         return "repetitive"
     if not any(c.isalnum() for c in seg.text):
@@ -334,7 +404,7 @@ class FasterWhisperTranscriber:
                     no_speech_prob=float(s.no_speech_prob),
                     compression_ratio=float(s.compression_ratio),
                 )
-                reason = drop_reason(seg, self.cfg, self.cfg.no_speech_alone_threshold)
+                reason = drop_reason(seg, self.cfg)
                 if reason:
                     dropped.append((reason, seg))
                 else:
@@ -549,7 +619,7 @@ class WhisperXTranscriber:
                 no_speech_prob=None,
                 compression_ratio=compression_ratio(text),
             )
-            reason = drop_reason(seg, self.cfg, self.cfg.no_speech_alone_threshold)
+            reason = drop_reason(seg, self.cfg)
             if reason:
                 dropped.append((reason, seg))
             else:
