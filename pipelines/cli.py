@@ -226,7 +226,8 @@ def cmd_run(args, beam_args: list[str]) -> int:
         for problem in e.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
-    problems = curate.startup_problems(cfg) + output_problems(args.output)
+    # the output is probed (created) only for a run that will go ahead
+    problems = curate.startup_problems(cfg) or output_problems(args.output)
     if problems:
         for problem in problems:
             print(f"mmcurate: {problem}", file=sys.stderr)
