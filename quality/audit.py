@@ -105,7 +105,9 @@ def committed_shards(out_dir: str) -> tuple[dict[str, list[str]] | None, str | N
 def _readable(path: str) -> str | None:
     """None when `path` is a Parquet file DuckDB can read, else the reason (one line)."""
     try:
-        duckdb.execute(f"SELECT count(*) FROM read_parquet({_sql_str(path)})").fetchone()
+        # fetchall: a fetchone() result stays open on DuckDB's default connection (DuckDB 2.0),
+        # and the caller's next duckdb.sql() there fails with "unfinished result"
+        duckdb.execute(f"SELECT count(*) FROM read_parquet({_sql_str(path)})").fetchall()
     except duckdb.Error as e:
         return " ".join(str(e).split())[:300]
     return None
