@@ -243,6 +243,12 @@ def test_detect_speech_stage(tmp_path, caplog):
     speech = got["speech"]
     by_uri = {s.uri: s for s in sources}
     assert sorted(by_uri) == sorted(str(p) for p in good)
+    # the truncated mp3 is kept (decode.truncated = "keep") with an annotation row
+    kept = [r for r in rejected if r.reason == "truncated_kept"]
+    assert [(Path(r.uri).name, r.stage, r.item_id) for r in kept] == [
+        ("part30.mp3", "decode", f"{by_uri[str(tmp_path / 'part30.mp3')].source_id}-truncated")]
+    assert kept[0].duration_s > 5.0  # most of jfk's 11 s were cut off
+    rejected = [r for r in rejected if r.reason != "truncated_kept"]
     assert sorted(r.uri for r in rejected) == sorted(str(tmp_path / n) for n in bad)
     for r in rejected:
         assert (r.stage, r.reason) == bad[Path(r.uri).name], r
