@@ -69,13 +69,14 @@ def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _shards(out_dir: str, table: str) -> list[str]:
-    """The shard files of `table` that readers use: the committed manifest's list (see
-    `committed_shards`), or, for an output without a readable manifest, what is on disk."""
+def _table_shards(out_dir: str) -> dict[str, list[str]]:
+    """{table: shard files readers use}: the committed manifest's list (see
+    `committed_shards`; the manifest is read once), or, for an output without a readable
+    manifest, what is on disk."""
     listed, _ = committed_shards(out_dir)
     if listed is not None:
-        return [f for f in listed.get(table, []) if os.path.exists(f)]
-    return _on_disk(out_dir, table)
+        return {t: [f for f in listed.get(t, []) if os.path.exists(f)] for t in TABLES}
+    return {t: _on_disk(out_dir, t) for t in TABLES}
 
 
 def _on_disk(out_dir: str, table: str) -> list[str]:
@@ -129,12 +130,13 @@ def connect(out_dir: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute(f"CREATE SCHEMA {DECLARED_SCHEMA}")
     allowed: list[str] = []
+    table_shards = _table_shards(out_dir)
     for name, schema in TABLES.items():
         empty = pa.Table.from_pylist([], schema=schema)
         con.register("_declared_tmp", empty)
         con.execute(f"CREATE TABLE {DECLARED_SCHEMA}.{name} AS SELECT * FROM _declared_tmp")
         con.unregister("_declared_tmp")
-        shards = [f for f in _shards(out_dir, name) if _readable(f) is None]
+        shards = [f for f in table_shards[name] if _readable(f) is None]
         allowed.extend(os.path.abspath(f) for f in shards)
         if shards:
             # the shard list, not the glob: a directory name with [ ] * ? stays literal
@@ -378,7 +380,7 @@ def _summarize(con: duckdb.DuckDBPyConnection, out_dir: str) -> dict[str, Any]:
     s: dict[str, Any] = {"out_dir": os.path.abspath(out_dir)}
 
     s["tables"] = {t: int(_one(con, f"SELECT count(*) FROM {t}")[0]) for t in TABLES}
-    s["tables_present"] = {t: bool(_shards(out_dir, t)) for t in TABLES}
+    s["tables_present"] = {t: bool(files) for t, files in _table_shards(out_dir).items()}
     s["problems"] = output_problems(out_dir, con, s["tables"])
 
     # ---- rejections
