@@ -39,18 +39,27 @@ demo: $(VENV)/.installed
 # AVX-512 CPU, down to 0.53 on AVX2), so a threshold measured on one CPU must hold on the other.
 AVX2_ISA_ENV := CT2_FORCE_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 
-test: $(VENV)/.installed
+# Headless Chromium renders the audit report in tests/test_quality_report.py: Debian's package,
+# installed when missing (CI runs as root on a fresh machine). Without it those tests skip.
+CHROMIUM     := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "make: $(CHROMIUM) missing and not root: the HTML report tests will skip"; fi
+
+test: $(VENV)/.installed | $(CHROMIUM)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	$(AVX2_ISA_ENV) $(VENV)/bin/python -m pytest -m model_score
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/bench_foundation.py
 	$(VENV)/bin/python bench/bench_speech.py
+	$(VENV)/bin/python bench/bench_video.py
 
 # Re-resolve the lock (needs the package index); commit the result.
 lock: | $(UV)
 	rm -f $(LOCK)  # an existing output file would act as a preference
-	$(UV) pip compile -q pyproject.toml --extra prod --extra test --override requirements/overrides.txt \
+	$(UV) pip compile -q pyproject.toml --extra prod --extra test --extra bench --override requirements/overrides.txt \
 	  $(FIND_LINKS) --python-version 3.11 --no-header --emit-find-links -o $(LOCK)
 
 clean:

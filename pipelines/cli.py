@@ -40,7 +40,8 @@ Examples:
 """
 
 AUDIT_EPILOG = """\
-Views, one per table: sources, speech_regions, segments, transcripts, turns, rejected.
+Views, one per table: sources, speech_regions, segments, transcripts, turns, interleaved,
+documents, segment_quality, rejected; and kept_segments (segments the quality stage kept).
 Examples:
   mmcurate audit out/demo
   mmcurate audit out/demo --json | jq .rejected
@@ -49,6 +50,10 @@ Examples:
   mmcurate audit out/demo --rttm out/demo-rttm --rttm-name basename  # sample.rttm for .../sample.wav
   mmcurate audit out/demo --der ../shared/media/diarization/sample.rttm
   mmcurate audit out/demo --der refs/ --collar 0.25  # refs/<basename>.rttm, +-0.25 s collar
+  mmcurate audit out/demo --show laion_talk.mp4       # ./<document_id>.html: one video document
+  mmcurate audit out/demo --show <source_id> --html /tmp/doc.html
+  mmcurate audit out/demo --html report.html                 # the audit as a page with plots
+  mmcurate audit out/demo --check quality/gates/default.yaml  # PASS/FAIL per expectation
 """
 
 
@@ -131,6 +136,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--collar", type=float, default=0.0, metavar="S",
                    help="with --der: +-S seconds around reference boundaries not scored (md-eval; default 0)")
+    a.add_argument("--show", metavar="DOC_ID",
+                   help="write one video document as a small HTML page (images and text in reading "
+                        "order); DOC_ID is a document id, a source id or a unique part of its uri")
+    a.add_argument("--html", metavar="FILE",
+                   help="write the audit as one self-contained HTML report with plots (hours funnel, "
+                        "languages, DNSMOS, durations, rejections, speakers, ASR scores); with --show: "
+                        "where to write the document page (default ./<document_id>.html)")
+    a.add_argument("--check", metavar="GATES",
+                   help="evaluate the expectations of a gate file (YAML, see README \"Audit gates\"); "
+                        "prints PASS/FAIL per check, exit 1 when one fails, 2 when the file is malformed")
     return ap
 
 
@@ -274,6 +289,16 @@ def cmd_audit(args) -> int:
         else:
             print(audit.format_table(tbl))
         return 0
+    if args.check or (args.html and not args.show):  # gates and/or the HTML report
+        return _audit_report_and_gates(args)
+    if args.show:  # one interleaved video document as a page a person reads
+        try:
+            path = audit.write_document_html(args.output, args.show, args.html)
+        except LookupError as e:
+            print(f"mmcurate: --show: {e.args[0]}", file=sys.stderr)
+            return 2
+        print(f"wrote {os.path.abspath(path)}")
+        return 0
     if args.rttm or args.der:  # the turns table as RTTM files / DER against reference RTTMs
         out: dict = {}
         if args.rttm:
@@ -307,6 +332,30 @@ def cmd_audit(args) -> int:
                   file=sys.stderr)
         return 1
     return 0
+
+
+def _audit_report_and_gates(args) -> int:
+    """`--html FILE` writes the report; `--check GATES` evaluates the gate file (exit 1 on a
+    failing check, 2 on a malformed file). Both may be given: the report is written first."""
+    from mmcurate.quality import gates, report
+
+    if args.html:
+        path = report.write_report(args.output, args.html)
+        print(f"wrote {os.path.abspath(path)}")
+    if not args.check:
+        return 0
+    try:
+        outcomes = gates.evaluate(args.output, gates.load(args.check), args.check)
+    except gates.GateFileError as e:
+        print(f"mmcurate: --check {e}", file=sys.stderr)
+        return 2
+    text = gates.format_outcomes(outcomes, args.check)
+    if args.json:
+        print(json.dumps([{"name": o.check.name, "passed": o.passed, "measured": o.measured,
+                           "op": o.check.op, "value": o.check.value} for o in outcomes], default=str))
+    else:
+        print(text, end="")
+    return 0 if all(o.passed for o in outcomes) else 1
 
 
 def _beam_flag_takes_value(flag: str) -> bool:

@@ -20,11 +20,13 @@ from mmcurate.transforms.attribute import SegmentsConfig
 from mmcurate.transforms.decode import DecodeConfig
 from mmcurate.transforms.diarize import DiarizationConfig
 from mmcurate.transforms.ingest import IngestConfig
+from mmcurate.transforms.quality import QualityConfig
 from mmcurate.transforms.sink import OutputConfig
 from mmcurate.transforms.vad import VadConfig
+from mmcurate.transforms.video import VideoConfig
 
 __all__ = ["AsrConfig", "ConfigError", "CurateConfig", "DecodeConfig", "DiarizationConfig", "IngestConfig",
-           "OutputConfig", "SegmentsConfig", "VadConfig"]
+           "OutputConfig", "QualityConfig", "SegmentsConfig", "VadConfig", "VideoConfig"]
 
 
 @dataclass
@@ -36,7 +38,10 @@ class CurateConfig:
     diarization: DiarizationConfig = field(default_factory=DiarizationConfig)
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    stages: tuple[str, ...] = ("vad", "speech")  # speech: diarization + ASR + segments
+    video: VideoConfig = field(default_factory=VideoConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    # speech: diarization + ASR + segments; video: keyframes interleaved with the words
+    stages: tuple[str, ...] = ("vad", "speech", "quality", "video")
 
     def validate(self) -> list[str]:
         """Cross-section problems: the stage selection (known, prerequisites present)."""

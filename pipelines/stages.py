@@ -71,8 +71,10 @@ def _build_vad(ctx: BuildContext, streams: dict) -> dict:
     # the speech stage reads the samples this step decodes: keep them (one decode per source)
     keep = "speech" in ctx.stages
     handler = ctx.overrides.get("vad_handler") or _vad_handler(ctx.cfg, keep_audio=keep)
+    # the video stage makes documents of videos without speech too: keep them as sources
     out = streams["media"] | "DetectSpeech" >> DetectSpeech(
-        ctx.cfg.vad, ctx.cfg.decode, ctx.run_id, model_handler=handler)
+        ctx.cfg.vad, ctx.cfg.decode, ctx.run_id, model_handler=handler,
+        keep_video_without_speech="video" in ctx.stages)
     return {"sources": out["sources"], "speech_regions": out["regions"], "speech": out["speech"],
             "rejected": out["rejected"]}
 
@@ -123,10 +125,49 @@ def _check_speech(cfg: CurateConfig) -> list[str]:
     return problems
 
 
+# --------------------------------------------------------------------------- quality
+
+
+def _quality_transform(cfg: CurateConfig, run_id: str, overrides: dict | None = None):
+    from mmcurate.transforms.quality import JudgeQuality
+
+    return JudgeQuality(cfg.quality, run_id, dnsmos_handler=(overrides or {}).get("dnsmos_handler"),
+                        sample_rate=cfg.decode.sample_rate)
+
+
+def _build_quality(ctx: BuildContext, streams: dict) -> dict:
+    inputs = {k: streams[k] for k in ("segments", "sources", "speech_regions")}
+    out = inputs | "Quality" >> _quality_transform(ctx.cfg, ctx.run_id, ctx.overrides)
+    return {"segment_quality": out["segment_quality"], "kept_segments": out["kept_segments"],
+            "rejected": out["rejected"]}
+
+
+def _quality_handlers(cfg: CurateConfig) -> list:
+    h = _quality_transform(cfg, "").dnsmos_handler
+    return [h] if h is not None else []
+
+
+# --------------------------------------------------------------------------- video
+
+
+def _build_video(ctx: BuildContext, streams: dict) -> dict:
+    from mmcurate.transforms.video import InterleaveVideo
+
+    # segments only when the speech stage ran: otherwise every document is image-only
+    inputs = {"sources": streams["sources"]}
+    if "segments" in streams:
+        inputs["segments"] = streams["segments"]
+    out = inputs | "Video" >> InterleaveVideo(ctx.cfg.video, ctx.run_id)
+    return {"interleaved": out["interleaved"], "documents": out["documents"],
+            "rejected": out["rejected"]}
+
+
 _WIRING = {
     "ingest": dict(build=_build_ingest),
     "vad": dict(build=_build_vad, handlers=lambda cfg: [_vad_handler(cfg)]),
     "speech": dict(build=_build_speech, handlers=_speech_handlers, check=_check_speech),
+    "quality": dict(build=_build_quality, handlers=_quality_handlers),
+    "video": dict(build=_build_video),
 }
 
 REGISTRY: dict[str, Stage] = {s.name: Stage(spec=s, **_WIRING[s.name]) for s in STAGES}

@@ -33,6 +33,10 @@ from mmcurate.schemas.tables import SOURCE_LEVEL_STAGES, TABLES
 # the turns table: RTTM export and DER in SQL (modules of their own, re-exported here)
 from mmcurate.quality.der_sql import der_from_turns, der_report, format_der_report  # noqa: F401
 from mmcurate.quality.turns import format_turns, sources_without_turns, turns_summary, write_rttm  # noqa: F401
+# the video stage's documents: figures and one document as HTML (`--show`)
+from mmcurate.quality.video_audit import format_video, video_summary, write_document_html  # noqa: F401
+# the quality stage's segment_quality table: figures, text lines and the kept_segments view
+from mmcurate.quality.segment_audit import KEPT_SEGMENTS_VIEW, format_quality, quality_summary  # noqa: E402
 
 # Word-level ASR confidence under which a word counts as doubtful; 0.5 is the point where
 # whisper's token probability says "more likely wrong than right".
@@ -148,6 +152,7 @@ def connect(out_dir: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
             )
         else:
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM {DECLARED_SCHEMA}.{name}")
+    con.execute(KEPT_SEGMENTS_VIEW)
     if read_only:
         paths = "[" + ", ".join(_sql_str(f) for f in allowed) + "]"
         con.execute("SET autoinstall_known_extensions = false")
@@ -517,6 +522,8 @@ def _summarize(con: duckdb.DuckDBPyConnection, out_dir: str) -> dict[str, Any]:
 
     # ---- diarizer turns (overlap-aware): counts, speakers per source, overlapped speech share
     s["turns"] = turns_summary(con)
+    s["video"] = video_summary(con)
+    s["quality"] = quality_summary(con)
 
     # ---- manifest
     m = _load_manifest(out_dir)
@@ -649,6 +656,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         + [(f"{k} speakers", f"{v} sources") for k, v in sp["histogram"].items()]
     )
     L += format_turns(s.get("turns"))
+    L += format_video(s.get("video"))
+    L += format_quality(s.get("quality"))
 
     w = s["words_per_minute"]
     pw = w["per_source"]

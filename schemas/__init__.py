@@ -3,9 +3,12 @@
 from mmcurate.schemas.records import (  # noqa: F401
     AsrResult,
     AsrSegment,
+    Document,
+    InterleavedItem,
     MediaRef,
     Rejection,
     Segment,
+    SegmentQuality,
     SourceRecord,
     SpeechRegion,
     Transcript,

@@ -167,6 +167,97 @@ class TurnRow(_Row):
 
 
 @dataclass(frozen=True)
+class InterleavedItem(_Row):
+    """One item of an interleaved video document (see mmcurate.schemas.tables.INTERLEAVED)."""
+
+    TABLE: ClassVar[str] = "interleaved"
+    item_id: str
+    document_id: str
+    source_id: str
+    position: int
+    modality: str  # image | text
+    start: float
+    end: float
+    speaker: str | None = None
+    text: str | None = None
+    num_words: int | None = None
+    image: bytes | None = None
+    image_format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    phash: str | None = None
+    keyframe_id: str | None = None
+    frame_time: float | None = None
+    cut: str | None = None
+    cut_score: float | None = None
+    luma_mean: float | None = None
+    luma_std: float | None = None
+    luma_p99: float | None = None
+    dominant_share: float | None = None
+    sharpness: float | None = None
+    run_id: str = ""
+
+
+@dataclass(frozen=True)
+class Document(_Row):
+    """One video as an interleaved document, OBELICS-style parallel lists
+    (see mmcurate.schemas.tables.DOCUMENTS)."""
+
+    TABLE: ClassVar[str] = "documents"
+    document_id: str
+    source_id: str
+    uri: str
+    duration_s: float
+    speech_s: float
+    language: str | None
+    num_images: int
+    num_texts: int
+    num_words: int
+    images: list[dict | None]  # {"bytes": ..., "path": f"{keyframe_id}.jpg"} at image positions
+    texts: list[str | None]
+    starts: list[float]
+    ends: list[float]
+    run_id: str
+
+
+@dataclass(frozen=True)
+class SegmentQuality(_Row):
+    """The quality stage's scores and verdict for one segment (mmcurate.schemas.tables.SEGMENT_QUALITY)."""
+
+    TABLE: ClassVar[str] = "segment_quality"
+    segment_id: str
+    source_id: str
+    start: float
+    end: float
+    duration_s: float
+    num_words: int
+    chars: int
+    chars_per_s: float | None
+    language: str | None
+    language_probability: float | None
+    text_language: str | None
+    text_language_probability: float | None
+    transcript_language: str | None
+    transcript_language_probability: float | None
+    language_mismatch: bool
+    language_low_confidence: bool
+    phrase_share: float | None
+    phrases: list[str]
+    repeat_share: float | None
+    outside_vad_share: float | None
+    dnsmos_sig: float | None
+    dnsmos_bak: float | None
+    dnsmos_ovrl: float | None
+    rate_q1: float | None
+    rate_q3: float | None
+    source_speech_ratio: float | None
+    failed: list[str]
+    keep: bool
+    reason: str | None
+    run_id: str
+
+
+@dataclass(frozen=True)
 class MediaRef:
     """An input between ingest and decode: bytes located and hashed, not yet decoded."""
 
@@ -230,7 +321,8 @@ class DiarizationResult:
 
 
 RECORDS: dict[str, type[_Row]] = {
-    c.TABLE: c for c in (SourceRecord, SpeechRegion, Rejection, Segment, Transcript, TurnRow)
+    c.TABLE: c for c in (SourceRecord, SpeechRegion, Rejection, Segment, Transcript, TurnRow,
+                         InterleavedItem, Document, SegmentQuality)
 }
 
 

@@ -52,6 +52,22 @@ STAGES: tuple[StageSpec, ...] = (
         config=("asr", "diarization", "segments"), ledger=("asr", "diarize"),
         source_level=False, models=("asr", "diarization-segmentation", "speaker-embedding"),
     ),
+    StageSpec(
+        name="quality",
+        summary="score every segment (language, hallucination, DNSMOS, speaking rate, duration) "
+                "and keep or drop it with a reason",
+        # reads sources and speech_regions too (both exist whenever segments do)
+        requires=("segments",), produces=("segment_quality",), streams=("kept_segments",),
+        config=("quality",), ledger=("quality",), source_level=False, models=("speech-quality",),
+    ),
+    StageSpec(
+        name="video",
+        summary="shot-aware keyframes of each video interleaved with its transcript's words "
+                "(image-only without speech)",
+        # reads `segments` too when the speech stage runs (optional: not a prerequisite)
+        requires=("sources",), produces=("interleaved", "documents"), streams=(),
+        config=("video",), ledger=("keyframes",), source_level=False,
+    ),
 )
 
 BY_NAME: dict[str, StageSpec] = {s.name: s for s in STAGES}

@@ -7,6 +7,8 @@ Tables later stages add (interleaved documents, dedup clusters, synthetic rows) 
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
 SOURCES = pa.schema(
@@ -120,6 +122,123 @@ TURNS = pa.schema(
     ]
 )
 
+# Videos as interleaved image-text documents (the video stage): one row per item, NeMo Curator's
+# (sample_id, position, modality, text | media) layout. Images are stored inline (JPEG/WebP at
+# video.max_side), so the table is readable without the source video. Image rows carry the
+# frame's quality scores; text rows the words said while the image before them was on screen.
+INTERLEAVED = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),  # f"{document_id}-{position:05d}"
+        pa.field("document_id", pa.string(), nullable=False),  # f"{source_id}-doc"
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),  # 0, 1, ... in reading order
+        pa.field("modality", pa.string(), nullable=False),  # image | text
+        pa.field("start", pa.float64(), nullable=False),  # image: the span it stands for; text: its words
+        pa.field("end", pa.float64(), nullable=False),
+        pa.field("speaker", pa.string()),  # text: f"{source_id}-spk{k}" as in segments
+        pa.field("text", pa.string()),  # text items only
+        pa.field("num_words", pa.int32()),  # text items only
+        pa.field("image", pa.binary()),  # image items: encoded bytes
+        pa.field("image_format", pa.string()),  # jpeg | webp
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("phash", pa.string()),  # 64-bit DCT perceptual hash, 16 hex digits
+        pa.field("keyframe_id", pa.string()),  # f"{source_id}-kf-{n:05d}" (ledger item_id of drops)
+        pa.field("frame_time", pa.float64()),  # when the chosen frame is shown
+        pa.field("cut", pa.string()),  # why a keyframe starts here: start | shot | interval
+        pa.field("cut_score", pa.float64()),  # the shot detector's change at a shot cut
+        pa.field("luma_mean", pa.float64()),  # quality scores (mmcurate.transforms.keyframes)
+        pa.field("luma_std", pa.float64()),
+        pa.field("luma_p99", pa.float64()),
+        pa.field("dominant_share", pa.float64()),
+        pa.field("sharpness", pa.float64()),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+# An image as Hugging Face `datasets` stores one (its Image feature): bytes plus a file name.
+HF_IMAGE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+
+_DOCUMENT_FIELDS = [
+    pa.field("document_id", pa.string(), nullable=False),
+    pa.field("source_id", pa.string(), nullable=False),
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("duration_s", pa.float64(), nullable=False),
+    pa.field("speech_s", pa.float64(), nullable=False),  # VAD speech in the source
+    pa.field("language", pa.string()),
+    pa.field("num_images", pa.int32(), nullable=False),
+    pa.field("num_texts", pa.int32(), nullable=False),
+    pa.field("num_words", pa.int32(), nullable=False),
+    # OBELICS / Multimodal-Textbook layout: parallel lists, one entry per position; at an image
+    # position `texts` is null, at a text position `images` is null
+    pa.field("images", pa.list_(HF_IMAGE)),
+    pa.field("texts", pa.list_(pa.string())),
+    pa.field("starts", pa.list_(pa.float64())),
+    pa.field("ends", pa.list_(pa.float64())),
+    pa.field("run_id", pa.string(), nullable=False),
+]
+
+
+def _hf_features(fields: list[pa.Field]) -> dict:
+    """The `datasets` Features (as its JSON) for these columns: `images` as a list of Image,
+    so `load_dataset("parquet", ...)` decodes them to PIL images without a cast."""
+    def feature(t: pa.DataType):
+        if t == HF_IMAGE:
+            return {"_type": "Image"}
+        if pa.types.is_list(t):
+            return [feature(t.value_type)]
+        dtype = {pa.string(): "string", pa.float64(): "float64", pa.int32(): "int32",
+                 pa.int64(): "int64", pa.binary(): "binary", pa.bool_(): "bool"}[t]
+        return {"dtype": dtype, "_type": "Value"}
+
+    return {f.name: feature(f.type) for f in fields}
+
+
+DOCUMENTS = pa.schema(
+    _DOCUMENT_FIELDS,
+    metadata={"huggingface": json.dumps({"info": {"features": _hf_features(_DOCUMENT_FIELDS)}})},
+)
+
+# The quality stage's verdict on every segment, kept or dropped, with every score its filters
+# read (mmcurate.quality.filters): a threshold is re-tuned with a DuckDB query over this table
+# (`mmcurate.quality.filters.keep_sql`) without re-running a model. Rows of one source share its
+# source-level context (transcript language, speech ratio) and each language shares the
+# speaking-rate quartiles of this run.
+SEGMENT_QUALITY = pa.schema(
+    [
+        pa.field("segment_id", pa.string(), nullable=False),  # as in segments
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("start", pa.float64(), nullable=False),
+        pa.field("end", pa.float64(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("num_words", pa.int32(), nullable=False),
+        pa.field("chars", pa.int32(), nullable=False),  # letters and digits of the text
+        pa.field("chars_per_s", pa.float64()),  # speaking rate
+        pa.field("language", pa.string()),  # spoken, from Whisper (segments.language)
+        pa.field("language_probability", pa.float64()),
+        pa.field("text_language", pa.string()),  # langdetect on the segment's text
+        pa.field("text_language_probability", pa.float64()),
+        pa.field("transcript_language", pa.string()),  # langdetect on the source's whole text
+        pa.field("transcript_language_probability", pa.float64()),
+        pa.field("language_mismatch", pa.bool_(), nullable=False),  # flag (see quality.*)
+        pa.field("language_low_confidence", pa.bool_(), nullable=False),  # flag
+        pa.field("phrase_share", pa.float64()),  # of the text covered by stock hallucinations
+        pa.field("phrases", pa.list_(pa.string())),  # the stock phrases found
+        pa.field("repeat_share", pa.float64()),  # of the words inside decoder loops
+        pa.field("outside_vad_share", pa.float64()),  # of the words outside every VAD region
+        pa.field("dnsmos_sig", pa.float64()),  # DNSMOS P.835, 1-5
+        pa.field("dnsmos_bak", pa.float64()),
+        pa.field("dnsmos_ovrl", pa.float64()),
+        pa.field("rate_q1", pa.float64()),  # chars_per_s quartiles of this language in the run
+        pa.field("rate_q3", pa.float64()),  # (null: too few segments of the language)
+        pa.field("source_speech_ratio", pa.float64()),  # sources.speech_ratio
+        pa.field("failed", pa.list_(pa.string()), nullable=False),  # every failing filter, in order
+        pa.field("keep", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string()),  # the first failing filter's code (the ledger reason)
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
 MODEL_INFO = pa.struct(
     [
         pa.field("role", pa.string()),  # vad | asr | diarization | ...
@@ -152,6 +271,9 @@ TABLES: dict[str, pa.Schema] = {
     "segments": SEGMENTS,
     "transcripts": TRANSCRIPTS,
     "turns": TURNS,
+    "interleaved": INTERLEAVED,
+    "documents": DOCUMENTS,
+    "segment_quality": SEGMENT_QUALITY,
     "rejected": REJECTED,
 }
 

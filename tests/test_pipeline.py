@@ -129,7 +129,14 @@ def test_cli_full_run_on_shared_media(tmp_path, capsys):
     assert speech_files <= names, names
     assert {"sample.wav", "laion_talk.mp4"} <= names
     regions = _read(out, "speech_regions")
-    assert {r["source_id"] for r in regions} >= {s["source_id"] for s in sources}
+    assert {r["source_id"] for r in regions} >= {s["source_id"] for s in sources if s["speech_s"] > 0}
+    # the video stage keeps the voiceless neardup clips as sources (speech 0, no regions) for
+    # their image-only documents; every audio source has speech
+    silent = {s["uri"].rsplit("/", 1)[-1] for s in sources if s["speech_s"] == 0}
+    assert silent == {p.name for p in (MEDIA / "neardup").glob("*.mp4")}, silent
+    assert all(s["media_kind"] == "video" for s in sources if s["speech_s"] == 0)
+    documents = {d["source_id"] for d in _read(out, "documents")}
+    assert {s["source_id"] for s in sources if s["speech_s"] == 0} <= documents
     segments = _read(out, "segments")
     transcripts = _read(out, "transcripts")
     assert segments and transcripts

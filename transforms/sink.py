@@ -57,6 +57,9 @@ ID_COLUMN = {
     "segments": "segment_id",
     "transcripts": "source_id",
     "turns": "turn_id",
+    "interleaved": "item_id",
+    "documents": "document_id",
+    "segment_quality": "segment_id",
     "rejected": "rejection_id",
 }
 

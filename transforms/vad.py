@@ -450,6 +450,7 @@ class VadModelHandler(ModelHandler[MediaRef, VadOutcome, SileroVad]):
         max_s = self.decode_cfg.max_duration_s
         t0 = time.perf_counter()
         watched = None
+        info = None
 
         def failed(stage: str, reason: str, detail: str, duration_s: float | None = None):
             return VadOutcome(None, None, None, (stage, reason, detail, duration_s),
@@ -466,7 +467,9 @@ class VadModelHandler(ModelHandler[MediaRef, VadOutcome, SileroVad]):
                 result = model.detect(watched, sr)
         except DecodeError as e:
             seen = watched.seen / sr if watched is not None else None
-            return failed("decode", e.reason, e.detail, seen if e.reason == "too_long" else None)
+            out = failed("decode", e.reason, e.detail, seen if e.reason == "too_long" else None)
+            # a container without audio still says what it is: a video may be kept (video stage)
+            return dataclasses.replace(out, info=info) if e.reason == "no_audio_stream" else out
         except _AudioDecodeFailed as e:
             return failed("decode", "decode_error", str(e))
         except Exception as e:  # noqa: BLE001 - the model failing on one input must not end the run
@@ -512,9 +515,11 @@ class _ToSourcesFn(beam.DoFn):
     """(MediaRef, VadOutcome) -> SourceRecord + SpeechRegions (tagged) + the speech element,
     or exactly one Rejection."""
 
-    def __init__(self, vad: VadConfig, run_id: str):
+    def __init__(self, vad: VadConfig, run_id: str, keep_video_without_speech: bool = False):
         self._vad_cfg = vad
         self._run_id = run_id
+        self._keep_video = keep_video_without_speech
+        self._silent_videos = beam.metrics.Metrics.counter("mmcurate", "vad.video_without_speech")
         self._ok = beam.metrics.Metrics.counter("mmcurate", "decode.ok")
         self._rejected = beam.metrics.Metrics.counter("mmcurate", "decode.rejected")
         self._no_speech = beam.metrics.Metrics.counter("mmcurate", "vad.no_speech")
@@ -533,14 +538,49 @@ class _ToSourcesFn(beam.DoFn):
             stage=stage, reason=reason, detail=detail, uri=ref.uri, run_id=self._run_id,
             source_id=ref.source_id, duration_s=duration_s))
 
+    def _is_kept_video(self, out: VadOutcome) -> bool:
+        """With the video stage running, a video without speech (or without audio) is a source
+        for its images; an audio-only input without speech stays a ledger row."""
+        return self._keep_video and out.info is not None and out.info.media_kind == "video"
+
+    def _video_without_speech(self, ref: MediaRef, out: VadOutcome, why: str):
+        """The `sources` row of a kept video without speech: speech_s 0, no regions, not sent
+        to the speech models (no SpeechInput)."""
+        info, result = out.info, out.result
+        duration = result.duration_s if result is not None and result.num_samples else 0.0
+        duration = duration or info.duration_s or 0.0
+        sid = ref.source_id
+        self._ok.inc()
+        self._silent_videos.inc()
+        log.info("%s: video without speech (%s): kept for its images, not transcribed", ref.uri, why)
+        yield beam.pvalue.TaggedOutput("sources", SourceRecord(
+            source_id=sid, sha256=ref.sha256, uri=ref.uri, media_uri=ref.media_uri,
+            ingested_via=ref.ingested_via, media_kind=info.media_kind, container=info.container,
+            audio_codec=info.audio_codec, video_codec=info.video_codec, duration_s=duration,
+            sample_rate=info.sample_rate, channels=info.channels, bytes=ref.bytes,
+            speech_s=0.0, speech_ratio=0.0, metadata=dict(ref.metadata), run_id=self._run_id))
+        if out.truncated is not None:  # as for any source kept although damaged
+            lost, what = out.truncated
+            self._truncated.inc()
+            yield beam.pvalue.TaggedOutput("rejected", Rejection.make(
+                stage="decode", reason="truncated_kept", detail=f"kept the decodable part: {what}",
+                uri=ref.uri, run_id=self._run_id, source_id=sid, item_id=f"{sid}-truncated",
+                duration_s=lost))
+
     def process(self, prediction: PredictionResult):
         ref: MediaRef = prediction.example
         out: VadOutcome = prediction.inference
         if out.error is not None:
+            if out.error[1] == "no_audio_stream" and self._is_kept_video(out):
+                yield from self._video_without_speech(ref, out, "no audio stream")
+                return
             yield self._reject(ref, *out.error)
             return
         result, info = out.result, out.info
         if result.num_samples == 0:
+            if self._is_kept_video(out):
+                yield from self._video_without_speech(ref, out, "its audio decodes to zero samples")
+                return
             yield self._reject(ref, "decode", "empty_audio", "the audio track decodes to zero samples")
             return
         self._ok.inc()
@@ -551,6 +591,11 @@ class _ToSourcesFn(beam.DoFn):
         log.info("%s: %.1f s audio, speech %.1f%%, %d region(s), %.0fx realtime",
                  ref.uri, duration, 100 * ratio, len(result.regions), duration / max(out.elapsed_s, 1e-9))
         if speech_s <= 0 or ratio < self._vad_cfg.min_speech_ratio:
+            if self._is_kept_video(out):
+                yield from self._video_without_speech(
+                    ref, out, f"speech {speech_s:.2f} s of {duration:.2f} s (min_speech_ratio "
+                              f"{self._vad_cfg.min_speech_ratio})")
+                return
             self._no_speech.inc()
             yield self._reject(ref, "vad", "no_speech",
                                f"speech {speech_s:.2f} s of {duration:.2f} s "
@@ -599,6 +644,11 @@ class DetectSpeech(beam.PTransform):
     duration_s set); an input that does not decode is only a Rejection (stage decode,
     DecodeError's reason). One outcome per input.
 
+    `keep_video_without_speech` (set when the video stage runs): a VIDEO without speech, or
+    whose container has no audio stream (or audio that decodes to nothing), is a `sources` row
+    with speech_s 0 and no regions instead of a vad/no_speech or decode/no_audio_stream
+    rejection, and is not sent to the speech models; audio-only inputs are unaffected.
+
     Truncated or damaged media: whatever FFmpeg decodes is the source (a truncated mp3 becomes a
     shorter source, its duration the decoded one, not the header's); when decoding raises, even
     after some audio was read, the input is a decode_error rejection and nothing else (see
@@ -606,9 +656,11 @@ class DetectSpeech(beam.PTransform):
     """
 
     def __init__(self, vad: VadConfig, decode: DecodeConfig, run_id: str, *,
-                 keep_audio: bool = False, model_handler: ModelHandler | None = None):
+                 keep_audio: bool = False, model_handler: ModelHandler | None = None,
+                 keep_video_without_speech: bool = False):
         super().__init__()
         self._vad = vad
+        self._keep_video = keep_video_without_speech
         self._handler = model_handler or VadModelHandler(vad, decode, keep_audio)
         self._run_id = run_id
 
@@ -617,7 +669,7 @@ class DetectSpeech(beam.PTransform):
             media
             | "SpreadInputs" >> beam.Reshuffle()
             | "DecodeAndDetect" >> RunInference(self._handler)
-            | "ToSources" >> beam.ParDo(_ToSourcesFn(self._vad, self._run_id)).with_outputs(
+            | "ToSources" >> beam.ParDo(_ToSourcesFn(self._vad, self._run_id, self._keep_video)).with_outputs(
                 "sources", "regions", "rejected", main="speech")
         )
         return {"sources": out.sources, "regions": out.regions, "rejected": out.rejected,

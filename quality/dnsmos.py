@@ -1,0 +1,129 @@
+"""DNSMOS P.835: non-intrusive speech quality (SIG, BAK, OVRL on a 1-5 MOS scale) per segment.
+
+Model: Microsoft's DNSMOS P.835 ONNX network (`sig_bak_ovr.onnx`, Reddy et al., "DNSMOS P.835:
+A non-intrusive perceptual objective speech quality metric to evaluate noise suppressors",
+ICASSP 2022) as shipped inside the `speechmos` wheel (`speechmos/dnsmos_models/`), located
+without importing the package (its module imports librosa and requests at import time) and run
+with onnxruntime directly. Nothing is downloaded.
+
+Scoring follows the reference implementation (microsoft/DNS-Challenge DNSMOS/dnsmos_local.py,
+the same as speechmos.dnsmos): 16 kHz mono float samples; a clip shorter than 9.01 s is repeated
+until it is at least that long; the network scores 9.01 s windows every 1 s (skipping, as it does, the windows its float
+slicing makes one sample short); the raw SIG, BAK
+and OVRL of each window are mapped through the published third-order polynomials (the
+non-personalised ones) and averaged over the windows. All windows of a clip go to the network
+in one batched call. The P.808 head (`model_v8.onnx`, which needs a librosa mel spectrogram)
+is not used: P.835's three scores are what the filters read.
+
+One ONNX session is shared by every thread of a process (onnxruntime's `run` is thread-safe);
+`intra_op_threads` defaults to 1, leaving the other cores to the other workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+INPUT_LENGTH_S = 9.01  # the network's input, seconds
+WINDOW = int(INPUT_LENGTH_S * SAMPLE_RATE)  # 144160 samples
+HOP = SAMPLE_RATE  # one window per second
+MODEL_FILE = "sig_bak_ovr.onnx"
+
+# DNS-Challenge dnsmos_local.py, get_polyfit_val(is_personalized_MOS=False)
+_P_SIG = np.poly1d([-0.08397278, 1.22083953, 0.0052439])
+_P_BAK = np.poly1d([-0.13166888, 1.60915514, -0.39604546])
+_P_OVR = np.poly1d([-0.06766283, 1.11546468, 0.04602535])
+
+
+@dataclass(frozen=True)
+class DnsmosScore:
+    sig: float  # speech signal quality
+    bak: float  # background noise (high: little noise)
+    ovrl: float  # overall quality
+
+
+def default_model_path() -> str:
+    spec = importlib.util.find_spec("speechmos")  # locates, does not import
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the speechmos package (DNSMOS ONNX models) is not installed")
+    return os.path.join(list(spec.submodule_search_locations)[0], "dnsmos_models", MODEL_FILE)
+
+
+def model_info(model_path: str | None = None) -> dict:
+    """What the run manifest records about the DNSMOS model (hashed, not loaded)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    path = os.path.abspath(model_path or default_model_path())
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    try:
+        pkg = f"speechmos {version('speechmos')}"
+    except PackageNotFoundError:
+        pkg = "speechmos (package not installed)"
+    return {"role": "speech-quality", "name": f"DNSMOS P.835 ({os.path.basename(path)})",
+            "version": f"{pkg}; onnxruntime", "path": path, "sha256": h.hexdigest()}
+
+
+def _tiled(audio: np.ndarray) -> tuple[np.ndarray, list[int], int]:
+    """The reference's input: the clip doubled until >= 9.01 s, the start of each window it
+    scores, and the original length (the tiled signal's period)."""
+    x = np.asarray(audio, dtype=np.float32).reshape(-1)
+    period = x.shape[0]
+    if period == 0:
+        raise ValueError("DNSMOS needs at least one sample")
+    while x.shape[0] < WINDOW:  # np.append(audio, audio), as the reference does
+        x = np.concatenate([x, x])
+    n = int(np.floor(x.shape[0] / SAMPLE_RATE) - INPUT_LENGTH_S) + 1
+    # the reference's own slicing: int((i + 9.01) * 16000) rounds some ends down to 144159
+    # samples, and it skips those windows; doing the same keeps the scores identical to it
+    starts = [int(i * HOP) for i in range(n)
+              if int((i + INPUT_LENGTH_S) * HOP) - int(i * HOP) >= WINDOW]
+    return x, starts, period
+
+
+def windows(audio: np.ndarray) -> np.ndarray:
+    """The reference implementation's input windows of one clip, shape (n, 144160) float32."""
+    x, starts, _ = _tiled(audio)
+    return np.stack([x[s : s + WINDOW] for s in starts])
+
+
+class Dnsmos:
+    """The DNSMOS P.835 network in one onnxruntime session."""
+
+    def __init__(self, model_path: str | None = None, intra_op_threads: int = 1):
+        import onnxruntime as ort
+
+        self.model_path = os.path.abspath(model_path or default_model_path())
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(0, int(intra_op_threads))
+        opts.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(self.model_path, sess_options=opts,
+                                             providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def score(self, audio: np.ndarray) -> DnsmosScore:
+        """SIG/BAK/OVRL of one clip of 16 kHz mono samples in [-1, 1]."""
+        x, starts, period = _tiled(audio)
+        if x.shape[0] > period:
+            # a tiled clip is periodic: windows whose starts agree modulo its length hold the
+            # same samples and get the same scores, so each distinct one is run once (a 1 s
+            # clip: 7 windows in the reference, 1 run here; the mean is the reference's)
+            keys = [s % period for s in starts]
+        else:
+            keys = list(starts)
+        distinct = sorted(set(keys))
+        first = {k: starts[keys.index(k)] for k in distinct}
+        batch = np.stack([x[first[k] : first[k] + WINDOW] for k in distinct])
+        out = self._session.run(None, {self._input: batch})[0]  # (distinct, 3)
+        raw = out[[distinct.index(k) for k in keys]]
+        sig = _P_SIG(raw[:, 0].astype(np.float64))
+        bak = _P_BAK(raw[:, 1].astype(np.float64))
+        ovr = _P_OVR(raw[:, 2].astype(np.float64))
+        return DnsmosScore(float(np.mean(sig)), float(np.mean(bak)), float(np.mean(ovr)))
