@@ -1,6 +1,7 @@
 """`mmcurate`: run the curation job and audit its output.
 
     mmcurate run INPUT... --output DIR [--config FILE] [--set KEY=VALUE] [Beam pipeline options]
+    mmcurate corpus DIR [--stages dedup,rephrase] [--set KEY=VALUE] [Beam pipeline options]
     mmcurate audit DIR [--json] [--sql "SELECT ..."]
 """
 
@@ -54,6 +55,16 @@ Examples:
   mmcurate audit out/demo --show <source_id> --html /tmp/doc.html
   mmcurate audit out/demo --html report.html                 # the audit as a page with plots
   mmcurate audit out/demo --check quality/gates/default.yaml  # PASS/FAIL per expectation
+"""
+
+
+CORPUS_EPILOG = """\
+Corpus stages read the tables of DIR, never its media: they can run long after the media is
+gone, on another machine, and against state of earlier runs (e.g. a dedup index).
+Examples:
+  mmcurate corpus out/2026-11-23                          # every corpus stage
+  mmcurate corpus out/2026-11-23 --stages dedup --set dedup.index_dir=/data/dedup-index
+  mmcurate corpus gs://bucket/curated/2026-11-23 --runner DataflowRunner --project P ...
 """
 
 
@@ -115,6 +126,22 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-audit", action="store_true", help="do not print the audit summary at the end")
     r.add_argument("--allow-empty", action="store_true",
                    help="exit 0 even when every input was rejected (default: exit 1 and say why)")
+    c = sub.add_parser(
+        "corpus",
+        help="run corpus-level stages (dedup, rephrasing) over a finished output",
+        description="Run corpus-level stages over the committed tables of DIR (written by "
+        "`mmcurate run`) and add their tables and ledger rows to DIR. Each stage is one Beam job, "
+        "committed atomically; re-running a stage replaces its earlier output.",
+        epilog=CORPUS_EPILOG,
+        formatter_class=_Fmt,
+    )
+    c.add_argument("output", metavar="DIR", help="a finished output directory (local, gs://, s3://)")
+    c.add_argument("--stages", metavar="LIST",
+                   help="comma-separated corpus stages to run (default: all corpus stages, in order)")
+    c.add_argument("-c", "--config", metavar="FILE", help="config (.toml, .yaml or .json); see README")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set dedup.index_dir=/data/index (repeatable)")
+    c.add_argument("--no-audit", action="store_true", help="do not print the audit summary at the end")
     a = sub.add_parser(
         "audit",
         help="summarize a run's output with DuckDB",
@@ -272,6 +299,46 @@ def cmd_run(args, beam_args: list[str]) -> int:
     return 0
 
 
+def cmd_corpus(args, beam_args: list[str]) -> int:
+    from mmcurate.pipelines import corpus
+    from mmcurate.pipelines.config import ConfigError, CurateConfig, read_config_file
+    from mmcurate.quality import audit
+
+    stages = [s.strip() for s in (args.stages or "").split(",") if s.strip()]
+    try:
+        corpus.resolve_corpus(stages)
+        data = read_config_file(args.config) if args.config else {}
+        data.pop("stages", None)  # the run's stage list; corpus stages come from --stages
+        cfg = CurateConfig.from_dict(_apply_sets(data, args.set))
+    except ConfigError as e:
+        print("mmcurate: bad config (nothing was run):", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"mmcurate: --stages: {e}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        manifest = corpus.run_corpus(args.output, cfg, stages, beam_args)
+    except FileNotFoundError as e:
+        print(f"mmcurate: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"mmcurate: {e}", file=sys.stderr)
+        return 2
+    out = args.output if "://" in args.output else os.path.abspath(args.output)
+    print(f"\ncorpus jobs finished in {time.perf_counter() - t0:.1f} s over {out}")
+    for stage, job in manifest.get("corpus_jobs", {}).items():
+        rows = ", ".join(f"{t} {n}" for t, n in job.get("tables", {}).items())
+        print(f"  {stage:<12} {job['run_id']}   {rows}")
+    print(f"manifest: {out}/manifest.json")
+    if not args.no_audit and "://" not in out:
+        print()
+        print(audit.format_summary(audit.summarize(out)))
+    return 0
+
+
 def cmd_audit(args) -> int:
     from mmcurate.quality import audit
 
@@ -422,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     if args.command == "run":
         return cmd_run(args, rest)
+    if args.command == "corpus":
+        return cmd_corpus(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return cmd_audit(args)

@@ -82,17 +82,6 @@ class ManifestBuilder:
     def __call__(self, written: dict) -> dict:
         tables = written["tables"]
         rejected = written["rejected"]
-        stage_counts = {f"{t}.rows": n for t, n in tables.items()}
-        for key, n in rejected.items():
-            stage = key.split("/", 1)[0]
-            stage_counts[f"{stage}.rejected"] = stage_counts.get(f"{stage}.rejected", 0) + n
-        from mmcurate.schemas.stages import KEPT_SOURCE_REASONS
-        from mmcurate.schemas.tables import SOURCE_LEVEL_STAGES
-
-        stage_counts["ingest.inputs"] = tables.get("sources", 0) + sum(
-            n for k, n in rejected.items() if k.split("/", 1)[0] in SOURCE_LEVEL_STAGES
-            and k.split("/", 1)[1] not in KEPT_SOURCE_REASONS
-        )
         return {
             "run_id": self.run_id,
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -101,10 +90,41 @@ class ManifestBuilder:
             "inputs": self.inputs,
             "models": self.models,
             "tables": tables,
-            "stage_counts": dict(sorted(stage_counts.items())),
+            "stage_counts": stage_counts(tables, rejected),
             "rejected": rejected,
             "shards": written["shards"],
+            "stats": with_ratios(written.get("stats", {})),
         }
+
+
+def stage_counts(tables: dict[str, int], rejected: dict[str, int]) -> dict[str, int]:
+    """"<table>.rows", "<stage>.rejected" and "ingest.inputs" (sources + rejections that
+    removed a whole input) for the manifest."""
+    from mmcurate.schemas.stages import KEPT_SOURCE_REASONS
+    from mmcurate.schemas.tables import SOURCE_LEVEL_STAGES
+
+    counts = {f"{t}.rows": n for t, n in tables.items()}
+    for key, n in rejected.items():
+        stage = key.split("/", 1)[0]
+        counts[f"{stage}.rejected"] = counts.get(f"{stage}.rejected", 0) + n
+    counts["ingest.inputs"] = tables.get("sources", 0) + sum(
+        n for k, n in rejected.items() if k.split("/", 1)[0] in SOURCE_LEVEL_STAGES
+        and k.split("/", 1)[1] not in KEPT_SOURCE_REASONS
+    )
+    return dict(sorted(counts.items()))
+
+
+def with_ratios(stats: dict[str, float]) -> dict[str, float]:
+    """Summed stage stats plus "<p>.synthetic_ratio" wherever "<p>.synthetic_tokens" and
+    "<p>.total_tokens" are both present (the achieved share of synthetic text)."""
+    out = dict(stats)
+    for key in stats:
+        if key.endswith(".synthetic_tokens"):
+            prefix = key[: -len(".synthetic_tokens")]
+            total = stats.get(f"{prefix}.total_tokens")
+            if total:
+                out[f"{prefix}.synthetic_ratio"] = round(stats[key] / total, 6)
+    return dict(sorted(out.items()))
 
 
 def build(p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, run_id: str,
@@ -121,15 +141,19 @@ def build(p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, r
     ctx = BuildContext(p, inputs, output, cfg, run_id, [s.name for s in specs], overrides or {})
     streams: dict = {}
     tables: dict = {}
-    rejected = []
+    rejected, stats = [], []
     for spec in specs:
         out = REGISTRY[spec.name].build(ctx, streams)
         rejected.append(out.pop("rejected"))
+        if "stats" in out:  # (key, number) pairs summed into manifest["stats"]
+            stats.append(out.pop("stats"))
         for name in spec.produces:
             tables[name] = out[name]
         # later stages read earlier streams and tables in-graph (e.g. video reads segments)
         streams.update({k: out[k] for k in spec.streams + spec.produces})
     tables["rejected"] = rejected | "AllRejections" >> beam.Flatten()
+    if stats:
+        tables["_stats"] = stats | "AllStats" >> beam.Flatten()
     _ = tables | "WriteTables" >> WriteTables(output, run_id, cfg.output, manifest)
 
 

@@ -30,6 +30,7 @@ class StageSpec:
     models: tuple[str, ...] = ()  # model roles, as in the manifest
     selectable: bool = True  # --stages may leave it out
     corpus: bool = False  # reads tables of an earlier output directory
+    uses: tuple[str, ...] = ()  # tables read when present (not prerequisites)
 
 
 STAGES: tuple[StageSpec, ...] = (

@@ -261,6 +261,10 @@ RUN_MANIFEST = pa.schema(
         pa.field("stage_counts", pa.map_(pa.string(), pa.int64()), nullable=False),  # "stage.counter"
         pa.field("rejected", pa.map_(pa.string(), pa.int64()), nullable=False),  # "stage/reason"
         pa.field("shards", pa.list_(pa.string()), nullable=False),
+        # summed stage statistics, e.g. rephrase.synthetic_tokens / total_tokens / synthetic_ratio
+        pa.field("stats", pa.map_(pa.string(), pa.float64())),
+        # corpus jobs that extended this output (`mmcurate corpus`): stage -> run_id, config, ...
+        pa.field("corpus_jobs", pa.map_(pa.string(), pa.string())),
     ]
 )
 

@@ -26,13 +26,18 @@ def _join(base: str, rel: str) -> str:
     return posixpath.join(base, rel) if "://" in base else f"{base.rstrip('/')}/{rel}"
 
 
-def committed_shards(out_dir: str) -> dict[str, list[str]]:
-    """{table: [shard path]} from the output's manifest; FileNotFoundError without one."""
+def read_manifest(out_dir: str) -> dict:
+    """The committed manifest of an output directory; FileNotFoundError without one."""
     path = _join(out_dir, MANIFEST)
     if not FileSystems.exists(path):
         raise FileNotFoundError(f"{out_dir}: no {MANIFEST}; not a finished mmcurate output")
     with FileSystems.open(path, compression_type="uncompressed") as fh:
-        manifest = json.loads(fh.read().decode("utf-8"))
+        return json.loads(fh.read().decode("utf-8"))
+
+
+def committed_shards(out_dir: str) -> dict[str, list[str]]:
+    """{table: [shard path]} from the output's manifest; FileNotFoundError without one."""
+    manifest = read_manifest(out_dir)
     shards: dict[str, list[str]] = {}
     for rel in manifest.get("shards", []):
         table = rel.split("/", 1)[0]

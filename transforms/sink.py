@@ -122,7 +122,7 @@ class _Publish(beam.DoFn):
     def __init__(self, out_dir: str, run_id: str, tables: list[str], manifest: Callable[[dict], dict]):
         self.out_dir, self.run_id, self.tables, self.manifest = out_dir, run_id, tables, manifest
 
-    def process(self, _unused, written, rejected_counts):
+    def process(self, _unused, written, rejected_counts, stats=()):
         published: dict[str, list[str]] = {t: [] for t in self.tables}
         rows: dict[str, int] = {t: 0 for t in self.tables}
         for table, name, n in sorted(set(written)):
@@ -144,10 +144,12 @@ class _Publish(beam.DoFn):
             "tables": rows,
             "rejected": dict(sorted(rejected_counts)),
             "shards": sorted(f"{t}/{n}" for t in self.tables for n in published[t]),
+            "stats": dict(sorted(stats)),
         }
         manifest = self.manifest(info)
         commit_manifest(self.out_dir, manifest, self.run_id)
-        collect_garbage(self.out_dir, set(info["shards"]))
+        # the manifest may list more than this job wrote (a corpus job extends a run's output)
+        collect_garbage(self.out_dir, set(manifest["shards"]))
         yield manifest
 
 
@@ -220,8 +222,13 @@ def _delete_quietly(path: str) -> None:
 class WriteTables(beam.PTransform):
     """Write {table: PCollection[record]} as Parquet shards, then the run manifest.
 
-    `manifest` is called once on a worker with {"tables", "rejected", "shards"} and returns the
-    full manifest dict (conforming to mmcurate.schemas.tables.RUN_MANIFEST).
+    `manifest` is called once on a worker with {"tables", "rejected", "shards", "stats"} and
+    returns the full manifest dict (conforming to mmcurate.schemas.tables.RUN_MANIFEST); every
+    shard file the returned manifest does not list is then deleted.
+
+    An optional entry `"_stats"` of the input dict is not a table: a PCollection of
+    (key, number) pairs that are summed per key into the manifest's `stats` (e.g. a stage's
+    token counts).
     """
 
     def __init__(self, out_dir: str, run_id: str, cfg: OutputConfig, manifest: Callable[[dict], dict]):
@@ -229,6 +236,8 @@ class WriteTables(beam.PTransform):
         self.out_dir, self.run_id, self.cfg, self.manifest = out_dir, run_id, cfg, manifest
 
     def expand(self, tables: dict[str, beam.PCollection]):
+        tables = dict(tables)
+        stats = tables.pop("_stats", None)
         buckets = max(1, self.cfg.buckets)
         target = int(self.cfg.target_shard_mb * 1024 * 1024)
         written = []
@@ -249,13 +258,12 @@ class WriteTables(beam.PTransform):
             | "CountRejections" >> beam.combiners.Count.PerElement()
         )
         pipeline = all_written.pipeline
+        side = [beam.pvalue.AsList(all_written), beam.pvalue.AsList(rejected_counts)]
+        if stats is not None:
+            summed = stats | "SumStats" >> beam.CombinePerKey(sum)
+            side.append(beam.pvalue.AsList(summed))
         return (
             pipeline
             | "PublishTrigger" >> beam.Create([None])
-            | "Publish"
-            >> beam.ParDo(
-                _Publish(self.out_dir, self.run_id, list(tables), self.manifest),
-                beam.pvalue.AsList(all_written),
-                beam.pvalue.AsList(rejected_counts),
-            )
+            | "Publish" >> beam.ParDo(_Publish(self.out_dir, self.run_id, list(tables), self.manifest), *side)
         )
