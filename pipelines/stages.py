@@ -153,9 +153,12 @@ def _quality_handlers(cfg: CurateConfig) -> list:
 def _build_video(ctx: BuildContext, streams: dict) -> dict:
     from mmcurate.transforms.video import InterleaveVideo
 
-    # segments only when the speech stage ran: otherwise every document is image-only
+    # segments only when the speech stage ran: otherwise every document is image-only; the
+    # words of segments the quality stage dropped (invented text, wrong language) stay out
     inputs = {"sources": streams["sources"]}
-    if "segments" in streams:
+    if "kept_segments" in streams:
+        inputs["segments"] = streams["kept_segments"]
+    elif "segments" in streams:
         inputs["segments"] = streams["segments"]
     out = inputs | "Video" >> InterleaveVideo(ctx.cfg.video, ctx.run_id)
     return {"interleaved": out["interleaved"], "documents": out["documents"],
