@@ -24,6 +24,17 @@ def audio_frame(x: np.ndarray, fmt: str, layout: str, rate: int, pts: int):
     return fr
 
 
+def mux_audio(out, stream, x: np.ndarray, layout: str, rate: int) -> None:
+    """Encode float samples x (n, channels) on `stream` of container `out`, then flush it."""
+    fmt = stream.codec_context.format.name
+    size = stream.codec_context.frame_size or 1024
+    for i in range(0, x.shape[0] - size + 1, size):
+        for p in stream.encode(audio_frame(x[i : i + size], fmt, layout, rate, i)):
+            out.mux(p)
+    for p in stream.encode(None):
+        out.mux(p)
+
+
 def write_video(path: Path, vcodec: str, acodec: str | None, seconds: float = 2.0,
                 audio_rate: int = 48000, fmt: str | None = None) -> None:
     """A tiny video (grey frames, 10 fps) with an in-phase stereo 440 Hz track unless acodec is None."""
@@ -41,12 +52,5 @@ def write_video(path: Path, vcodec: str, acodec: str | None, seconds: float = 2.
         for p in v.encode(None):
             out.mux(p)
         if a is not None:
-            fmt_a = a.codec_context.format.name
-            size = a.codec_context.frame_size or 1024
             x = sine(440, seconds, audio_rate).astype(np.float32)
-            for i in range(0, x.shape[0] - size + 1, size):
-                fr = audio_frame(np.stack([x[i : i + size]] * 2, 1), fmt_a, "stereo", audio_rate, i)
-                for p in a.encode(fr):
-                    out.mux(p)
-            for p in a.encode(None):
-                out.mux(p)
+            mux_audio(out, a, np.stack([x, x], 1), "stereo", audio_rate)

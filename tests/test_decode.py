@@ -18,7 +18,7 @@ from mmcurate.transforms.decode import (
     write_audio,
 )
 
-from media_fixtures import audio_frame, sine, write_video
+from media_fixtures import mux_audio, sine, write_video
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 SR = 16000
@@ -40,14 +40,7 @@ def write_with_cover(path: Path, acodec: str, fmt: str | None = None) -> None:
             out.mux(p)
         for p in v.encode(None):
             out.mux(p)
-        fmt_a = a.codec_context.format.name
-        size = a.codec_context.frame_size or 1024
-        x = sine(300, 2.0, SR, 0.5)
-        for i in range(0, x.shape[0] - size + 1, size):
-            for p in a.encode(audio_frame(x[i : i + size, None], fmt_a, "mono", SR, i)):
-                out.mux(p)
-        for p in a.encode(None):
-            out.mux(p)
+        mux_audio(out, a, sine(300, 2.0, SR, 0.5)[:, None], "mono", SR)
 
 
 def peak_freq(x: np.ndarray, rate: int = SR) -> float:

@@ -62,7 +62,7 @@ def write_video(path: Path, scenes: Sequence[tuple[float, Frame]], *, fps: int =
     """Encode scenes (seconds, frame function) back to back; `audio`: mono float samples."""
     import av
 
-    from media_fixtures import audio_frame
+    from media_fixtures import mux_audio
 
     h, w = scenes[0][1](0, 0.0).shape[:2]
     with av.open(str(path), "w", format=fmt, options=options or {}) as out:
@@ -83,14 +83,7 @@ def write_video(path: Path, scenes: Sequence[tuple[float, Frame]], *, fps: int =
         for p in v.encode(None):
             out.mux(p)
         if a is not None:
-            fmt_a = a.codec_context.format.name
-            size = a.codec_context.frame_size or 1024
-            x = np.asarray(audio, np.float32)
-            for i in range(0, x.shape[0] - size + 1, size):
-                for p in a.encode(audio_frame(x[i : i + size, None], fmt_a, "mono", audio_rate, i)):
-                    out.mux(p)
-            for p in a.encode(None):
-                out.mux(p)
+            mux_audio(out, a, np.asarray(audio, np.float32)[:, None], "mono", audio_rate)
     return path
 
 
