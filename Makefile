@@ -12,7 +12,7 @@ MEDIA        ?= ../shared/media
 OUT          ?= out/demo
 PYTEST_ARGS  ?=
 
-.PHONY: demo test lock bench clean
+.PHONY: demo test lock bench bench-dedup clean
 export PYANNOTE_METRICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 
@@ -56,10 +56,19 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/bench_speech.py
 	$(VENV)/bin/python bench/bench_video.py
 
+# datatrove 0.10.1 (the dedup bench's baseline) needs huggingface-hub >= 1.6, outside this
+# project's pins: it gets its own venv, used only by bench/bench_dedup.py.
+.venv-datatrove/bin/python: bench/requirements-datatrove.txt | $(UV)
+	$(UV) venv -q --python $(PYTHON) .venv-datatrove
+	$(UV) pip sync -q --python .venv-datatrove/bin/python bench/requirements-datatrove.txt
+
+bench-dedup: $(VENV)/.installed .venv-datatrove/bin/python
+	$(VENV)/bin/python bench/bench_dedup.py --datatrove-python .venv-datatrove/bin/python
+
 # Re-resolve the lock (needs the package index); commit the result.
 lock: | $(UV)
 	rm -f $(LOCK)  # an existing output file would act as a preference
-	$(UV) pip compile -q pyproject.toml --extra prod --extra test --extra bench --override requirements/overrides.txt \
+	$(UV) pip compile -q pyproject.toml --extra prod --extra test --extra bench --extra airflow --override requirements/overrides.txt \
 	  $(FIND_LINKS) --python-version 3.11 --no-header --emit-find-links -o $(LOCK)
 
 clean:
