@@ -113,9 +113,14 @@ def test_drop_rules():
         return drop_reason(s, c)
 
     assert reason(seg()) is None
-    # no_speech_prob alone (0.465), whatever avg_logprob says
-    assert reason(seg(nsp=0.465 + e, lp=-0.2)) == "no_speech"
-    assert reason(seg(nsp=0.465 - e, lp=-0.2)) is None
+    # no_speech_prob above 0.465 with avg_logprob below -0.5, or above 0.6 whatever avg_logprob says
+    assert cfg.no_speech_alone_max_logprob == -0.5
+    assert reason(seg(nsp=0.465 + e, lp=-0.5 - e)) == "no_speech"
+    assert reason(seg(nsp=0.465 + e, lp=-0.5 + e)) is None  # confident text below 0.6 stays
+    assert reason(seg(nsp=0.465 - e, lp=-0.5 - e)) is None
+    assert reason(seg(nsp=0.6 + e, lp=-0.2)) == "no_speech"
+    assert reason(seg(nsp=0.6 - e, lp=-0.2)) is None
+    assert reason(seg(nsp=0.6 - e, lp=-0.2), dataclasses.replace(cfg, no_speech_alone_max_logprob=None)) == "no_speech"
     off = dataclasses.replace(cfg, no_speech_alone_threshold=None)
     assert reason(seg(nsp=0.9, lp=-0.2), off) is None  # Whisper keeps confident text
     # Whisper's own AND-rule (0.6 / -1.0) still stands when the VAD rules are off
@@ -148,6 +153,10 @@ def test_drop_rules():
     assert reason(seg("You", nsp=0.529, lp=-1.27, probs=(0.009,)), alone_off) == "no_speech"
     assert reason(seg("You", nsp=0.529, lp=-0.5, probs=(0.009,)), alone_off) == "low_confidence"
     assert reason(seg(nsp=0.401, lp=-0.37, probs=(0.29, 0.95))) is None
+    # AMI dev01 on an AVX-512 CPU: one 30 s window of fluent meeting speech
+    assert reason(seg("What's the username?", nsp=0.484, lp=-0.354, probs=(0.93, 0.99))) is None
+    # hum loops with confident words (rules off: no temperature fallback), AVX-512
+    assert reason(seg("Ah ah ah", nsp=0.683, lp=-0.11, probs=(0.99,))) == "no_speech"
     assert reason(seg(nsp=0.253, lp=-0.657, probs=(0.35, 0.94))) is None
     assert reason(seg("brilliant scale.", nsp=0.244, lp=-1.048, probs=(0.21, 0.82))) is None
     assert reason(seg("test.", nsp=0.004, lp=-0.25, probs=(0.062,))) is None
@@ -207,6 +216,42 @@ def base(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MMCURATE_CACHE", str(tmp_path_factory.mktemp("cache")))
         yield load_transcriber(AsrConfig())  # whisper-base, beam 5, int8
+
+
+def test_batch_windows_pack_regions_and_cut_long_ones():
+    from mmcurate.transforms.asr import batch_windows
+
+    rng = np.random.default_rng(0)
+    audio = (rng.standard_normal(100 * SR) * 0.1).astype(np.float32)
+    audio[int(52.0 * SR):int(52.3 * SR)] = 0.0  # a pause inside the long region
+    regions = [(0.0, 4.0), (5.0, 9.0), (10.0, 29.0), (30.0, 95.0)]
+    joined, tmap = _join(audio, regions)
+    wins = batch_windows(joined, tmap, 30.0)
+    assert all(0 < e - s <= 30.0 + 1e-9 for s, e in wins)
+    assert all(a[1] <= b[0] + 1e-9 for a, b in zip(wins, wins[1:]))
+    assert wins[0] == (0.0, 27.2)  # the first three regions (+ two 0.1 s joins) in one window
+    covered = sum(e - s for s, e in wins)
+    speech = sum(e - s for s, e in zip(tmap.joined_starts, tmap.joined_ends))
+    assert covered >= speech - 1e-6 and wins[-1][1] == pytest.approx(len(joined) / SR, abs=1e-3)
+    # the 65 s region is cut at its quietest 100 ms: the pause (at 52.0-52.3 s in the source)
+    cut_points = [tmap(e) for _, e in wins[:-1]]
+    assert any(52.0 <= c <= 52.3 for c in cut_points), cut_points
+
+
+@pytest.mark.slow
+@pytest.mark.model_score
+@pytest.mark.parametrize("batched", [True, False])
+def test_jfk_wer_zero_batched_and_sequential(base, batched):
+    """Batched decoding over VAD windows (asr.batched) keeps jfk at WER 0, like the sequential
+    path (issue 8 acceptance)."""
+    from mmcurate.transforms.vad import SileroVad
+
+    model = load_transcriber(AsrConfig(batched=True)) if batched else base
+    for name in ("jfk.wav", "jfk.mp3", "jfk.flac"):
+        audio = decode_audio(str(SPEECH / name))
+        res = model.transcribe(audio, SileroVad().regions([audio], SR))
+        assert wer(_jfk_ref(), " ".join(s.text for s in res.segments)) == 0.0, name
+        _check_words(res, 0.0, len(audio) / SR)
 
 
 @pytest.mark.slow

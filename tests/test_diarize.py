@@ -33,6 +33,10 @@ SR = 16000
 
 # acceptance target for the default backend (brief): DER <= 20 %, no collar, overlap scored
 MAX_DER = 0.20
+# issue 8: the speed levers (segmentation step, ONNX Runtime) must keep sample.wav at <= 6 %
+# (5.20 % before them; 5.53 % measured with them, bench/README.md)
+SAMPLE_MAX_DER = 0.06
+AMI = MEDIA / "diarization" / "ami"
 
 
 def _wav(path: Path) -> np.ndarray:
@@ -174,7 +178,7 @@ def test_embedded_default_on_sample(embedded, sample):
     print(f"[embedded] DER {score['der']:.4f} (missed {score['missed']:.2f} s, false alarm "
           f"{score['false_alarm']:.2f} s, confusion {score['confusion']:.2f} s of {score['total']:.2f} s)")
     assert len({t.speaker for t in turns}) == 2
-    assert score["der"] <= MAX_DER
+    assert score["der"] <= SAMPLE_MAX_DER
     # overlap-aware: at least one overlapping pair of turns (the reference has ~1.6 s overlap)
     assert any(a.end > b.start and a.speaker != b.speaker for a, b in zip(turns, turns[1:]))
 
@@ -210,7 +214,7 @@ def test_embedded_threshold_robust(embedded, sample):
             print(f"\n[embedded] threshold {th}: {len({t.speaker for t in turns})} speakers, DER {d:.4f}")
             assert len({t.speaker for t in turns}) == 2 and d <= MAX_DER
     finally:
-        embedded.pipeline.instantiate(PYANNOTE_31_PARAMS)
+        embedded.pipeline.instantiate(embedded.default_params())
 
 
 @pytest.mark.slow
@@ -236,6 +240,65 @@ def test_embedded_speaker_count_hints(embedded, sample):
     assert der(ref, turns)["der"] <= MAX_DER
     assert len({t.speaker for t in embedded.diarize(audio, SR, min_speakers=3)}) == 3
     assert len({t.speaker for t in embedded.diarize(audio, SR, max_speakers=1)}) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.model_score
+@pytest.mark.parametrize("name,speakers", [
+    ("dev00", 2), ("dev01", 2),
+    # trn07 (4 speakers) comes out as 3: segmentation-3.0 misses 8.5 s of its 15.5 s of
+    # speech (far-field overlap), so no clustering setting finds the 4th speaker (bench/README.md).
+    # strict: the day it passes, this mark must go.
+    pytest.param("trn07", 4, marks=pytest.mark.xfail(strict=True, reason="3 of 4 speakers found")),
+])
+def test_ami_speaker_count(embedded, name, speakers):
+    """Speaker counting on real meetings with default settings (AMI excerpts, 30 s each)."""
+    audio, ref = _wav(AMI / f"{name}.wav"), read_rttm(AMI / f"{name}.rttm")
+    assert len({lab for _, _, lab in ref}) == speakers
+    turns = _run(embedded, audio, f"embedded {name}")
+    print(f"[embedded] {name}: DER {der(ref, turns)['der']:.4f}")
+    assert len({t.speaker for t in turns}) == speakers
+
+
+@pytest.mark.slow
+def test_onnx_matches_torch(embedded, sample):
+    """The ONNX Runtime exports (made at first use into the cache) give the torch models'
+    outputs on real speech: segmentation log-probabilities and CAM++ embeddings."""
+    import torch
+    from pyannote.audio import Model
+
+    from mmcurate.transforms.diarize import CamPlusPlusEmbedding, ONNX_TOLERANCE, packaged_segmentation_path
+
+    audio, _ = sample
+    assert embedded.onnx and embedded.embedding.runner is not None
+    windows = torch.from_numpy(np.stack([audio[i * SR:(i + 10) * SR] for i in (0, 7, 19)]))[:, None]
+    torch_seg = Model.from_pretrained(str(packaged_segmentation_path())).eval()
+    with torch.inference_mode():
+        expected = torch_seg(windows).numpy()
+        got = embedded.pipeline._segmentation.model(windows).numpy()  # ORT behind forward
+    assert got.shape == expected.shape
+    assert float(np.max(np.abs(got - expected))) <= ONNX_TOLERANCE
+
+    masks = torch.zeros(3, 589)
+    masks[0, :300], masks[1, 200:], masks[2, 100:500] = 1, 1, 1
+    ref_emb = CamPlusPlusEmbedding()(windows, masks)  # torch CAM++
+    ort_emb = embedded.embedding(windows, masks)
+    cos = (ref_emb * ort_emb).sum(1) / np.linalg.norm(ref_emb, axis=1) / np.linalg.norm(ort_emb, axis=1)
+    print(f"\n[onnx] segmentation max |diff| {np.max(np.abs(got - expected)):.2e}, CAM++ cosine {cos.min():.6f}")
+    assert float(np.max(np.abs(ref_emb - ort_emb))) <= ONNX_TOLERANCE and cos.min() > 0.9999
+
+
+@pytest.mark.slow
+def test_onnx_export_is_cached_by_checksum(tmp_path, monkeypatch):
+    """First use exports into the cache dir under names carrying the weights' sha256; a second
+    use loads the same files (no re-export)."""
+    from mmcurate.transforms import diarize as dz
+
+    first = dz.onnx_models(str(tmp_path), 1)["paths"]
+    seg_sha = dz._sha256(dz.packaged_segmentation_path())[:16]
+    assert first[0].parent == tmp_path and seg_sha in first[0].name and all(p.is_file() for p in first)
+    monkeypatch.setattr(dz, "export_onnx", lambda *a, **k: pytest.fail("re-exported"))
+    assert dz.onnx_models(str(tmp_path), 1)["paths"] == first
 
 
 @pytest.mark.slow

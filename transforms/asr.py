@@ -59,6 +59,13 @@ class AsrConfig:
     language: str | None = None  # None: detect from audio
     condition_on_previous_text: bool = False  # on, it feeds hallucination loops
     batch_size: int = 8
+    # faster-whisper: decode the VAD regions as <= 30 s chunks, batch_size windows per encoder /
+    # decoder call (faster-whisper's BatchedInferencePipeline, as whisperx does); False: one
+    # window at a time with temperature fallback. Speed and WER: bench/README.md. Off by default:
+    # the hallucination rules below were calibrated on sequential decoding, and batched windows
+    # score real far-field speech higher (ami/dev01: one 30 s window no_speech_prob 0.484, above
+    # no_speech_alone_threshold 0.465, so 53 real words were dropped; tests/test_asr.py)
+    batched: bool = False
     cpu_threads: int = 0  # 0: CTranslate2 default
     # whisperx only
     whisperx_model_dir: str | None = None  # local CT2 model dir (e.g. faster-whisper-large-v3)
@@ -74,6 +81,12 @@ class AsrConfig:
     # no_speech_prob above this drops on its own: noise text >= 0.529, speech <= 0.401 (midpoint;
     # margins 0.064 / 0.064)
     no_speech_alone_threshold: float | None = 0.465
+    # ... but between it and no_speech_threshold (0.6) only with avg_logprob below this: on an
+    # AVX-512 CPU (2026-12-02) a 30 s window of real far-field meeting speech (ami/dev01, 53
+    # fluent words) scored no_speech_prob 0.484 with avg_logprob -0.354, while every invented
+    # text in that band had avg_logprob <= -0.61 (above 0.6 confident loops reach -0.08, so
+    # there no_speech_prob alone decides). None: no_speech_prob alone decides everywhere.
+    no_speech_alone_max_logprob: float | None = -0.5
     # Whisper's AND-rule (avg_logprob < log_prob_threshold) with this no_speech threshold instead
     # of 0.6: noise with avg_logprob < -1.0 had no_speech_prob >= 0.529, speech <= 0.244
     # (margins 0.149 / 0.136); speech above 0.38 had avg_logprob >= -0.41
@@ -99,6 +112,7 @@ class AsrConfig:
         "log_prob_threshold": Rule(le=0.0, why="a mean log probability"),
         "compression_ratio_threshold": positive(),
         "no_speech_alone_threshold": unit_interval("a probability"),
+        "no_speech_alone_max_logprob": Rule(le=0.0, why="a mean log-probability"),
         "vad_no_speech_threshold": unit_interval("a probability"),
         "low_confidence_word_prob": unit_interval("a probability"),
         "low_confidence_no_speech": unit_interval("a probability"),
@@ -113,6 +127,8 @@ SAMPLE_RATE = 16000
 # Regions are decoded in groups of at most this much speech (memory stays bounded for hours-long
 # sources; each group is one faster-whisper call, long enough that the 30 s windows stay full).
 GROUP_SPEECH_S = 600.0
+# A progress log line per this much source audio on long sources.
+PROGRESS_EVERY_S = 300.0
 # Silence put between joined regions so that a word never straddles two regions.
 JOIN_GAP_S = 0.1
 
@@ -183,6 +199,14 @@ def compression_ratio(text: str) -> float:
 # noise (nsp 0.471, avg_logprob -1.15) and is dropped (2 of 614 words). Word retention on the real
 # speech: 100 % under five settings, 99.67 % under that one (tests/test_asr.py::
 # test_real_speech_keeps_its_words asserts >= 99 %; test_noise_and_tones_give_no_text the noise).
+#
+# Re-measured 2026-12-02 on an AVX-512 CPU (native and with the AVX2 variables): the ami/dev01
+# excerpt's one 30 s window scored no_speech_prob 0.484 (avg_logprob -0.354, 53 fluent words),
+# above 0.465, while invented text there had nsp 0.671 .. 0.800. So between 0.465 and 0.6 the
+# rule also needs avg_logprob < -0.5 (no_speech_alone_max_logprob): noise text in that band
+# had avg_logprob -1.27 .. -0.70 (margin 0.20), the dev01 window -0.354 (margin 0.15); above
+# 0.6 no_speech_prob alone decides (real speech <= 0.499, margin 0.10), since confident
+# decoder loops on noise reach avg_logprob -0.08 there.
 
 
 def drop_reason(seg: AsrSegment, cfg: AsrConfig) -> str | None:
@@ -195,7 +219,9 @@ def drop_reason(seg: AsrSegment, cfg: AsrConfig) -> str | None:
     nsp, lp = seg.no_speech_prob, seg.avg_logprob
     if nsp is not None:
         if cfg.no_speech_alone_threshold is not None and nsp > cfg.no_speech_alone_threshold:
-            return "no_speech"
+            doubt = cfg.no_speech_alone_max_logprob
+            if doubt is None or lp is None or lp < doubt or nsp > cfg.no_speech_threshold:
+                return "no_speech"
         and_threshold = cfg.no_speech_threshold  # Whisper's AND-rule, lower for VAD input
         if cfg.vad_no_speech_threshold is not None:
             and_threshold = min(and_threshold, cfg.vad_no_speech_threshold)
@@ -293,6 +319,44 @@ def _groups(regions: list[tuple[float, float]], max_speech_s: float) -> list[lis
     return groups
 
 
+# Batched decoding windows: Whisper's own 30 s input.
+BATCH_WINDOW_S = 30.0
+
+
+def batch_windows(joined: np.ndarray, tmap: "_TimeMap", max_s: float = BATCH_WINDOW_S
+                  ) -> list[tuple[float, float]]:
+    """Windows (seconds in the joined audio) of at most `max_s` for batched decoding.
+
+    Consecutive regions are packed into one window while it stays <= max_s (whisperx's
+    merge_chunks rule; the 0.1 s joins between regions are inside); a region longer than
+    max_s is cut at its quietest 100 ms (RMS) in the last third of each window, so a cut
+    falls in a pause between words where there is one.
+    """
+    spans: list[tuple[float, float]] = []
+    for s, e in zip(tmap.joined_starts, tmap.joined_ends):
+        while e - s > max_s:
+            lo, hi = int((s + max_s * 2 / 3) * SAMPLE_RATE), int((s + max_s) * SAMPLE_RATE)
+            frame = SAMPLE_RATE // 10
+            seg = joined[lo:hi]
+            n = len(seg) // frame
+            if n > 0:
+                rms = np.sqrt((seg[: n * frame].reshape(n, frame).astype(np.float64) ** 2).mean(axis=1))
+                cut = (lo + int(np.argmin(rms)) * frame + frame // 2) / SAMPLE_RATE
+            else:
+                cut = s + max_s
+            spans.append((s, cut))
+            s = cut
+        spans.append((s, e))
+    windows: list[list[float]] = []
+    for s, e in spans:
+        if windows and e - windows[-1][0] <= max_s:
+            windows[-1][1] = e
+        else:
+            windows.append([s, e])
+    limit = len(joined) / SAMPLE_RATE
+    return [(round(s, 3), min(round(e, 3), limit)) for s, e in windows]
+
+
 def interpolate_words(text: str, start: float, end: float) -> list[Word]:
     """Words of `text` with times spread over [start, end] by character length (no model).
 
@@ -342,6 +406,7 @@ class FasterWhisperTranscriber:
             cpu_threads=cfg.cpu_threads,
             local_files_only=True,
         )
+        self._batched = faster_whisper.BatchedInferencePipeline(self.model)
         self.name = f"{self._info['name']} (faster-whisper)"
         self.version = (
             f"faster-whisper {faster_whisper.__version__}, ctranslate2 {ctranslate2.__version__}, "
@@ -369,19 +434,35 @@ class FasterWhisperTranscriber:
         lang, lang_p = language or self.cfg.language, None
         detect = lang is None
         segments: list[AsrSegment] = []
+        duration_s = len(audio) / SAMPLE_RATE
+        next_log = PROGRESS_EVERY_S
         for group in _groups(regions, GROUP_SPEECH_S):
             joined, tmap = _join(audio, group)
-            seg_iter, info = self.model.transcribe(
-                joined,
-                language=lang,
-                beam_size=self.cfg.beam_size,
-                word_timestamps=True,
-                condition_on_previous_text=self.cfg.condition_on_previous_text,
-                vad_filter=False,
-                no_speech_threshold=self.cfg.no_speech_threshold,
-                log_prob_threshold=self.cfg.log_prob_threshold,
-                compression_ratio_threshold=self.cfg.compression_ratio_threshold,
-            )
+            if self.cfg.batched:
+                seg_iter, info = self._batched.transcribe(
+                    joined,
+                    language=lang,
+                    beam_size=self.cfg.beam_size,
+                    word_timestamps=True,
+                    batch_size=self.cfg.batch_size,
+                    clip_timestamps=[{"start": a, "end": b}
+                                     for a, b in batch_windows(joined, tmap, BATCH_WINDOW_S)],
+                    no_speech_threshold=self.cfg.no_speech_threshold,
+                    log_prob_threshold=self.cfg.log_prob_threshold,
+                    compression_ratio_threshold=self.cfg.compression_ratio_threshold,
+                )
+            else:
+                seg_iter, info = self.model.transcribe(
+                    joined,
+                    language=lang,
+                    beam_size=self.cfg.beam_size,
+                    word_timestamps=True,
+                    condition_on_previous_text=self.cfg.condition_on_previous_text,
+                    vad_filter=False,
+                    no_speech_threshold=self.cfg.no_speech_threshold,
+                    log_prob_threshold=self.cfg.log_prob_threshold,
+                    compression_ratio_threshold=self.cfg.compression_ratio_threshold,
+                )
             if detect and lang_p is None:  # first group: detected on speech
                 lang, lang_p = info.language, float(info.language_probability)
             else:  # hinted (or detected earlier); an English-only model reports "en" anyway
@@ -395,6 +476,9 @@ class FasterWhisperTranscriber:
                 start, end = tmap(s.start), tmap(s.end, is_end=True)
                 if words:
                     start, end = min(start, words[0].start), max(end, words[-1].end)
+                if end >= next_log and duration_s >= PROGRESS_EVERY_S:
+                    log.info("asr: %.0f / %.0f s of audio transcribed", end, duration_s)
+                    next_log = (end // PROGRESS_EVERY_S + 1) * PROGRESS_EVERY_S
                 seg = AsrSegment(
                     start=start,
                     end=max(start, end),

