@@ -18,15 +18,17 @@ from mmcurate.schemas.params import ConfigError
 from mmcurate.transforms.asr import AsrConfig
 from mmcurate.transforms.attribute import SegmentsConfig
 from mmcurate.transforms.decode import DecodeConfig
+from mmcurate.transforms.dedup import DedupConfig
 from mmcurate.transforms.diarize import DiarizationConfig
 from mmcurate.transforms.ingest import IngestConfig
 from mmcurate.transforms.quality import QualityConfig
+from mmcurate.transforms.rephrase import RephraseConfig
 from mmcurate.transforms.sink import OutputConfig
 from mmcurate.transforms.vad import VadConfig
 from mmcurate.transforms.video import VideoConfig
 
-__all__ = ["AsrConfig", "ConfigError", "CurateConfig", "DecodeConfig", "DiarizationConfig", "IngestConfig",
-           "OutputConfig", "QualityConfig", "SegmentsConfig", "VadConfig", "VideoConfig"]
+__all__ = ["AsrConfig", "ConfigError", "CurateConfig", "DecodeConfig", "DedupConfig", "DiarizationConfig", "IngestConfig",
+           "OutputConfig", "QualityConfig", "RephraseConfig", "SegmentsConfig", "VadConfig", "VideoConfig"]
 
 
 @dataclass
@@ -40,8 +42,10 @@ class CurateConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    rephrase: RephraseConfig = field(default_factory=RephraseConfig)
     # speech: diarization + ASR + segments; video: keyframes interleaved with the words
-    stages: tuple[str, ...] = ("vad", "speech", "quality", "video")
+    stages: tuple[str, ...] = ("vad", "speech", "quality", "video", "dedup")
 
     def validate(self) -> list[str]:
         """Cross-section problems: the stage selection (known, prerequisites present)."""

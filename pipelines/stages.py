@@ -165,12 +165,114 @@ def _build_video(ctx: BuildContext, streams: dict) -> dict:
             "rejected": out["rejected"]}
 
 
+# --------------------------------------------------------------------------- dedup
+
+
+def _corpus_table(ctx: BuildContext, streams: dict, name: str, label: str):
+    """A table of the output directory a corpus job runs over, when its manifest lists it and
+    the job did not already hand it in (None otherwise)."""
+    if name in streams:
+        return streams[name]
+    from mmcurate.transforms.read import ReadTables, committed_shards
+
+    try:
+        if not committed_shards(ctx.output).get(name):
+            return None
+    except FileNotFoundError:
+        return None
+    return (ctx.pipeline | label >> ReadTables(ctx.output, [name]))[name]
+
+
+def _build_dedup(ctx: BuildContext, streams: dict) -> dict:
+    from mmcurate.transforms.dedup import Deduplicate, read_index
+
+    cfg = ctx.cfg.dedup
+    # in-graph the job's media stream exists: this run's sources are fingerprinted from their
+    # media; a corpus job re-uses the output's stored fingerprints and never opens old media
+    corpus = "media" not in streams
+    partition = cfg.partition or ctx.run_id
+    inputs = {"sources": streams["sources"]}
+    for name in ("transcripts", "interleaved", "documents"):
+        t = _corpus_table(ctx, streams, name, f"ReadDedupInput[{name}]") if corpus else streams.get(name)
+        if t is not None:
+            inputs[name] = t
+    if corpus:
+        prior = _corpus_table(ctx, streams, "dedup_signatures", "ReadStoredSignatures")
+        if prior is not None:
+            inputs["prior_signatures"] = prior
+    index = read_index(ctx.pipeline, cfg, partition)
+    if index is not None:
+        inputs["index"] = index
+    out = inputs | "Dedup" >> Deduplicate(
+        cfg, ctx.run_id, partition, decode_media=not corpus or cfg.decode_missing,
+        index_out=cfg.index_dir, embedder=ctx.overrides.get("embedder"))
+    return out
+
+
+class _EmbeddingModelInfo:
+    def model_info(self) -> list[dict]:
+        from mmcurate.transforms.embed import model_info
+
+        return [model_info()]
+
+
+def _dedup_handlers(cfg: CurateConfig) -> list:
+    return [_EmbeddingModelInfo()] if "embedding" in cfg.dedup.methods else []
+
+
+def _check_dedup(cfg: CurateConfig) -> list[str]:
+    problems = []
+    if "embedding" in cfg.dedup.methods:
+        try:
+            from mmcurate.transforms import embed
+
+            embed.verify()
+            import faiss  # noqa: F401 - faiss-cpu (core) or faiss-gpu (the gpu extra)
+        except Exception as e:  # noqa: BLE001 - reported as a start-up problem
+            problems.append(f"dedup.methods embedding: {type(e).__name__}: {e}")
+    d = cfg.dedup.index_dir
+    if d and "://" not in d and os.path.exists(d) and not os.path.isdir(d):
+        problems.append(f"dedup.index_dir: {d} is not a directory")
+    return problems
+
+
+# --------------------------------------------------------------------------- rephrase
+
+
+def _rephrase_transform(cfg: CurateConfig, run_id: str, overrides: dict | None = None):
+    from mmcurate.transforms.rephrase import Rephrase
+
+    o = overrides or {}
+    return Rephrase(cfg.rephrase, run_id, generator_handler=o.get("rephrase_handler"),
+                    embedder=o.get("rephrase_embedder"))
+
+
+def _build_rephrase(ctx: BuildContext, streams: dict) -> dict:
+    # segment_quality in-graph when the quality stage runs, or read back by a corpus job when
+    # the output has it: then only the kept segments are passages
+    inputs = {k: streams[k] for k in ("segments", "segment_quality") if k in streams}
+    out = inputs | "Rephrase" >> _rephrase_transform(ctx.cfg, ctx.run_id, ctx.overrides)
+    return {"text_mix": out["text_mix"], "rejected": out["rejected"], "stats": out["stats"]}
+
+
+def _rephrase_handlers(cfg: CurateConfig) -> list:
+    return [_rephrase_transform(cfg, "").generator_handler, _EmbeddingModelInfo()]
+
+
+def _check_rephrase(cfg: CurateConfig) -> list[str]:
+    from mmcurate.transforms.rephrase import check_config
+
+    return check_config(cfg.rephrase)
+
+
 _WIRING = {
     "ingest": dict(build=_build_ingest),
     "vad": dict(build=_build_vad, handlers=lambda cfg: [_vad_handler(cfg)]),
     "speech": dict(build=_build_speech, handlers=_speech_handlers, check=_check_speech),
     "quality": dict(build=_build_quality, handlers=_quality_handlers),
     "video": dict(build=_build_video),
+    "dedup": dict(build=_build_dedup, handlers=_dedup_handlers, check=_check_dedup),
+    "rephrase": dict(build=_build_rephrase, handlers=_rephrase_handlers, check=_check_rephrase),
 }
 
 REGISTRY: dict[str, Stage] = {s.name: Stage(spec=s, **_WIRING[s.name]) for s in STAGES}

@@ -37,6 +37,8 @@ from mmcurate.quality.turns import format_turns, sources_without_turns, turns_su
 from mmcurate.quality.video_audit import format_video, video_summary, write_document_html  # noqa: F401
 # the quality stage's segment_quality table: figures, text lines and the kept_segments view
 from mmcurate.quality.segment_audit import KEPT_SEGMENTS_VIEW, format_quality, quality_summary  # noqa: E402
+from mmcurate.quality.rephrase_audit import format_rephrase, rephrase_summary  # noqa: E402
+from mmcurate.quality.dedup_audit import dedup_summary, format_dedup  # noqa: E402
 
 # Word-level ASR confidence under which a word counts as doubtful; 0.5 is the point where
 # whisper's token probability says "more likely wrong than right".
@@ -524,10 +526,12 @@ def _summarize(con: duckdb.DuckDBPyConnection, out_dir: str) -> dict[str, Any]:
     s["turns"] = turns_summary(con)
     s["video"] = video_summary(con)
     s["quality"] = quality_summary(con)
+    s["dedup"] = dedup_summary(con)
 
     # ---- manifest
     m = _load_manifest(out_dir)
     s["manifest"] = _manifest_summary(m, s["tables"]) if m is not None else None
+    s["rephrase"] = rephrase_summary(con, m)
     s["run_id"] = m.get("run_id") if m else None
     s["code_version"] = m.get("code_version") if m else None
     s["models"] = list(m.get("models") or []) if m else []
@@ -658,6 +662,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     L += format_turns(s.get("turns"))
     L += format_video(s.get("video"))
     L += format_quality(s.get("quality"))
+    L += format_rephrase(s.get("rephrase"))
+    L += format_dedup(s.get("dedup"))
 
     w = s["words_per_minute"]
     pw = w["per_source"]

@@ -258,6 +258,44 @@ class SegmentQuality(_Row):
 
 
 @dataclass(frozen=True)
+class DedupCluster(_Row):
+    """One item of this run in a duplicate cluster (mmcurate.schemas.tables.DEDUP_CLUSTERS)."""
+
+    TABLE: ClassVar[str] = "dedup_clusters"
+    member_id: str
+    item_id: str
+    kind: str
+    source_id: str
+    cluster_id: str
+    representative_id: str
+    representative_partition: str | None
+    is_representative: bool
+    method: str
+    similarity: float
+    run_id: str
+
+
+@dataclass(frozen=True)
+class DedupSignature(_Row):
+    """One signature of one item (mmcurate.schemas.tables.DEDUP_SIGNATURES)."""
+
+    TABLE: ClassVar[str] = "dedup_signatures"
+    signature_id: str
+    item_id: str
+    kind: str
+    method: str
+    source_id: str
+    uri: str
+    signature: bytes
+    duration_s: float
+    fidelity: float
+    bytes: int
+    length: float
+    partition: str
+    run_id: str
+
+
+@dataclass(frozen=True)
 class MediaRef:
     """An input between ingest and decode: bytes located and hashed, not yet decoded."""
 
@@ -320,9 +358,38 @@ class DiarizationResult:
     elapsed_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class TextMix(_Row):
+    """One passage of the text mix, natural or synthetic (mmcurate.schemas.tables.TEXT_MIX)."""
+
+    TABLE: ClassVar[str] = "text_mix"
+    text_id: str
+    source_id: str
+    is_synthetic: bool
+    parent_id: str | None
+    position: int
+    text: str
+    tokens: int
+    text_sha1: str
+    start: float
+    end: float
+    segment_ids: list[str]
+    language: str | None
+    style: str | None
+    prompt_version: str | None
+    prompt_sha256: str | None
+    generator: str | None
+    generator_sha256: str | None
+    finish_reason: str | None
+    copy_jaccard: float | None
+    drift_cosine: float | None
+    run_id: str
+
+
 RECORDS: dict[str, type[_Row]] = {
     c.TABLE: c for c in (SourceRecord, SpeechRegion, Rejection, Segment, Transcript, TurnRow,
-                         InterleavedItem, Document, SegmentQuality)
+                         InterleavedItem, Document, SegmentQuality, DedupCluster, DedupSignature,
+                         TextMix)
 }
 
 

@@ -31,6 +31,9 @@ class StageSpec:
     selectable: bool = True  # --stages may leave it out
     corpus: bool = False  # reads tables of an earlier output directory
     uses: tuple[str, ...] = ()  # tables read when present (not prerequisites)
+    # its rows for a source depend on that source alone: a resumable run commits it per chunk
+    # of sources (mmcurate.pipelines.resume); False: it runs once over the merged tables
+    per_source: bool = True
 
 
 STAGES: tuple[StageSpec, ...] = (
@@ -60,6 +63,7 @@ STAGES: tuple[StageSpec, ...] = (
         # reads sources and speech_regions too (both exist whenever segments do)
         requires=("segments",), produces=("segment_quality",), streams=("kept_segments",),
         config=("quality",), ledger=("quality",), source_level=False, models=("speech-quality",),
+        per_source=False,  # speaking-rate quartiles per language over the whole run
     ),
     StageSpec(
         name="video",
@@ -68,6 +72,30 @@ STAGES: tuple[StageSpec, ...] = (
         # reads `segments` too when the speech stage runs (optional: not a prerequisite)
         requires=("sources",), produces=("interleaved", "documents"), streams=(),
         config=("video",), ledger=("keyframes",), source_level=False,
+        # the words of the quality stage's kept segments when it runs, else all segments (a
+        # resumable run therefore runs it in the merge after quality, not per chunk)
+        uses=("segments", "kept_segments"),
+    ),
+    StageSpec(
+        name="dedup",
+        summary="exact, MinHash-LSH, audio/video fingerprint and embedding duplicates, within "
+                "the run and against the cross-run index (dedup.index_dir)",
+        # sources only is a prerequisite (--stages vad,dedup works); the text and image tables
+        # are compared when present
+        requires=("sources",), produces=("dedup_clusters", "dedup_signatures"), streams=(),
+        config=("dedup",), ledger=("dedup",), source_level=False, models=("sentence-embedding",),
+        corpus=True, uses=("transcripts", "interleaved", "documents"),
+        per_source=False,  # clusters span sources
+    ),
+    StageSpec(
+        name="rephrase",
+        summary="cut the kept transcript text into passages and mix in synthetic rephrasings "
+                "(encyclopedic, question-answer, spoken-to-written) at rephrase.synthetic_ratio",
+        # the kept segments when the quality stage's verdicts exist, else every segment
+        requires=("segments",), produces=("text_mix",), streams=(), config=("rephrase",),
+        ledger=("rephrase",), source_level=False, models=("rephrase", "sentence-embedding"),
+        corpus=True, uses=("segment_quality",),
+        per_source=False,  # the synthetic share is a corpus-wide token ratio
     ),
 )
 

@@ -239,6 +239,84 @@ SEGMENT_QUALITY = pa.schema(
     ]
 )
 
+# Deduplication (the dedup stage, mmcurate.transforms.dedup): one row per item of this run that
+# is in a cluster of 2+ (singletons have no row). Exactly one row per cluster and run has
+# is_representative (unless the representative was curated by an earlier partition of the
+# cross-run index: representative_partition names it). Kept set of a kind:
+# items NOT IN (SELECT item_id FROM dedup_clusters WHERE kind = ... AND NOT is_representative).
+DEDUP_CLUSTERS = pa.schema(
+    [
+        pa.field("member_id", pa.string(), nullable=False),  # f"{kind}:{item_id}"
+        pa.field("item_id", pa.string(), nullable=False),  # its id: source_id (source, transcript), interleaved item_id, document_id
+        pa.field("kind", pa.string(), nullable=False),  # source | transcript | text_item | image | document
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("cluster_id", pa.string(), nullable=False),  # "dc-" + hash of the representative
+        pa.field("representative_id", pa.string(), nullable=False),  # item_id of the kept item
+        pa.field("representative_partition", pa.string()),  # null: this run; else the index partition
+        pa.field("is_representative", pa.bool_(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),  # the item's strongest verified link
+        pa.field("similarity", pa.float64(), nullable=False),  # of that link (1.0 exact)
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+# Every signature the dedup stage computed for this run's items, one row per item and method:
+# what the cross-run index stores (dedup.index_dir) and what a corpus job re-uses, so media are
+# never decoded twice. `signature`: sha256 digest | sha1 of normalised text | MinHash uint32
+# values | audio fingerprint uint32 per 32 ms | video (float32 t, uint64 pHash) per sample |
+# pHash uint64 | float32 embedding; all little-endian. The rank fields are the representative
+# rule's (mmcurate.transforms.dedup.node_of).
+DEDUP_SIGNATURES = pa.schema(
+    [
+        pa.field("signature_id", pa.string(), nullable=False),  # f"{kind}:{item_id}:{method}"
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("signature", pa.binary(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),  # of the item's source
+        pa.field("fidelity", pa.float64(), nullable=False),  # source sample rate x channels
+        pa.field("bytes", pa.int64(), nullable=False),  # source bytes
+        pa.field("length", pa.float64(), nullable=False),  # characters, pixels or seconds
+        pa.field("partition", pa.string(), nullable=False),  # the run's dedup partition
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+# The text mix (the rephrase stage): the kept transcript text cut into passages on sentence
+# boundaries (natural rows, is_synthetic false) plus the accepted synthetic rephrasings of some of
+# them (is_synthetic true, parent_id = the natural passage's text_id), chosen so that synthetic
+# tokens / all tokens ~ rephrase.synthetic_ratio. Every row of the table is in the final mix:
+#   SELECT text FROM text_mix                      -- the mix
+#   SELECT sum(tokens) FILTER (WHERE is_synthetic) / sum(tokens) FROM text_mix  -- synthetic share
+# Rephrasings the guards rejected are ledger rows (stage rephrase, item_id = their text_id).
+TEXT_MIX = pa.schema(
+    [
+        pa.field("text_id", pa.string(), nullable=False),  # f"{source_id}-psg-{n:05d}"[-syn-{style}]
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("is_synthetic", pa.bool_(), nullable=False),
+        pa.field("parent_id", pa.string()),  # synthetic: the natural passage it rephrases
+        pa.field("position", pa.int32(), nullable=False),  # passage number within its source
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("tokens", pa.int32(), nullable=False),  # words + punctuation (the mix's unit)
+        pa.field("text_sha1", pa.string(), nullable=False),  # of the text (exact-duplicate key)
+        pa.field("start", pa.float64(), nullable=False),  # seconds in the source (the parent's)
+        pa.field("end", pa.float64(), nullable=False),
+        pa.field("segment_ids", pa.list_(pa.string()), nullable=False),  # the segments it covers
+        pa.field("language", pa.string()),
+        pa.field("style", pa.string()),  # synthetic: encyclopedic | qa | spoken_to_written
+        pa.field("prompt_version", pa.string()),  # synthetic: the style template's version
+        pa.field("prompt_sha256", pa.string()),  # of the template file
+        pa.field("generator", pa.string()),  # synthetic: model name
+        pa.field("generator_sha256", pa.string()),  # of the model's weights, when known
+        pa.field("finish_reason", pa.string()),
+        pa.field("copy_jaccard", pa.float64()),  # guard scores (mmcurate.quality.rephrase_guards)
+        pa.field("drift_cosine", pa.float64()),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
 MODEL_INFO = pa.struct(
     [
         pa.field("role", pa.string()),  # vad | asr | diarization | ...
@@ -278,6 +356,9 @@ TABLES: dict[str, pa.Schema] = {
     "interleaved": INTERLEAVED,
     "documents": DOCUMENTS,
     "segment_quality": SEGMENT_QUALITY,
+    "dedup_clusters": DEDUP_CLUSTERS,
+    "dedup_signatures": DEDUP_SIGNATURES,
+    "text_mix": TEXT_MIX,
     "rejected": REJECTED,
 }
 

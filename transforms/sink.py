@@ -44,8 +44,13 @@ from mmcurate.schemas.tables import TABLES
 class OutputConfig:
     target_shard_mb: float = 256.0
     buckets: int = 8  # rows are bucketed by id hash; each bucket is cut into shards
+    # sources per committed chunk of a resumable run (mmcurate.pipelines.resume): the shared
+    # demo (13 sources) is one chunk, a big run commits every 32 sources (a kill loses at most
+    # one chunk's model work). 0: one pipeline, nothing to resume from
+    chunk_sources: int = 32
 
-    RULES: ClassVar[dict] = {"target_shard_mb": positive("MiB"), "buckets": Rule(ge=1, le=4096)}
+    RULES: ClassVar[dict] = {"target_shard_mb": positive("MiB"), "buckets": Rule(ge=1, le=4096),
+                             "chunk_sources": Rule(ge=0, le=1_000_000)}
 
 
 log = logging.getLogger("mmcurate.sink")
@@ -60,6 +65,9 @@ ID_COLUMN = {
     "interleaved": "item_id",
     "documents": "document_id",
     "segment_quality": "segment_id",
+    "dedup_clusters": "member_id",
+    "dedup_signatures": "signature_id",
+    "text_mix": "text_id",
     "rejected": "rejection_id",
 }
 

