@@ -26,8 +26,12 @@ from mmcurate.pipelines.config import CurateConfig
 log = logging.getLogger("mmcurate")
 
 def code_version() -> str:
+    """The package version plus the git commit; MMCURATE_CODE_VERSION overrides it (worker
+    images built without .git bake their commit in; it is part of the run id)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    if os.environ.get("MMCURATE_CODE_VERSION"):
+        return os.environ["MMCURATE_CODE_VERSION"]
     try:
         v = version("mmcurate")
     except PackageNotFoundError:
@@ -198,11 +202,17 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
 
     manifest = ManifestBuilder(run_id, version, cfg.to_json(), [escape_uri(i) for i in inputs], model_infos(cfg))
     log.info("run %s: %d input(s) -> %s (stages: %s)", run_id, len(inputs), output, ",".join(cfg.stages))
-    options = PipelineOptions(beam_args or [])
-    p = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
-    build(p, inputs, output, cfg, run_id, manifest, overrides)
-    result = p.run()
-    result.wait_until_finish()
+    from mmcurate.pipelines import resume
+
+    steps = resume.plan(cfg) if test_pipeline is None and cfg.output.chunk_sources > 0 else None
+    if steps is not None:  # ingest, chunks of sources, merge: each committed (resumable)
+        resume.run_resumable(inputs, output, cfg, run_id, manifest, steps, beam_args, overrides)
+    else:  # one pipeline (a test's own, or output.chunk_sources = 0): a kill loses it all
+        options = PipelineOptions(beam_args or [])
+        p = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
+        build(p, inputs, output, cfg, run_id, manifest, overrides)
+        result = p.run()
+        result.wait_until_finish()
     with open(os.path.join(output, "manifest.json")) if "://" not in output else _open_remote(output) as fh:
         return json.load(fh)
 

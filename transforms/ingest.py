@@ -585,6 +585,19 @@ def _counted(name: str):
     return inc
 
 
+def _number_repeats(kv: tuple[str, Iterable[Rejection]]) -> Iterator[Rejection]:
+    """The same failing name given twice (a manifest naming one missing file on two lines) is
+    two inputs: the repeats get item_id `repeat-<k>` (distinct ids, as duplicates of kept
+    names get), so the ledger keeps one row per input."""
+    _, rows = kv
+    rows = sorted(rows, key=lambda r: (r.detail, r.item_id or ""))
+    yield rows[0]
+    for k, r in enumerate(rows[1:], start=1):
+        item = f"{r.item_id}-repeat-{k}" if r.item_id else f"repeat-{k}"
+        yield Rejection.make(stage=r.stage, reason=r.reason, detail=r.detail, uri=r.uri, run_id=r.run_id,
+                             source_id=r.source_id, item_id=item, duration_s=r.duration_s)
+
+
 class Ingest(beam.PTransform):
     """Input strings -> {"media": PCollection[MediaRef], "rejected": PCollection[Rejection]}."""
 
@@ -620,6 +633,9 @@ class Ingest(beam.PTransform):
         rejected = (
             (expanded.rejected, hashed.rejected, unique.rejected)
             | "MergeRejected" >> beam.Flatten()
+            | "KeyRejection" >> beam.Map(lambda r: (r.rejection_id, r))
+            | "GroupRejection" >> beam.GroupByKey()
+            | "NumberRepeats" >> beam.FlatMap(_number_repeats)
             | "CountRejected" >> beam.Map(_counted("ingest.rejected"))
         )
         return {"media": media, "rejected": rejected}

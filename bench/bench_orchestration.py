@@ -1,0 +1,227 @@
+"""Orchestration benchmarks (issue 13): whole `mmcurate run`s as child processes.
+
+    .venv/bin/python bench/bench_orchestration.py workers [--media ../shared/media] [--stages ...] [--repeat 1]
+    .venv/bin/python bench/bench_orchestration.py scaling [--sizes 10,50,200,500]
+    .venv/bin/python bench/bench_orchestration.py long [--hours 2]
+
+- `workers`: the same run with the multi-processing DirectRunner at 1 and at 2 workers
+  (`--direct_running_mode=multi_processing --direct_num_workers=N`), model threads set to
+  cores / workers (asr.cpu_threads, diarization.torch_threads) so both use the same cores;
+  1 and 2 workers alternate (`--repeat` pairs) so a load change on the shared box hits both.
+  Figure: speed-up = wall(1 worker) / wall(2 workers) (goal >= 1.7 on 2 cores).
+- `scaling`: N distinct short files (1 to 11 s slices of the shared speech, random gain),
+  `--stages vad`, default chunking (output.chunk_sources 32): wall seconds per audio hour for
+  each N. Flat = linear scaling; the fixed costs (process start, imports, one pipeline per
+  chunk) show up as a higher cost at small N.
+- `long`: one generated 2-hour file (the shared recordings tiled with pauses and noise), `--stages
+  vad` (ingest, decode, VAD, chunk commit, merge), its wall time and the peak RSS of the run's
+  process tree, against an 11-second file in the same command (ratio).
+
+Every mode prints the machine load (`uptime`) before and after and writes
+`bench/results/orchestration-<mode>.json`. Timings on a shared box are noisy: compare the
+ratios measured in one command, never absolute seconds across commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MMCURATE = [str(Path(sys.executable).parent / "mmcurate")]
+RESULTS = ROOT / "bench" / "results"
+SR = 16000
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def run(argv: list[str], log: Path) -> dict:
+    """One `mmcurate run` child: wall seconds, exit code, peak RSS of its process tree (the
+    largest ru_maxrss of any descendant reaped meanwhile)."""
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        rc = subprocess.run(MMCURATE + ["run", *argv, "--no-audit"], stdout=fh, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        sys.exit(f"run failed (rc {rc}); see {log}:\n" + log.read_text()[-3000:])
+    return {"wall_s": round(wall, 2), "peak_rss_mb_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def audio_s(out: Path) -> float:
+    import pyarrow.parquet as pq
+
+    m = manifest(out)
+    return float(sum(sum(pq.read_table(out / rel, columns=["duration_s"]).column(0).to_pylist())
+                     for rel in m["shards"] if rel.startswith("sources/")))
+
+
+def _speech() -> np.ndarray:
+    parts = []
+    for name in ("speech/jfk.wav", "speech/LDC93S1.wav", "diarization/sample.wav", "diarization/ami/dev00.wav",
+                 "diarization/ami/dev01.wav", "diarization/ami/trn07.wav"):
+        import soundfile as sf
+
+        x, sr = sf.read(str(ARGS.media / name), dtype="float32", always_2d=True)
+        assert sr == SR, name
+        parts.append(x.mean(axis=1))
+    return np.concatenate(parts)
+
+
+def _write_wav(path: Path, x: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def workers(tmp: Path) -> dict:
+    cores = os.cpu_count() or 2
+    rows = []
+    for rep in range(ARGS.repeat):
+        for n in (1, 2):
+            threads = max(1, cores // n)
+            out = tmp / f"w{n}-{rep}"
+            argv = [str(ARGS.media), "--output", str(out), "--stages", ARGS.stages,
+                    "--set", f"asr.cpu_threads={threads}", "--set", f"diarization.torch_threads={threads}",
+                    "--direct_running_mode=multi_processing", f"--direct_num_workers={n}"]
+            before = uptime()
+            r = run(argv, tmp / f"w{n}-{rep}.log")
+            r.update(workers=n, threads=threads, repeat=rep, load_before=before, load_after=uptime(),
+                     sources=manifest(out)["tables"].get("sources"), audio_s=round(audio_s(out), 1))
+            print(f"  {n} worker(s), {threads} thread(s): {r['wall_s']:.1f} s  ({before.split('load')[-1]})")
+            rows.append(r)
+    one = sum(r["wall_s"] for r in rows if r["workers"] == 1)
+    two = sum(r["wall_s"] for r in rows if r["workers"] == 2)
+    result = {"mode": "workers", "stages": ARGS.stages, "cores": cores, "runs": rows,
+              "speedup_2_vs_1": round(one / two, 3)}
+    print(f"speed-up 2 workers vs 1: {result['speedup_2_vs_1']:.2f}x (goal >= 1.7)")
+    return result
+
+
+def scaling(tmp: Path) -> dict:
+    speech = _speech()
+    rng = random.Random(13)
+    sizes = [int(s) for s in ARGS.sizes.split(",")]
+    rows = []
+    for n in sizes:
+        d = tmp / f"in{n}"
+        d.mkdir()
+        for i in range(n):  # distinct bytes: a random slice at a random gain
+            length = rng.uniform(1.0, 11.0)
+            start = rng.uniform(0, len(speech) / SR - length)
+            x = speech[int(start * SR):int((start + length) * SR)] * rng.uniform(0.5, 1.0)
+            _write_wav(d / f"clip{i:04d}.wav", x)
+        out = tmp / f"out{n}"
+        before = uptime()
+        r = run([str(d), "--output", str(out), "--stages", "vad"], tmp / f"s{n}.log")
+        a = audio_s(out)
+        m = manifest(out)
+        r.update(inputs=n, sources=m["tables"]["sources"], audio_s=round(a, 1),
+                 rejected=sum(m["rejected"].values()), load_before=before, load_after=uptime(),
+                 wall_s_per_audio_hour=round(r["wall_s"] / (a / 3600), 1) if a else None)
+        assert m["tables"]["sources"] + sum(m["rejected"].values()) == n, m  # nothing lost
+        print(f"  {n:4d} inputs: {a / 60:6.1f} audio min in {r['wall_s']:6.1f} s = "
+              f"{r['wall_s_per_audio_hour']:7.1f} s per audio hour  ({before.split('load')[-1]})")
+        rows.append(r)
+    for prev, r in zip(rows, rows[1:]):  # the cost of the extra audio alone: flat = linear
+        r["marginal_s_per_audio_hour"] = round((r["wall_s"] - prev["wall_s"]) / ((r["audio_s"] - prev["audio_s"]) / 3600), 1)
+        print(f"  {prev['inputs']} -> {r['inputs']} inputs: {r['marginal_s_per_audio_hour']:.1f} s per extra audio hour")
+    big, small = rows[-1], rows[0]
+    result = {"mode": "scaling", "runs": rows,
+              "cost_ratio_largest_vs_smallest": round(big["wall_s_per_audio_hour"] / small["wall_s_per_audio_hour"], 3)}
+    print(f"cost per audio hour, {big['inputs']} vs {small['inputs']} inputs: "
+          f"{result['cost_ratio_largest_vs_smallest']:.2f}x (1.0 = linear; < 1: fixed costs amortized)")
+    return result
+
+
+def long(tmp: Path) -> dict:
+    speech = _speech()
+    rng = np.random.default_rng(13)
+    path = tmp / "two-hours.wav"
+    total = int(ARGS.hours * 3600 * SR)
+    with wave.open(str(path), "wb") as w:  # streamed: never the whole file in memory
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+        written = 0
+        while written < total:
+            x = speech * rng.uniform(0.4, 1.0)
+            x = np.concatenate([x, np.zeros(int(rng.uniform(0.3, 4.0) * SR), np.float32)])
+            x = x + rng.normal(0, 0.003, len(x)).astype(np.float32)
+            x = x[: total - written]
+            w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+            written += len(x)
+    rows = []
+    for name, src in (("11 s (jfk.wav)", ARGS.media / "speech" / "jfk.wav"), (f"{ARGS.hours:g} h", path)):
+        out = tmp / f"long-{len(rows)}"
+        # each in its own child of a fresh python, so RUSAGE_CHILDREN is that run's alone
+        code = ("import json,resource,subprocess,sys,time;t=time.perf_counter();"
+                "rc=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL).returncode;"
+                "print(json.dumps({'rc':rc,'wall_s':time.perf_counter()-t,"
+                "'peak_rss_mb':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))")
+        before = uptime()
+        got = json.loads(subprocess.run(
+            [sys.executable, "-c", code, *MMCURATE, "run", str(src), "--output", str(out), "--stages", "vad",
+             "--no-audit"], capture_output=True, text=True, check=True).stdout)
+        assert got["rc"] == 0, got
+        m = manifest(out)
+        a = audio_s(out)
+        r = {"input": name, "audio_s": round(a, 1), "wall_s": round(got["wall_s"], 1),
+             "x_realtime": round(a / got["wall_s"], 1), "peak_rss_mb": round(got["peak_rss_mb"], 1),
+             "sources": m["tables"]["sources"], "speech_regions": m["tables"]["speech_regions"],
+             "load_before": before, "load_after": uptime()}
+        print(f"  {name}: {a:.0f} s audio in {r['wall_s']} s ({r['x_realtime']}x realtime), "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB, {r['speech_regions']} speech regions")
+        rows.append(r)
+    result = {"mode": "long", "runs": rows,
+              "peak_rss_ratio_long_vs_short": round(rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"], 3)}
+    print(f"peak RSS {rows[1]['input']} / {rows[0]['input']}: {result['peak_rss_ratio_long_vs_short']:.2f}")
+    return result
+
+
+def main() -> int:
+    global ARGS
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["workers", "scaling", "long"])
+    ap.add_argument("--media", type=Path, default=ROOT.parent / "shared" / "media")
+    ap.add_argument("--stages", default="vad,speech,quality,video")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--sizes", default="10,50,200,500")
+    ap.add_argument("--hours", type=float, default=2.0)
+    ARGS = ap.parse_args()
+    ARGS.media = ARGS.media.resolve()
+    print(f"{ARGS.mode}: {uptime()}")
+    with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
+        result = {"workers": workers, "scaling": scaling, "long": long}[ARGS.mode](Path(tmp))
+    result["load_end"] = uptime()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"orchestration-{ARGS.mode}.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {RESULTS / f'orchestration-{ARGS.mode}.json'}")
+    return 0
+
+
+ARGS: argparse.Namespace
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""The Airflow DAG (mmcurate.orchestration): it imports, its shape, the partition convention and
+command lines, and `dag.test()` end to end on real media with the audit gate: passing, a planted
+violation failing the run, and a re-triggered partition leaving one generation of shards.
+
+Airflow runs from a temporary AIRFLOW_HOME with a SQLite metadata DB (set before Airflow is
+imported); nothing touches the network."""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DAGS = ROOT / "orchestration" / "dags"
+MEDIA = ROOT.parent / "shared" / "media"
+
+_HOME = tempfile.mkdtemp(prefix="mmcurate-airflow-")
+atexit.register(shutil.rmtree, _HOME, True)
+os.environ.update({
+    "AIRFLOW_HOME": _HOME,
+    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME}/airflow.db",
+})
+
+from mmcurate.orchestration import commands, partitions  # noqa: E402  (no Airflow import)
+
+EXPECTED_EDGES = {
+    "plan": {"choose_launcher", "curate", "curate_beam", "corpus", "audit_gate"},
+    "choose_launcher": {"curate", "curate_beam"},
+    "curate": {"corpus"},
+    "curate_beam": {"corpus"},
+    "corpus": {"audit_gate"},
+    "audit_gate": set(),
+}
+
+
+@pytest.fixture(scope="module")
+def airflow_db():
+    from airflow.utils import db
+
+    db.initdb()
+    return _HOME
+
+
+# ------------------------------------------------------------------ the DAG file and its shape
+
+def test_dagbag_imports_without_errors(airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    assert list(bag.dags) == ["mmcurate_curate"]
+    dag = bag.dags["mmcurate_curate"]
+    assert dag.schedule == "@daily"
+    assert {"partition", "input", "inputs_root", "output_root", "runner", "beam_options",
+            "launcher", "corpus_stages", "gates"} <= set(dag.params)
+
+
+def test_task_graph_shape(airflow_db):
+    from airflow.sdk import TriggerRule
+
+    from mmcurate.orchestration.dag import build_dag
+
+    dag = build_dag(retries=3)
+    assert {t.task_id: set(t.downstream_task_ids) for t in dag.tasks} == EXPECTED_EDGES
+    tasks = {t.task_id: t for t in dag.tasks}
+    # one curate branch is always skipped: the corpus job runs after whichever ran,
+    # and the gate runs after a skipped corpus job but never after a failed one
+    assert tasks["corpus"].trigger_rule == TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
+    assert tasks["audit_gate"].trigger_rule == TriggerRule.NONE_FAILED
+    assert tasks["audit_gate"].retries == 0  # a failed gate is a verdict, not a glitch
+    assert tasks["curate"].retries == 3
+
+
+# ------------------------------------------------------------------ partitions and command lines
+
+def test_partition_convention(tmp_path):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    (inputs / "2026-11-21").mkdir(parents=True)
+    (inputs / "2026-11-22.jsonl").write_text('{"uri": "x.wav"}\n')
+    (inputs / "2026-11-22").mkdir()  # the manifest wins over a directory of the same name
+    p = partitions.resolve("2026-11-22", str(outputs), str(inputs))
+    assert (p.input, p.output) == (str(inputs / "2026-11-22.jsonl"), str(outputs / "2026-11-22"))
+    assert partitions.resolve("2026-11-21", str(outputs), str(inputs)).input == str(inputs / "2026-11-21")
+    explicit = partitions.resolve("2026-11-23", str(outputs), None, str(inputs / "2026-11-22.jsonl"))
+    assert explicit.output == str(outputs / "2026-11-23")
+    with pytest.raises(FileNotFoundError, match=r"2026-11-24\.jsonl.*2026-11-24\.csv"):
+        partitions.resolve("2026-11-24", str(outputs), str(inputs))
+    for bad in ("../etc", "a/b", "", ".hidden"):
+        with pytest.raises(ValueError, match="partition"):
+            partitions.resolve(bad, str(outputs), str(inputs))
+    # earlier partitions: committed outputs that sort before this one
+    for name in ("2026-11-20", "2026-11-21", "2026-11-23"):
+        (outputs / name).mkdir(parents=True)
+    (outputs / "2026-11-20" / "manifest.json").write_text("{}")
+    (outputs / "2026-11-23" / "manifest.json").write_text("{}")
+    assert partitions.earlier_outputs(str(outputs), "2026-11-22") == [str(outputs / "2026-11-20")]
+
+
+def test_plan_command_lines():
+    p = commands.make_plan("2026-11-22", "/in/2026-11-22.jsonl", "/out/2026-11-22",
+                           stages="vad,speech", sets=["asr.model=whisper-tiny.en",
+                                                      "x.y={output_root}/idx"],
+                           beam_options={"direct_running_mode": "multi_processing",
+                                         "direct_num_workers": 2, "save_main_session": True,
+                                         "nothing": None},
+                           corpus_stages=" dedup , rephrase", gates="/g.yaml", output_root="/out",
+                           dedup_index_dir="{output_root}/_dedup_index")
+    assert p.launcher == "task"
+    assert p.run_argv == ["run", "/in/2026-11-22.jsonl", "--output", "/out/2026-11-22",
+                          "--stages", "vad,speech", "--set", "dedup.index_dir=/out/_dedup_index",
+                          "--set", "dedup.partition=2026-11-22", "--set", "asr.model=whisper-tiny.en",
+                          "--set", "x.y=/out/idx", "--no-audit", "--runner=DirectRunner",
+                          "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+                          "--save_main_session"]
+    assert p.corpus_argv == ["corpus", "/out/2026-11-22", "--stages", "dedup,rephrase",
+                             "--set", "dedup.index_dir=/out/_dedup_index",
+                             "--set", "dedup.partition=2026-11-22", "--no-audit",
+                             "--runner=DirectRunner", "--direct_running_mode=multi_processing",
+                             "--direct_num_workers=2", "--save_main_session"]
+    assert p.audit_argv == ["audit", "/out/2026-11-22", "--check", "/g.yaml", "--json"]
+    assert commands.make_plan("p", "i", "o", corpus_stages="").corpus_argv is None
+    assert commands.make_plan("p", "i", "o", corpus_stages=None).corpus_argv is None
+    df = commands.make_plan("2026-11-22", "gs://b/in.jsonl", "gs://b/out/2026-11-22",
+                            runner="DataflowRunner", beam_options={"project": "p"})
+    assert df.launcher == "beam_operator"
+    assert df.pipeline_options == {"mmcurate_input": "gs://b/in.jsonl", "output": "gs://b/out/2026-11-22",
+                                   "no-audit": True, "project": "p"}
+    assert df.dataflow_config["job_name"] == "mmcurate-2026-11-22"
+    assert commands.make_plan("p", "i", "o", runner="FlinkRunner", launcher="task").launcher == "task"
+    assert Path(commands.make_plan("p", "i", "o").audit_argv[3]).is_file()  # packaged default gates
+    with pytest.raises(ValueError, match="launcher"):
+        commands.make_plan("p", "i", "o", launcher="ssh")
+
+
+def test_operator_launcher_hands_the_cli_its_input(monkeypatch):
+    """The operator's py_file turns `--mmcurate_input=` back into `mmcurate run INPUT`, with the
+    flags as the operator formats them (its own rule, reused by both launchers)."""
+    from airflow.providers.apache.beam.hooks.beam import beam_options_to_args
+
+    from mmcurate.orchestration import launch
+    from mmcurate.pipelines import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
+    opts = commands.make_plan("d", "/in/d.jsonl", "/out/d", stages="vad",
+                              beam_options={"project": "p", "direct_num_workers": 2}).pipeline_options
+    assert beam_options_to_args(opts) == commands.beam_options_to_args(opts)
+    assert launch.main(beam_options_to_args(opts)) == 0
+    argv = seen[0]
+    assert argv[:2] == ["run", "/in/d.jsonl"]
+    mine, beam = cli.split_beam_args(argv, cli._parser())
+    assert mine == ["run", "/in/d.jsonl", "--output=/out/d", "--no-audit", "--stages=vad"]
+    assert beam == ["--project=p", "--direct_num_workers=2"]
+
+
+# ------------------------------------------------------------------ dag.test() end to end
+
+GATES_PASS = """\
+checks:
+  - name: the output is consistent (manifest, shards, row counts, nothing lost)
+    metric: problems
+    op: "=="
+    value: []
+  - name: every input is a source or a ledger row
+    metric: invariant_ok
+    op: "=="
+    value: true
+  - name: both inputs are sources
+    sql: SELECT count(*) FROM sources
+    op: "=="
+    value: 2
+  - name: the speech was transcribed
+    sql: SELECT count(*) FROM transcripts WHERE trim(text) <> ''
+    op: ">="
+    value: 1
+  - name: the video has its document
+    sql: SELECT count(*) FROM documents
+    op: "=="
+    value: 1
+"""
+
+GATES_PLANTED = """\
+checks:
+  - name: the output is consistent
+    metric: problems
+    op: "=="
+    value: []
+  - name: a planted violation (two inputs can never make 1000 sources)
+    sql: SELECT count(*) FROM sources
+    op: ">="
+    value: 1000
+"""
+
+
+def _states(dr) -> dict:
+    return {ti.task_id: str(ti.state).rsplit(".", 1)[-1].lower() for ti in dr.get_task_instances()}
+
+
+def _committed(out: Path) -> tuple[dict, set]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    on_disk = {str(p.relative_to(out)) for p in out.glob("*/*.parquet")}
+    return manifest, on_disk
+
+
+@pytest.mark.slow
+def test_dag_end_to_end_gate_retrigger_and_planted_violation(airflow_db, tmp_path):
+    """One partition (jfk.wav + a 19 s video without speech): curate -> corpus (skipped: no
+    corpus stage selected) -> gate passes. The same partition triggered again replaces its
+    output (one generation of shards, same ids). A gate file that cannot pass fails the run."""
+    from mmcurate.orchestration.dag import build_dag
+
+    inputs, outputs = tmp_path / "incoming", tmp_path / "curated"
+    inputs.mkdir()
+    (inputs / "2026-11-20.jsonl").write_text(
+        json.dumps({"uri": str(MEDIA / "speech" / "jfk.wav")}) + "\n"
+        + json.dumps({"uri": str(MEDIA / "neardup" / "chair-19-sd-bar.mp4")}) + "\n")
+    (tmp_path / "pass.yaml").write_text(GATES_PASS)
+    (tmp_path / "planted.yaml").write_text(GATES_PLANTED)
+    conf = {"inputs_root": str(inputs), "output_root": str(outputs), "stages": "vad,speech,video",
+            "sets": ["asr.model=whisper-tiny.en"], "corpus_stages": "",
+            "gates": str(tmp_path / "pass.yaml")}
+    day = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+    dag = build_dag(retries=0)
+
+    dr = dag.test(logical_date=day, run_conf=conf)
+    states = _states(dr)
+    assert states == {"plan": "success", "choose_launcher": "success", "curate": "success",
+                      "curate_beam": "skipped", "corpus": "skipped", "audit_gate": "success"}, states
+    assert str(dr.state).endswith("success")
+    out = outputs / "2026-11-20"
+    first, files_first = _committed(out)
+    assert first["tables"]["sources"] == 2
+    assert files_first == set(first["shards"])
+    ids_first = _ids(out)
+
+    # the same partition again (a re-trigger, as a retry would): one generation, same rows
+    dr = dag.test(logical_date=day, run_conf=conf)
+    assert str(dr.state).endswith("success"), _states(dr)
+    second, files_second = _committed(out)
+    assert files_second == set(second["shards"]), (first["run_id"], second["run_id"],
+                                                   sorted(files_second - set(second["shards"])))
+    assert set(second["shards"]) == set(first["shards"]), (first["run_id"], second["run_id"])
+    assert second["tables"] == first["tables"]
+    assert _ids(out) == ids_first
+
+    # a planted violation: the gate (on the committed output; curate marked done) fails the run
+    dr = dag.test(logical_date=day, run_conf={**conf, "gates": str(tmp_path / "planted.yaml")},
+                  mark_success_pattern="^curate$")
+    states = _states(dr)
+    assert states["audit_gate"] == "failed", states
+    assert str(dr.state).endswith("failed")
+
+
+def _ids(out: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    from mmcurate.transforms.read import committed_shards
+    from mmcurate.transforms.sink import ID_COLUMN
+
+    ids = {}
+    for table, paths in committed_shards(str(out)).items():
+        col = ID_COLUMN.get(table)
+        if col:
+            ids[table] = sorted(v for p in paths for v in pq.read_table(p, columns=[col]).column(col).to_pylist())
+    return ids
