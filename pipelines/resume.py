@@ -299,7 +299,9 @@ def run_resumable(inputs: list[str], output: str, cfg: CurateConfig, run_id: str
         for rel in read_step_manifest(d)["shards"]:
             shards.setdefault(rel.split("/", 1)[0], []).append(_join(d, rel))
     p = _pipeline(beam_args)
-    streams = {}
+    # the run's media: merge stages that open it (dedup's audio/video fingerprints) see this as
+    # an in-graph run, not a corpus job over an earlier output
+    streams = {"media": p | "MergeMedia" >> beam.Create(media)} if media else {}
     for table in steps.chunk_tables + ["rejected"]:
         streams[table] = (
             p

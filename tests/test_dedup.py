@@ -378,3 +378,25 @@ def test_audit_dedup_section_and_cluster_query(two_runs):
     assert members.column("is_representative").to_pylist()[0] is True
     s2 = audit.summarize(str(two_runs["out2"]))["dedup"]
     assert s2["duplicates_of_earlier_partitions"] == 2
+
+
+@pytest.mark.slow
+def test_default_resumable_run_fingerprints_its_media(tmp_path):
+    """`mmcurate run` as users call it (chunked, resumable: dedup runs in the merge step) must
+    fingerprint the run's own media: jfk.wav and jfk.mp3 differ in bytes and end in one source
+    cluster through audio_fp. (The merge once had no media stream, took itself for a corpus job
+    and compared sources by sha256 only.)"""
+    from mmcurate.pipelines import curate
+    from mmcurate.pipelines.config import CurateConfig
+
+    out = tmp_path / "out"
+    cfg = CurateConfig.from_dict({"stages": ["vad", "dedup"]})
+    assert cfg.output.chunk_sources > 0  # the resumable path
+    curate.run([str(MEDIA / "speech" / "jfk.wav"), str(MEDIA / "speech" / "jfk.mp3")], str(out), cfg)
+    con = duckdb.connect()
+    methods = {r[0] for r in con.execute(
+        f"SELECT DISTINCT method FROM read_parquet('{out}/dedup_signatures/*.parquet') WHERE kind = 'source'").fetchall()}
+    assert "audio_fp" in methods, methods
+    rows = con.execute(f"SELECT method, is_representative FROM read_parquet('{out}/dedup_clusters/*.parquet') "
+                       "WHERE kind = 'source'").fetchall()
+    assert sorted(r[1] for r in rows) == [False, True] and {r[0] for r in rows} <= {"audio_fp", None}, rows
