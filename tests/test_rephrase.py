@@ -242,7 +242,8 @@ def test_ratio_within_two_points_on_1000_passages_and_every_row_has_its_parent(r
         assert r.text != parent.text and r.source_id == parent.source_id
     # the guards' drops are ledger rows naming the synthetic id; nothing else is rejected
     reasons = {r.reason for r in rejected}
-    assert reasons == {"copy", "chatter", "truncated", "drift"}, reasons
+    assert {"copy", "chatter", "truncated", "drift"} <= reasons <= {"copy", "chatter", "truncated",
+                                                                    "drift", "surplus"}, reasons
     assert all(r.stage == "rephrase" and "-syn-" in r.item_id for r in rejected)
     assert not ({r.item_id for r in rejected} & {r.text_id for r in rows})
     # the manifest's stats give the same share
@@ -250,6 +251,64 @@ def test_ratio_within_two_points_on_1000_passages_and_every_row_has_its_parent(r
     for k, n in stats:
         totals[k] = totals.get(k, 0) + n
     assert totals["rephrase.synthetic_tokens"] / totals["rephrase.total_tokens"] == pytest.approx(share(rows))
+
+
+def test_surplus_ids_choose_the_kept_rewrites_closest_to_the_ratio():
+    rows = [((1, "a"), 50), ((2, "b"), 50), ((3, "c"), 50), ((4, "d"), 50)]
+    # 100 natural tokens, target 0.5 (100 synthetic): c and d go, last-selected first
+    assert rp.surplus_ids(rows, 100, 0.5) == ["d", "c"]
+    assert rp.surplus_ids(rows, 100, 0.7) == []  # short of the target: nothing dropped
+    # dropping b too would land further away (0.333 vs 0.5 at 100 natural + 50 synthetic)
+    assert rp.surplus_ids(rows, 100, 0.45) == ["d", "c"]
+    assert rp.surplus_ids([], 100, 0.3) == []
+    # the last-selected rewrite is too long to drop (0.565 -> 0.231 for 0.4), an earlier one is not
+    assert rp.surplus_ids([((1, "a"), 30), ((2, "b"), 100)], 100, 0.4) == ["a"]
+    # the shared media at 0.1 (752 natural tokens): the closest subset is 58 + 14 + 13 (0.1016);
+    # dropping from the end alone reached 0.060
+    demo = [((1, "p"), 58), ((2, "q"), 13), ((3, "r"), 21), ((4, "s"), 14), ((5, "t"), 184)]
+    assert rp.surplus_ids(demo, 752, 0.1) == ["t", "r"]
+    # past EXACT_TRIM_MAX_ROWS the greedy pass: last-selected first, each drop that gets closer
+    many = [((i, f"x{i:03d}"), 10) for i in range(100)]
+    assert rp.surplus_ids(many, 1000, 0.2) == [f"x{i:03d}" for i in range(99, 24, -1)]
+
+
+class LongGenerator(FakeGenerator):
+    """Rewrites three times as long as their passage (a question-answer rewrite of a short
+    passage does this): a few of them overshoot a small corpus's target."""
+
+    def generate(self, messages, max_tokens, temperature=0.0, repeat_penalty=None, seed=0):
+        text = messages[-1]["content"].rsplit("Text:", 1)[-1].split("\n\n")[0].strip()
+        words = list(reversed(text.split()))
+        return Generation("In other words, " + " ".join(words * 3), "stop")
+
+
+def test_surplus_rewrites_are_trimmed_on_a_small_corpus():
+    """13-passage corpora (the shared media's size) reached 0.48 for a 0.3 target: the trim
+    step drops the last-selected accepted rewrites to the ledger (reason surplus) while that
+    brings the share closer."""
+    segs = make_segments(2, 8)
+    base = dict(synthetic_ratio=0.3, passage_max_tokens=40, passage_min_tokens=8,
+                max_copy_jaccard=0.9, min_drift_cosine=0.1)
+    handler = lambda c: rp.RephraseModelHandler(c, loader=LongGenerator)  # noqa: E731
+    cfg_off = rp.RephraseConfig(**base, trim_surplus=False)
+    untrimmed, rej_off, _ = run_stage(segs, cfg_off, handler=handler(cfg_off))
+    cfg = rp.RephraseConfig(**base)
+    rows, rejected, _ = run_stage(segs, cfg, handler=handler(cfg))
+    natural = sum(r.tokens for r in rows if not r.is_synthetic)
+    print(f"\nuntrimmed {share(untrimmed):.4f}, trimmed {share(rows):.4f}, {natural} natural tokens")
+    assert share(untrimmed) > 0.32  # the case exists: long rewrites overshoot
+    assert abs(share(rows) - 0.3) < abs(share(untrimmed) - 0.3)
+    kept = {r.text_id for r in rows if r.is_synthetic}
+    dropped = {r.item_id for r in rejected if r.reason == "surplus"}
+    assert dropped and not dropped & kept
+    assert dropped | kept == {r.text_id for r in untrimmed if r.is_synthetic}  # same rewrites
+    assert not any(r.reason == "surplus" for r in rej_off)
+    # restoring the first dropped rewrite would not be closer
+    syn = sum(r.tokens for r in rows if r.is_synthetic)
+    first_back = min((r for r in untrimmed if r.text_id in dropped),
+                     key=lambda r: rp.selection_order(cfg.seed, r, tuple(cfg.styles)))
+    back = (syn + first_back.tokens) / (natural + syn + first_back.tokens)
+    assert abs(back - 0.3) >= abs(share(rows) - 0.3)
 
 
 def test_a_rerun_selects_the_same_passages_and_another_seed_others():
