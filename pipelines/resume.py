@@ -234,6 +234,22 @@ def _run_pipeline(p: beam.Pipeline) -> None:
     result.wait_until_finish()
 
 
+def _build_stages(c, specs, streams: dict, tables: dict) -> list:
+    """Wire `specs` in order on context `c`: each stage reads `streams` and adds its streams
+    and tables to it, its tables also go into `tables`; returns the stages' rejected
+    PCollections (the chunk and merge pipelines share this)."""
+    from mmcurate.pipelines.stages import REGISTRY
+
+    rejected = []
+    for spec in specs:
+        got = REGISTRY[spec.name].build(c, streams)
+        rejected.append(got.pop("rejected"))
+        for name in spec.produces:
+            tables[name] = got[name]
+        streams.update({k: got[k] for k in spec.streams + spec.produces})
+    return rejected
+
+
 def run_resumable(inputs: list[str], output: str, cfg: CurateConfig, run_id: str, manifest,
                   steps: Plan, beam_args: list[str] | None = None, overrides: dict | None = None) -> None:
     """Ingest, the chunks, the merge: each a pipeline with its own commit (module docstring)."""
@@ -278,14 +294,7 @@ def run_resumable(inputs: list[str], output: str, cfg: CurateConfig, run_id: str
         p = _pipeline(beam_args)
         streams: dict = {"media": p | "Media" >> beam.Create(refs)}
         tables: dict = {}
-        rejected = []
-        c = ctx(p)
-        for spec in steps.chunk:
-            got = REGISTRY[spec.name].build(c, streams)
-            rejected.append(got.pop("rejected"))
-            for name in spec.produces:
-                tables[name] = got[name]
-            streams.update({k: got[k] for k in spec.streams + spec.produces})
+        rejected = _build_stages(ctx(p), steps.chunk, streams, tables)
         tables["rejected"] = rejected | "AllRejections" >> beam.Flatten()
         _ = tables | "Commit" >> CommitStep(cdir, run_id, chunk_id, target,
                                            {"sources": [m.source_id for m in refs]})
@@ -310,14 +319,7 @@ def run_resumable(inputs: list[str], output: str, cfg: CurateConfig, run_id: str
             | f"ReadShard[{table}]" >> beam.FlatMap(read_shard, table)
         )
     tables = {t: streams[t] for t in steps.chunk_tables}
-    rejected = [streams.pop("rejected")]
-    c = ctx(p)
-    for spec in steps.merge:
-        got = REGISTRY[spec.name].build(c, streams)
-        rejected.append(got.pop("rejected"))
-        for name in spec.produces:
-            tables[name] = got[name]
-        streams.update({k: got[k] for k in spec.streams + spec.produces})
+    rejected = [streams.pop("rejected"), *_build_stages(ctx(p), steps.merge, streams, tables)]
     # the tables in declaration order, as a single-pipeline run hands them to WriteTables
     tables = {t: tables[t] for s in resolve(cfg.stages) for t in s.produces if t in tables}
     tables["rejected"] = rejected | "AllRejections" >> beam.Flatten()

@@ -438,31 +438,20 @@ class FasterWhisperTranscriber:
         next_log = PROGRESS_EVERY_S
         for group in _groups(regions, GROUP_SPEECH_S):
             joined, tmap = _join(audio, group)
+            common = dict(language=lang, beam_size=self.cfg.beam_size, word_timestamps=True,
+                          no_speech_threshold=self.cfg.no_speech_threshold,
+                          log_prob_threshold=self.cfg.log_prob_threshold,
+                          compression_ratio_threshold=self.cfg.compression_ratio_threshold)
             if self.cfg.batched:
                 seg_iter, info = self._batched.transcribe(
-                    joined,
-                    language=lang,
-                    beam_size=self.cfg.beam_size,
-                    word_timestamps=True,
-                    batch_size=self.cfg.batch_size,
+                    joined, batch_size=self.cfg.batch_size,
                     clip_timestamps=[{"start": a, "end": b}
                                      for a, b in batch_windows(joined, tmap, BATCH_WINDOW_S)],
-                    no_speech_threshold=self.cfg.no_speech_threshold,
-                    log_prob_threshold=self.cfg.log_prob_threshold,
-                    compression_ratio_threshold=self.cfg.compression_ratio_threshold,
-                )
+                    **common)
             else:
                 seg_iter, info = self.model.transcribe(
-                    joined,
-                    language=lang,
-                    beam_size=self.cfg.beam_size,
-                    word_timestamps=True,
-                    condition_on_previous_text=self.cfg.condition_on_previous_text,
-                    vad_filter=False,
-                    no_speech_threshold=self.cfg.no_speech_threshold,
-                    log_prob_threshold=self.cfg.log_prob_threshold,
-                    compression_ratio_threshold=self.cfg.compression_ratio_threshold,
-                )
+                    joined, condition_on_previous_text=self.cfg.condition_on_previous_text,
+                    vad_filter=False, **common)
             if detect and lang_p is None:  # first group: detected on speech
                 lang, lang_p = info.language, float(info.language_probability)
             else:  # hinted (or detected earlier); an English-only model reports "en" anyway
