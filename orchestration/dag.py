@@ -74,7 +74,7 @@ def default_params() -> dict:
         "dataflow": Param({}, type="object",
                           description="the operator's dataflow_config (project_id, location, "
                                       "job_name, ...) for DataflowRunner"),
-        "corpus_stages": Param(env("MMCURATE_CORPUS_STAGES", "dedup,rephrase"), type=["null", "string"],
+        "corpus_stages": Param(env("MMCURATE_CORPUS_STAGES", "rephrase,dedup"), type=["null", "string"],
                                description="mmcurate corpus --stages; empty: the corpus task skips"),
         "corpus_sets": Param(_env_list("MMCURATE_CORPUS_SETS"), type="array",
                              description="--set overrides for the corpus jobs (same substitutions)"),

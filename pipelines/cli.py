@@ -1,7 +1,7 @@
 """`mmcurate`: run the curation job and audit its output.
 
     mmcurate run INPUT... --output DIR [--config FILE] [--set KEY=VALUE] [Beam pipeline options]
-    mmcurate corpus DIR [--stages dedup,rephrase] [--set KEY=VALUE] [Beam pipeline options]
+    mmcurate corpus DIR [--stages rephrase,dedup] [--set KEY=VALUE] [Beam pipeline options]
     mmcurate audit DIR [--json] [--sql "SELECT ..."]
 """
 

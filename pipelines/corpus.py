@@ -1,6 +1,6 @@
 """Corpus jobs: run corpus-level stages (dedup, rephrasing) over a finished output directory.
 
-    mmcurate corpus OUT --stages dedup,rephrase
+    mmcurate corpus OUT --stages rephrase,dedup
 
 A corpus stage (`StageSpec.corpus`) is the same code whether it runs inside `mmcurate run`
 (its inputs are the earlier stages' PCollections) or here, where its inputs are read back

@@ -192,7 +192,9 @@ def _build_dedup(ctx: BuildContext, streams: dict) -> dict:
     corpus = "media" not in streams
     partition = cfg.partition or ctx.run_id
     inputs = {"sources": streams["sources"]}
-    for name in ("transcripts", "interleaved", "documents"):
+    # text_mix: the rephrase stage runs first (declaration order), in-graph or as an earlier
+    # corpus job of the same `mmcurate corpus` call
+    for name in ("transcripts", "interleaved", "documents", "text_mix"):
         t = _corpus_table(ctx, streams, name, f"ReadDedupInput[{name}]") if corpus else streams.get(name)
         if t is not None:
             inputs[name] = t

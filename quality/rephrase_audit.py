@@ -21,6 +21,23 @@ def rephrase_summary(con, manifest: dict | None = None) -> dict[str, Any] | None
     orphans = con.execute("""SELECT count(*) FROM text_mix s WHERE s.is_synthetic AND NOT EXISTS (
                                  SELECT 1 FROM text_mix p WHERE p.text_id = s.parent_id
                                  AND NOT p.is_synthetic)""").fetchone()[0]
+    # the mix that stays once dedup has run over it (passage / synthetic members it dropped)
+    kept = None
+    try:
+        kept_tokens, kept_syn = con.execute("""
+            SELECT coalesce(sum(tokens), 0), coalesce(sum(tokens) FILTER (WHERE is_synthetic), 0)
+            FROM text_mix WHERE text_id NOT IN (
+                SELECT item_id FROM dedup_clusters
+                WHERE kind IN ('passage', 'synthetic') AND NOT is_representative)""").fetchone()
+        dropped = dict(con.execute("""SELECT kind, count(*) FROM dedup_clusters
+                                      WHERE kind IN ('passage', 'synthetic') AND NOT is_representative
+                                      GROUP BY ALL""").fetchall())
+        kept = {"tokens": int(kept_tokens), "synthetic_tokens": int(kept_syn),
+                "synthetic_ratio": int(kept_syn) / int(kept_tokens) if kept_tokens else 0.0,
+                "dropped_passages": int(dropped.get("passage", 0)),
+                "dropped_synthetic": int(dropped.get("synthetic", 0))}
+    except Exception:  # noqa: BLE001 - no dedup_clusters table (dedup did not run)
+        kept = None
     stats = (manifest or {}).get("stats") or {}
     target = None
     try:
@@ -43,6 +60,7 @@ def rephrase_summary(con, manifest: dict | None = None) -> dict[str, Any] | None
         "by_style": {str(k): int(v) for k, v in styles.items()},
         "rejected_by_reason": {str(k): int(v) for k, v in rejected.items()},
         "orphans": int(orphans),
+        "after_dedup": kept,
     }
 
 
@@ -54,6 +72,11 @@ def format_rephrase(s: dict[str, Any] | None) -> list[str]:
              f"  passages / synthetic rows    {s['passages']} / {s['synthetic_rows']}",
              f"  tokens / synthetic tokens    {s['tokens']} / {s['synthetic_tokens']}",
              f"  synthetic token share        {s['synthetic_ratio']:.4f}{target}"]
+    k = s.get("after_dedup")
+    if k:
+        lines.append(f"  after dedup                  share {k['synthetic_ratio']:.4f} of {k['tokens']} "
+                     f"tokens; dropped {k['dropped_passages']} passage(s), "
+                     f"{k['dropped_synthetic']} synthetic row(s)")
     if s["by_style"]:
         lines.append("  synthetic rows by style      " + ", ".join(f"{k} {v}" for k, v in s["by_style"].items()))
     if s["rejected_by_reason"]:

@@ -77,17 +77,6 @@ STAGES: tuple[StageSpec, ...] = (
         uses=("segments", "kept_segments"),
     ),
     StageSpec(
-        name="dedup",
-        summary="exact, MinHash-LSH, audio/video fingerprint and embedding duplicates, within "
-                "the run and against the cross-run index (dedup.index_dir)",
-        # sources only is a prerequisite (--stages vad,dedup works); the text and image tables
-        # are compared when present
-        requires=("sources",), produces=("dedup_clusters", "dedup_signatures"), streams=(),
-        config=("dedup",), ledger=("dedup",), source_level=False, models=("sentence-embedding",),
-        corpus=True, uses=("transcripts", "interleaved", "documents"),
-        per_source=False,  # clusters span sources
-    ),
-    StageSpec(
         name="rephrase",
         summary="cut the kept transcript text into passages and mix in synthetic rephrasings "
                 "(encyclopedic, question-answer, spoken-to-written) at rephrase.synthetic_ratio",
@@ -96,6 +85,18 @@ STAGES: tuple[StageSpec, ...] = (
         ledger=("rephrase",), source_level=False, models=("rephrase", "sentence-embedding"),
         corpus=True, uses=("segment_quality",),
         per_source=False,  # the synthetic share is a corpus-wide token ratio
+    ),
+    StageSpec(
+        name="dedup",
+        summary="exact, MinHash-LSH, audio/video fingerprint and embedding duplicates, within "
+                "the run and against the cross-run index (dedup.index_dir)",
+        # sources only is a prerequisite (--stages vad,dedup works); the text and image tables
+        # are compared when present, text_mix too: declared after rephrase, so that the
+        # synthetic rows are deduplicated against the natural ones in the same job
+        requires=("sources",), produces=("dedup_clusters", "dedup_signatures"), streams=(),
+        config=("dedup",), ledger=("dedup",), source_level=False, models=("sentence-embedding",),
+        corpus=True, uses=("transcripts", "interleaved", "documents", "text_mix"),
+        per_source=False,  # clusters span sources
     ),
 )
 

@@ -248,7 +248,7 @@ DEDUP_CLUSTERS = pa.schema(
     [
         pa.field("member_id", pa.string(), nullable=False),  # f"{kind}:{item_id}"
         pa.field("item_id", pa.string(), nullable=False),  # its id: source_id (source, transcript), interleaved item_id, document_id
-        pa.field("kind", pa.string(), nullable=False),  # source | transcript | text_item | image | document
+        pa.field("kind", pa.string(), nullable=False),  # source | transcript | text_item | image | document | passage | synthetic (text_mix rows)
         pa.field("source_id", pa.string(), nullable=False),
         pa.field("cluster_id", pa.string(), nullable=False),  # "dc-" + hash of the representative
         pa.field("representative_id", pa.string(), nullable=False),  # item_id of the kept item

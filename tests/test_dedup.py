@@ -20,7 +20,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from mmcurate.schemas.records import Rejection, SourceRecord, Transcript
 from mmcurate.transforms import fingerprint as fp
 from mmcurate.transforms.dedup import (ConnectedComponents, DedupConfig, Deduplicate, MinHasher,
-                                       bucket_pairs, exact_jaccard, node_of, normalize_text,
+                                       bucket_pairs, exact_jaccard, node_is_new, node_of, normalize_text,
                                        shingles)
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
@@ -108,6 +108,15 @@ def test_representative_rule_orders_nodes():
     assert min(bigger, new_short) == bigger  # then bytes
     assert min(node_of(sig("b", 10.0), True), new_short) == new_short  # then id
     assert min(new_long, old, older) == older  # curated before: earliest partition first
+
+    def mix(kind, sid, dur, part="p"):
+        return make_signature(kind, sid, "minhash", source_info(_src(sid, dur)), b"x", dur, part, "r")
+
+    # a synthetic text-mix row ranks after every natural one, curated before or not
+    old_syn = node_of(mix("synthetic", "s", 99.0, part="2025-01-01"), new=False)
+    new_passage = node_of(mix("passage", "p", 1.0), new=True)
+    assert min(old_syn, new_passage) == new_passage
+    assert not node_is_new(old_syn) and node_is_new(node_of(mix("synthetic", "t", 1.0), new=True))
 
 
 def test_bucket_pairs_all_star_and_index_pairs_skipped():
@@ -400,3 +409,58 @@ def test_default_resumable_run_fingerprints_its_media(tmp_path):
     rows = con.execute(f"SELECT method, is_representative FROM read_parquet('{out}/dedup_clusters/*.parquet') "
                        "WHERE kind = 'source'").fetchall()
     assert sorted(r[1] for r in rows) == [False, True] and {r[0] for r in rows} <= {"audio_fp", None}, rows
+
+
+# ------------------------------------------------------------------ the text mix (rephrase)
+
+
+def _mix(text_id: str, sid: str, text: str, parent: str | None = None) -> "TextMix":
+    from mmcurate.schemas.records import TextMix
+
+    syn = parent is not None
+    return TextMix(text_id, sid, syn, parent, 0, text, len(text.split()),
+                   hashlib.sha1(text.encode()).hexdigest(), 0.0, 1.0, [], "en",
+                   "encyclopedic" if syn else None, "v1" if syn else None, None,
+                   "fake" if syn else None, None, "stop" if syn else None, None, None, "run-t")
+
+
+OTHER = ("completely different words about something else entirely and more of them said by "
+         "another speaker in another room on another day of the week")
+MIX = [
+    _mix("p-a", SID["a"], BASE),
+    _mix("p-d", SID["d"], OTHER),
+    # a rephrasing of p-d that repeats p-a nearly word for word, from the LONGEST source (b):
+    # by the source rule alone it would be the representative; a synthetic row never is
+    _mix("s-b", SID["b"], BASE.replace("tonight", "today"), parent="p-d"),
+    _mix("s-e", SID["e"], OTHER, parent="p-d"),  # an exact copy of a natural passage
+    _mix("s-a", SID["a"], "a fox leapt across a sleeping dog as evening fell over a still valley",
+         parent="p-a"),  # a real rephrasing: no duplicate
+]
+
+
+def test_synthetic_rows_are_deduplicated_against_natural_ones(tmp_path):
+    names = ("dedup_clusters", "rejected")
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        out = ({"sources": p | "S" >> beam.Create(SOURCES),
+                "transcripts": p | "T" >> beam.Create(TRANSCRIPTS),
+                "text_mix": p | "M" >> beam.Create(MIX)}
+               | Deduplicate(DedupConfig(methods=("sha256", "text_hash", "minhash")), "run-t", "run-t",
+                             decode_media=False))
+        for name in names:
+            _capture(out[name], tmp_path / f"{name}.pkl", name)
+    got = {name: _load(tmp_path / f"{name}.pkl") for name in names}
+    rows = {(r.kind, r.item_id): r for r in got["dedup_clusters"]}
+    sb, se, pa, pd = (rows.get(k) for k in (("synthetic", "s-b"), ("synthetic", "s-e"),
+                                              ("passage", "p-a"), ("passage", "p-d")))
+    assert sb and pa and sb.cluster_id == pa.cluster_id and pa.is_representative
+    assert not sb.is_representative and sb.representative_id == "p-a" and sb.method == "minhash"
+    assert se and pd and se.cluster_id == pd.cluster_id and pd.is_representative
+    assert (se.method, se.similarity) == ("text_hash", 1.0)
+    assert ("synthetic", "s-a") not in rows
+    # the mix is compared with itself only: p-a (= transcript a's text) joins no transcript
+    assert {r.kind for r in got["dedup_clusters"] if r.cluster_id == pa.cluster_id} == {"passage", "synthetic"}
+    assert rows[("transcript", SID["a"])].cluster_id != pa.cluster_id
+    ledger = {r.item_id: r for r in got["rejected"] if r.item_id.startswith(("passage:", "synthetic:"))}
+    assert set(ledger) == {"synthetic:s-b", "synthetic:s-e"}
+    assert ledger["synthetic:s-b"].reason == "near_duplicate" and "p-a" in ledger["synthetic:s-b"].detail
+    assert ledger["synthetic:s-e"].reason == "exact_duplicate"

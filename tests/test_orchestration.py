@@ -112,7 +112,7 @@ def test_plan_command_lines():
                            beam_options={"direct_running_mode": "multi_processing",
                                          "direct_num_workers": 2, "save_main_session": True,
                                          "nothing": None},
-                           corpus_stages=" dedup , rephrase", gates="/g.yaml", output_root="/out",
+                           corpus_stages=" rephrase , dedup", gates="/g.yaml", output_root="/out",
                            dedup_index_dir="{output_root}/_dedup_index")
     assert p.launcher == "task"
     assert p.run_argv == ["run", "/in/2026-11-22.jsonl", "--output", "/out/2026-11-22",
@@ -121,7 +121,7 @@ def test_plan_command_lines():
                           "--set", "x.y=/out/idx", "--no-audit", "--runner=DirectRunner",
                           "--direct_running_mode=multi_processing", "--direct_num_workers=2",
                           "--save_main_session"]
-    assert p.corpus_argv == ["corpus", "/out/2026-11-22", "--stages", "dedup,rephrase",
+    assert p.corpus_argv == ["corpus", "/out/2026-11-22", "--stages", "rephrase,dedup",
                              "--set", "dedup.index_dir=/out/_dedup_index",
                              "--set", "dedup.partition=2026-11-22", "--no-audit",
                              "--runner=DirectRunner", "--direct_running_mode=multi_processing",

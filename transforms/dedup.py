@@ -11,6 +11,12 @@ What is compared (kind: methods):
   text_item   text_hash, minhash (the text items of interleaved video documents)
   image       phash (the keyframes' 64-bit DCT hash, Hamming distance; 5 exact-match bands
               find every pair within 4 bits by the pigeonhole principle)
+  passage,    text_hash, minhash: the rows of the rephrase stage's text_mix, natural passages
+  synthetic   and synthetic rephrasings, compared with each other only (own LSH buckets). A
+              synthetic row ranks after every natural one, so a rephrasing that repeats a
+              natural passage (of its parent or of any other source, in this run or an earlier
+              one) is dropped, never the passage; a natural passage of a duplicate recording
+              is dropped against the representative recording's passage
   document    follows its source: the document of a duplicate source duplicates the document
               of the source's representative
 
@@ -75,7 +81,11 @@ log = logging.getLogger("mmcurate.dedup")
 
 METHODS = ("sha256", "audio_fp", "video_fp", "text_hash", "minhash", "embedding", "phash")
 EXACT_METHODS = ("sha256", "text_hash")
-KINDS = ("source", "transcript", "text_item", "image", "document")
+KINDS = ("source", "transcript", "text_item", "image", "document", "passage", "synthetic")
+# The text mix (rephrase's text_mix table): natural passages and synthetic rephrasings are
+# compared with each other only (a passage is a piece of a transcript, not its duplicate), and
+# a synthetic row is never the representative of a natural one
+MIX_KINDS = ("passage", "synthetic")
 _PARTITION_RE = re.compile(r"^[A-Za-z0-9._=-]{1,128}$")
 
 
@@ -187,13 +197,14 @@ def source_info(s) -> SourceInfo:
 
 # A node is the rank tuple of an item: comparing two nodes IS the representative rule, so the
 # minimum node of a component is its representative (labels in ConnectedComponents are nodes).
-#   (age: 0 index / 1 this run, partition (index only), -duration, -fidelity, -bytes, -length,
-#    kind, item_id)
+#   (age: 0 index / 1 this run, +2 for a synthetic text-mix row (after every natural one),
+#    partition (index only), -duration, -fidelity, -bytes, -length, kind, item_id)
 Node = tuple
 
 
 def node_of(sig: DedupSignature, new: bool) -> Node:
-    return (1 if new else 0, "" if new else sig.partition, -float(sig.duration_s or 0.0),
+    age = (1 if new else 0) + (2 if sig.kind == "synthetic" else 0)
+    return (age, "" if new else sig.partition, -float(sig.duration_s or 0.0),
             -float(sig.fidelity or 0.0), -int(sig.bytes or 0), -float(sig.length or 0.0),
             sig.kind, sig.item_id)
 
@@ -207,7 +218,12 @@ def node_item(n: Node) -> str:
 
 
 def node_is_new(n: Node) -> bool:
-    return n[0] == 1
+    return n[0] % 2 == 1
+
+
+def key_space(kind: str) -> str:
+    """LSH buckets are per method and space: text-mix rows meet only text-mix rows."""
+    return "mix" if kind in MIX_KINDS else ""
 
 
 def make_signature(kind: str, item_id: str, method: str, info: SourceInfo, signature: bytes,
@@ -941,7 +957,7 @@ def _document_rows(kv, run_id: str):
 
 
 def _pairs_from_bucket(kv, max_all: int):
-    (method, _), nodes = kv
+    (method, *_), nodes = kv
     for a, b in bucket_pairs(nodes, max_all):
         yield method, a, b
 
@@ -1008,6 +1024,9 @@ class Deduplicate(beam.PTransform):
                 sigs.append({"info": info, "items": images}
                             | "JoinImages" >> beam.CoGroupByKey()
                             | "ImageSignatures" >> beam.ParDo(_ImageSignatures(self.partition, self.run_id)))
+        if "text_mix" in inputs:
+            text_items.append(inputs["text_mix"] | "MixItems" >> beam.Map(
+                lambda r: (r.source_id, ("synthetic" if r.is_synthetic else "passage", r.text_id, r.text))))
         if text_items and methods & {"text_hash", "minhash", "embedding"}:
             items = text_items | "AllTextItems" >> beam.Flatten()
             text_sigs = ({"info": info, "items": items}
@@ -1042,7 +1061,8 @@ class Deduplicate(beam.PTransform):
         lsh_nodes = nodes | "NotEmbedding" >> beam.Filter(lambda ns: ns[1].method != "embedding")
         pairs = (
             lsh_nodes
-            | "LshKeys" >> beam.FlatMap(lambda ns: [((ns[1].method, k), ns[0]) for k in lsh_keys(ns[1], c)])
+            | "LshKeys" >> beam.FlatMap(lambda ns: [((ns[1].method, key_space(ns[1].kind), k), ns[0])
+                                                    for k in lsh_keys(ns[1], c)])
             | "Buckets" >> beam.GroupByKey()
             | "CandidatePairs" >> beam.FlatMap(_pairs_from_bucket, c.bucket_pairs_max)
             | "DistinctPairs" >> beam.Distinct()
