@@ -8,6 +8,8 @@
   (`--direct_running_mode=multi_processing --direct_num_workers=N`), model threads set to
   cores / workers (asr.cpu_threads, diarization.torch_threads) so both use the same cores;
   1 and 2 workers alternate (`--repeat` pairs) so a load change on the shared box hits both.
+  `--threads-per-worker 1` keeps each worker's size fixed instead (scale-out, as on a
+  distributed runner). Each run's CPU seconds / wall seconds = cores kept busy.
   Figure: speed-up = wall(1 worker) / wall(2 workers) (goal >= 1.7 on 2 cores).
 - `scaling`: N distinct short files (1 to 11 s slices of the shared speech, random gain),
   `--stages vad`, default chunking (output.chunk_sources 32): wall seconds per audio hour for
@@ -52,12 +54,16 @@ def run(argv: list[str], log: Path) -> dict:
     """One `mmcurate run` child: wall seconds, exit code, peak RSS of its process tree (the
     largest ru_maxrss of any descendant reaped meanwhile)."""
     t0 = time.perf_counter()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("w") as fh:
         rc = subprocess.run(MMCURATE + ["run", *argv, "--no-audit"], stdout=fh, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - t0
     if rc != 0:
         sys.exit(f"run failed (rc {rc}); see {log}:\n" + log.read_text()[-3000:])
-    return {"wall_s": round(wall, 2), "peak_rss_mb_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru.ru_utime + ru.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 1), "cores_busy": round(cpu / wall, 2),
+            "peak_rss_mb_children": round(ru.ru_maxrss / 1024, 1)}
 
 
 def manifest(out: Path) -> dict:
@@ -100,7 +106,9 @@ def workers(tmp: Path) -> dict:
     rows = []
     for rep in range(ARGS.repeat):
         for n in (1, 2):
-            threads = max(1, cores // n)
+            # split: one machine's cores shared by the workers; fixed: each worker a fixed-size
+            # unit (as on a distributed runner, where a worker brings its own cores)
+            threads = ARGS.threads_per_worker or max(1, cores // n)
             out = tmp / f"w{n}-{rep}"
             argv = [str(ARGS.media), "--output", str(out), "--stages", ARGS.stages,
                     "--set", f"asr.cpu_threads={threads}", "--set", f"diarization.torch_threads={threads}",
@@ -109,11 +117,13 @@ def workers(tmp: Path) -> dict:
             r = run(argv, tmp / f"w{n}-{rep}.log")
             r.update(workers=n, threads=threads, repeat=rep, load_before=before, load_after=uptime(),
                      sources=manifest(out)["tables"].get("sources"), audio_s=round(audio_s(out), 1))
-            print(f"  {n} worker(s), {threads} thread(s): {r['wall_s']:.1f} s  ({before.split('load')[-1]})")
+            print(f"  {n} worker(s), {threads} thread(s) each: {r['wall_s']:.1f} s wall, {r['cpu_s']:.0f} s CPU "
+                  f"({r['cores_busy']:.2f} cores busy)  ({before.split('load')[-1]})", flush=True)
             rows.append(r)
     one = sum(r["wall_s"] for r in rows if r["workers"] == 1)
     two = sum(r["wall_s"] for r in rows if r["workers"] == 2)
     result = {"mode": "workers", "stages": ARGS.stages, "cores": cores, "runs": rows,
+              "threads_per_worker": ARGS.threads_per_worker or "cores / workers",
               "speedup_2_vs_1": round(one / two, 3)}
     print(f"speed-up 2 workers vs 1: {result['speedup_2_vs_1']:.2f}x (goal >= 1.7)")
     return result
@@ -207,6 +217,9 @@ def main() -> int:
     ap.add_argument("--media", type=Path, default=ROOT.parent / "shared" / "media")
     ap.add_argument("--stages", default="vad,speech,quality,video")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--threads-per-worker", type=int, default=0,
+                    help="workers: model threads of each worker (default 0: cores / workers, the "
+                         "machine's cores split between the workers)")
     ap.add_argument("--sizes", default="10,50,200,500")
     ap.add_argument("--hours", type=float, default=2.0)
     ARGS = ap.parse_args()
@@ -216,8 +229,9 @@ def main() -> int:
         result = {"workers": workers, "scaling": scaling, "long": long}[ARGS.mode](Path(tmp))
     result["load_end"] = uptime()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"orchestration-{ARGS.mode}.json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS / f'orchestration-{ARGS.mode}.json'}")
+    name = f"orchestration-{ARGS.mode}" + (f"-t{ARGS.threads_per_worker}" if ARGS.threads_per_worker else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {RESULTS / f'{name}.json'}")
     return 0
 
 
