@@ -271,9 +271,13 @@ def main(argv=None) -> int:
     bands, rows = a.bands or d.bands, a.rows or d.rows
 
     if a.measure:  # run the command, report its JSON plus its own peak RSS
-        proc = subprocess.Popen(a.rest, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _, status, ru = os.wait4(proc.pid, 0)
-        out, err = proc.stdout.read(), proc.stderr.read()
+        # output to files, not pipes: wait4 does not read them, and a child that logs more than
+        # a pipe holds (64 KiB: Beam's logs on 100k documents) would block writing, forever
+        with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+            proc = subprocess.Popen(a.rest, stdout=fo, stderr=fe, text=True)
+            _, status, ru = os.wait4(proc.pid, 0)
+            fo.seek(0), fe.seek(0)
+            out, err = fo.read(), fe.read()
         if status != 0:
             sys.stderr.write(err[-3000:])
             return 1

@@ -90,6 +90,33 @@ def test_shingles_and_exact_jaccard_match_python_sets():
     assert shingles("two words", 5) == [b"two words"]
 
 
+def test_ascii_fast_path_normalises_as_the_unicode_path():
+    from mmcurate.transforms.dedup import _normalize_unicode
+
+    rng = np.random.default_rng(5)
+    alphabet = [chr(c) for c in range(128)] + ["[spk0]", "[SPK12]", "  ", "Word"]
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet, size=int(rng.integers(0, 40))))
+        assert normalize_text(text) == _normalize_unicode(text), repr(text)
+    assert normalize_text("[spk0] Hello,  WORLD!\x1f ok_1") == "hello world ok_1"
+
+
+def test_vectorised_minhash_is_datasketchs():
+    """MinHasher.minhash must give datasketch's affine32 values bit for bit: signatures in the
+    cross-run index were made by it and must stay comparable."""
+    from datasketch import MinHash
+
+    h = MinHasher(128, 1, 5)
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 300):
+        values = rng.integers(0, 1 << 32, size=n, dtype=np.uint64).astype(np.uint32)
+        m = MinHash(num_perm=128, seed=1, scheme="affine32", hashfunc=lambda x: x)
+        m.update_batch(values.tolist())
+        assert np.array_equal(h.minhash(values), np.asarray(m.hashvalues, np.uint32))
+    words = normalize_text(BASE).split()
+    assert np.array_equal(h.shingle_hashes(" ".join(words)), h.shingle_hashes(" ".join(words)))  # cached path
+
+
 def test_representative_rule_orders_nodes():
     from mmcurate.transforms.dedup import make_signature, source_info
 

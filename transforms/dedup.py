@@ -24,7 +24,9 @@ How (every step is a Beam transform; nothing holds a global index in one worker)
   1. every item becomes a `DedupSignature` per method (persisted in `dedup_signatures`), and
      a node: its representative rank (see `node_of`);
   2. LSH keys per signature (text hash; MinHash bands; bottom-k of fingerprint tokens; pHash
-     bands) are grouped with GroupByKey; each bucket yields candidate pairs (every pair up to
+     bands) are grouped with GroupByKey, batched per shard of the key space (`lsh_shards`: one
+     shuffle element per batch and shard, the buckets of a shard grouped in memory where it
+     lands, so no worker holds the whole index); each bucket yields candidate pairs (every pair up to
      `bucket_pairs_max` members, else a star from the bucket's best-ranked member);
   3. candidates are verified on both signatures (two CoGroupByKey joins bring them together);
      embeddings are searched per partition: one flat FAISS index below `semantic_flat_max`
@@ -111,7 +113,14 @@ class DedupConfig:
     verify: str = "exact"
     jaccard_threshold: float = 0.8
     bucket_pairs_max: int = 32  # a bigger LSH bucket links its members to its best one only
-    cc_rounds: int = 8  # label propagation rounds before the residual union-find
+    # LSH keys are shuffled in this many shards (each a unit of work: its buckets are grouped
+    # in memory, ~ keys / lsh_shards of them); raise it with the corpus (1B documents x 16
+    # bands / 65536 shards = 250k keys per shard)
+    lsh_shards: int = 256
+    # label propagation + pointer jumping rounds before the residual union-find (which finishes
+    # any component still inconsistent, so fewer rounds are never wrong, only slower on long
+    # chains); 4 converge chains of ~16 links, and near-duplicate clusters are mostly stars
+    cc_rounds: int = 4
     # audio fingerprint: 1 - bit error rate. Haitsma & Kalker: BER < 0.35 is the same recording;
     # measured here: jfk wav/mp3/flac 0.97-1.00, unrelated audio never aligns (< 0.6)
     audio_threshold: float = 0.75
@@ -147,6 +156,7 @@ class DedupConfig:
         "verify": Rule(choices=("exact", "estimate")),
         "jaccard_threshold": unit_interval("Jaccard of the word n-gram sets"),
         "bucket_pairs_max": Rule(ge=2),
+        "lsh_shards": Rule(ge=1, le=1 << 24),
         "cc_rounds": Rule(ge=0, le=64),
         "audio_threshold": unit_interval("1 - bit error rate"),
         "audio_min_overlap_s": positive("seconds"),
@@ -243,9 +253,25 @@ _NON_WORD = re.compile(r"[^\w\s]+")
 _SPACES = re.compile(r"\s+")
 
 
+# ASCII fast path: the characters _NON_WORD matches become spaces in one str.translate (NFKC
+# leaves ASCII as it is, and str.split's whitespace is re's \s); tests/test_dedup.py checks
+# both paths agree on every ASCII character
+_ASCII_NON_WORD = str.maketrans({chr(c): " " for c in range(128) if _NON_WORD.match(chr(c))})
+
+
 def normalize_text(text: str) -> str:
     """NFKC, lower case, speaker tags and punctuation removed, whitespace collapsed."""
-    t = unicodedata.normalize("NFKC", text or "").lower()
+    text = text or ""
+    if text.isascii():
+        t = text.lower()
+        if "[spk" in t:
+            t = _SPEAKER_TAG.sub(" ", t)
+        return " ".join(t.translate(_ASCII_NON_WORD).split())
+    return _normalize_unicode(text)
+
+
+def _normalize_unicode(text: str) -> str:
+    t = unicodedata.normalize("NFKC", text).lower()
     t = _SPEAKER_TAG.sub(" ", t)
     t = _NON_WORD.sub(" ", t)
     return _SPACES.sub(" ", t).strip()
@@ -301,7 +327,10 @@ class MinHasher:
         words = norm.split()
         if not words:
             return np.zeros(0, "<u4")
-        wh = np.fromiter((self._word(w) for w in words), dtype=np.uint64, count=len(words))
+        got = list(map(self._words.get, words))  # the cache lookups run in C
+        if None in got:
+            got = [h if h is not None else self._word(w) for h, w in zip(got, words)]
+        wh = np.asarray(got, dtype=np.uint64)
         n = min(self.n, len(words))
         m = len(words) - n + 1
         h = np.zeros(m, dtype=np.uint64)
@@ -320,10 +349,22 @@ class MinHasher:
         hashes = self.shingle_hashes(norm)
         if hashes.size == 0:
             return None
-        m = self._cls(num_perm=self.num_perm, seed=self.seed, permutations=self._perm,
-                      scheme="affine32", hashfunc=_identity)
-        m.update_batch(hashes.tolist())
-        return np.asarray(m.hashvalues, dtype="<u4"), np.unique(hashes)
+        return self.minhash(hashes), np.unique(hashes)
+
+    def minhash(self, hashes: np.ndarray) -> np.ndarray:
+        """datasketch's affine32 MinHash of uint32 values with hashfunc = identity, vectorised
+        (the same values as `MinHash.update_batch`, tests/test_dedup.py checks it, without a
+        Python call per shingle): MurmurHash3's 32-bit finaliser, then min over a*h + b mod 2^32."""
+        hv = hashes.astype(np.uint32, copy=True)
+        with np.errstate(over="ignore"):
+            hv ^= hv >> np.uint32(16)
+            hv *= np.uint32(0x85EBCA6B)
+            hv ^= hv >> np.uint32(13)
+            hv *= np.uint32(0xC2B2AE35)
+            hv ^= hv >> np.uint32(16)
+            a, b = self._perm
+            phv = hv.reshape(-1, 1) * a + b
+        return phv.min(axis=0).astype("<u4")
 
     @staticmethod
     def pack(values: np.ndarray, hashes: np.ndarray) -> bytes:
@@ -956,30 +997,53 @@ def _document_rows(kv, run_id: str):
                 uri=uri, run_id=run_id, source_id=sid, item_id=f"document:{doc_id}"))
 
 
-def _pairs_from_bucket(kv, max_all: int):
-    (method, *_), nodes = kv
-    for a, b in bucket_pairs(nodes, max_all):
-        yield method, a, b
+def _shard_keys(batch, cfg: DedupConfig):
+    """A batch of (node, signature) -> ((method, key space, shard), [(key, node), ...]): the
+    batch's LSH keys, one element per shard they fall in (shard = crc32(key) % lsh_shards)."""
+    import zlib
+
+    out: dict[tuple, list] = {}
+    n = cfg.lsh_shards
+    for node, sig in batch:
+        space = key_space(sig.kind)
+        for k in lsh_keys(sig, cfg):
+            out.setdefault((sig.method, space, zlib.crc32(k) % n), []).append((k, node))
+    return out.items()
 
 
-def _verify_left(kv):
-    """((a, method), {"sig": [bytes], "pair": [b]}) -> ((b, method), (a, sig_a))"""
-    (a, method), g = kv
+def _pairs_from_shard(kv, max_all: int):
+    """((method, space, shard), [[(key, node), ...], ...]) -> (method, a, b) candidates of
+    every bucket in the shard."""
+    (method, *_), parts = kv
+    buckets: dict[bytes, list] = {}
+    for part in parts:
+        for k, node in part:
+            buckets.setdefault(k, []).append(node)
+    for nodes in buckets.values():
+        if len(nodes) > 1:
+            for a, b in bucket_pairs(nodes, max_all):
+                yield method, a, b
+
+
+def _sig_per_pair(kv):
+    """((node, method), {"sig": [bytes], "pair": [(a, b)]}) -> ((method, a, b), (node, sig))"""
+    (node, method), g = kv
     if not g["sig"]:
         return
-    for b in g["pair"]:
-        yield (b, method), (a, g["sig"][0])
+    for a, b in g["pair"]:
+        yield (method, a, b), (node, g["sig"][0])
 
 
-def _verify_right(kv, cfg: DedupConfig):
-    (b, method), g = kv
-    if not g["sig"]:
+def _verify_pair_sigs(kv, cfg: DedupConfig):
+    """((method, a, b), [(a, sig_a), (b, sig_b)]) -> ((method, min, max), similarity) when the
+    pair is a duplicate by `method`."""
+    (method, a, b), got = kv
+    sig = dict(got)
+    if a not in sig or b not in sig:
         return
-    sig_b = g["sig"][0]
-    for a, sig_a in g["half"]:
-        sim = verify_pair(method, sig_a, sig_b, cfg)
-        if sim is not None:
-            yield (method, min(a, b), max(a, b)), sim
+    sim = verify_pair(method, sig[a], sig[b], cfg)
+    if sim is not None:
+        yield (method, min(a, b), max(a, b)), sim
 
 
 class Deduplicate(beam.PTransform):
@@ -1004,10 +1068,12 @@ class Deduplicate(beam.PTransform):
         empty = p | "NoPrior" >> beam.Create([])
         prior = inputs.get("prior_signatures")
         prior_kv = (prior | "KeyPrior" >> beam.Map(lambda s: (s.source_id, s))) if prior is not None else empty
-        sigs = [({"info": info, "prior": prior_kv}
-                 | "JoinSourcePrior" >> beam.CoGroupByKey()
-                 | "SourceSignatures" >> beam.ParDo(_SourceSignatures(
-                     c, self.partition, self.run_id, self.decode_media)))]
+        sigs = []
+        if methods & {"sha256", "audio_fp", "video_fp"}:
+            sigs.append({"info": info, "prior": prior_kv}
+                        | "JoinSourcePrior" >> beam.CoGroupByKey()
+                        | "SourceSignatures" >> beam.ParDo(_SourceSignatures(
+                            c, self.partition, self.run_id, self.decode_media)))
         text_items = []
         if "transcripts" in inputs:
             text_items.append(inputs["transcripts"] | "TranscriptItems" >> beam.Map(
@@ -1032,7 +1098,9 @@ class Deduplicate(beam.PTransform):
             text_sigs = ({"info": info, "items": items}
                          | "JoinText" >> beam.CoGroupByKey()
                          | "TextSignatures" >> beam.ParDo(_TextSignatures(
-                             dataclasses.replace(c, methods=tuple(sorted(methods | {"text_hash"}))),
+                             # the embedding branch finds transcripts by their text_hash rows
+                             dataclasses.replace(c, methods=tuple(sorted(
+                                 methods | ({"text_hash"} if "embedding" in methods else set())))),
                              self.partition, self.run_id)))
             keep_text = [m for m in ("text_hash", "minhash") if m in methods]
             sigs.append(text_sigs | "KeepTextMethods" >> beam.Filter(lambda s: s.method in keep_text))
@@ -1047,6 +1115,8 @@ class Deduplicate(beam.PTransform):
                 sigs.append(texts
                             | "BatchTexts" >> beam.BatchElements(min_batch_size=1, max_batch_size=32)
                             | "Embed" >> beam.ParDo(_EmbedTranscripts(c, embedder=self.embedder)))
+        if not sigs:
+            sigs.append(p | "NoSignatures" >> beam.Create([]))
         new_sigs = sigs | "AllSignatures" >> beam.Flatten()
         index = inputs.get("index")
         nodes_new = new_sigs | "NodeNew" >> beam.Map(lambda s: (node_of(s, True), s))
@@ -1059,21 +1129,28 @@ class Deduplicate(beam.PTransform):
 
         # candidates: LSH buckets (all methods but embedding), verified on both signatures
         lsh_nodes = nodes | "NotEmbedding" >> beam.Filter(lambda ns: ns[1].method != "embedding")
+        # a shuffle element per (method, key space, shard) and batch of signatures, not per
+        # bucket key: a bucket (every node with one key) is whole inside its shard, grouped in
+        # memory there; shards are spread over workers (1.6M band keys of 100k documents are
+        # ~ lsh_shards x batches elements instead of 1.6M)
         pairs = (
             lsh_nodes
-            | "LshKeys" >> beam.FlatMap(lambda ns: [((ns[1].method, key_space(ns[1].kind), k), ns[0])
-                                                    for k in lsh_keys(ns[1], c)])
-            | "Buckets" >> beam.GroupByKey()
-            | "CandidatePairs" >> beam.FlatMap(_pairs_from_bucket, c.bucket_pairs_max)
+            | "BatchLshNodes" >> beam.BatchElements(min_batch_size=64, max_batch_size=2048)
+            | "LshKeyShards" >> beam.FlatMap(_shard_keys, c)
+            | "Shards" >> beam.GroupByKey()
+            | "CandidatePairs" >> beam.FlatMap(_pairs_from_shard, c.bucket_pairs_max)
             | "DistinctPairs" >> beam.Distinct()
         )
+        # verification: one join brings every candidate end its signature, a group per pair
+        # brings the two together (one pass over the signatures, not one per end)
         sig_kv = lsh_nodes | "SigByNode" >> beam.Map(lambda ns: ((ns[0], ns[1].method), ns[1].signature))
-        half = ({"sig": sig_kv, "pair": pairs | "KeyLeft" >> beam.Map(lambda t: ((t[1], t[0]), t[2]))}
-                | "JoinLeft" >> beam.CoGroupByKey()
-                | "LeftSig" >> beam.FlatMap(_verify_left))
-        edges = [({"sig": sig_kv, "half": half}
-                  | "JoinRight" >> beam.CoGroupByKey()
-                  | "Verify" >> beam.FlatMap(_verify_right, c))]
+        ends = pairs | "PairEnds" >> beam.FlatMap(
+            lambda t: [((t[1], t[0]), (t[1], t[2])), ((t[2], t[0]), (t[1], t[2]))])
+        edges = [({"sig": sig_kv, "pair": ends}
+                  | "JoinPairSigs" >> beam.CoGroupByKey()
+                  | "SigPerPair" >> beam.FlatMap(_sig_per_pair)
+                  | "PairSigs" >> beam.GroupByKey()
+                  | "Verify" >> beam.FlatMap(_verify_pair_sigs, c))]
         if "embedding" in methods:
             vecs = (nodes | "Embeddings" >> beam.Filter(lambda ns: ns[1].method == "embedding")
                     | "Vectors" >> beam.Map(lambda ns: (ns[0], ns[1].signature)))
