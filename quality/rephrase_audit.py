@@ -21,9 +21,11 @@ def rephrase_summary(con, manifest: dict | None = None) -> dict[str, Any] | None
     orphans = con.execute("""SELECT count(*) FROM text_mix s WHERE s.is_synthetic AND NOT EXISTS (
                                  SELECT 1 FROM text_mix p WHERE p.text_id = s.parent_id
                                  AND NOT p.is_synthetic)""").fetchone()[0]
-    # the mix that stays once dedup has run over it (passage / synthetic members it dropped)
+    # the mix that stays once dedup has compared it (its signatures are there), without the
+    # passage / synthetic members dedup dropped; None when dedup never saw the mix
     kept = None
-    try:
+    if con.execute("""SELECT count(*) FROM dedup_signatures
+                      WHERE kind IN ('passage', 'synthetic')""").fetchone()[0]:
         kept_tokens, kept_syn = con.execute("""
             SELECT coalesce(sum(tokens), 0), coalesce(sum(tokens) FILTER (WHERE is_synthetic), 0)
             FROM text_mix WHERE text_id NOT IN (
@@ -36,8 +38,6 @@ def rephrase_summary(con, manifest: dict | None = None) -> dict[str, Any] | None
                 "synthetic_ratio": int(kept_syn) / int(kept_tokens) if kept_tokens else 0.0,
                 "dropped_passages": int(dropped.get("passage", 0)),
                 "dropped_synthetic": int(dropped.get("synthetic", 0))}
-    except Exception:  # noqa: BLE001 - no dedup_clusters table (dedup did not run)
-        kept = None
     stats = (manifest or {}).get("stats") or {}
     target = None
     try:

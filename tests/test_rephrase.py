@@ -358,6 +358,7 @@ def test_corpus_job_adds_text_mix_and_the_ratio_to_the_manifest(tmp_path):
 
     s = audit.summarize(str(out))
     assert s["rephrase"]["synthetic_ratio"] == pytest.approx(ratio, abs=1e-6)
+    assert s["rephrase"]["after_dedup"] is None  # dedup has not compared the mix
     m2 = corpus.run_corpus(str(out), cfg, ["rephrase"], overrides={
         "rephrase_handler": rp.RephraseModelHandler(cfg.rephrase, loader=fake_loader),
         "rephrase_embedder": bow_embed})

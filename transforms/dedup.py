@@ -28,7 +28,8 @@ How (every step is a Beam transform; nothing holds a global index in one worker)
      shuffle element per batch and shard, the buckets of a shard grouped in memory where it
      lands, so no worker holds the whole index); each bucket yields candidate pairs (every pair up to
      `bucket_pairs_max` members, else a star from the bucket's best-ranked member);
-  3. candidates are verified on both signatures (two CoGroupByKey joins bring them together);
+  3. candidates are verified on both signatures (one CoGroupByKey gives each pair end its
+     signature, a GroupByKey per pair brings the two together);
      embeddings are searched per partition: one flat FAISS index below `semantic_flat_max`
      items, else k-means centroids trained on a sample (IVF / SemDeDup style) assign every
      vector to its `semantic_assign` nearest partitions, searched in parallel;
@@ -70,6 +71,7 @@ import os
 import posixpath
 import re
 import unicodedata
+import zlib
 from dataclasses import dataclass
 from typing import ClassVar, Iterable
 
@@ -297,8 +299,9 @@ class MinHasher:
 
     Shingle hashes are computed vectorised: each distinct word is hashed once per worker
     (blake2b, 64 bits, cached), a shingle's hash is a polynomial of its n word hashes (uint64
-    arithmetic) finished with MurmurHash3's fmix64 and cut to 32 bits; those 32-bit values feed
-    datasketch's MinHash (hashfunc = identity) and are kept too: `pack()` stores the MinHash
+    arithmetic) finished with MurmurHash3's fmix64 and cut to 32 bits; the MinHash of those 32-bit values
+    is datasketch's (affine32 permutations drawn by datasketch, hashfunc = identity), computed
+    in numpy (`minhash`), and the values are kept too: `pack()` stores the MinHash
     values (for the LSH bands) followed by the sorted distinct shingle hashes (for exact
     verification). Per-shingle sha1 (datasketch's default hashfunc) cost 0.6 ms per 150-word
     document in Python calls; this is ~25x less."""
@@ -308,7 +311,6 @@ class MinHasher:
     def __init__(self, num_perm: int, seed: int = 1, shingle_size: int = 5):
         from datasketch import MinHash
 
-        self._cls = MinHash
         self.num_perm, self.seed, self.n = num_perm, seed, shingle_size
         self._perm = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
         self._words: dict[str, int] = {}
@@ -376,10 +378,6 @@ class MinHasher:
         a = np.frombuffer(data, "<u4")
         n = int(a[0])
         return a[1:1 + n], a[1 + n:]
-
-
-def _identity(x):
-    return x
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> list[bytes]:
@@ -588,7 +586,7 @@ def _key_source(s):
 
 class _SourceSignatures(beam.DoFn):
     """(source_id, {"info": [SourceInfo], "prior": [DedupSignature]}) -> DedupSignature per
-    method: sha256 always; audio_fp / video_fp reused from `prior` (stored by an earlier dedup
+    method: sha256 when selected; audio_fp / video_fp reused from `prior` (stored by an earlier dedup
     of this output) or computed from the media when `decode` (in-graph, or decode_missing)."""
 
     def __init__(self, cfg: DedupConfig, partition: str, run_id: str, decode: bool):
@@ -1000,8 +998,6 @@ def _document_rows(kv, run_id: str):
 def _shard_keys(batch, cfg: DedupConfig):
     """A batch of (node, signature) -> ((method, key space, shard), [(key, node), ...]): the
     batch's LSH keys, one element per shard they fall in (shard = crc32(key) % lsh_shards)."""
-    import zlib
-
     out: dict[tuple, list] = {}
     n = cfg.lsh_shards
     for node, sig in batch:
@@ -1065,11 +1061,11 @@ class Deduplicate(beam.PTransform):
         p = inputs["sources"].pipeline
         methods = set(c.methods)
         info = inputs["sources"] | "SourceInfo" >> beam.Map(_key_source)
-        empty = p | "NoPrior" >> beam.Create([])
-        prior = inputs.get("prior_signatures")
-        prior_kv = (prior | "KeyPrior" >> beam.Map(lambda s: (s.source_id, s))) if prior is not None else empty
         sigs = []
         if methods & {"sha256", "audio_fp", "video_fp"}:
+            prior = inputs.get("prior_signatures")
+            prior_kv = (prior | "KeyPrior" >> beam.Map(lambda s: (s.source_id, s)) if prior is not None
+                        else p | "NoPrior" >> beam.Create([]))
             sigs.append({"info": info, "prior": prior_kv}
                         | "JoinSourcePrior" >> beam.CoGroupByKey()
                         | "SourceSignatures" >> beam.ParDo(_SourceSignatures(
