@@ -117,6 +117,23 @@ def test_vectorised_minhash_is_datasketchs():
     assert np.array_equal(h.shingle_hashes(" ".join(words)), h.shingle_hashes(" ".join(words)))  # cached path
 
 
+def test_compiled_signatures_are_the_numpy_ones():
+    """The numba kernel (the default path) and the numpy reference give the same values and
+    distinct shingle hashes, dtype included, for texts of 1 word to far more than n."""
+    h, ref = MinHasher(128, 1, 5), MinHasher(128, 1, 5, jit=False)
+    assert h._kernel is not None, "numba is in the lock: the compiled path must be the one in use"
+    rng = np.random.default_rng(11)
+    vocab = [f"w{i}" for i in range(40)]  # a small vocabulary: repeated shingles
+    texts = [" ".join(rng.choice(vocab, size=n)) for n in (1, 2, 4, 5, 6, 9, 50, 400) for _ in range(5)]
+    texts += [normalize_text(BASE), "a a a a a a a a"]
+    for t in texts:
+        (va, ha), (vb, hb) = h.signature(t), ref.signature(t)
+        assert va.dtype == vb.dtype == np.uint32 and ha.dtype == hb.dtype == np.uint32
+        assert np.array_equal(va, vb) and np.array_equal(ha, hb), t
+        assert np.array_equal(vb, ref.minhash(ref.shingle_hashes(t)))  # datasketch's, above
+    assert h.signature("") is None and ref.signature("") is None
+
+
 def test_representative_rule_orders_nodes():
     from mmcurate.transforms.dedup import make_signature, source_info
 

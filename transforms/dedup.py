@@ -29,7 +29,8 @@ How (every step is a Beam transform; nothing holds a global index in one worker)
      lands, so no worker holds the whole index); each bucket yields candidate pairs (every pair up to
      `bucket_pairs_max` members, else a star from the bucket's best-ranked member);
   3. candidates are verified on both signatures (one CoGroupByKey gives each pair end its
-     signature, a GroupByKey per pair brings the two together);
+     signature, a GroupByKey per pair brings the two together; a Bloom filter of the pairs'
+     ends, broadcast, lets only those nodes into the join: a semi-join);
      embeddings are searched per partition: one flat FAISS index below `semantic_flat_max`
      items, else k-means centroids trained on a sample (IVF / SemDeDup style) assign every
      vector to its `semantic_assign` nearest partitions, searched in parallel;
@@ -119,6 +120,11 @@ class DedupConfig:
     # in memory, ~ keys / lsh_shards of them); raise it with the corpus (1B documents x 16
     # bands / 65536 shards = 250k keys per shard)
     lsh_shards: int = 256
+    # a Bloom filter of every candidate pair's ends (broadcast, 2^semijoin_log2_bits bits) lets
+    # only those nodes' signatures and source fields into the verification and cluster joins:
+    # 100k documents send ~8k signatures there instead of 100k. Its false positives only let
+    # more in (~2% at 1M candidate nodes with the default 8 Mbit = 1 MiB); raise it past that
+    semijoin_log2_bits: int = 23
     # label propagation + pointer jumping rounds before the residual union-find (which finishes
     # any component still inconsistent, so fewer rounds are never wrong, only slower on long
     # chains); 4 converge chains of ~16 links, and near-duplicate clusters are mostly stars
@@ -159,6 +165,7 @@ class DedupConfig:
         "jaccard_threshold": unit_interval("Jaccard of the word n-gram sets"),
         "bucket_pairs_max": Rule(ge=2),
         "lsh_shards": Rule(ge=1, le=1 << 24),
+        "semijoin_log2_bits": Rule(ge=10, le=34),
         "cc_rounds": Rule(ge=0, le=64),
         "audio_threshold": unit_interval("1 - bit error rate"),
         "audio_min_overlap_s": positive("seconds"),
@@ -293,27 +300,45 @@ def shingles(norm: str, n: int) -> list[bytes]:
     return [" ".join(words[i:i + n]).encode("utf-8") for i in range(len(words) - n + 1)]
 
 
+def _jit_kernel():
+    """The compiled signature kernel (transforms/_minhash_jit.py), or None without numba."""
+    try:
+        from mmcurate.transforms._minhash_jit import signature_kernel
+
+        # compile now (or load numba's cache), so that a failure falls back here, not per text
+        signature_kernel(np.ones(6, np.uint64), 5, np.ones(2, np.uint32), np.ones(2, np.uint32))
+    except Exception as e:  # noqa: BLE001 - numba missing or broken: the numpy path is exact too
+        log.warning("numba unavailable (%s: %s); MinHash signatures in numpy (~2x slower)",
+                    type(e).__name__, e)
+        return None
+    return signature_kernel
+
+
 class MinHasher:
     """datasketch MinHash signatures (affine32 scheme) of a text's word n-grams, with the
     permutations drawn once for the configured seed and reused for every text.
 
-    Shingle hashes are computed vectorised: each distinct word is hashed once per worker
-    (blake2b, 64 bits, cached), a shingle's hash is a polynomial of its n word hashes (uint64
-    arithmetic) finished with MurmurHash3's fmix64 and cut to 32 bits; the MinHash of those 32-bit values
-    is datasketch's (affine32 permutations drawn by datasketch, hashfunc = identity), computed
-    in numpy (`minhash`), and the values are kept too: `pack()` stores the MinHash
-    values (for the LSH bands) followed by the sorted distinct shingle hashes (for exact
-    verification). Per-shingle sha1 (datasketch's default hashfunc) cost 0.6 ms per 150-word
-    document in Python calls; this is ~25x less."""
+    Each distinct word is hashed once per worker (blake2b, 64 bits, cached), a shingle's hash
+    is a polynomial of its n word hashes (uint64 arithmetic) finished with MurmurHash3's fmix64
+    and cut to 32 bits; the MinHash of those 32-bit values is datasketch's (affine32
+    permutations drawn by datasketch, hashfunc = identity), and the values are kept too:
+    `pack()` stores the MinHash values (for the LSH bands) followed by the sorted distinct
+    shingle hashes (for exact verification). The work after the word hashes runs in a compiled
+    kernel (transforms/_minhash_jit.py, numba) or, without numba or with `jit=False`, in numpy
+    (`signature_numpy`): the same values bit for bit. Per-shingle sha1 (datasketch's default
+    hashfunc) cost 0.6 ms per 150-word document in Python calls; numpy ~25x less, the kernel
+    ~3x less again (bench/README.md, "Dedup")."""
 
     _CACHE_MAX = 2_000_000
 
-    def __init__(self, num_perm: int, seed: int = 1, shingle_size: int = 5):
+    def __init__(self, num_perm: int, seed: int = 1, shingle_size: int = 5, jit: bool = True):
         from datasketch import MinHash
 
         self.num_perm, self.seed, self.n = num_perm, seed, shingle_size
-        self._perm = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+        a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+        self._perm = (np.ascontiguousarray(a, np.uint32), np.ascontiguousarray(b, np.uint32))
         self._words: dict[str, int] = {}
+        self._kernel = _jit_kernel() if jit else None
 
     def _word(self, w: str) -> int:
         h = self._words.get(w)
@@ -324,17 +349,21 @@ class MinHasher:
             self._words[w] = h
         return h
 
-    def shingle_hashes(self, norm: str) -> np.ndarray:
-        """uint32 hash of every word n-gram (the whole text when shorter than n words)."""
+    def word_hashes(self, norm: str) -> np.ndarray:
+        """uint64 hash of every word (blake2b, cached per distinct word)."""
         words = norm.split()
-        if not words:
-            return np.zeros(0, "<u4")
         got = list(map(self._words.get, words))  # the cache lookups run in C
         if None in got:
             got = [h if h is not None else self._word(w) for h, w in zip(got, words)]
-        wh = np.asarray(got, dtype=np.uint64)
-        n = min(self.n, len(words))
-        m = len(words) - n + 1
+        return np.asarray(got, dtype=np.uint64)
+
+    def shingle_hashes(self, norm: str) -> np.ndarray:
+        """uint32 hash of every word n-gram (the whole text when shorter than n words)."""
+        wh = self.word_hashes(norm)
+        if not wh.size:
+            return np.zeros(0, "<u4")
+        n = min(self.n, wh.size)
+        m = wh.size - n + 1
         h = np.zeros(m, dtype=np.uint64)
         with np.errstate(over="ignore"):
             for k in range(n):
@@ -348,6 +377,13 @@ class MinHasher:
 
     def signature(self, norm: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(MinHash values uint32[num_perm], sorted distinct shingle hashes uint32) or None."""
+        if self._kernel is not None:
+            wh = self.word_hashes(norm)
+            return self._kernel(wh, self.n, *self._perm) if wh.size else None
+        return self.signature_numpy(norm)
+
+    def signature_numpy(self, norm: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """`signature` in numpy (the reference; used when numba is missing)."""
         hashes = self.shingle_hashes(norm)
         if hashes.size == 0:
             return None
@@ -414,22 +450,25 @@ def phash_keys(h: int) -> list[bytes]:
 
 def lsh_keys(sig: DedupSignature, cfg: DedupConfig) -> list[bytes]:
     """The bucket keys of one signature (a pair shares a key -> candidate)."""
+    return method_keys(sig.method, sig.signature, cfg)
+
+
+def method_keys(m: str, signature: bytes, cfg: DedupConfig) -> list[bytes]:
     from mmcurate.transforms import fingerprint as fp
 
-    m = sig.method
     if m in EXACT_METHODS:
-        return [sig.signature]
+        return [signature]
     if m == "minhash":
-        values, _ = MinHasher.unpack(sig.signature)
+        values, _ = MinHasher.unpack(signature)
         if values.size < cfg.bands * cfg.rows:  # an index entry of another bands x rows
             return []
         return band_keys(values, cfg.bands, cfg.rows)
     if m == "audio_fp":
-        return [k.to_bytes(8, "little") for k in fp.audio_keys(np.frombuffer(sig.signature, "<u4"))]
+        return [k.to_bytes(8, "little") for k in fp.audio_keys(np.frombuffer(signature, "<u4"))]
     if m == "video_fp":
-        return [k.to_bytes(8, "little") for k in fp.video_keys(fp.VideoPrint.from_bytes(sig.signature))]
+        return [k.to_bytes(8, "little") for k in fp.video_keys(fp.VideoPrint.from_bytes(signature))]
     if m == "phash":
-        return phash_keys(int.from_bytes(sig.signature, "little"))
+        return phash_keys(int.from_bytes(signature, "little"))
     return []
 
 
@@ -581,7 +620,10 @@ class _UnionFind(beam.CombineFn):
 
 
 def _key_source(s):
-    return s.source_id, source_info(s)
+    # a plain tuple crosses the shuffle in Beam's fast coder; a dataclass would be pickled
+    i = source_info(s)
+    return s.source_id, (i.source_id, i.uri, i.media_uri, i.media_kind, i.sha256, i.duration_s,
+                         i.fidelity, i.bytes)
 
 
 class _SourceSignatures(beam.DoFn):
@@ -600,7 +642,7 @@ class _SourceSignatures(beam.DoFn):
         sid, g = kv
         if not g["info"]:
             return
-        info: SourceInfo = g["info"][0]
+        info = SourceInfo(*g["info"][0])
         methods = set(self.cfg.methods)
         sig = lambda m, data: make_signature("source", sid, m, info, data, info.duration_s,  # noqa: E731
                                               self.partition, self.run_id)
@@ -664,7 +706,7 @@ class _TextSignatures(beam.DoFn):
         _, g = kv
         if not g["info"]:
             return
-        info = g["info"][0]
+        info = SourceInfo(*g["info"][0])
         methods = set(self.cfg.methods)
         for kind, item_id, text in g["items"]:
             norm = normalize_text(text)
@@ -688,7 +730,7 @@ class _ImageSignatures(beam.DoFn):
         _, g = kv
         if not g["info"]:
             return
-        info = g["info"][0]
+        info = SourceInfo(*g["info"][0])
         for item_id, phash_hex, pixels in g["items"]:
             yield make_signature("image", item_id, "phash", info,
                                  int(phash_hex, 16).to_bytes(8, "little"), pixels,
@@ -995,15 +1037,80 @@ def _document_rows(kv, run_id: str):
                 uri=uri, run_id=run_id, source_id=sid, item_id=f"document:{doc_id}"))
 
 
+class NodeBloom:
+    """A Bloom filter of nodes (4 hash functions over 2^log2_bits bits): `in` is True for every
+    node added, and for a few others (false positives: only more work, never a wrong result).
+    Hashes are blake2b of the node's identity, the same in every worker and process."""
+
+    K = 4
+
+    def __init__(self, log2_bits: int):
+        self.log2_bits = log2_bits
+        self.bits = np.zeros(1 << max(0, log2_bits - 3), dtype=np.uint8)
+
+    def _positions(self, node: Node) -> list[int]:
+        d = hashlib.blake2b(f"{node[0]}\x1f{node[1]}\x1f{node[6]}\x1f{node[7]}".encode("utf-8"),
+                            digest_size=4 * self.K).digest()
+        mask = (1 << self.log2_bits) - 1
+        return [int.from_bytes(d[4 * i:4 * i + 4], "little") & mask for i in range(self.K)]
+
+    def add(self, node: Node) -> None:
+        for p in self._positions(node):
+            self.bits[p >> 3] |= 1 << (p & 7)
+
+    def __contains__(self, node: Node) -> bool:
+        return all(self.bits[p >> 3] & (1 << (p & 7)) for p in self._positions(node))
+
+    def union(self, other: "NodeBloom") -> "NodeBloom":
+        np.bitwise_or(self.bits, other.bits, out=self.bits)
+        return self
+
+
+class _NodeBloomFn(beam.CombineFn):
+    """Nodes -> a NodeBloom of all of them (None when there are none)."""
+
+    def __init__(self, log2_bits: int):
+        self.log2_bits = log2_bits
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, acc, node):
+        acc = acc or NodeBloom(self.log2_bits)
+        acc.add(node)
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = None
+        for a in accs:
+            if a is not None:
+                out = a if out is None else out.union(a)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _in_bloom(ns, bloom) -> bool:
+    return bloom is not None and ns[0] in bloom
+
+
+def _view(ns) -> tuple:
+    """(node, DedupSignature) -> (node, method, signature, source_id, uri): what the joins after
+    LSH need, as a plain tuple (Beam's fast coder; a dataclass value would be pickled)."""
+    node, s = ns
+    return node, s.method, s.signature, s.source_id, s.uri
+
+
 def _shard_keys(batch, cfg: DedupConfig):
-    """A batch of (node, signature) -> ((method, key space, shard), [(key, node), ...]): the
+    """A batch of views (`_view`) -> ((method, key space, shard), [(key, node), ...]): the
     batch's LSH keys, one element per shard they fall in (shard = crc32(key) % lsh_shards)."""
     out: dict[tuple, list] = {}
     n = cfg.lsh_shards
-    for node, sig in batch:
-        space = key_space(sig.kind)
-        for k in lsh_keys(sig, cfg):
-            out.setdefault((sig.method, space, zlib.crc32(k) % n), []).append((k, node))
+    for node, method, signature, *_ in batch:
+        space = key_space(node_kind(node))
+        for k in method_keys(method, signature, cfg):
+            out.setdefault((method, space, zlib.crc32(k) % n), []).append((k, node))
     return out.items()
 
 
@@ -1124,7 +1231,8 @@ class Deduplicate(beam.PTransform):
             nodes = nodes_new
 
         # candidates: LSH buckets (all methods but embedding), verified on both signatures
-        lsh_nodes = nodes | "NotEmbedding" >> beam.Filter(lambda ns: ns[1].method != "embedding")
+        view = nodes | "View" >> beam.Map(_view)
+        lsh_nodes = view | "NotEmbedding" >> beam.Filter(lambda v: v[1] != "embedding")
         # a shuffle element per (method, key space, shard) and batch of signatures, not per
         # bucket key: a bucket (every node with one key) is whole inside its shard, grouped in
         # memory there; shards are spread over workers (1.6M band keys of 100k documents are
@@ -1137,21 +1245,31 @@ class Deduplicate(beam.PTransform):
             | "CandidatePairs" >> beam.FlatMap(_pairs_from_shard, c.bucket_pairs_max)
             | "DistinctPairs" >> beam.Distinct()
         )
+        semantic = []
+        if "embedding" in methods:
+            vecs = (view | "Embeddings" >> beam.Filter(lambda v: v[1] == "embedding")
+                    | "Vectors" >> beam.Map(lambda v: (v[0], v[2])))
+            semantic.append(vecs | "Semantic" >> SemanticPairs(c)
+                            | "BestSemantic" >> beam.CombinePerKey(max))
+        # semi-join: a Bloom filter of every node that is in a candidate pair or a semantic
+        # edge; the joins below take only the nodes that pass it (most nodes are in no pair)
+        ends_only = [pairs | "CandidateEnds" >> beam.FlatMap(lambda t: (t[1], t[2]))]
+        ends_only += [e | "SemanticEnds" >> beam.FlatMap(lambda e: (e[0][1], e[0][2])) for e in semantic]
+        bloom = beam.pvalue.AsSingleton(
+            ends_only | "AllEnds" >> beam.Flatten()
+            | "EndsBloom" >> beam.CombineGlobally(_NodeBloomFn(c.semijoin_log2_bits)))
         # verification: one join brings every candidate end its signature, a group per pair
         # brings the two together (one pass over the signatures, not one per end)
-        sig_kv = lsh_nodes | "SigByNode" >> beam.Map(lambda ns: ((ns[0], ns[1].method), ns[1].signature))
+        candidates = view | "CandidateNodes" >> beam.Filter(_in_bloom, bloom)
+        sig_kv = (candidates | "CandidateSigs" >> beam.Filter(lambda v: v[1] != "embedding")
+                  | "SigByNode" >> beam.Map(lambda v: ((v[0], v[1]), v[2])))
         ends = pairs | "PairEnds" >> beam.FlatMap(
             lambda t: [((t[1], t[0]), (t[1], t[2])), ((t[2], t[0]), (t[1], t[2]))])
         edges = [({"sig": sig_kv, "pair": ends}
                   | "JoinPairSigs" >> beam.CoGroupByKey()
                   | "SigPerPair" >> beam.FlatMap(_sig_per_pair)
                   | "PairSigs" >> beam.GroupByKey()
-                  | "Verify" >> beam.FlatMap(_verify_pair_sigs, c))]
-        if "embedding" in methods:
-            vecs = (nodes | "Embeddings" >> beam.Filter(lambda ns: ns[1].method == "embedding")
-                    | "Vectors" >> beam.Map(lambda ns: (ns[0], ns[1].signature)))
-            edges.append(vecs | "Semantic" >> SemanticPairs(c)
-                         | "BestSemantic" >> beam.CombinePerKey(max))
+                  | "Verify" >> beam.FlatMap(_verify_pair_sigs, c))] + semantic
         verified = edges | "AllEdges" >> beam.Flatten()
 
         # components over every verified edge; the label is the representative
@@ -1161,7 +1279,8 @@ class Deduplicate(beam.PTransform):
         best = (verified
                 | "EdgeEnds" >> beam.FlatMap(lambda e: [(e[0][1], (e[1], e[0][0])), (e[0][2], (e[1], e[0][0]))])
                 | "BestEdge" >> beam.CombinePerKey(_BestEdge()))
-        node_info = nodes_new | "NodeInfo" >> beam.Map(lambda ns: (ns[0], (ns[1].source_id, ns[1].uri)))
+        node_info = (candidates | "NewCandidates" >> beam.Filter(lambda v: node_is_new(v[0]))
+                     | "NodeInfo" >> beam.Map(lambda v: (v[0], (v[3], v[4]))))
         out = ({"label": labels, "best": best, "info": node_info}
                | "JoinClusters" >> beam.CoGroupByKey()
                | "ClusterRows" >> beam.ParDo(_ClusterRows(self.run_id)).with_outputs("rejected", main="clusters"))
