@@ -32,8 +32,9 @@ How (every step is a Beam transform; nothing holds a global index in one worker)
      signature, a GroupByKey per pair brings the two together; a Bloom filter of the pairs'
      ends, broadcast, lets only those nodes into the join: a semi-join);
      embeddings are searched per partition: one flat FAISS index below `semantic_flat_max`
-     items, else k-means centroids trained on a sample (IVF / SemDeDup style) assign every
-     vector to its `semantic_assign` nearest partitions, searched in parallel;
+     items, else k-means centroids trained on a sample (IVF / SemDeDup style) index every
+     vector in its nearest partition and search it in its `semantic_assign` nearest ones, the
+     partitions in parallel;
   4. connected components over the verified edges (`ConnectedComponents`: min-label
      propagation with pointer jumping for `cc_rounds` rounds, then a union-find over whatever
      label pairs are still inconsistent, normally none);
@@ -147,7 +148,7 @@ class DedupConfig:
     semantic_threshold: float = 0.95
     semantic_flat_max: int = 20000  # one flat index up to this many vectors, else IVF partitions
     semantic_partition_size: int = 10000
-    semantic_assign: int = 2  # partitions each vector is searched in (boundary pairs)
+    semantic_assign: int = 2  # partitions each vector is searched in (boundary pairs); indexed in 1
     semantic_train_size: int = 50000
     semantic_device: str = "cpu"
     # cross-run index
@@ -799,41 +800,48 @@ def _train_centroids(sample: list, count: int, cfg: DedupConfig):
 
 
 def _assign(item, centroids, n_assign: int):
+    """(node, vector) -> (partition, (node, vector, home)): indexed in its nearest partition
+    (home), and a query in its `n_assign` nearest ones."""
     node, vec = item
     if centroids is None:
-        yield 0, item
+        yield 0, (node, vec, True)
         return
     v = np.frombuffer(vec, "<f4")
     sims = centroids @ v
-    for p in np.argsort(-sims, kind="stable")[:n_assign]:
-        yield int(p), item
+    for rank, p in enumerate(np.argsort(-sims, kind="stable")[:n_assign]):
+        yield int(p), (node, vec, rank == 0)
 
 
 def _search_partition(kv, threshold: float):
-    """Range search inside one partition: every pair of vectors with cosine >= threshold
-    (GPU index when faiss sees a GPU)."""
+    """Range search inside one partition: its home vectors are the index, its home and visiting
+    vectors the queries; every (query, indexed) pair with cosine >= threshold (a GPU index when
+    faiss sees a GPU). A pair is found where one's home is among the other's nearest partitions;
+    against indexing every vector in all of them this halves the work (2n^2/k, not 4n^2/k)."""
     _, items = kv
     items = sorted(items)
-    if len(items) < 2:
+    home = [i for i, it in enumerate(items) if it[2]]
+    if len(items) < 2 or not home:
         return
     faiss = faiss_module()
-    nodes = [n for n, _ in items]
-    x = np.stack([np.frombuffer(v, "<f4") for _, v in items]).astype(np.float32)
+    nodes = [n for n, _, _ in items]
+    x = np.stack([np.frombuffer(v, "<f4") for _, v, _ in items]).astype(np.float32)
     index = faiss.IndexFlatIP(x.shape[1])
     if faiss.get_num_gpus() > 0:  # pragma: no cover - no GPU on the dev box
         index = faiss.index_cpu_to_all_gpus(index)
-        index.add(x)
-        sims, ids = index.search(x, min(len(items), 64))
-        rows = [(i, int(j), float(s)) for i in range(len(items)) for s, j in zip(sims[i], ids[i])
-                if j > i and s >= threshold]
+        index.add(x[home])
+        sims, ids = index.search(x, min(len(home), 64))
+        rows = [(i, home[int(j)], float(s)) for i in range(len(items)) for s, j in zip(sims[i], ids[i])
+                if j >= 0 and s >= threshold]
     else:
-        index.add(x)
+        index.add(x[home])
         lims, dist, ids = index.range_search(x, threshold)
-        rows = [(i, int(ids[k]), float(dist[k])) for i in range(len(items))
-                for k in range(lims[i], lims[i + 1]) if ids[k] > i]
+        rows = [(i, home[int(ids[k])], float(dist[k])) for i in range(len(items))
+                for k in range(lims[i], lims[i + 1])]
     for i, j, s in rows:
+        if i == j or (items[i][2] and i > j):  # itself; a home pair is found from both ends
+            continue
         a, b = nodes[i], nodes[j]
-        if node_is_new(a) or node_is_new(b):
+        if a != b and (node_is_new(a) or node_is_new(b)):
             yield ("embedding", min(a, b), max(a, b)), round(min(s, 1.0), 4)
 
 
