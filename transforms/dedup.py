@@ -7,7 +7,7 @@ What is compared (kind: methods):
               counts, trims), video_fp (pHash of a frame every 0.25 s, matched at the best time
               shift: re-encoded, resized, recoloured, trimmed copies); see transforms/fingerprint.py
   transcript  text_hash (normalised text), minhash (word 5-gram MinHash-LSH, verified by the
-              signatures' estimated Jaccard), embedding (all-MiniLM-L6-v2 cosine, FAISS)
+              exact Jaccard of the shingle sets; `verify = "estimate"`: the signatures'), embedding (all-MiniLM-L6-v2 cosine, FAISS)
   text_item   text_hash, minhash (the text items of interleaved video documents)
   image       phash (the keyframes' 64-bit DCT hash, Hamming distance; 5 exact-match bands
               find every pair within 4 bits by the pigeonhole principle)
