@@ -161,7 +161,5 @@ def fbank(wav):  # (samples,) float -> (frames, 80), speechbrain Fbank defaults
 
 def load(path):
     net = ECAPA()
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = net.load_state_dict(sd, strict=False)
-    assert not missing and all("num_batches" in u for u in unexpected), (missing, unexpected)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # strict
     return net.eval()

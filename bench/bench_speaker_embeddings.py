@@ -51,7 +51,7 @@ def ecapa_weights(cache: str) -> str:
 
 
 class EcapaEmbedding:
-    """ECAPA-TDNN as a pyannote embedding callable (masks as mmcurate's CamPlusPlusEmbedding)."""
+    """ECAPA-TDNN as a pyannote embedding callable (mmcurate's CAM++ masking and pooling)."""
 
     sample_rate = 16000
     metric = "cosine"
@@ -73,25 +73,14 @@ class EcapaEmbedding:
 
     def __call__(self, waveforms, masks=None):
         import torch
-        import torch.nn.functional as F
 
-        with torch.inference_mode():
-            b = waveforms.shape[0]
-            out = torch.full((b, 192), float("nan"))
-            feats, prev, pf = [], None, None
-            for w in waveforms:  # pyannote repeats a window once per local speaker
-                if prev is None or not torch.equal(w, prev):
-                    prev, pf = w, self._ecapa.fbank(w[0].float())
-                feats.append(pf)
-            nf = feats[0].shape[0]
-            keep = (torch.ones(b, nf, dtype=torch.bool) if masks is None else
-                    F.interpolate(masks.float().unsqueeze(1), size=nf, mode="nearest").squeeze(1) > 0.5)
-            for i in range(b):
-                if int(keep[i].sum()) < 8:
-                    continue
-                sel = feats[i][keep[i]]
-                out[i] = self.model((sel - sel.mean(0, keepdim=True))[None])[0]
-            return out.numpy()
+        from mmcurate.transforms.diarize import _campplus_embed
+
+        def fbank(w):  # (batch, 1, samples) -> (batch, frames, 80), SpeechBrain's Fbank
+            return torch.stack([self._ecapa.fbank(x[0]) for x in w])
+
+        with torch.inference_mode():  # masks, pooling and NaN rows exactly as for CAM++
+            return _campplus_embed(self.model, waveforms, masks, self.device, 8, fbank=fbank).numpy()
 
 
 def main(argv=None) -> int:

@@ -326,8 +326,8 @@ def _campplus_fbank(waveforms):
     )
 
 
-def _fbank_shared(waveforms):
-    """Fbank of each waveform, computed once per distinct waveform: pyannote asks for one
+def _fbank_shared(waveforms, fbank=None):
+    """`fbank` (default: CAM++'s) of each waveform, computed once per distinct waveform: pyannote asks for one
     embedding per (window, local speaker), i.e. the same 10 s window up to three times in a row
     with different masks."""
     import torch
@@ -335,14 +335,16 @@ def _fbank_shared(waveforms):
     out, prev, prev_feat = [], None, None
     for w in waveforms:
         if prev is None or w.shape != prev.shape or not torch.equal(w, prev):
-            prev, prev_feat = w, _campplus_fbank(w[None])[0]
+            prev, prev_feat = w, (fbank or _campplus_fbank)(w[None])[0]
         out.append(prev_feat)
     return torch.stack(out)
 
 
-def _campplus_embed(model, waveforms, masks, device, min_num_frames: int):
+def _campplus_embed(model, waveforms, masks, device, min_num_frames: int, fbank=None):
     """CAM++ embeddings (batch, 192) of the masked frames of each waveform; NaN rows where
-    fewer than ``min_num_frames`` frames are kept (pyannote's clustering skips those)."""
+    fewer than ``min_num_frames`` frames are kept (pyannote's clustering skips those).
+    `fbank`: (batch, 1, samples) -> (batch, frames, 80) features of another 192-d model that
+    pools the same way (bench/bench_speaker_embeddings.py's ECAPA-TDNN); default CAM++'s."""
     import torch
     import torch.nn.functional as F
 
@@ -352,13 +354,13 @@ def _campplus_embed(model, waveforms, masks, device, min_num_frames: int):
     if num_samples < 400:
         raise ValueError(f"CAM++ needs at least 400 samples, got {num_samples}")
     if masks is None:
-        feats = _campplus_fbank(waveforms.float().cpu())
+        feats = (fbank or _campplus_fbank)(waveforms.float().cpu())
         num_frames = feats.shape[1]
         if num_frames < min_num_frames:
             raise ValueError(f"CAM++ needs at least {min_num_frames} frames, got {num_frames}")
         feats = feats - feats.mean(dim=1, keepdim=True)
         return model(feats.to(device)).float()
-    feats = _fbank_shared(waveforms.float().cpu())
+    feats = _fbank_shared(waveforms.float().cpu(), fbank)
     num_frames = feats.shape[1]
     keep = F.interpolate(masks.float().cpu().unsqueeze(1), size=num_frames, mode="nearest").squeeze(1) > 0.5
     out = torch.full((batch, 192), float("nan"))
