@@ -40,6 +40,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from mmcurate.schemas.params import Rule, non_negative
 from mmcurate.schemas.records import DiarizationResult, Turn
+from mmcurate.transforms.memory import release_free_memory
 
 
 @dataclass
@@ -195,7 +196,9 @@ def _check_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     a = np.asarray(audio, dtype=np.float32)
     if a.ndim != 1:
         raise ValueError(f"diarization expects mono 1-D audio, got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
+    # a non-finite sum means a NaN or inf somewhere; np.isfinite(a) would be a temporary of
+    # one byte per sample (115 MB for 2 hours) just to find out
+    if not np.isfinite(np.sum(a, dtype=np.float64)):
         a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
     return np.ascontiguousarray(a)
 
@@ -297,7 +300,11 @@ class CamPlusPlusEmbedding:
             if self.runner is not None:
                 runner = self.runner
                 model = lambda feats: torch.from_numpy(runner(feats.numpy()))  # noqa: E731
-            return _campplus_embed(model, waveforms, masks, self.device, self.min_num_frames).cpu().numpy()
+            out = _campplus_embed(model, waveforms, masks, self.device, self.min_num_frames).cpu().numpy()
+        # one fbank per window and masked selections of every length: without a trim, the
+        # freed blocks stay in the heap and RSS grows with the recording's length
+        release_free_memory()
+        return out
 
 
 def _campplus_fbank(waveforms):
@@ -415,13 +422,18 @@ def export_onnx(module, example, path: Path, input_name: str, dynamic_axes: dict
     return path
 
 
-def _ort_session(path: Path, threads: int):
+def _ort_session(path: Path, threads: int, arena: bool = True):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = max(0, int(threads))
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    # arena=False for inputs of many shapes (CAM++: one length per masked selection): ORT's
+    # arena keeps every block it ever grew by and RSS grows with the recording's length.
+    # Fixed shapes (segmentation-3.0's 32 x 10 s batches) keep it: a stable ~400 MB that
+    # makes segmentation ~15 % faster than malloc (bench/README.md, issue 8)
+    so.enable_cpu_mem_arena = bool(arena)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -449,7 +461,7 @@ def onnx_models(cache_dir: str | None, threads: int) -> dict[str, Any]:
         gen = torch.Generator().manual_seed(0)
         export_onnx(cam.eval(), torch.randn(1, 300, 80, generator=gen), cam_path, "feats",
                     {"feats": {0: "batch", 1: "frames"}, "out": {0: "batch"}})
-    return {"segmentation": _ort_session(seg_path, threads), "campplus": _ort_session(cam_path, threads),
+    return {"segmentation": _ort_session(seg_path, threads), "campplus": _ort_session(cam_path, threads, arena=False),
             "paths": (seg_path, cam_path)}
 
 
@@ -615,7 +627,7 @@ class _PyannoteDiarizer:
                      max_speakers=None) -> DiarizationResult:
         """Overlap-aware turns plus pyannote's own exclusive turns (same speaker ids)."""
         a = _check_audio(audio, sample_rate)
-        if a.size < MIN_AUDIO_S * SAMPLE_RATE or float(np.max(np.abs(a))) == 0.0:
+        if a.size < MIN_AUDIO_S * SAMPLE_RATE or not a.any():  # a.any(): no |a| copy
             return DiarizationResult([], [])
         regular, exclusive = _apply_pipeline(self.pipeline, a, num_speakers, min_speakers, max_speakers)
         return DiarizationResult(_renumber(regular), _renumber_like(exclusive, regular) or None)
@@ -743,7 +755,7 @@ class SenkoDiarizer:
 
     def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None, max_speakers=None):
         a = _check_audio(audio, sample_rate)
-        if a.size < MIN_AUDIO_S * SAMPLE_RATE or float(np.max(np.abs(a))) == 0.0:
+        if a.size < MIN_AUDIO_S * SAMPLE_RATE or not a.any():  # a.any(): no |a| copy
             return []
         a = np.clip(a, -1.0, 1.0)
         result = self._diarizer.diarize_samples(a, sample_rate=SAMPLE_RATE)
