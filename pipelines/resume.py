@@ -222,10 +222,20 @@ def _load_media(step_dir: str) -> list[MediaRef]:
 # --------------------------------------------------------------------------- run
 
 
-def _pipeline(beam_args: list[str] | None) -> beam.Pipeline:
+def _pipeline(beam_args: list[str] | None, models: bool = True) -> beam.Pipeline:
+    """A step's pipeline. A step without a model stage (ingest; a merge of tables only) runs
+    in-process on the local runner even when its workers are processes: starting N workers
+    that import Beam and the stages costs seconds, and hashing or concatenating tables gains
+    nothing from them (bench/README.md, issue 13)."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
     from mmcurate.pipelines.curate import local_runner
+    from mmcurate.transforms.balance import local_workers
 
     options = PipelineOptions(beam_args or [])
+    if not models and local_workers(options) > 1:
+        direct = options.view_as(DirectOptions)
+        direct.direct_running_mode, direct.direct_num_workers = "in_memory", 1
     return beam.Pipeline(runner=local_runner(options), options=options)
 
 
@@ -272,7 +282,7 @@ def run_resumable(inputs: list[str], output: str, cfg: CurateConfig, run_id: str
     else:
         _remove_tree(ingest_dir)
         t0 = time.perf_counter()
-        p = _pipeline(beam_args)
+        p = _pipeline(beam_args, models=False)
         out = REGISTRY[INGEST].build(ctx(p), {})
         _ = {"rejected": out["rejected"], "media": out["media"]} | "Commit" >> CommitStep(
             ingest_dir, run_id, INGEST, target)
@@ -307,7 +317,7 @@ def run_resumable(inputs: list[str], output: str, cfg: CurateConfig, run_id: str
     for d in chunk_dirs:
         for rel in read_step_manifest(d)["shards"]:
             shards.setdefault(rel.split("/", 1)[0], []).append(_join(d, rel))
-    p = _pipeline(beam_args)
+    p = _pipeline(beam_args, models=any(s.models for s in steps.merge))
     # the run's media: merge stages that open it (dedup's audio/video fingerprints) see this as
     # an in-graph run, not a corpus job over an earlier output
     streams = {"media": p | "MergeMedia" >> beam.Create(media)} if media else {}

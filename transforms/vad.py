@@ -636,6 +636,15 @@ class SpeechInput:
     audio: np.ndarray | None = None
 
 
+def _spread(pipeline) -> beam.PTransform:
+    """How sources reach the model steps: cost-balanced shares on the local multi-worker
+    runner (mmcurate.transforms.balance), a Reshuffle everywhere else."""
+    from mmcurate.transforms.balance import SpreadByCost, local_workers
+
+    workers = local_workers(getattr(pipeline, "_options", None))
+    return SpreadByCost(workers) if workers > 1 else beam.Reshuffle()
+
+
 class DetectSpeech(beam.PTransform):
     """PCollection[MediaRef] -> {"sources", "regions", "rejected", "speech"}.
 
@@ -667,7 +676,7 @@ class DetectSpeech(beam.PTransform):
     def expand(self, media):
         out = (
             media
-            | "SpreadInputs" >> beam.Reshuffle()
+            | "SpreadInputs" >> _spread(media.pipeline)
             | "DecodeAndDetect" >> RunInference(self._handler)
             | "ToSources" >> beam.ParDo(_ToSourcesFn(self._vad, self._run_id, self._keep_video)).with_outputs(
                 "sources", "regions", "rejected", main="speech")

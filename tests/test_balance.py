@@ -1,0 +1,97 @@
+"""Cost-balanced shares for the local multi-worker DirectRunner (issue 13)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from mmcurate.transforms.balance import SpreadByCost, assign_buckets, estimated_cost_s, local_workers
+
+
+@dataclass(frozen=True)
+class Ref:  # the fields of a MediaRef that balancing reads
+    source_id: str
+    uri: str
+    media_uri: str
+    bytes: int
+
+
+# seconds of the shared media's sources with speech (laion_talk, autoeditor, 4 x 30 s, 3 x jfk, LDC93S1)
+COSTS = {"talk": 122.7, "auto": 42.4, "dev00": 30.0, "dev01": 30.0, "trn07": 30.0, "sample": 30.0,
+         "jfk1": 11.0, "jfk2": 11.0, "jfk3": 11.0, "ldc": 2.9}
+
+
+def _refs():
+    return [Ref(k, f"/m/{k}", f"/m/{k}", int(v * 1000)) for k, v in COSTS.items()]
+
+
+def _loads(pairs, n):
+    loads = [0.0] * n
+    for b, r in pairs:
+        loads[b] += COSTS[r.source_id]
+    return loads
+
+
+def test_longest_first_gives_near_equal_shares_whatever_the_order():
+    refs = _refs()
+    a = assign_buckets(refs, 2, lambda r: COSTS[r.source_id], key=lambda r: r.source_id)
+    b = assign_buckets(list(reversed(refs)), 2, lambda r: COSTS[r.source_id], key=lambda r: r.source_id)
+    assert sorted((k, r.source_id) for k, r in a) == sorted((k, r.source_id) for k, r in b)
+    loads = _loads(a, 2)
+    assert max(loads) <= 1.03 * sum(loads) / 2, loads  # 163.7 / 157.3: the talk's share has the jfks
+    # dealing the same sources round-robin by id, as a shuffle with random keys can, is far off
+    robin = _loads([(i % 2, r) for i, r in enumerate(sorted(refs, key=lambda r: r.source_id))], 2)
+    assert max(robin) - min(robin) > 60, robin
+
+
+def test_local_workers_reads_the_direct_runner_options():
+    assert local_workers(PipelineOptions([])) == 1
+    assert local_workers(PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])) == 2
+    assert local_workers(PipelineOptions(["--direct_running_mode=multi_threading", "--direct_num_workers=3"])) == 3
+    assert local_workers(PipelineOptions(["--direct_num_workers=2"])) == 1  # in_memory: one worker
+    assert local_workers(PipelineOptions(["--runner=DataflowRunner", "--direct_num_workers=2"])) == 0
+
+
+def test_cost_is_the_container_duration_or_the_byte_size(tmp_path):
+    from tests.conftest import MEDIA
+
+    jfk = MEDIA / "speech" / "jfk.wav"
+    assert estimated_cost_s(Ref("j", str(jfk), str(jfk), 1)) == pytest.approx(11.0, abs=0.1)
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(b"not media" * 100)
+    assert estimated_cost_s(Ref("x", str(junk), str(junk), 64000)) == 2.0
+
+
+class _BundleContents(beam.DoFn):
+    """Emits, per bundle, the sorted ids it saw: what one worker of the local runner ran."""
+
+    def start_bundle(self):
+        self.ids = []
+
+    def process(self, ref):
+        self.ids.append(ref.source_id)
+
+    def finish_bundle(self):
+        if self.ids:
+            yield WindowedValue(tuple(sorted(self.ids)), MIN_TIMESTAMP, [GlobalWindow()])
+
+
+def test_each_local_worker_runs_one_balanced_share():
+    refs = _refs()
+    cost = lambda r: COSTS[r.source_id]  # noqa: E731
+    expected = {}
+    for b, r in assign_buckets(refs, 2, cost, key=lambda r: (r.source_id, r.uri)):
+        expected.setdefault(b, []).append(r.source_id)
+    options = PipelineOptions(["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
+    from mmcurate.pipelines.curate import local_runner
+
+    with beam.Pipeline(runner=local_runner(options), options=options) as p:
+        shares = (p | beam.Create(refs) | SpreadByCost(2, cost) | beam.ParDo(_BundleContents()))
+        assert_that(shares, equal_to([tuple(sorted(v)) for v in expected.values()]))
