@@ -190,14 +190,22 @@ class CommitStep(beam.PTransform):
         tables = dict(tables)
         media = tables.pop("media", None)
         p = next(iter(tables.values())).pipeline if tables else media.pipeline
-        written = [
-            pcoll
-            | f"StepRows[{name}]" >> beam.Map(lambda r, t=name: ((t, 0), r.to_row()))
-            | f"StepGroup[{name}]" >> beam.GroupByKey()
-            | f"StepWrite[{name}]" >> beam.ParDo(_WriteBucket(self.step_dir, self.run_id, self.target_bytes))
+        # every table through one shuffle and one write step, keyed by (table, 0): a GroupByKey
+        # per table made the local runner run (and, with worker processes, ship) a stage per
+        # table one after the other
+        rows = [
+            pcoll | f"StepRows[{name}]" >> beam.Map(lambda r, t=name: ((t, 0), r.to_row()))
             for name, pcoll in tables.items()
         ]
-        all_written = (written or [p | "NoTables" >> beam.Create([])]) | "StepShards" >> beam.Flatten()
+        if rows:
+            all_written = (
+                rows
+                | "StepAllRows" >> beam.Flatten()
+                | "StepGroup" >> beam.GroupByKey()
+                | "StepWrite" >> beam.ParDo(_WriteBucket(self.step_dir, self.run_id, self.target_bytes))
+            )
+        else:
+            all_written = p | "NoTables" >> beam.Create([])
         if media is not None:
             lines = media | "MediaJson" >> beam.Map(
                 lambda m: json.dumps(dataclasses.asdict(m), sort_keys=True, ensure_ascii=False))

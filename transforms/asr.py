@@ -808,6 +808,9 @@ class AsrModelHandler(ModelHandler):
         self._loader = loader  # tests: a fake Transcriber factory(cfg)
 
     def load_model(self) -> Transcriber:
+        from mmcurate.transforms.worker import exit_fast_after_harness
+
+        exit_fast_after_harness()  # a worker process that loads Whisper: no slow teardown
         return (self._loader or load_transcriber)(self.cfg)
 
     def run_inference(self, batch, model: Transcriber, inference_args=None):

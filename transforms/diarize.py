@@ -970,6 +970,9 @@ class DiarizationModelHandler(ModelHandler):
         self._loader = loader  # tests: a fake Diarizer factory(cfg)
 
     def load_model(self) -> _Serialized:
+        from mmcurate.transforms.worker import exit_fast_after_harness
+
+        exit_fast_after_harness()  # a worker process that loads torch and ORT: no slow teardown
         if self.cfg.torch_threads > 0:
             import torch
 

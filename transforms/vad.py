@@ -434,6 +434,9 @@ class VadModelHandler(ModelHandler[MediaRef, VadOutcome, SileroVad]):
         self.keep_audio = keep_audio
 
     def load_model(self) -> SileroVad:
+        from mmcurate.transforms.worker import exit_fast_after_harness
+
+        exit_fast_after_harness()  # a worker process that loads ORT: no slow teardown
         v = self.vad_cfg
         return SileroVad(model_path=v.model_path, threshold=v.threshold, min_speech_ms=v.min_speech_ms,
                          min_silence_ms=v.min_silence_ms, speech_pad_ms=v.speech_pad_ms)

@@ -1,0 +1,38 @@
+"""Beam worker processes end with os._exit once the harness is done, keeping the exit status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from mmcurate.transforms.worker import exit_fast_after_harness, in_beam_worker
+
+SCRIPT = textwrap.dedent("""
+    import atexit, importlib.machinery, sys
+    atexit.register(lambda: print("slow teardown ran", flush=True))  # registered first: runs last
+    sys.modules["__main__"].__spec__ = importlib.machinery.ModuleSpec(
+        "apache_beam.runners.worker.sdk_worker_main", None)
+    from mmcurate.transforms.worker import exit_fast_after_harness
+    print("armed", exit_fast_after_harness(), flush=True)
+    if sys.argv[1] == "fail":
+        raise RuntimeError("harness failed")
+""")
+
+
+def _run(mode: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=60)
+
+
+def test_a_worker_process_skips_teardown_and_keeps_its_exit_status():
+    ok = _run("ok")
+    assert ok.returncode == 0 and "armed True" in ok.stdout
+    assert "slow teardown ran" not in ok.stdout  # os._exit came first
+    failed = _run("fail")
+    assert failed.returncode == 1 and "RuntimeError: harness failed" in failed.stderr
+    assert "slow teardown ran" not in failed.stdout
+
+
+def test_nothing_changes_outside_a_worker_process():
+    assert not in_beam_worker()
+    assert exit_fast_after_harness() is False
