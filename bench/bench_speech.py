@@ -122,17 +122,29 @@ def direct(files: list[Path], cfg) -> dict:
     return {"timings_s": t, "audio_s": audio_s, "speech_audio_s": speech_audio_s, "files": per_file}
 
 
-def pipeline(media: Path, out: Path, cfg) -> tuple[float, dict]:
+def pipeline(media: Path, out: Path, cfg, beam_args: list[str] | None = None) -> tuple[float, dict]:
     from mmcurate.pipelines import curate
 
     t0 = time.perf_counter()
-    manifest = curate.run([str(media)], str(out), dataclasses.replace(cfg, stages=SPEECH_STAGES), [])
+    manifest = curate.run([str(media)], str(out), dataclasses.replace(cfg, stages=SPEECH_STAGES), beam_args or [])
     return time.perf_counter() - t0, manifest
 
 
 # the speech stage and what it needs (decode + VAD): the figure issue 8 asks for; the other
 # stages of the default run (quality, video, dedup) have their own benches
 SPEECH_STAGES = ("vad", "speech")
+
+
+def concurrent_cfg(cfg, workers: int):
+    """Model settings for `workers` worker threads in one process: each source's ASR and
+    diarization on one thread's share of the cores, `workers` CTranslate2 replicas so that
+    two sources transcribe at once (the models stay one copy each: RunInference shares them)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return dataclasses.replace(
+        cfg,
+        asr=dataclasses.replace(cfg.asr, cpu_threads=threads, num_workers=workers),
+        diarization=dataclasses.replace(cfg.diarization, torch_threads=threads),
+    ), ["--direct_running_mode=multi_threading", f"--direct_num_workers={workers}"]
 
 
 def whisperx_baseline(files: list[Path], cfg) -> dict:
@@ -209,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "speech.json"))
     ap.add_argument("--skip-rss", action="store_true", help="skip the 1 vs 2 worker-thread RSS runs")
     ap.add_argument("--skip-whisperx", action="store_true", help="skip the WhisperX baseline")
+    ap.add_argument("--concurrent", type=int, default=0, metavar="N",
+                    help="also time the pipeline on N worker threads of one process "
+                         "(multi_threading DirectRunner, asr.num_workers=N, cores/N model threads)")
     ap.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -228,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     models_s = t["vad_load"] + t["vad"] + t["diarize_load"] + t["diarize"] + t["asr_load"] + t["asr"]
     with tempfile.TemporaryDirectory() as tmp:
         wall, manifest = pipeline(media, Path(tmp) / "out", cfg)
+    conc = None
+    if args.concurrent:
+        ccfg, cargs = concurrent_cfg(cfg, args.concurrent)
+        with tempfile.TemporaryDirectory() as tmp:
+            cwall, cmanifest = pipeline(media, Path(tmp) / "out", ccfg, cargs)
+        conc = {"workers": args.concurrent, "beam_args": cargs, "asr_cpu_threads": ccfg.asr.cpu_threads,
+                "wall_s": round(cwall, 2), "same_tables": cmanifest["tables"] == manifest["tables"]}
     wx = None if args.skip_whisperx else whisperx_baseline(files, cfg)
     load_end = os.getloadavg()
     audio_s, speech_audio_s = d["audio_s"], d["speech_audio_s"]
@@ -270,6 +292,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{wx['x_realtime']:.2f}x real time on {wx['audio_s']:.1f} s")
         print(f"mmcurate whole pipeline / WhisperX ASR-only throughput: {ratio:.3f} "
               f"(target >= {WHISPERX_RATIO_TARGET}) {'PASS' if ratio >= WHISPERX_RATIO_TARGET else 'FAIL'}")
+    if conc is not None:
+        cxrt = audio_s / conc["wall_s"]
+        conc["x_realtime"] = round(cxrt, 2)
+        line = (f"whole pipeline, {conc['workers']} worker threads ({' '.join(conc['beam_args'])}, "
+                f"asr.num_workers={conc['workers']}, {conc['asr_cpu_threads']} model thread(s) each): "
+                f"{conc['wall_s']:.1f} s, {cxrt:.2f}x real time, same tables: {conc['same_tables']}")
+        if wx is not None:
+            conc["over_whisperx"] = round(cxrt / wx["x_realtime"], 3)
+            line += f"; / WhisperX: {conc['over_whisperx']:.3f}"
+        print(line)
+        report["concurrent"] = conc
     print(f"load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
           f"at end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f}: figures under load > ~1 "
           "are inflated; re-measure on a quiet machine")
