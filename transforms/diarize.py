@@ -434,6 +434,10 @@ def _ort_session(path: Path, threads: int, arena: bool = True):
     # Fixed shapes (segmentation-3.0's 32 x 10 s batches) keep it: a stable ~400 MB that
     # makes segmentation ~15 % faster than malloc (bench/README.md, issue 8)
     so.enable_cpu_mem_arena = bool(arena)
+    # no spin-waiting between ops: with 2+ threads, ORT's idle threads spun on cores that
+    # CTranslate2 (the ASR) and the other session needed. One worker with 2 threads, vad,speech
+    # on the shared media: 72.0 s -> 62.4 s (bench/README.md, issue 13)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
