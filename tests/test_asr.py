@@ -83,6 +83,10 @@ def test_joined_times_map_back_to_source():
     assert tmap(1.1) == 5.0 and tmap(1.6) == 5.5
     assert tmap(1.05) == 5.0  # a start in the gap goes to the next region
     assert tmap(1.05, is_end=True) == 2.0  # an end in the gap stays with the previous one
+    # a word is never split by a cut: it goes whole into the region holding most of it
+    assert tmap.span(0.2, 0.6) == (1.2, 1.6)  # inside one region: as mapped
+    assert tmap.span(0.7, 1.8) == (5.0, 5.7)  # 0.3 s before the join, 0.7 s after: after
+    assert tmap.span(0.1, 1.3) == (1.1, 2.0)  # 0.9 s before, 0.2 s after: before
 
 
 def test_interpolated_words_cover_segment():
