@@ -75,7 +75,8 @@ def assign_buckets(items: list, n: int, cost: Callable[[Any], float],
 
 class SpreadByCost(beam.PTransform):
     """PCollection[MediaRef] -> the same, shuffled so that worker k of the local runner's N
-    gets the k-th of N cost-balanced shares (module docstring). N = 1: a plain Reshuffle."""
+    gets the k-th of N cost-balanced shares (module docstring). For N = 1 the VAD stage uses a
+    plain Reshuffle instead (`mmcurate.transforms.vad._spread`)."""
 
     def __init__(self, workers: int, cost: Callable[[Any], float] = estimated_cost_s):
         super().__init__()
@@ -83,8 +84,6 @@ class SpreadByCost(beam.PTransform):
         self.cost = cost
 
     def expand(self, pcoll):
-        if self.workers <= 1:
-            return pcoll | "Reshuffle" >> beam.Reshuffle()
         n, cost = self.workers, self.cost
         return (
             pcoll

@@ -18,25 +18,21 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
-_trim = None
-_looked_up = False
 
-
+@functools.cache
 def _malloc_trim():
-    global _trim, _looked_up
-    if not _looked_up:
-        _looked_up = True
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                fn = libc.malloc_trim
-                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-                _trim = fn
-            except (OSError, AttributeError):  # not glibc
-                _trim = None
-    return _trim
+    """glibc's malloc_trim, looked up once; None on other platforms and C libraries."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
 
 
 def release_free_memory() -> bool:
