@@ -8,7 +8,8 @@ on the same audio (every media file under --media that has speech):
    diarization (embedded default), ASR (embedded default, inside the VAD regions);
    model loading is timed separately and counted once, as in the pipeline (once per worker);
 2. the whole speech pipeline (`mmcurate run --stages vad,speech` on the DirectRunner, default
-   config otherwise) on the same media.
+   config and default local parallelism: one worker thread per core, at most 4, printed with
+   the figures) on the same media; with --in-process also on one in-process worker.
 
 Real-time factor (RTF) = compute seconds / audio seconds (lower is faster).
 Overhead ratio = pipeline wall time / (sum of each model's direct time incl. its one load):
@@ -135,16 +136,19 @@ def pipeline(media: Path, out: Path, cfg, beam_args: list[str] | None = None) ->
 SPEECH_STAGES = ("vad", "speech")
 
 
-def concurrent_cfg(cfg, workers: int):
-    """Model settings for `workers` worker threads in one process: each source's ASR and
-    diarization on one thread's share of the cores, `workers` CTranslate2 replicas so that
-    two sources transcribe at once (the models stay one copy each: RunInference shares them)."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    return dataclasses.replace(
-        cfg,
-        asr=dataclasses.replace(cfg.asr, cpu_threads=threads, num_workers=workers),
-        diarization=dataclasses.replace(cfg.diarization, torch_threads=threads),
-    ), ["--direct_running_mode=multi_threading", f"--direct_num_workers={workers}"]
+def output_rows(out: Path) -> dict:
+    """The segments' (id, times, speaker, text) and the turns' (id, speaker, times), sorted:
+    what two runs of the same job must agree on whatever their parallelism."""
+    import pyarrow.parquet as pq
+
+    from mmcurate.transforms.read import committed_shards
+
+    shards = committed_shards(str(out))
+    cols = {"segments": ["segment_id", "start", "end", "speaker", "text"],
+            "turns": ["turn_id", "speaker", "start", "end"]}
+    return {t: sorted(tuple(r[c] for c in cs) for p in shards.get(t, [])
+                      for r in pq.read_table(p, columns=cs).to_pylist())
+            for t, cs in cols.items()}
 
 
 def whisperx_baseline(files: list[Path], cfg) -> dict:
@@ -221,9 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "speech.json"))
     ap.add_argument("--skip-rss", action="store_true", help="skip the 1 vs 2 worker-thread RSS runs")
     ap.add_argument("--skip-whisperx", action="store_true", help="skip the WhisperX baseline")
-    ap.add_argument("--concurrent", type=int, default=0, metavar="N",
-                    help="also time the pipeline on N worker threads of one process "
-                         "(multi_threading DirectRunner, asr.num_workers=N, cores/N model threads)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="also time the pipeline on one in-process worker "
+                         "(--direct_running_mode=in_memory, library default model threads), "
+                         "the default before worker threads were automatic")
     ap.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -241,15 +246,19 @@ def main(argv: list[str] | None = None) -> int:
     d = direct(files, cfg)
     t = d["timings_s"]
     models_s = t["vad_load"] + t["vad"] + t["diarize_load"] + t["diarize"] + t["asr_load"] + t["asr"]
+    from mmcurate.pipelines.curate import local_parallelism
+
+    par = local_parallelism(cfg, [])[2]
     with tempfile.TemporaryDirectory() as tmp:
         wall, manifest = pipeline(media, Path(tmp) / "out", cfg)
-    conc = None
-    if args.concurrent:
-        ccfg, cargs = concurrent_cfg(cfg, args.concurrent)
+        rows = output_rows(Path(tmp) / "out")
+    single = None
+    if args.in_process:
         with tempfile.TemporaryDirectory() as tmp:
-            cwall, cmanifest = pipeline(media, Path(tmp) / "out", ccfg, cargs)
-        conc = {"workers": args.concurrent, "beam_args": cargs, "asr_cpu_threads": ccfg.asr.cpu_threads,
-                "wall_s": round(cwall, 2), "same_tables": cmanifest["tables"] == manifest["tables"]}
+            swall, smanifest = pipeline(media, Path(tmp) / "out", cfg, ["--direct_running_mode=in_memory"])
+            same = output_rows(Path(tmp) / "out") == rows
+        single = {"wall_s": round(swall, 2), "same_tables": smanifest["tables"] == manifest["tables"],
+                  "same_segments_and_turns": same}
     wx = None if args.skip_whisperx else whisperx_baseline(files, cfg)
     load_end = os.getloadavg()
     audio_s, speech_audio_s = d["audio_s"], d["speech_audio_s"]
@@ -266,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_load_s": {k: round(t[k], 2) for k in ("vad_load", "diarize_load", "asr_load")},
         "direct_models_s": round(models_s, 2),
         "pipeline_wall_s": round(wall, 2),
+        "pipeline_parallelism": par.describe(),
         "overhead_ratio": round(wall / models_s, 3),
         "overhead_target": OVERHEAD_TARGET,
         "pipeline_tables": manifest["tables"],
@@ -277,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:<30} {v:>8.4f}")
     print(f"model loads (s): {report['model_load_s']}")
     print(f"sum of direct model time (incl. one load each): {models_s:.1f} s")
-    print(f"pipeline wall time (DirectRunner):               {wall:.1f} s")
+    print(f"pipeline wall time (DirectRunner, {par.describe()}): {wall:.1f} s")
     verdict = "PASS" if wall / models_s <= OVERHEAD_TARGET else "FAIL"
     print(f"overhead ratio: {wall / models_s:.3f} (target <= {OVERHEAD_TARGET}) {verdict}")
     xrt = audio_s / wall
@@ -292,17 +302,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{wx['x_realtime']:.2f}x real time on {wx['audio_s']:.1f} s")
         print(f"mmcurate whole pipeline / WhisperX ASR-only throughput: {ratio:.3f} "
               f"(target >= {WHISPERX_RATIO_TARGET}) {'PASS' if ratio >= WHISPERX_RATIO_TARGET else 'FAIL'}")
-    if conc is not None:
-        cxrt = audio_s / conc["wall_s"]
-        conc["x_realtime"] = round(cxrt, 2)
-        line = (f"whole pipeline, {conc['workers']} worker threads ({' '.join(conc['beam_args'])}, "
-                f"asr.num_workers={conc['workers']}, {conc['asr_cpu_threads']} model thread(s) each): "
-                f"{conc['wall_s']:.1f} s, {cxrt:.2f}x real time, same tables: {conc['same_tables']}")
+    if single is not None:
+        sxrt = audio_s / single["wall_s"]
+        single["x_realtime"] = round(sxrt, 2)
+        single["default_over_in_process"] = round(single["wall_s"] / wall, 3)
+        line = (f"whole pipeline, one in-process worker (--direct_running_mode=in_memory): "
+                f"{single['wall_s']:.1f} s, {sxrt:.2f}x real time, same table sizes: {single['same_tables']}, "
+                f"same segments and turns: {single['same_segments_and_turns']}; "
+                f"default / in-process throughput: {single['default_over_in_process']:.3f}")
         if wx is not None:
-            conc["over_whisperx"] = round(cxrt / wx["x_realtime"], 3)
-            line += f"; / WhisperX: {conc['over_whisperx']:.3f}"
+            single["over_whisperx"] = round(sxrt / wx["x_realtime"], 3)
+            line += f"; in-process / WhisperX: {single['over_whisperx']:.3f}"
         print(line)
-        report["concurrent"] = conc
+        report["in_process"] = single
     print(f"load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
           f"at end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f}: figures under load > ~1 "
           "are inflated; re-measure on a quiet machine")

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import dataclasses
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,14 +170,73 @@ def local_runner(options: PipelineOptions):
     anyway. Going there directly skips the download attempt; `--direct_running_mode` and
     `--direct_num_workers` keep working. Any other --runner is passed through untouched.
     """
-    from apache_beam.options.pipeline_options import StandardOptions
+    from mmcurate.transforms.balance import local_workers
 
-    runner = options.view_as(StandardOptions).runner
-    if runner not in (None, "DirectRunner", "direct"):
+    if local_workers(options) == 0:
         return None
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     return FnApiRunner()
+
+
+# Worker threads the local runner gets when the command line names neither
+# --direct_running_mode nor --direct_num_workers: one per core, at most this many (measured on
+# 2 cores: 2 threads with 1 model thread each are 1.5x one in-process worker with 2 model
+# threads, bench/README.md; more cores go to each model's own threads beyond this)
+AUTO_MAX_WORKERS = 4
+_WORKER_FLAGS = ("--direct_running_mode", "--direct_num_workers")
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How a run uses the local machine: Beam's running mode, its workers, model threads each."""
+
+    mode: str  # in_memory | multi_threading | multi_processing | "" (another runner)
+    workers: int
+    model_threads: int  # 0: each library's default
+
+    def describe(self) -> str:
+        if not self.mode:
+            return "the runner's own workers"
+        threads = f"{self.model_threads} model thread(s) each" if self.model_threads else "library default threads"
+        return f"{self.mode}, {self.workers} worker(s), {threads}"
+
+
+def local_parallelism(cfg: CurateConfig, beam_args: list[str] | None,
+                      cores: int | None = None) -> tuple[CurateConfig, list[str], Parallelism]:
+    """The config and Beam arguments a run uses on this machine.
+
+    On the local runner with no worker flags given, the run takes min(cores, AUTO_MAX_WORKERS)
+    worker threads of one process (`multi_threading`): each source's decode, VAD, diarization
+    and ASR runs on one thread while the others run other sources, with one copy of each model
+    (RunInference shares it between threads). Settings left at 0 follow the workers:
+    `asr.num_workers` (CTranslate2 replicas: one per worker thread, so sources transcribe at
+    the same time), `asr.cpu_threads` and `diarization.torch_threads` (cores / workers each).
+    Given flags are kept (`--direct_running_mode=in_memory` runs everything on one thread),
+    and so are settings other than 0. Other runners: one replica, library default threads.
+    The run id is computed from the config as given, so the same job has the same id on any
+    machine."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    from mmcurate.transforms.balance import local_workers
+
+    args = list(beam_args or [])
+    cores = cores or os.cpu_count() or 1
+    n = local_workers(PipelineOptions(args))
+    explicit = any(a.split("=", 1)[0] in _WORKER_FLAGS for a in args)
+    if n == 1 and not explicit and cores > 1:
+        n = min(cores, AUTO_MAX_WORKERS)
+        args += ["--direct_running_mode=multi_threading", f"--direct_num_workers={n}"]
+    mode = PipelineOptions(args).view_as(DirectOptions).direct_running_mode if n else ""
+    threads = max(1, cores // n) if n > 1 else 0
+    replicas = n if mode == "multi_threading" else 1
+    asr, dia = cfg.asr, cfg.diarization
+    cfg = dataclasses.replace(
+        cfg,
+        asr=dataclasses.replace(asr, num_workers=asr.num_workers or replicas,
+                                cpu_threads=asr.cpu_threads or threads),
+        diarization=dataclasses.replace(dia, torch_threads=dia.torch_threads or threads))
+    return cfg, args, Parallelism(mode, max(n, 1), threads)
 
 
 def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
@@ -202,6 +262,9 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
 
     manifest = ManifestBuilder(run_id, version, cfg.to_json(), [escape_uri(i) for i in inputs], model_infos(cfg))
     log.info("run %s: %d input(s) -> %s (stages: %s)", run_id, len(inputs), output, ",".join(cfg.stages))
+    if test_pipeline is None:
+        cfg, beam_args, par = local_parallelism(cfg, beam_args)
+        log.info("run %s on %s", run_id, par.describe())
     from mmcurate.pipelines import resume
 
     steps = resume.plan(cfg) if test_pipeline is None and cfg.output.chunk_sources > 0 else None

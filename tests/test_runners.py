@@ -1,5 +1,6 @@
 """The same job on several Beam runners gives the same output: DirectRunner in-process (its
-FnApiRunner, what `mmcurate run` uses by default), DirectRunner with
+FnApiRunner, `--direct_running_mode=in_memory`), its default on a machine with several cores
+(one worker thread per core, mmcurate.pipelines.curate.local_parallelism), DirectRunner with
 `--direct_running_mode=multi_processing`, and Beam's PortableRunner against a job service and
 an SDK worker pool running as separate processes (`--environment_type=EXTERNAL`: the Job API
 and Fn API a Flink or Spark cluster speaks), all from PyPI packages, started by the test.
@@ -56,7 +57,7 @@ def _tables(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def in_process(tmp_path_factory) -> tuple[dict, dict]:
     out = tmp_path_factory.mktemp("direct") / "out"
-    manifest = _run(out)
+    manifest = _run(out, "--direct_running_mode=in_memory")
     assert manifest["tables"]["sources"] == 2 and manifest["tables"]["speech_regions"] >= 2
     return manifest, _tables(out)
 
@@ -67,6 +68,16 @@ def _same(manifest: dict, out: Path, baseline: tuple[dict, dict]) -> None:
     assert manifest["shards"] == base_manifest["shards"]  # same file names: same ids, same buckets
     assert manifest["tables"] == base_manifest["tables"]
     assert _tables(out) == base_tables
+
+
+def test_default_worker_threads_match_in_process(in_process, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([*CLI, "run", *INPUTS, "--output", str(out), *JOB],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if (os.cpu_count() or 1) > 1:  # the run says how it used the machine
+        assert f"multi_threading, {min(os.cpu_count(), 4)} worker(s)" in proc.stderr, proc.stderr[-3000:]
+    _same(json.loads((out / "manifest.json").read_text()), out, in_process)
 
 
 def test_direct_multi_processing_matches_in_process(in_process, tmp_path):

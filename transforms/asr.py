@@ -66,11 +66,12 @@ class AsrConfig:
     # score real far-field speech higher (ami/dev01: one 30 s window no_speech_prob 0.484, above
     # no_speech_alone_threshold 0.465, so 53 real words were dropped; tests/test_asr.py)
     batched: bool = False
-    cpu_threads: int = 0  # 0: CTranslate2 default
+    cpu_threads: int = 0  # 0: cores / workers on the local runner with several workers, else CTranslate2 default
     # CTranslate2 replicas that transcribe at the same time (faster-whisper's num_workers):
     # > 1 lets the worker threads of one process (multi-threading DirectRunner) each run a
-    # source, with cpu_threads each (bench/README.md, issue 8)
-    num_workers: int = 1
+    # source, with cpu_threads each (bench/README.md, issue 8). 0: one per worker thread of the
+    # local runner, else 1 (mmcurate.pipelines.curate.local_parallelism)
+    num_workers: int = 0
     # whisperx only
     whisperx_model_dir: str | None = None  # local CT2 model dir (e.g. faster-whisper-large-v3)
     whisperx_model_size: str = "large-v3"
@@ -108,7 +109,8 @@ class AsrConfig:
         "compute_type": Rule(choices=("default", "auto", "int8", "int8_float32", "int8_float16",
                                       "int8_bfloat16", "int16", "float16", "bfloat16", "float32"),
                              why="CTranslate2 compute types"),
-        "beam_size": Rule(ge=1), "batch_size": Rule(ge=1), "num_workers": Rule(ge=1),
+        "beam_size": Rule(ge=1), "batch_size": Rule(ge=1),
+        "num_workers": non_negative("0: one per worker thread of the local runner"),
         "cpu_threads": non_negative("0: CTranslate2's default"),
         "language": Rule(check=lambda v: None if v.isalpha() and 2 <= len(v) <= 3 else
                          f"{v!r}: a language code like 'en' or 'de', or null to detect"),
@@ -423,7 +425,7 @@ class FasterWhisperTranscriber:
             device=cfg.device,
             compute_type=cfg.compute_type,
             cpu_threads=cfg.cpu_threads,
-            num_workers=cfg.num_workers,
+            num_workers=max(1, cfg.num_workers),
             local_files_only=True,
         )
         self._batched = faster_whisper.BatchedInferencePipeline(self.model)
