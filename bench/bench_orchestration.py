@@ -5,7 +5,8 @@
     .venv/bin/python bench/bench_orchestration.py long [--hours 2]
 
 - `workers`: the same run with the multi-processing DirectRunner at 1 and at 2 workers
-  (`--direct_running_mode=multi_processing --direct_num_workers=N`), model threads set to
+  (`--direct_running_mode=multi_processing --direct_num_workers=N`; `--running-mode
+  multi_threading`: worker threads of one process, as `mmcurate run` takes by default), model threads set to
   cores / workers (asr.cpu_threads, diarization.torch_threads) so both use the same cores;
   1 and 2 workers alternate (`--repeat` pairs) so a load change on the shared box hits both.
   `--threads-per-worker 1` keeps each worker's size fixed instead (scale-out, as on a
@@ -112,7 +113,7 @@ def workers(tmp: Path) -> dict:
             out = tmp / f"w{n}-{rep}"
             argv = [str(ARGS.media), "--output", str(out), "--stages", ARGS.stages,
                     "--set", f"asr.cpu_threads={threads}", "--set", f"diarization.torch_threads={threads}",
-                    "--direct_running_mode=multi_processing", f"--direct_num_workers={n}"]
+                    f"--direct_running_mode={ARGS.running_mode}", f"--direct_num_workers={n}"]
             before = uptime()
             r = run(argv, tmp / f"w{n}-{rep}.log")
             r.update(workers=n, threads=threads, repeat=rep, load_before=before, load_after=uptime(),
@@ -122,7 +123,8 @@ def workers(tmp: Path) -> dict:
             rows.append(r)
     one = sum(r["wall_s"] for r in rows if r["workers"] == 1)
     two = sum(r["wall_s"] for r in rows if r["workers"] == 2)
-    result = {"mode": "workers", "stages": ARGS.stages, "cores": cores, "runs": rows,
+    result = {"mode": "workers", "running_mode": ARGS.running_mode, "stages": ARGS.stages,
+              "cores": cores, "runs": rows,
               "threads_per_worker": ARGS.threads_per_worker or "cores / workers",
               "speedup_2_vs_1": round(one / two, 3)}
     print(f"speed-up 2 workers vs 1: {result['speedup_2_vs_1']:.2f}x (goal >= 1.7)")
@@ -217,6 +219,10 @@ def main() -> int:
     ap.add_argument("--media", type=Path, default=ROOT.parent / "shared" / "media")
     ap.add_argument("--stages", default="vad,speech,quality,video")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--running-mode", default="multi_processing",
+                    choices=["multi_processing", "multi_threading"],
+                    help="workers: worker processes (each loads its models) or worker threads of "
+                         "one process (one copy of each model; the default of `mmcurate run`)")
     ap.add_argument("--threads-per-worker", type=int, default=0,
                     help="workers: model threads of each worker (default 0: cores / workers, the "
                          "machine's cores split between the workers)")

@@ -33,7 +33,8 @@ Re-running the same inputs into the same DIR gives the same ids and replaces the
 Any option not listed above is passed to Apache Beam untouched, e.g.
   --runner DirectRunner --direct_running_mode multi_processing --direct_num_workers 2
 Without --direct_running_mode / --direct_num_workers the local runner takes one worker thread
-per core (at most 4), one CTranslate2 replica and cores/workers model threads each;
+per core (at most 4, at most one per source), one CTranslate2 replica and cores/workers model
+threads each;
 --direct_running_mode in_memory runs on one thread.
   --runner DataflowRunner --project P --region R --temp_location gs://...
 

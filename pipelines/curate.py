@@ -202,12 +202,14 @@ class Parallelism:
         return f"{self.mode}, {self.workers} worker(s), {threads}"
 
 
-def local_parallelism(cfg: CurateConfig, beam_args: list[str] | None,
-                      cores: int | None = None) -> tuple[CurateConfig, list[str], Parallelism]:
-    """The config and Beam arguments a run uses on this machine.
+def local_parallelism(cfg: CurateConfig, beam_args: list[str] | None, cores: int | None = None,
+                      sources: int | None = None) -> tuple[CurateConfig, list[str], Parallelism]:
+    """The config and Beam arguments a pipeline uses on this machine.
 
-    On the local runner with no worker flags given, the run takes min(cores, AUTO_MAX_WORKERS)
-    worker threads of one process (`multi_threading`): each source's decode, VAD, diarization
+    On the local runner with no worker flags given, the pipeline takes min(cores,
+    AUTO_MAX_WORKERS, sources) worker threads of one process (`multi_threading`; `sources`: how
+    many sources the pipeline holds, when known; one source runs in-process on all the model
+    threads, as no second worker would have work): each source's decode, VAD, diarization
     and ASR runs on one thread while the others run other sources, with one copy of each model
     (RunInference shares it between threads). Settings left at 0 follow the workers:
     `asr.num_workers` (CTranslate2 replicas: one per worker thread, so sources transcribe at
@@ -224,8 +226,9 @@ def local_parallelism(cfg: CurateConfig, beam_args: list[str] | None,
     cores = cores or os.cpu_count() or 1
     n = local_workers(PipelineOptions(args))
     explicit = any(a.split("=", 1)[0] in _WORKER_FLAGS for a in args)
-    if n == 1 and not explicit and cores > 1:
-        n = min(cores, AUTO_MAX_WORKERS)
+    auto = min(cores, AUTO_MAX_WORKERS, max(1, sources) if sources is not None else cores)
+    if n == 1 and not explicit and auto > 1:
+        n = auto
         args += ["--direct_running_mode=multi_threading", f"--direct_num_workers={n}"]
     mode = PipelineOptions(args).view_as(DirectOptions).direct_running_mode if n else ""
     threads = max(1, cores // n) if n > 1 else 0
@@ -262,15 +265,15 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
 
     manifest = ManifestBuilder(run_id, version, cfg.to_json(), [escape_uri(i) for i in inputs], model_infos(cfg))
     log.info("run %s: %d input(s) -> %s (stages: %s)", run_id, len(inputs), output, ",".join(cfg.stages))
-    if test_pipeline is None:
-        cfg, beam_args, par = local_parallelism(cfg, beam_args)
-        log.info("run %s on %s", run_id, par.describe())
     from mmcurate.pipelines import resume
 
     steps = resume.plan(cfg) if test_pipeline is None and cfg.output.chunk_sources > 0 else None
     if steps is not None:  # ingest, chunks of sources, merge: each committed (resumable)
         resume.run_resumable(inputs, output, cfg, run_id, manifest, steps, beam_args, overrides)
     else:  # one pipeline (a test's own, or output.chunk_sources = 0): a kill loses it all
+        if test_pipeline is None:
+            cfg, beam_args, par = local_parallelism(cfg, beam_args)
+            log.info("run %s on %s", run_id, par.describe())
         options = PipelineOptions(beam_args or [])
         p = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
         build(p, inputs, output, cfg, run_id, manifest, overrides)

@@ -271,6 +271,7 @@ def _build_stages(c, specs, streams: dict, tables: dict) -> list:
 def run_resumable(inputs: list[str], output: str, cfg: CurateConfig, run_id: str, manifest,
                   steps: Plan, beam_args: list[str] | None = None, overrides: dict | None = None) -> None:
     """Ingest, the chunks, the merge: each a pipeline with its own commit (module docstring)."""
+    from mmcurate.pipelines.curate import local_parallelism
     from mmcurate.pipelines.stages import REGISTRY, BuildContext
     from mmcurate.schemas.stages import resolve
     from mmcurate.transforms.read import read_shard
@@ -280,8 +281,8 @@ def run_resumable(inputs: list[str], output: str, cfg: CurateConfig, run_id: str
     base = _join(output, CHUNKS_DIR, run_id)
     target = int(cfg.output.target_shard_mb * 1024 * 1024)
 
-    def ctx(p):
-        return BuildContext(p, inputs, output, cfg, run_id, names, overrides or {})
+    def ctx(p, c=None):
+        return BuildContext(p, inputs, output, c or cfg, run_id, names, overrides or {})
 
     # 1. ingest
     ingest_dir = _join(base, INGEST)
@@ -309,10 +310,12 @@ def run_resumable(inputs: list[str], output: str, cfg: CurateConfig, run_id: str
             continue
         _remove_tree(cdir)
         t0 = time.perf_counter()
-        p = _pipeline(beam_args)
+        ccfg, cargs, par = local_parallelism(cfg, beam_args, sources=len(refs))
+        log.info("%s (%d source(s)) on %s", chunk_id, len(refs), par.describe())
+        p = _pipeline(cargs)
         streams: dict = {"media": p | "Media" >> beam.Create(refs)}
         tables: dict = {}
-        rejected = _build_stages(ctx(p), steps.chunk, streams, tables)
+        rejected = _build_stages(ctx(p, ccfg), steps.chunk, streams, tables)
         tables["rejected"] = rejected | "AllRejections" >> beam.Flatten()
         _ = tables | "Commit" >> CommitStep(cdir, run_id, chunk_id, target,
                                            {"sources": [m.source_id for m in refs]})
@@ -325,7 +328,11 @@ def run_resumable(inputs: list[str], output: str, cfg: CurateConfig, run_id: str
     for d in chunk_dirs:
         for rel in read_step_manifest(d)["shards"]:
             shards.setdefault(rel.split("/", 1)[0], []).append(_join(d, rel))
-    p = _pipeline(beam_args, models=any(s.models for s in steps.merge))
+    models = any(s.models for s in steps.merge)
+    mcfg, margs, par = local_parallelism(cfg, beam_args, sources=len(media))
+    if models:
+        log.info("merge on %s", par.describe())
+    p = _pipeline(margs, models=models)
     # the run's media: merge stages that open it (dedup's audio/video fingerprints) see this as
     # an in-graph run, not a corpus job over an earlier output
     streams = {"media": p | "MergeMedia" >> beam.Create(media)} if media else {}
@@ -337,7 +344,7 @@ def run_resumable(inputs: list[str], output: str, cfg: CurateConfig, run_id: str
             | f"ReadShard[{table}]" >> beam.FlatMap(read_shard, table)
         )
     tables = {t: streams[t] for t in steps.chunk_tables}
-    rejected = [streams.pop("rejected"), *_build_stages(ctx(p), steps.merge, streams, tables)]
+    rejected = [streams.pop("rejected"), *_build_stages(ctx(p, mcfg), steps.merge, streams, tables)]
     # the tables in declaration order, as a single-pipeline run hands them to WriteTables
     tables = {t: tables[t] for s in resolve(cfg.stages) for t in s.produces if t in tables}
     tables["rejected"] = rejected | "AllRejections" >> beam.Flatten()

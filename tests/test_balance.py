@@ -100,7 +100,7 @@ def test_each_local_worker_runs_one_balanced_share():
 # --------------------------------------------------------------------------- local parallelism
 
 
-def _par(args, cores, **sets):
+def _par(args, cores, sources=None, **sets):
     from mmcurate.pipelines.config import CurateConfig
     from mmcurate.pipelines.curate import local_parallelism
 
@@ -108,7 +108,7 @@ def _par(args, cores, **sets):
     for key, value in sets.items():
         section, name = key.split("__")
         data.setdefault(section, {})[name] = value
-    cfg, out_args, par = local_parallelism(CurateConfig.from_dict(data), args, cores=cores)
+    cfg, out_args, par = local_parallelism(CurateConfig.from_dict(data), args, cores=cores, sources=sources)
     return (out_args, par.mode, par.workers,
             (cfg.asr.num_workers, cfg.asr.cpu_threads, cfg.diarization.torch_threads))
 
@@ -121,6 +121,10 @@ def test_the_local_runner_takes_one_worker_thread_per_core_when_no_flag_says_oth
     assert _par([], 16)[1:] == ("multi_threading", 4, (4, 4, 4))
     # one core: one in-process worker, library defaults, as before
     assert _par([], 1) == ([], "in_memory", 1, (1, 0, 0))
+    # no more workers than sources: one source runs in-process on all the model threads
+    assert _par([], 2, sources=1) == ([], "in_memory", 1, (1, 0, 0))
+    assert _par([], 16, sources=3)[1:] == ("multi_threading", 3, (3, 5, 5))
+    assert _par([], 2, sources=32)[1:] == ("multi_threading", 2, (2, 1, 1))
 
 
 def test_given_flags_and_settings_are_kept():
