@@ -213,7 +213,8 @@ def local_parallelism(cfg: CurateConfig, beam_args: list[str] | None, cores: int
     and ASR runs on one thread while the others run other sources, with one copy of each model
     (RunInference shares it between threads). Settings left at 0 follow the workers:
     `asr.num_workers` (CTranslate2 replicas: one per worker thread, so sources transcribe at
-    the same time), `asr.cpu_threads` and `diarization.torch_threads` (cores / workers each).
+    the same time), `asr.cpu_threads`, `diarization.torch_threads` and `quality.dnsmos_threads`
+    (cores / workers each).
     Given flags are kept (`--direct_running_mode=in_memory` runs everything on one thread),
     and so are settings other than 0. Other runners: one replica, library default threads.
     The run id is computed from the config as given, so the same job has the same id on any
@@ -233,12 +234,13 @@ def local_parallelism(cfg: CurateConfig, beam_args: list[str] | None, cores: int
     mode = PipelineOptions(args).view_as(DirectOptions).direct_running_mode if n else ""
     threads = max(1, cores // n) if n > 1 else 0
     replicas = n if mode == "multi_threading" else 1
-    asr, dia = cfg.asr, cfg.diarization
+    asr, dia, q = cfg.asr, cfg.diarization, cfg.quality
     cfg = dataclasses.replace(
         cfg,
         asr=dataclasses.replace(asr, num_workers=asr.num_workers or replicas,
                                 cpu_threads=asr.cpu_threads or threads),
-        diarization=dataclasses.replace(dia, torch_threads=dia.torch_threads or threads))
+        diarization=dataclasses.replace(dia, torch_threads=dia.torch_threads or threads),
+        quality=dataclasses.replace(q, dnsmos_threads=q.dnsmos_threads or threads))
     return cfg, args, Parallelism(mode, max(n, 1), threads)
 
 

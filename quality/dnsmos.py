@@ -16,7 +16,7 @@ in one batched call. The P.808 head (`model_v8.onnx`, which needs a librosa mel 
 is not used: P.835's three scores are what the filters read.
 
 One ONNX session is shared by every thread of a process (onnxruntime's `run` is thread-safe);
-`intra_op_threads` defaults to 1, leaving the other cores to the other workers.
+`quality.dnsmos_threads` sets its threads (0: cores / workers on the local runner).
 """
 
 from __future__ import annotations
@@ -104,6 +104,9 @@ class Dnsmos:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(0, int(intra_op_threads))
         opts.inter_op_num_threads = 1
+        # no spin-waiting between runs: with several worker threads on few cores, spinning
+        # threads take the cores the other workers' models need (as in the diarizer)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(self.model_path, sess_options=opts,
                                              providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name

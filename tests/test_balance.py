@@ -110,31 +110,33 @@ def _par(args, cores, sources=None, **sets):
         data.setdefault(section, {})[name] = value
     cfg, out_args, par = local_parallelism(CurateConfig.from_dict(data), args, cores=cores, sources=sources)
     return (out_args, par.mode, par.workers,
-            (cfg.asr.num_workers, cfg.asr.cpu_threads, cfg.diarization.torch_threads))
+            (cfg.asr.num_workers, cfg.asr.cpu_threads, cfg.diarization.torch_threads,
+             cfg.quality.dnsmos_threads))
 
 
 def test_the_local_runner_takes_one_worker_thread_per_core_when_no_flag_says_otherwise():
     threads2 = ["--direct_running_mode=multi_threading", "--direct_num_workers=2"]
     # 2 cores: 2 worker threads, a CTranslate2 replica each, 1 model thread each
-    assert _par([], 2) == (threads2, "multi_threading", 2, (2, 1, 1))
+    assert _par([], 2) == (threads2, "multi_threading", 2, (2, 1, 1, 1))
     # many cores: at most AUTO_MAX_WORKERS threads, the cores shared among their models
-    assert _par([], 16)[1:] == ("multi_threading", 4, (4, 4, 4))
+    assert _par([], 16)[1:] == ("multi_threading", 4, (4, 4, 4, 4))
     # one core: one in-process worker, library defaults, as before
-    assert _par([], 1) == ([], "in_memory", 1, (1, 0, 0))
+    assert _par([], 1) == ([], "in_memory", 1, (1, 0, 0, 0))
     # no more workers than sources: one source runs in-process on all the model threads
-    assert _par([], 2, sources=1) == ([], "in_memory", 1, (1, 0, 0))
-    assert _par([], 16, sources=3)[1:] == ("multi_threading", 3, (3, 5, 5))
-    assert _par([], 2, sources=32)[1:] == ("multi_threading", 2, (2, 1, 1))
+    assert _par([], 2, sources=1) == ([], "in_memory", 1, (1, 0, 0, 0))
+    assert _par([], 16, sources=3)[1:] == ("multi_threading", 3, (3, 5, 5, 5))
+    assert _par([], 2, sources=32)[1:] == ("multi_threading", 2, (2, 1, 1, 1))
 
 
 def test_given_flags_and_settings_are_kept():
     assert _par(["--direct_running_mode=in_memory"], 2) == (
-        ["--direct_running_mode=in_memory"], "in_memory", 1, (1, 0, 0))
-    assert _par(["--direct_num_workers=1"], 8)[1:] == ("in_memory", 1, (1, 0, 0))
+        ["--direct_running_mode=in_memory"], "in_memory", 1, (1, 0, 0, 0))
+    assert _par(["--direct_num_workers=1"], 8)[1:] == ("in_memory", 1, (1, 0, 0, 0))
     # worker processes: each loads its own model (one replica), cores / workers threads each
     procs = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
-    assert _par(procs, 8) == (procs, "multi_processing", 2, (1, 4, 4))
+    assert _par(procs, 8) == (procs, "multi_processing", 2, (1, 4, 4, 4))
     # a setting other than 0 wins over the automatic one
-    assert _par([], 2, asr__cpu_threads=2, asr__num_workers=1, diarization__torch_threads=3)[3] == (1, 2, 3)
+    assert _par([], 2, asr__cpu_threads=2, asr__num_workers=1, diarization__torch_threads=3,
+                quality__dnsmos_threads=2)[3] == (1, 2, 3, 2)
     # another runner: its own workers; one replica, library default threads
-    assert _par(["--runner=DataflowRunner"], 2) == (["--runner=DataflowRunner"], "", 1, (1, 0, 0))
+    assert _par(["--runner=DataflowRunner"], 2) == (["--runner=DataflowRunner"], "", 1, (1, 0, 0, 0))
