@@ -32,11 +32,10 @@ Re-running the same inputs into the same DIR gives the same ids and replaces the
 
 Any option not listed above is passed to Apache Beam untouched, e.g.
   --runner DirectRunner --direct_running_mode multi_processing --direct_num_workers 2
+  --runner DataflowRunner --project P --region R --temp_location gs://...
 Without --direct_running_mode / --direct_num_workers the local runner takes one worker thread
 per core (at most 4, at most one per source), one CTranslate2 replica and cores/workers model
-threads each;
---direct_running_mode in_memory runs on one thread.
-  --runner DataflowRunner --project P --region R --temp_location gs://...
+threads each; --direct_running_mode in_memory runs everything on one thread.
 
 Examples:
   mmcurate run ../shared/media --output out/demo
