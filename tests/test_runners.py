@@ -33,10 +33,15 @@ VOLATILE = {"elapsed_s", "finished_at"}
 pytestmark = pytest.mark.slow
 
 
-def _run(out: Path, *beam_args: str, timeout: int = 600) -> dict:
+def _cli(out: Path, *beam_args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run([*CLI, "run", *INPUTS, "--output", str(out), *JOB, *beam_args],
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _run(out: Path, *beam_args: str, timeout: int = 600) -> dict:
+    _cli(out, *beam_args, timeout=timeout)
     return json.loads((out / "manifest.json").read_text())
 
 
@@ -71,12 +76,14 @@ def _same(manifest: dict, out: Path, baseline: tuple[dict, dict]) -> None:
 
 
 def test_default_worker_threads_match_in_process(in_process, tmp_path):
+    from mmcurate.pipelines.curate import AUTO_MAX_WORKERS
+
     out = tmp_path / "out"
-    proc = subprocess.run([*CLI, "run", *INPUTS, "--output", str(out), *JOB],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    if (os.cpu_count() or 1) > 1:  # the run says how it used the machine
-        assert f"multi_threading, {min(os.cpu_count(), 4)} worker(s)" in proc.stderr, proc.stderr[-3000:]
+    proc = _cli(out)
+    # the run says how it used the machine: a thread per core, at most 4, at most one per source
+    workers = min(os.cpu_count() or 1, AUTO_MAX_WORKERS, len(INPUTS))
+    if workers > 1:
+        assert f"multi_threading, {workers} worker(s)" in proc.stderr, proc.stderr[-3000:]
     _same(json.loads((out / "manifest.json").read_text()), out, in_process)
 
 
