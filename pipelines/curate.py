@@ -9,12 +9,12 @@ through `PipelineOptions` untouched, and `test_pipeline` lets a test inject its 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import os
-import dataclasses
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,13 +225,14 @@ def local_parallelism(cfg: CurateConfig, beam_args: list[str] | None, cores: int
 
     args = list(beam_args or [])
     cores = cores or os.cpu_count() or 1
-    n = local_workers(PipelineOptions(args))
+    options = PipelineOptions(args)
+    n = local_workers(options)
+    mode = options.view_as(DirectOptions).direct_running_mode if n else ""
     explicit = any(a.split("=", 1)[0] in _WORKER_FLAGS for a in args)
     auto = min(cores, AUTO_MAX_WORKERS, max(1, sources) if sources is not None else cores)
     if n == 1 and not explicit and auto > 1:
-        n = auto
-        args += ["--direct_running_mode=multi_threading", f"--direct_num_workers={n}"]
-    mode = PipelineOptions(args).view_as(DirectOptions).direct_running_mode if n else ""
+        n, mode = auto, "multi_threading"
+        args += [f"--direct_running_mode={mode}", f"--direct_num_workers={n}"]
     threads = max(1, cores // n) if n > 1 else 0
     replicas = n if mode == "multi_threading" else 1
     asr, dia, q = cfg.asr, cfg.diarization, cfg.quality

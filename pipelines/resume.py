@@ -329,8 +329,9 @@ def run_resumable(inputs: list[str], output: str, cfg: CurateConfig, run_id: str
         for rel in read_step_manifest(d)["shards"]:
             shards.setdefault(rel.split("/", 1)[0], []).append(_join(d, rel))
     models = any(s.models for s in steps.merge)
-    mcfg, margs, par = local_parallelism(cfg, beam_args, sources=len(media))
+    mcfg, margs = cfg, beam_args  # without a model stage the merge runs in-process (_pipeline)
     if models:
+        mcfg, margs, par = local_parallelism(cfg, beam_args, sources=len(media))
         log.info("merge on %s", par.describe())
     p = _pipeline(margs, models=models)
     # the run's media: merge stages that open it (dedup's audio/video fingerprints) see this as

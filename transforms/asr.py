@@ -111,7 +111,7 @@ class AsrConfig:
                              why="CTranslate2 compute types"),
         "beam_size": Rule(ge=1), "batch_size": Rule(ge=1),
         "num_workers": non_negative("0: one per worker thread of the local runner"),
-        "cpu_threads": non_negative("0: CTranslate2's default"),
+        "cpu_threads": non_negative("0: cores / workers on the local runner, else CTranslate2's default"),
         "language": Rule(check=lambda v: None if v.isalpha() and 2 <= len(v) <= 3 else
                          f"{v!r}: a language code like 'en' or 'de', or null to detect"),
         "no_speech_threshold": unit_interval("a probability"),
