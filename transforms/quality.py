@@ -306,7 +306,9 @@ class DnsmosModelHandler(ModelHandler):
         if self._loader is not None:
             return self._loader()
         from mmcurate.quality.dnsmos import Dnsmos
+        from mmcurate.transforms.worker import exit_fast_after_harness
 
+        exit_fast_after_harness()  # a worker process that loads ORT: no slow teardown
         return Dnsmos(intra_op_threads=self._threads)
 
     def run_inference(self, batch, model, inference_args=None):

@@ -7,10 +7,11 @@ pools and allocators destroyed, all for a process that is about to vanish. The l
 stops its workers one after the other, so a run paid that once per worker and pipeline
 (bench/README.md, issue 13: 5.7 s of a 2-worker chunk's 50 s).
 
-`exit_fast_after_harness()` (called by the model handlers when a model loads in a worker) adds
-an exit hook that flushes logging and the standard streams and then calls `os._exit`, keeping
-the exit status: 1 when an uncaught exception ended the worker, else 0. Every bundle's output
-has been sent and acknowledged over the Fn API before the harness returns, so nothing is lost.
+`exit_fast_after_harness()` (called by every model handler when its model loads in a worker:
+VAD, ASR, diarization, DNSMOS, rephrasing) adds an exit hook that flushes logging and the
+standard streams and then calls `os._exit`, keeping the exit status: 1 when an uncaught exception
+ended the worker, else 0. Every bundle's output has been sent and acknowledged over the Fn API
+before the harness returns, so nothing is lost.
 It does nothing outside a Beam worker process (the driver, tests, a DirectRunner in memory).
 """
 
