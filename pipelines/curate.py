@@ -194,11 +194,19 @@ class Parallelism:
     mode: str  # in_memory | multi_threading | multi_processing | "" (another runner)
     workers: int
     model_threads: int  # 0: each library's default
+    # the threads each model gets as resolved (ASR, diarization, DNSMOS): a setting given on the
+    # command line wins over model_threads, and the log line says so
+    per_model: tuple[int, int, int] | None = None
 
     def describe(self) -> str:
         if not self.mode:
             return "the runner's own workers"
-        threads = f"{self.model_threads} model thread(s) each" if self.model_threads else "library default threads"
+        a, d, q = self.per_model or (self.model_threads,) * 3
+        if a == d == q:
+            threads = f"{a} model thread(s) each" if a else "library default threads"
+        else:
+            threads = "model threads: " + ", ".join(
+                f"{name} {n or 'library default'}" for name, n in (("ASR", a), ("diarization", d), ("DNSMOS", q)))
         return f"{self.mode}, {self.workers} worker(s), {threads}"
 
 
@@ -242,7 +250,8 @@ def local_parallelism(cfg: CurateConfig, beam_args: list[str] | None, cores: int
                                 cpu_threads=asr.cpu_threads or threads),
         diarization=dataclasses.replace(dia, torch_threads=dia.torch_threads or threads),
         quality=dataclasses.replace(q, dnsmos_threads=q.dnsmos_threads or threads))
-    return cfg, args, Parallelism(mode, max(n, 1), threads)
+    per_model = (cfg.asr.cpu_threads, cfg.diarization.torch_threads, cfg.quality.dnsmos_threads)
+    return cfg, args, Parallelism(mode, max(n, 1), threads, per_model)
 
 
 def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,

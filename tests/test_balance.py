@@ -156,3 +156,20 @@ def test_given_flags_and_settings_are_kept():
                 quality__dnsmos_threads=2)[3] == (1, 2, 3, 2)
     # another runner: its own workers; one replica, library default threads
     assert _par(["--runner=DataflowRunner"], 2) == (["--runner=DataflowRunner"], "", 1, (1, 0, 0, 0))
+
+
+def test_the_run_log_names_the_threads_the_models_get():
+    from mmcurate.pipelines.config import CurateConfig
+    from mmcurate.pipelines.curate import local_parallelism
+
+    def said(args, **sections):
+        return local_parallelism(CurateConfig.from_dict(sections), args, cores=2, sources=13)[2].describe()
+
+    assert said([]) == "multi_threading, 2 worker(s), 1 model thread(s) each"
+    one = ["--direct_running_mode=multi_processing", "--direct_num_workers=1"]
+    assert said(one) == "multi_processing, 1 worker(s), library default threads"
+    # settings given win, and the line says what they are (it said "library default threads")
+    assert said(one, asr={"cpu_threads": 1}, diarization={"torch_threads": 1}, quality={"dnsmos_threads": 1}) == (
+        "multi_processing, 1 worker(s), 1 model thread(s) each")
+    assert said(one, asr={"cpu_threads": 2}) == (
+        "multi_processing, 1 worker(s), model threads: ASR 2, diarization library default, DNSMOS library default")
