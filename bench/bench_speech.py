@@ -42,6 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -191,20 +192,6 @@ XRT_TARGET = 10.0
 RSS_RATIO_TARGET = 1.3
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM). Not ru_maxrss: a child started by fork + exec begins
-    with its parent's RSS at the fork as its ru_maxrss, and this bench's process holds the
-    models of its own runs (3.1 GB) when it starts the RSS children, so both children reported
-    the parent's 3112 MB, whatever they used."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def rss_child(media: str, workers: int) -> int:
     """Run the pipeline with `workers` DirectRunner threads; print this process's peak RSS."""
     from mmcurate.pipelines import curate
@@ -215,6 +202,11 @@ def rss_child(media: str, workers: int) -> int:
         curate.run([media], str(Path(tmp) / "out"), dataclasses.replace(CurateConfig(), stages=SPEECH_STAGES),
                    ["--direct_running_mode=multi_threading", f"--direct_num_workers={workers}"])
         wall = time.perf_counter() - t0
+    # VmHWM, not ru_maxrss: a child started by fork + exec begins with its parent's RSS at the
+    # fork as its ru_maxrss, and this bench's process holds the models of its own runs (3.1 GB)
+    # when it starts the RSS children: both children reported the parent's 3112 MB
+    from bench_foundation import _peak_rss_mb
+
     peak_mb = _peak_rss_mb()
     print(json.dumps({"workers": workers, "peak_rss_mb": round(peak_mb, 1), "wall_s": round(wall, 2)}))
     return 0
