@@ -487,7 +487,7 @@ class RephraseModelHandler(ModelHandler):
         from mmcurate.transforms import rephrase_backends as rb
         from mmcurate.transforms.worker import exit_fast_after_harness
 
-        exit_fast_after_harness()  # a worker process that loads llama.cpp: no slow teardown
+        exit_fast_after_harness()  # a worker process with llama.cpp or an HTTP client loaded: no slow teardown
 
         if c.backend == "openai":
             return rb.OpenAIChatClient(c.url, c.api_model, api_key_env=c.api_key_env,
