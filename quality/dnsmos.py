@@ -11,8 +11,8 @@ the same as speechmos.dnsmos): 16 kHz mono float samples; a clip shorter than 9.
 until it is at least that long; the network scores 9.01 s windows every 1 s (skipping, as it does, the windows its float
 slicing makes one sample short); the raw SIG, BAK
 and OVRL of each window are mapped through the published third-order polynomials (the
-non-personalised ones) and averaged over the windows. All windows of a clip go to the network
-in one batched call. The P.808 head (`model_v8.onnx`, which needs a librosa mel spectrogram)
+non-personalised ones) and averaged over the windows. The windows go to the network
+`batch` at a time (default 1: see `Dnsmos`). The P.808 head (`model_v8.onnx`, which needs a librosa mel spectrogram)
 is not used: P.835's three scores are what the filters read.
 
 One ONNX session is shared by every thread of a process (onnxruntime's `run` is thread-safe);
@@ -97,9 +97,15 @@ def windows(audio: np.ndarray) -> np.ndarray:
 class Dnsmos:
     """The DNSMOS P.835 network in one onnxruntime session."""
 
-    def __init__(self, model_path: str | None = None, intra_op_threads: int = 1):
+    def __init__(self, model_path: str | None = None, intra_op_threads: int = 1, batch: int = 1):
         import onnxruntime as ort
 
+        # windows per ONNX Runtime call. One 9.01 s window's activations fit the caches; a whole
+        # clip's (7 windows of a 20 s clip) do not, and the network then waits on memory: 7 at
+        # once took 4.0-10.0 s alone and 9.0-10.2 s with a second process doing the same on the
+        # other core; 1 at a time 2.3-2.4 s alone and in pairs (bench/README.md, issue 13). The
+        # scores are identical (max |difference| 0.0). A GPU provider wants large batches.
+        self.batch = max(1, int(batch))
         self.model_path = os.path.abspath(model_path or default_model_path())
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(0, int(intra_op_threads))
@@ -123,8 +129,10 @@ class Dnsmos:
             keys = list(starts)
         distinct = sorted(set(keys))
         first = {k: starts[keys.index(k)] for k in distinct}
-        batch = np.stack([x[first[k] : first[k] + WINDOW] for k in distinct])
-        out = self._session.run(None, {self._input: batch})[0]  # (distinct, 3)
+        out = np.concatenate([  # (distinct, 3)
+            self._session.run(None, {self._input: np.stack(
+                [x[first[k] : first[k] + WINDOW] for k in distinct[i : i + self.batch]])})[0]
+            for i in range(0, len(distinct), self.batch)])
         raw = out[[distinct.index(k) for k in keys]]
         sig = _P_SIG(raw[:, 0].astype(np.float64))
         bak = _P_BAK(raw[:, 1].astype(np.float64))

@@ -475,3 +475,19 @@ def test_pyannote_backend_bad_dir(tmp_path):
         load_diarizer(DiarizationConfig(backend="pyannote"))
     with pytest.raises(ValueError, match="backend"):
         load_diarizer(DiarizationConfig(backend="bogus"))
+
+
+@pytest.mark.slow
+def test_segmentation_batch_size_changes_speed_not_turns(embedded, sample):
+    """segmentation-3.0 runs one 10 s window per call by default (diarization.
+    segmentation_batch_size: pyannote's 32 wait on memory beside a second worker); the turns
+    of AMI dev00 + sample.wav are the same at 32."""
+    assert embedded.pipeline._segmentation.batch_size == 1
+    audio = np.concatenate([_wav(AMI / "dev00.wav"), sample[0]])
+    wide = load_diarizer(DiarizationConfig(segmentation_batch_size=32))
+    assert wide.pipeline._segmentation.batch_size == 32
+    assert embedded.diarize(audio, SR) == wide.diarize(audio, SR)
+    from mmcurate.schemas.params import check
+
+    assert check(DiarizationConfig(segmentation_batch_size=0), "diarization", []) == [
+        "diarization.segmentation_batch_size: 0 must be >= 1 (10 s windows per call)"]

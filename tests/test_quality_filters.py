@@ -314,6 +314,27 @@ def test_dnsmos_windows_follow_the_reference():
 
 
 @pytest.mark.slow
+def test_dnsmos_batch_changes_speed_not_scores():
+    """The windows go to onnxruntime `batch` at a time (quality.dnsmos_batch, default 1: a
+    whole clip's activations wait on memory); every batch size gives the same scores."""
+    from mmcurate.quality.dnsmos import Dnsmos
+    from mmcurate.schemas.params import check
+    from mmcurate.transforms.decode import decode_audio
+    from mmcurate.transforms.quality import QualityConfig
+
+    audio = decode_audio(str(MEDIA / "diarization" / "ami" / "dev01.wav"))[: 25 * 16000]
+    one, wide = Dnsmos(), Dnsmos(batch=64)
+    calls = []
+    run = one._session.run
+    one._session = type("Spy", (), {"run": lambda self, out, feed: calls.append(
+        len(feed[one._input])) or run(out, feed)})()
+    assert one.score(audio) == wide.score(audio)
+    assert len(calls) > 1 and set(calls) == {1}
+    assert check(QualityConfig(dnsmos_batch=0), "quality", []) == [
+        "quality.dnsmos_batch: 0 must be >= 1 (windows per onnxruntime call)"]
+
+
+@pytest.mark.slow
 @pytest.mark.model_score
 def test_dnsmos_scores_real_speech_above_noise():
     """DNSMOS P.835 on real recordings and on white noise (measured 2026-11-23, bit-identical

@@ -61,6 +61,12 @@ class DiarizationConfig:
     # step of pyannote's 10 s segmentation window, as a fraction of it; pyannote's own 0.1 runs
     # every frame through segmentation and embedding ten times
     segmentation_step: float = 0.25
+    # 10 s windows per segmentation call (pyannote's default: 32). One window's activations
+    # (SincNet over 160,000 samples) fit the CPU caches; 32 do not, and the model then waits
+    # on memory, most of all beside a second worker: 60 s of AMI + sample.wav diarized in
+    # 2.1 s alone either way, but in 3.8-4.7 s (32) against 2.2-2.3 s (1) with a second
+    # process doing the same on the other core. Same turns (bench/README.md, issue 13)
+    segmentation_batch_size: int = 1
     # run segmentation-3.0 and CAM++ with ONNX Runtime (exported from the packaged torch weights
     # at first use into onnx_cache_dir, checked against torch there); False: torch
     onnx: bool = True
@@ -82,6 +88,7 @@ class DiarizationConfig:
         "num_speakers": Rule(ge=1), "min_speakers": Rule(ge=1), "max_speakers": Rule(ge=1),
         "torch_threads": non_negative("0: torch's default"),
         "segmentation_step": Rule(gt=0.0, le=1.0, why="a fraction of the 10 s window"),
+        "segmentation_batch_size": Rule(ge=1, why="10 s windows per call"),
         "clustering_threshold": Rule(gt=0.0, le=2.0, why="a cosine distance"),
         "min_cluster_size": Rule(ge=1),
         "pipeline_dir": Rule(check=lambda p: None if os.path.isdir(p) else
@@ -650,6 +657,7 @@ class EmbeddedDiarizer(_PyannoteDiarizer):
     device: str = "cpu"
     params: dict | None = None  # pipeline hyper-parameters; default from the arguments below
     segmentation_step: float = 0.25
+    segmentation_batch_size: int = 1
     onnx: bool = True
     onnx_cache_dir: str | None = None
     threads: int = 0  # ORT intra-op threads; 0: torch's current thread count
@@ -677,8 +685,9 @@ class EmbeddedDiarizer(_PyannoteDiarizer):
             seg.forward = seg_forward  # pyannote's Inference calls model(chunks) -> forward
             runner = lambda feats: cam_session.run(None, {"feats": feats})[0]  # noqa: E731
         self.embedding = CamPlusPlusEmbedding(device=self.device, runner=runner)
-        self.pipeline = _lazy("PackagedSpeakerDiarization")(seg, self.embedding,
-                                                             segmentation_step=self.segmentation_step)
+        self.pipeline = _lazy("PackagedSpeakerDiarization")(
+            seg, self.embedding, segmentation_step=self.segmentation_step,
+            segmentation_batch_size=self.segmentation_batch_size)
         self.pipeline.instantiate(self.params or self.default_params())
         self.pipeline.to(torch.device(self.device))
 
@@ -1068,6 +1077,7 @@ def load_diarizer(cfg: DiarizationConfig) -> Diarizer:
     backend = (cfg.backend or "embedded").lower()
     if backend == "embedded":
         return EmbeddedDiarizer(device=cfg.device, segmentation_step=cfg.segmentation_step,
+                                segmentation_batch_size=cfg.segmentation_batch_size,
                                 onnx=cfg.onnx, onnx_cache_dir=cfg.onnx_cache_dir,
                                 threads=cfg.torch_threads,
                                 clustering_threshold=cfg.clustering_threshold,

@@ -99,6 +99,10 @@ class QualityConfig:
     # runner has several workers, else onnxruntime's default (mmcurate.pipelines.curate.
     # local_parallelism); it scales (a 20 s segment: 1.52 s on 1 thread, 0.78 s on 2)
     dnsmos_threads: int = 0
+    # 9.01 s windows per onnxruntime call: 1 keeps a window's activations in the CPU caches and
+    # scales with workers (a whole clip at once: up to 4x slower, 2x more so beside a second
+    # worker; quality/dnsmos.py). Raise it for a GPU provider. The scores do not change.
+    dnsmos_batch: int = 1
     # duration: Emilia-Pipe cuts 1-30 s; here segments are utterances (speech.segments cuts at
     # 30 s) and real short answers ("Yes.", 0.3 s) are speech, so only empty spans are dropped
     min_duration_s: float | None = 0.1
@@ -130,6 +134,7 @@ class QualityConfig:
         "min_dnsmos_sig": Rule(ge=1.0, le=5.0, why="DNSMOS is on a 1-5 MOS scale"),
         "min_dnsmos_bak": Rule(ge=1.0, le=5.0, why="DNSMOS is on a 1-5 MOS scale"),
         "dnsmos_threads": non_negative("0: cores / workers on the local runner, else onnxruntime's default"),
+        "dnsmos_batch": Rule(ge=1, why="windows per onnxruntime call"),
         "min_duration_s": non_negative("seconds"),
         "max_duration_s": positive("seconds"),
         "rate_iqr_k": Rule(gt=0, why="Tukey's k"),
@@ -296,9 +301,10 @@ class DnsmosModelHandler(ModelHandler):
     `DnsmosResult`, model = `mmcurate.quality.dnsmos.Dnsmos` (one ONNX session per worker
     process, shared by its threads). The source is decoded here, once, streaming."""
 
-    def __init__(self, threads: int = 1, sample_rate: int = 16000, loader=None):
+    def __init__(self, threads: int = 1, sample_rate: int = 16000, loader=None, batch: int = 1):
         super().__init__()
         self._threads = threads
+        self._batch = batch
         self._sr = sample_rate
         self._loader = loader  # tests: a fake model factory()
 
@@ -309,7 +315,7 @@ class DnsmosModelHandler(ModelHandler):
         from mmcurate.transforms.worker import exit_fast_after_harness
 
         exit_fast_after_harness()  # a worker process that loads ORT: no slow teardown
-        return Dnsmos(intra_op_threads=self._threads)
+        return Dnsmos(intra_op_threads=self._threads, batch=self._batch)
 
     def run_inference(self, batch, model, inference_args=None):
         from mmcurate.transforms.decode import iter_audio
@@ -471,8 +477,9 @@ class JudgeQuality(beam.PTransform):
         super().__init__()
         self._cfg = cfg
         self._run_id = run_id
-        self.dnsmos_handler = (dnsmos_handler or DnsmosModelHandler(cfg.dnsmos_threads, sample_rate)
-                               if cfg.dnsmos else None)
+        self.dnsmos_handler = (
+            dnsmos_handler or DnsmosModelHandler(cfg.dnsmos_threads, sample_rate, batch=cfg.dnsmos_batch)
+            if cfg.dnsmos else None)
 
     def expand(self, inputs: dict):
         run_id = self._run_id
