@@ -540,3 +540,32 @@ def test_synthetic_rows_are_deduplicated_against_natural_ones(tmp_path):
     assert set(ledger) == {"synthetic:s-b", "synthetic:s-e"}
     assert ledger["synthetic:s-b"].reason == "near_duplicate" and "p-a" in ledger["synthetic:s-b"].detail
     assert ledger["synthetic:s-e"].reason == "exact_duplicate"
+
+
+@pytest.mark.slow
+def test_minilm_encoder_is_transformers_bertmodel():
+    """The embedded MiniLM runs on mmcurate's own BERT encoder (transformers' import cost each
+    worker seconds): its embeddings of real transcripts equal `transformers.BertModel`'s
+    bit for bit, padding and truncation included, and no transformers module is imported."""
+    import subprocess
+    import sys
+
+    from transformers import BertModel
+
+    from mmcurate.transforms.embed import SentenceEmbedder, verify
+
+    jfk = (MEDIA / "speech" / "jfk.txt").read_text().strip()
+    texts = [jfk, jfk.lower(), "Ask what you can do for your country.", "", "word " * 400,
+             "Le chat dort sur le canapé."]
+    ours = SentenceEmbedder()
+    got = ours.embed(texts, batch_size=4)
+    bert = BertModel.from_pretrained(verify(), local_files_only=True).eval()
+    ours.model = type("Reference", (), {"last_hidden_state": lambda self, ids, mask: bert(
+        input_ids=ids, attention_mask=mask).last_hidden_state})()
+    want = ours.embed(texts, batch_size=4)
+    assert got.shape == (6, 384) and np.array_equal(got, want)
+    assert got[0] @ got[2] > got[0] @ got[5]  # the paraphrase is nearer than the French cat
+    code = ("import sys; from mmcurate.transforms.embed import SentenceEmbedder; "
+            "SentenceEmbedder().embed(['a']); print('transformers' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

