@@ -113,6 +113,38 @@ def test_each_local_worker_runs_one_balanced_share():
         assert_that(shares, equal_to([tuple(sorted(v)) for v in expected.values()]))
 
 
+def test_dnsmos_requests_are_spread_by_their_windows_on_local_workers():
+    """The quality stage deals its sources to DNSMOS in cost-balanced shares on the local
+    multi-worker runner (the round-robin deal left one merge worker 11.5 s alone), the cost
+    being DNSMOS windows; one worker and other runners keep the plain path."""
+    from types import SimpleNamespace
+
+    from mmcurate.transforms.quality import SourceScores, _spread_dnsmos, dnsmos_cost
+
+    def scores(sid, durations):  # DNSMOS cost reads the segments' times only
+        return SourceScores(source=Ref(sid, f"/m/{sid}", f"/m/{sid}", 1), rows=[],
+                            segments=[SimpleNamespace(start=1.0, end=1.0 + d) for d in durations])
+
+    assert dnsmos_cost(scores("a", [3.0, 20.0, 9.5])) == 1.0 + 12.0 + 1.5
+    items = [scores("talk", [29.0] * 4), scores("meet", [25.0, 25.0]), scores("a", [2.0] * 10),
+             scores("b", [12.0] * 3), scores("c", [4.0])]
+    expected: dict = {}
+    for b, e in assign_buckets(items, 2, dnsmos_cost, key=lambda e: (e.source.source_id, e.source.uri)):
+        expected.setdefault(b, []).append(e.source.source_id)
+    # windows: talk 4 x 21, meet 2 x 17, a 10 x 1, b 3 x 4, c 1: the talk alone on one worker
+    assert expected == {0: ["talk"], 1: ["meet", "b", "a", "c"]}
+    from mmcurate.pipelines.curate import local_runner
+
+    options = PipelineOptions(["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
+    with beam.Pipeline(runner=local_runner(options), options=options) as p:
+        shares = (_spread_dnsmos(p | beam.Create(items)) | beam.Map(lambda e: e.source)
+                  | beam.ParDo(_BundleContents()))
+        assert_that(shares, equal_to([tuple(sorted(v)) for v in expected.values()]))
+    one = beam.Pipeline(options=PipelineOptions([]))
+    plain = one | beam.Create(items)
+    assert _spread_dnsmos(plain) is plain
+
+
 # --------------------------------------------------------------------------- local parallelism
 
 

@@ -57,9 +57,10 @@ def estimated_cost_s(ref) -> float:
 
 
 def assign_buckets(items: list, n: int, cost: Callable[[Any], float],
-                   key: Callable[[Any], str]) -> list[tuple[int, Any]]:
+                   key: Callable[[Any], str], what: str = "s of media") -> list[tuple[int, Any]]:
     """(bucket, item) pairs: longest first to the bucket with the least total cost (ties: the
-    lower bucket; equal costs: by `key`), so the result depends only on the items."""
+    lower bucket; equal costs: by `key`), so the result depends only on the items. `what`
+    names the cost's unit in the log line."""
     costed = sorted(((cost(x), key(x), x) for x in items), key=lambda t: (-t[0], t[1]))
     loads = [0.0] * n
     out = []
@@ -68,29 +69,34 @@ def assign_buckets(items: list, n: int, cost: Callable[[Any], float],
         loads[b] += c
         out.append((b, x))
     if costed:
-        log.info("balance: %d source(s), %.0f s of media over %d worker(s): %s s each",
-                 len(costed), sum(loads), n, " / ".join(f"{x:.0f}" for x in loads))
+        log.info("balance: %d source(s), %.0f %s over %d worker(s): %s each", len(costed),
+                 sum(loads), what, n, " / ".join(f"{x:.0f}" for x in loads))
     return out
 
 
 class SpreadByCost(beam.PTransform):
-    """PCollection[MediaRef] -> the same, shuffled so that worker k of the local runner's N
-    gets the k-th of N cost-balanced shares (module docstring). For N = 1 the VAD stage uses a
-    plain Reshuffle instead (`mmcurate.transforms.vad._spread`)."""
+    """PCollection[MediaRef] (or anything `cost` and `key` read) -> the same, shuffled so that
+    worker k of the local runner's N gets the k-th of N cost-balanced shares (module
+    docstring). For N = 1 the VAD stage uses a plain Reshuffle instead
+    (`mmcurate.transforms.vad._spread`); the quality stage spreads its DNSMOS requests the same
+    way (`mmcurate.transforms.quality.dnsmos_cost`)."""
 
-    def __init__(self, workers: int, cost: Callable[[Any], float] = estimated_cost_s):
+    def __init__(self, workers: int, cost: Callable[[Any], float] = estimated_cost_s,
+                 key: Callable[[Any], Any] = lambda m: (m.source_id, m.uri), what: str = "s of media"):
         super().__init__()
         self.workers = workers
         self.cost = cost
+        self.key = key
+        self.what = what
 
     def expand(self, pcoll):
-        n, cost = self.workers, self.cost
+        n, cost, key, what = self.workers, self.cost, self.key, self.what
         return (
             pcoll
             | "OneKey" >> beam.Map(lambda x: (0, x))
             | "AllSources" >> beam.GroupByKey()
             | "AssignWorker" >> beam.FlatMap(
-                lambda kv: assign_buckets(list(kv[1]), n, cost, key=lambda m: (m.source_id, m.uri)))
+                lambda kv: assign_buckets(list(kv[1]), n, cost, key=key, what=what))
             | "ByWorker" >> beam.GroupByKey()
             | "Sources" >> beam.FlatMap(lambda kv: kv[1])
         )
