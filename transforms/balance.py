@@ -100,3 +100,11 @@ class SpreadByCost(beam.PTransform):
             | "ByWorker" >> beam.GroupByKey()
             | "Sources" >> beam.FlatMap(lambda kv: kv[1])
         )
+
+
+def local_spread(pipeline, **kwargs) -> SpreadByCost | None:
+    """`SpreadByCost(N, **kwargs)` when `pipeline` runs on the local runner with N > 1
+    workers, else None (one worker, or a runner that rebalances by itself): the one place
+    that decides whether a stage spreads its work by cost."""
+    workers = local_workers(getattr(pipeline, "_options", None))
+    return SpreadByCost(workers, **kwargs) if workers > 1 else None

@@ -119,12 +119,11 @@ class _Bert:
         else:  # transformers' _prepare_4d_attention_mask_for_sdpa
             inverted = torch.tensor(1.0, dtype=x.dtype) - mask[:, None, None, :].expand(b, 1, n, n).to(x.dtype)
             bias = inverted.masked_fill(inverted.to(torch.bool), torch.finfo(x.dtype).min)
+        def heads(t):  # (b, n, hidden) -> (b, heads, n, hidden / heads)
+            return t.view(b, -1, self.heads, t.shape[-1] // self.heads).transpose(1, 2)
+
         for i in range(self.layers):
             p = f"encoder.layer.{i}"
-
-            def heads(t):
-                return t.view(b, -1, self.heads, t.shape[-1] // self.heads).transpose(1, 2)
-
             q, k, v = (heads(self._dense(x, f"{p}.attention.self.{m}")) for m in ("query", "key", "value"))
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0, is_causal=False)
             ctx = ctx.transpose(1, 2).reshape(b, n, -1)

@@ -348,13 +348,11 @@ def _spread_dnsmos(scored):
     """The sources on their way to DNSMOS, cost-balanced over the local runner's workers (its
     round-robin deal of keys gave one worker the talk and the meeting: 11.5 s alone at the end
     of a 2-worker merge, bench/README.md issue 13); unchanged anywhere else."""
-    from mmcurate.transforms.balance import SpreadByCost, local_workers
+    from mmcurate.transforms.balance import local_spread
 
-    workers = local_workers(getattr(scored.pipeline, "_options", None))
-    if workers <= 1:
-        return scored
-    return scored | "SpreadDnsmos" >> SpreadByCost(
-        workers, cost=dnsmos_cost, key=lambda e: (e.source.source_id, e.source.uri), what="DNSMOS windows")
+    spread = local_spread(scored.pipeline, cost=dnsmos_cost,
+                          key=lambda e: (e.source.source_id, e.source.uri), what="DNSMOS windows")
+    return scored if spread is None else scored | "SpreadDnsmos" >> spread
 
 
 def _dnsmos_request(e: SourceScores):

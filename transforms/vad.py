@@ -642,10 +642,9 @@ class SpeechInput:
 def _spread(pipeline) -> beam.PTransform:
     """How sources reach the model steps: cost-balanced shares on the local multi-worker
     runner (mmcurate.transforms.balance), a Reshuffle everywhere else."""
-    from mmcurate.transforms.balance import SpreadByCost, local_workers
+    from mmcurate.transforms.balance import local_spread
 
-    workers = local_workers(getattr(pipeline, "_options", None))
-    return SpreadByCost(workers) if workers > 1 else beam.Reshuffle()
+    return local_spread(pipeline) or beam.Reshuffle()
 
 
 class DetectSpeech(beam.PTransform):
