@@ -591,3 +591,17 @@ def test_embedded_diarizer_does_not_import_pyannote(embedded):
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_torch_path_matches_onnx(embedded, sample):
+    """`diarization.onnx = false` (segmentation-3.0 and CAM++ on torch, e.g. for a GPU) runs the
+    same numpy pipeline: the same speakers and turns within 0.05 s of the ONNX path's."""
+    audio, ref = sample
+    torch_path = load_diarizer(DiarizationConfig(onnx=False))
+    assert torch_path.embedding.runner is None and torch_path.embedding.model is not None
+    got, want = torch_path.diarize(audio, SR), embedded.diarize(audio, SR)
+    print(f"\n[torch path] {len(got)} turns, DER {der(ref, got)['der']:.4f}")
+    assert [t.speaker for t in got] == [t.speaker for t in want]
+    assert max(max(abs(a.start - b.start), abs(a.end - b.end)) for a, b in zip(got, want)) <= 0.05
+    assert der(ref, got)["der"] <= SAMPLE_MAX_DER
