@@ -640,9 +640,14 @@ MIN_AUDIO_S = 0.5
 
 
 class _PyannoteDiarizer:
-    """`diarize` for any pyannote pipeline held in `self.pipeline` (embedded or local dir)."""
+    """`diarize_full` / `diarize` around `_labelled`, pyannote's (regular, exclusive) labelled
+    turns of checked audio: here a pyannote pipeline held in `self.pipeline` (a local pipeline
+    directory); the embedded diarizer runs the same steps in numpy."""
 
     pipeline: Any
+
+    def _labelled(self, audio: np.ndarray, num_speakers, min_speakers, max_speakers):
+        return _apply_pipeline(self.pipeline, audio, num_speakers, min_speakers, max_speakers)
 
     def diarize_full(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None,
                      max_speakers=None) -> DiarizationResult:
@@ -650,7 +655,7 @@ class _PyannoteDiarizer:
         a = _check_audio(audio, sample_rate)
         if a.size < MIN_AUDIO_S * SAMPLE_RATE or not a.any():  # a.any(): no |a| copy
             return DiarizationResult([], [])
-        regular, exclusive = _apply_pipeline(self.pipeline, a, num_speakers, min_speakers, max_speakers)
+        regular, exclusive = self._labelled(a, num_speakers, min_speakers, max_speakers)
         return DiarizationResult(_renumber(regular), _renumber_like(exclusive, regular) or None)
 
     def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None,
@@ -661,7 +666,7 @@ class _PyannoteDiarizer:
 
 
 @dataclass
-class EmbeddedDiarizer:
+class EmbeddedDiarizer(_PyannoteDiarizer):
     """pyannote's SpeakerDiarization over the packaged segmentation-3.0 + CAM++ weights, run by
     :mod:`mmcurate.transforms.diarize_core` (the same steps in numpy, same turns) so that a
     worker never imports pyannote.audio; pyannote is imported only to export the ONNX models
@@ -703,6 +708,7 @@ class EmbeddedDiarizer:
 
             self._forward = forward
         self.embedding = CamPlusPlusEmbedding(device=self.device, runner=runner)
+        self._windows = 0  # windows embedded so far (heap trims, below)
 
     # windows embedded between two heap trims: pyannote's batches of 32 embeddings trimmed once
     # per ~11 windows; a trim per window made the next window's allocations fault their pages
@@ -713,38 +719,27 @@ class EmbeddedDiarizer:
         """One window, one embedding per local speaker's mask (pyannote's embedding call)."""
         import torch
 
-        self._windows = getattr(self, "_windows", 0) + 1
+        self._windows += 1
         w = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))[None]
         return self.embedding(w.expand(masks.shape[0], -1, -1), torch.from_numpy(masks),
                               release=self._windows % self.TRIM_EVERY == 0)
 
-    def diarize_full(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None,
-                     max_speakers=None) -> DiarizationResult:
-        """Overlap-aware turns plus pyannote's exclusive turns (same speaker ids)."""
+    def _labelled(self, audio: np.ndarray, num_speakers, min_speakers, max_speakers):
         from mmcurate.transforms import diarize_core as core
 
-        a = _check_audio(audio, sample_rate)
-        if a.size < MIN_AUDIO_S * SAMPLE_RATE or not a.any():  # a.any(): no |a| copy
-            return DiarizationResult([], [])
         p = self.params or self.default_params()
         params = core.Params(threshold=float(p["clustering"]["threshold"]),
                              min_cluster_size=int(p["clustering"]["min_cluster_size"]),
                              min_duration_off=float(p["segmentation"]["min_duration_off"]))
         if p["clustering"].get("method", "centroid") != "centroid":
             raise ValueError("the embedded diarizer clusters with centroid linkage only")
-        regular, exclusive = core.diarize(
-            a, self._forward, self._embed, params, step=self.segmentation_step * core.WINDOW_S,
+        labelled = core.diarize(
+            audio, self._forward, self._embed, params, step=self.segmentation_step * core.WINDOW_S,
             min_num_samples=self.embedding.min_num_samples, dimension=self.embedding.dimension,
             batch_size=self.segmentation_batch_size, num_speakers=num_speakers, min_speakers=min_speakers,
-            max_speakers=max_speakers, hook=_ProgressHook(a.size / SAMPLE_RATE))
+            max_speakers=max_speakers, hook=_ProgressHook(audio.size / SAMPLE_RATE))
         release_free_memory()
-        return DiarizationResult(_renumber(regular), _renumber_like(exclusive, regular) or None)
-
-    def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None,
-                max_speakers=None) -> list[Turn]:
-        """The overlap-aware turns only."""
-        return self.diarize_full(audio, sample_rate, num_speakers=num_speakers,
-                                 min_speakers=min_speakers, max_speakers=max_speakers).turns
+        return labelled
 
     def default_params(self) -> dict:
         return {**PYANNOTE_31_PARAMS, "clustering": {

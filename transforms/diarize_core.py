@@ -64,14 +64,14 @@ class Params:
 class Frames:
     """pyannote.core's SlidingWindow arithmetic for windows starting at 0 (all this needs)."""
 
-    def __init__(self, duration: float, step: float, start: float = 0.0):
-        self.duration, self.step, self.start = duration, step, start
+    def __init__(self, duration: float, step: float):
+        self.duration, self.step = duration, step
 
     def closest_frame(self, t: float) -> int:
-        return int(np.rint((t - self.start - 0.5 * self.duration) / self.step))
+        return int(np.rint((t - 0.5 * self.duration) / self.step))
 
     def middles(self, n: int) -> np.ndarray:
-        starts = self.start + np.arange(n) * self.step
+        starts = np.arange(n) * self.step
         return 0.5 * (starts + (starts + self.duration))
 
 
@@ -115,19 +115,20 @@ def aggregate(scores: np.ndarray, chunk_step: float, frames: Frames, *, missing:
     """``Inference.aggregate`` without hamming window or warm-up (as the pipeline calls it):
     (num_chunks, frames_per_chunk, classes) per-window scores -> (num_frames, classes)."""
     num_chunks, per_chunk, num_classes = scores.shape
-    frames = Frames(frames.duration, frames.step, 0.0)
     num_frames = frames.closest_frame(WINDOW_S + (num_chunks - 1) * chunk_step + 0.5 * frames.duration) + 1
     out = np.zeros((num_frames, num_classes), dtype=np.float32)
     overlapping = np.zeros((num_frames, num_classes), dtype=np.float32)
     seen = np.zeros((num_frames, num_classes), dtype=np.float32)
+    # pyannote weighs each window by hamming x warm-up windows, here float64 ones: the products
+    # are float64, added into the float32 sums as there
     ones = np.ones((per_chunk, 1))
     for c in range(num_chunks):
         score = scores[c]
         mask = 1 - np.isnan(score)
         np.nan_to_num(score, copy=False, nan=0.0)
         start = frames.closest_frame(c * chunk_step + 0.5 * frames.duration)
-        out[start:start + per_chunk] += score * mask * ones * ones
-        overlapping[start:start + per_chunk] += mask * ones * ones
+        out[start:start + per_chunk] += score * mask * ones
+        overlapping[start:start + per_chunk] += mask * ones
         seen[start:start + per_chunk] = np.maximum(seen[start:start + per_chunk], mask)
     average = out if skip_average else out / np.maximum(overlapping, epsilon)
     average[seen == 0.0] = missing
