@@ -260,6 +260,15 @@ def output_problems(output: str) -> list[str]:
 
 
 def cmd_run(args, beam_args: list[str]) -> int:
+    from mmcurate.pipelines.warm_workers import warm_workers
+
+    # local worker processes fork from a template: started before anything else, its imports
+    # overlap this process's own (curate.run uses it)
+    with warm_workers(beam_args):
+        return _cmd_run(args, beam_args)
+
+
+def _cmd_run(args, beam_args: list[str]) -> int:
     from mmcurate.pipelines import curate
     from mmcurate.pipelines.config import ConfigError
     from mmcurate.quality import audit

@@ -33,9 +33,10 @@ VOLATILE = {"elapsed_s", "finished_at"}
 pytestmark = pytest.mark.slow
 
 
-def _cli(out: Path, *beam_args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def _cli(out: Path, *beam_args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([*CLI, "run", *INPUTS, "--output", str(out), *JOB, *beam_args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -87,10 +88,16 @@ def test_default_worker_threads_match_in_process(in_process, tmp_path):
     _same(json.loads((out / "manifest.json").read_text()), out, in_process)
 
 
-def test_direct_multi_processing_matches_in_process(in_process, tmp_path):
+@pytest.mark.parametrize("warm", ["1", "0"], ids=["warm-workers", "cold-workers"])
+def test_direct_multi_processing_matches_in_process(in_process, tmp_path, warm):
+    """Worker processes forked from the warm template (mmcurate.pipelines.warm_workers) and
+    Beam's own fresh ones give the in-process output."""
     out = tmp_path / "out"
-    manifest = _run(out, "--direct_running_mode=multi_processing", "--direct_num_workers=2")
-    _same(manifest, out, in_process)
+    proc = _cli(out, "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+                env={"MMCURATE_WARM_WORKERS": warm})
+    assert ("warm workers: worker processes fork from a template" in proc.stderr) == (warm == "1")
+    assert "starting a cold worker" not in proc.stderr, proc.stderr[-3000:]
+    _same(json.loads((out / "manifest.json").read_text()), out, in_process)
 
 
 def _free_port() -> int:

@@ -1,0 +1,144 @@
+"""Warm workers (mmcurate.pipelines.warm_workers): the local multi-processing runner's worker
+processes fork from a template that has done the imports, give the output a cold worker gives,
+fall back to a cold worker whenever the template cannot serve, and never outlive the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from mmcurate.pipelines import warm_workers as ww
+
+ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+
+pytestmark = pytest.mark.skipif(not ww.supported(), reason="warm workers are Linux-only (fork)")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                stat = Path(f"/proc/{p}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(p))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _who_ran(tmp_path: Path, args: list[str]) -> tuple[list[tuple[int, int, bool, int]], list[int]]:
+    """A small multi-processing pipeline: (pid, parent pid, torch imported before the first
+    element, x * x) for each element, as the workers saw them."""
+    from mmcurate.pipelines.curate import local_runner
+
+    def probe(x):
+        import os as _os
+        import sys as _sys
+
+        return f"{_os.getpid()} {_os.getppid()} {int('torch' in _sys.modules)} {x * x}"
+
+    options = PipelineOptions(args)
+    out = tmp_path / "seen"
+    with beam.Pipeline(runner=local_runner(options), options=options) as p:
+        _ = (p | beam.Create(list(range(12))) | beam.Reshuffle() | beam.Map(probe)
+             | beam.io.WriteToText(str(out)))
+    rows = [tuple(int(v) for v in line.split()) for f in tmp_path.glob("seen*") for line in f.read_text().split("\n") if line]
+    return rows, sorted(r[3] for r in rows)
+
+
+def test_workers_fork_from_the_template_and_give_the_same_output(tmp_path):
+    with ww.warm_workers(ARGS) as server:
+        assert server is not None and ww.active() is server
+        template = server.proc.pid
+        rows, squares = _who_ran(tmp_path, ARGS)
+    assert squares == sorted(x * x for x in range(12))
+    assert {r[1] for r in rows} == {template}, rows  # every worker a child of the template
+    assert all(r[2] for r in rows)  # torch came with the fork: nothing imported again
+    assert server.proc.poll() is not None and ww.active() is None  # the template ended with the run
+    assert not os.path.exists(server.socket)
+
+
+def test_without_the_template_the_workers_start_cold(tmp_path, monkeypatch):
+    monkeypatch.setenv(ww.ENV_SWITCH, "0")
+    with ww.warm_workers(ARGS) as server:
+        assert server is None
+        rows, squares = _who_ran(tmp_path, ARGS)
+    assert squares == sorted(x * x for x in range(12))
+    assert not any(r[2] for r in rows)  # Beam's own `python -m sdk_worker_main`: a fresh interpreter
+
+
+def test_an_environment_the_template_did_not_import_with_gets_cold_workers(tmp_path, monkeypatch, capfd):
+    """Libraries read thread counts and instruction sets when they load: a worker whose
+    environment differs from the template's must not inherit the template's imports."""
+    with ww.warm_workers(ARGS) as server:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        rows, squares = _who_ran(tmp_path, ARGS)
+        template = server.proc.pid
+    assert squares == sorted(x * x for x in range(12))
+    assert template not in {r[1] for r in rows} and not any(r[2] for r in rows)
+    assert "environment differs from the template's: OMP_NUM_THREADS" in capfd.readouterr().err
+
+
+def test_the_shim_becomes_a_cold_worker_when_no_template_answers(tmp_path):
+    """The runner's worker command never depends on the template: /bin/echo stands in for
+    python here, so the exec is visible."""
+    proc = subprocess.run([sys.executable, "-S", "-I", str(ww.SHIM), str(tmp_path / "nothing"), "/bin/echo"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"-m {ww.WORKER_MAIN}"
+    assert "no warm server" in proc.stderr and "starting a cold worker" in proc.stderr
+
+
+def test_a_killed_shim_takes_its_worker_with_it_and_the_template_ends_its_workers():
+    server = ww.WarmWorkers(preload=())
+    try:
+        # a worker whose runner is not there: it waits for its control channel
+        env = dict(os.environ, CONTROL_API_SERVICE_DESCRIPTOR='url: "localhost:9"', PIPELINE_OPTIONS="{}")
+        shims = [subprocess.Popen(server.command, shell=True, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while len(_children(server.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = _children(server.proc.pid)
+        assert len(workers) == 2, "the template did not fork the workers"
+        os.killpg(shims[0].pid, signal.SIGKILL)  # the runner kills a worker command
+        shims[0].wait()
+        deadline = time.monotonic() + 10
+        while sum(_alive(w) for w in workers) > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sum(_alive(w) for w in workers) == 1
+        server.close()  # the driver is done: the remaining worker ends, its shim reports it
+        assert shims[1].wait(timeout=30) != 0
+        assert not any(_alive(w) for w in workers)
+    finally:
+        server.close()
+
+
+def test_the_arguments_decide_without_importing_beam(monkeypatch):
+    monkeypatch.delenv(ww.ENV_SWITCH, raising=False)
+    assert ww.wanted(ARGS)
+    assert ww.wanted(["--direct_running_mode", "multi_processing"])
+    assert not ww.wanted(["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
+    assert not ww.wanted([])
+    assert not ww.wanted([*ARGS, "--runner=DataflowRunner"])
+    assert ww.wanted(PipelineOptions(ARGS))
+    assert not ww.wanted(None)
+    monkeypatch.setenv(ww.ENV_SWITCH, "0")
+    assert not ww.wanted(ARGS)
