@@ -113,31 +113,58 @@ def test_each_local_worker_runs_one_balanced_share():
         assert_that(shares, equal_to([tuple(sorted(v)) for v in expected.values()]))
 
 
-def test_dnsmos_requests_are_spread_by_their_windows_on_local_workers():
-    """The quality stage deals its sources to DNSMOS in cost-balanced shares on the local
-    multi-worker runner (the round-robin deal left one merge worker 11.5 s alone), the cost
-    being DNSMOS windows; one worker and other runners keep the plain path."""
+def _scores(sid, durations, gap=1.0):
+    """SourceScores whose segments last `durations` (DNSMOS cost reads their times only)."""
     from types import SimpleNamespace
 
-    from mmcurate.transforms.quality import SourceScores, _spread_dnsmos, dnsmos_cost
+    from mmcurate.transforms.quality import SourceScores
 
-    def scores(sid, durations):  # DNSMOS cost reads the segments' times only
-        return SourceScores(source=Ref(sid, f"/m/{sid}", f"/m/{sid}", 1), rows=[],
-                            segments=[SimpleNamespace(start=1.0, end=1.0 + d) for d in durations])
+    segs, t = [], 0.0
+    for i, d in enumerate(durations):
+        segs.append(SimpleNamespace(segment_id=f"{sid}-{i}", start=t + gap, end=t + gap + d))
+        t += gap + d
+    return SourceScores(source=SimpleNamespace(source_id=sid, uri=f"/m/{sid}", media_uri=f"/m/{sid}"),
+                        rows=[], segments=segs)
 
-    assert dnsmos_cost(scores("a", [3.0, 20.0, 9.5])) == 1.0 + 12.0 + 1.5
-    items = [scores("talk", [29.0] * 4), scores("meet", [25.0, 25.0]), scores("a", [2.0] * 10),
-             scores("b", [12.0] * 3), scores("c", [4.0])]
+
+def test_a_sources_dnsmos_work_is_cut_into_pieces_of_consecutive_spans():
+    from mmcurate.transforms.quality import PIECE_WINDOWS, dnsmos_cost, dnsmos_pieces, span_windows
+
+    talk = _scores("talk", [29.0, 3.0, 3.0, 12.0, 29.0, 2.0, 2.0, 2.0])
+    assert dnsmos_cost(talk) == 21 + 1 + 1 + 4 + 21 + 1 + 1 + 1
+    assert [len(r.spans) for _e, r in dnsmos_pieces(talk)] == [8]  # one worker: the source whole
+    for cap in (2, 4, 6):
+        pieces = dnsmos_pieces(talk, cap)
+        spans = [sp for _e, r in pieces for sp in r.spans]
+        assert spans == sorted(spans, key=lambda t: t[1]) and len(spans) == 8  # each span once, in order
+        assert len(pieces) == min(cap, -(-dnsmos_cost(talk) // PIECE_WINDOWS))
+        assert all(e is talk and r.media_uri == "/m/talk" for e, r in pieces)
+    costs = [sum(span_windows(a, b) for _, a, b in r.spans) for _e, r in dnsmos_pieces(talk, 4)]
+    assert costs == [21, 6, 21, 3]  # a new piece once the running cost passes each quarter share
+    assert len(dnsmos_pieces(_scores("jfk", [3.0, 2.0, 4.0]), 4)) == 1  # 3 windows: not worth a cut
+
+
+def test_dnsmos_pieces_are_spread_by_their_windows_on_local_workers():
+    """The quality stage deals DNSMOS pieces to the local runner's workers in cost-balanced
+    shares (the round-robin deal left one merge worker 11.5 s alone; whole sources, 1.6-1.9 s),
+    the cost being DNSMOS windows; one worker and other runners keep the plain path."""
+    from mmcurate.transforms.quality import _piece_cost, _piece_key, _spread_dnsmos, dnsmos_pieces
+
+    items = [p for e in (_scores("talk", [29.0] * 4), _scores("meet", [25.0, 25.0]), _scores("a", [2.0] * 10),
+                         _scores("b", [12.0] * 3), _scores("c", [4.0]))
+             for p in dnsmos_pieces(e, 4)]
     expected: dict = {}
-    for b, e in assign_buckets(items, 2, dnsmos_cost, key=lambda e: (e.source.source_id, e.source.uri)):
-        expected.setdefault(b, []).append(e.source.source_id)
-    # windows: talk 4 x 21, meet 2 x 17, a 10 x 1, b 3 x 4, c 1: the talk alone on one worker
-    assert expected == {0: ["talk"], 1: ["meet", "b", "a", "c"]}
+    for b, piece in assign_buckets(items, 2, _piece_cost, key=_piece_key):
+        expected.setdefault(b, []).append(_piece_key(piece)[2])
+    loads = {b: sum(_piece_cost(p) for p in items if _piece_key(p)[2] in ids) for b, ids in expected.items()}
+    # windows: talk 84 in 4 pieces, meet 34 in 2, a 10, b 12, c 1 (141): 71 / 70, where whole
+    # sources could do no better than 84 / 57
+    assert sorted(loads.values()) == [70, 71]
     from mmcurate.pipelines.curate import local_runner
 
     options = PipelineOptions(["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
     with beam.Pipeline(runner=local_runner(options), options=options) as p:
-        shares = (_spread_dnsmos(p | beam.Create(items)) | beam.Map(lambda e: e.source)
+        shares = (_spread_dnsmos(p | beam.Create(items)) | beam.Map(lambda piece: Ref(piece[1].spans[0][0], "", "", 0))
                   | beam.ParDo(_BundleContents()))
         assert_that(shares, equal_to([tuple(sorted(v)) for v in expected.values()]))
     one = beam.Pipeline(options=PipelineOptions([]))

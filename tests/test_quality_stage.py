@@ -55,8 +55,16 @@ ENGLISH = ["we measured the signal again and wrote down the numbers",
            "so we fixed the sensor and measured everything once more"]
 
 
-def _run(inputs: dict, cfg: QualityConfig, handler=None):
-    p = TestPipeline()
+def _run(inputs: dict, cfg: QualityConfig, handler=None, args: list[str] | None = None):
+    if args:  # the local runner with these worker options
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        from mmcurate.pipelines.curate import local_runner
+
+        options = PipelineOptions(args)
+        p = beam.Pipeline(runner=local_runner(options), options=options)
+    else:
+        p = TestPipeline()
     pcolls = {k: p | f"Create{k}" >> beam.Create(v) for k, v in inputs.items()}
     out = pcolls | JudgeQuality(cfg, RUN, dnsmos_handler=handler or DnsmosModelHandler(loader=LoudnessDnsmos))
     names = ("segment_quality", "kept_segments", "rejected")
@@ -154,6 +162,34 @@ def test_kept_stream_and_ledger(judged):
     assert err.item_id == "srcC" and "judged without DNSMOS" in err.detail
     assert counters["quality.segments"] == len(segs)
     assert counters["quality.kept"] == len(kept) and counters["quality.dnsmos_error"] == 1
+
+
+def test_dnsmos_cut_into_pieces_on_several_workers_gives_the_same_rows(tmp_path):
+    """On several local workers a source's DNSMOS spans are cut into pieces dealt by cost and
+    put back together by source: the rows and the ledger are those of one request per source,
+    and a source whose pieces all fail still gets one dnsmos_error row."""
+    from mmcurate.transforms.quality import SourceScores, dnsmos_pieces
+
+    loud = _wav(tmp_path / "loud.wav", 60.0, 0.3)
+    a, gone = _source(loud, "srcA"), _source(tmp_path / "gone.wav", "srcC")
+    text = "we measured the signal again and wrote down the numbers"
+    segs = [_seg("srcA", i, 1.0 + 4.5 * i, 5.0 + 4.5 * i, text) for i in range(12)]
+    segs += [_seg("srcC", i, 1.0 + 4.5 * i, 5.0 + 4.5 * i, text) for i in range(10)]
+    regions = [SpeechRegion("srcA-vad-00000", "srcA", 0.5, 59.0, RUN), SpeechRegion("srcC-vad-00000", "srcC", 0.5, 50.0, RUN)]
+    inputs = {"segments": segs, "sources": [a, gone], "speech_regions": regions}
+    assert len(dnsmos_pieces(SourceScores(a, segs[:12], []), 4)) == 2  # 12 windows: 2 pieces here
+    cfg = QualityConfig(languages=("en",), min_dnsmos_ovrl=1.8)
+    whole, _ = _run(inputs, cfg)
+    cut, counters = _run(inputs, cfg, args=["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
+
+    def rows(got, name):
+        return sorted(got[name], key=lambda r: (r.item_id if name == "rejected" else r.segment_id))
+
+    assert rows(cut, "segment_quality") == rows(whole, "segment_quality")
+    assert [r.dnsmos_ovrl is not None for r in rows(cut, "segment_quality")] == [True] * 12 + [False] * 10
+    assert rows(cut, "rejected") == rows(whole, "rejected")
+    assert [r.item_id for r in cut["rejected"] if r.reason == "dnsmos_error"] == ["srcC"]
+    assert counters["quality.dnsmos_error"] == 1
 
 
 def test_dnsmos_off_leaves_scores_null(tmp_path):

@@ -5,7 +5,9 @@
       | "ScoreText"      per source: transcript language; per segment: text language,
       |                  stock phrases, decoder loops, words outside the VAD, duration, rate
       | "DnsmosRequests" -> "Dnsmos" (RunInference: decodes the source once, DNSMOS P.835 per
-      |                  segment) -> "WithDnsmos"           (quality.dnsmos = false: skipped)
+      |                  segment; on several local workers a source's spans are cut into
+      |                  pieces dealt by cost) -> "PiecesBySource" -> "WithDnsmos"
+      |                                                     (quality.dnsmos = false: skipped)
       | "RateByLanguage" (characters/s quartiles per spoken language over the run) -> side input
       | "Judge"          the filters of mmcurate.quality.filters, in order
       -> segment_quality (every segment, kept or dropped, with its scores and verdict)
@@ -32,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable
@@ -265,7 +268,8 @@ class DnsmosResult:
 
 def score_spans(model, chunks: Iterable[np.ndarray], spans: list[tuple[str, float, float]],
                 sample_rate: int = 16000) -> tuple[dict[str, tuple[float, float, float] | None], int]:
-    """DNSMOS of each span, streaming: only the samples of spans not yet scored are kept."""
+    """DNSMOS of each span, streaming: only the samples of spans not yet scored are kept;
+    decoding stops after the last span."""
     todo = sorted(((int(round(s * sample_rate)), int(round(e * sample_rate)), sid)
                    for sid, s, e in spans), key=lambda t: (t[0], t[1], t[2]))
     parts: dict[str, list[np.ndarray]] = {sid: [] for _, _, sid in todo}
@@ -291,6 +295,8 @@ def score_spans(model, chunks: Iterable[np.ndarray], spans: list[tuple[str, floa
         for a, b, sid in done:
             finish(a, b, sid)
         pos = end
+        if not todo:
+            break
     for a, b, sid in todo:
         finish(a, b, sid)
     return out, pos
@@ -338,43 +344,118 @@ class DnsmosModelHandler(ModelHandler):
         return [model_info()]
 
 
+def span_windows(start: float, end: float) -> float:
+    """DNSMOS windows a span takes (about): a span of d >= 9 s is scored every second, d - 8
+    windows; a shorter one is repeated to 9 s, whose distinct windows run once."""
+    return max(1.0, float(end) - float(start) - 8.0)
+
+
 def dnsmos_cost(e: SourceScores) -> float:
-    """DNSMOS windows a source's segments take (about): a segment of d >= 9 s is scored every
-    second, d - 8 windows; a shorter one is repeated to 9 s, whose distinct windows run once."""
-    return sum(max(1.0, float(s.end) - float(s.start) - 8.0) for s in e.segments)
+    """DNSMOS windows a source's segments take (`span_windows` summed)."""
+    return sum(span_windows(s.start, s.end) for s in e.segments)
 
 
-def _spread_dnsmos(scored):
-    """The sources on their way to DNSMOS, cost-balanced over the local runner's workers (its
-    round-robin deal of keys gave one worker the talk and the meeting: 11.5 s alone at the end
-    of a 2-worker merge, bench/README.md issue 13); unchanged anywhere else."""
+# a source's DNSMOS work is cut into pieces of about this many windows (~4 s on one thread)
+# when the local runner spreads it over workers: dealt whole, the talk and the meeting left
+# one worker of a 2-worker merge 1.6-1.9 s alone at the end (bench/README.md, issue 13)
+PIECE_WINDOWS = 8.0
+
+
+def dnsmos_pieces(e: SourceScores, max_pieces: int = 1) -> list[tuple[SourceScores, DnsmosRequest]]:
+    """`e`'s DNSMOS requests: its spans in time order, cut into at most `max_pieces` runs of
+    about equal windows (about PIECE_WINDOWS each; one piece when max_pieces is 1). Each piece
+    decodes the source from its start to its last span, so the cap bounds the extra decoding
+    (~2000x real time) a long source costs."""
+    spans = [(s.segment_id, float(s.start), float(s.end)) for s in e.segments]
+    total = sum(span_windows(a, b) for _, a, b in spans)
+    n = max(1, min(max_pieces, len(spans), math.ceil(total / PIECE_WINDOWS)))
+    pieces: list[list[tuple[str, float, float]]] = [[]]
+    done = 0.0
+    for span in sorted(spans, key=lambda t: (t[1], t[2], t[0])):
+        if pieces[-1] and len(pieces) < n and done >= total * len(pieces) / n:
+            pieces.append([])
+        pieces[-1].append(span)
+        done += span_windows(span[1], span[2])
+    return [(e, DnsmosRequest(e.source.media_uri, piece)) for piece in pieces]
+
+
+def _piece_cost(piece: tuple[SourceScores, DnsmosRequest]) -> float:
+    return sum(span_windows(a, b) for _, a, b in piece[1].spans)
+
+
+def _piece_key(piece: tuple[SourceScores, DnsmosRequest]):
+    return (piece[0].source.source_id, piece[0].source.uri, piece[1].spans[0][0] if piece[1].spans else "")
+
+
+def _spread_dnsmos(pieces):
+    """The DNSMOS pieces, cost-balanced over the local runner's workers (its round-robin deal
+    of keys gave one worker the talk and the meeting: 11.5 s alone at the end of a 2-worker
+    merge, bench/README.md issue 13); unchanged anywhere else."""
     from mmcurate.transforms.balance import local_spread
 
-    spread = local_spread(scored.pipeline, cost=dnsmos_cost,
-                          key=lambda e: (e.source.source_id, e.source.uri), what="DNSMOS windows")
-    return scored if spread is None else scored | "SpreadDnsmos" >> spread
+    spread = local_spread(pieces.pipeline, cost=_piece_cost, key=_piece_key, what="DNSMOS windows")
+    return pieces if spread is None else pieces | "SpreadDnsmos" >> spread
 
 
-def _dnsmos_request(e: SourceScores):
-    spans = [(s.segment_id, float(s.start), float(s.end)) for s in e.segments]
-    return e, DnsmosRequest(e.source.media_uri, spans)
+def _pieces_per_source(pipeline) -> int:
+    """Pieces a source's DNSMOS work may be cut into: two per local worker when the local
+    runner spreads work over several, else one (a source is one request)."""
+    from mmcurate.transforms.balance import local_workers
+
+    n = local_workers(getattr(pipeline, "_options", None))
+    return 2 * n if n > 1 else 1
 
 
-def _with_dnsmos(keyed):
+def _scored_piece(keyed):
     e, prediction = keyed
-    result: DnsmosResult = prediction.inference
-    rows = []
-    for row in e.rows:
-        s = result.scores.get(row.segment_id)
-        if s is not None:
-            row = dataclasses.replace(row, dnsmos_sig=s[0], dnsmos_bak=s[1], dnsmos_ovrl=s[2])
-            Metrics.distribution(NS, "quality.dnsmos_ovrl_x100").update(int(round(100 * s[2])))
-        rows.append(row)
-    if result.audio_s > 0:
-        Metrics.distribution(NS, "quality.dnsmos_rtf_x1000").update(
-            int(round(1000 * result.elapsed_s / result.audio_s)))
-    log.info("quality: %s: DNSMOS of %d segment(s) in %.1f s", e.source.uri, len(rows), result.elapsed_s)
-    return dataclasses.replace(e, rows=rows)
+    return e.source.source_id, (e, prediction.inference, None)
+
+
+def _failed_pieces(dead_letter):
+    batch, error = dead_letter
+    why = _dead_letter_text(error)
+    for e, _req in batch:
+        yield e.source.source_id, (e, None, why)
+
+
+class _WithDnsmosFn(beam.DoFn):
+    """A source's DNSMOS pieces -> its SourceScores with the scores. When any piece failed,
+    every segment of the source is judged without DNSMOS (no score is no evidence; the same
+    verdicts whatever the pieces) and the ledger gets one "dnsmos_error" annotation row."""
+
+    def __init__(self, run_id: str):
+        self._run_id = run_id
+
+    def process(self, element):
+        _source_id, parts = element
+        parts = list(parts)
+        e: SourceScores = parts[0][0]
+        errors = sorted(why for _e, _r, why in parts if why is not None)
+        if errors:
+            Metrics.counter(NS, "quality.dnsmos_error").inc()
+            log.warning("%s: DNSMOS failed: %s", e.source.uri, errors[0])
+            yield pvalue.TaggedOutput(REJECTED, Rejection.make(
+                stage="quality", reason="dnsmos_error",
+                detail=f"segments judged without DNSMOS: {errors[0]}", uri=e.source.uri,
+                run_id=self._run_id, source_id=e.source.source_id, item_id=e.source.source_id))
+            yield e
+            return
+        results: list[DnsmosResult] = [r for _e, r, _why in parts]
+        scores = {k: v for r in results for k, v in r.scores.items()}
+        elapsed = sum(r.elapsed_s for r in results)
+        audio_s = max(r.audio_s for r in results)
+        rows = []
+        for row in e.rows:
+            s = scores.get(row.segment_id)
+            if s is not None:
+                row = dataclasses.replace(row, dnsmos_sig=s[0], dnsmos_bak=s[1], dnsmos_ovrl=s[2])
+                Metrics.distribution(NS, "quality.dnsmos_ovrl_x100").update(int(round(100 * s[2])))
+            rows.append(row)
+        if audio_s > 0:
+            Metrics.distribution(NS, "quality.dnsmos_rtf_x1000").update(int(round(1000 * elapsed / audio_s)))
+        log.info("quality: %s: DNSMOS of %d segment(s) in %.1f s (%d piece(s))", e.source.uri, len(rows),
+                 elapsed, len(results))
+        yield dataclasses.replace(e, rows=rows)
 
 
 def _dead_letter_text(error: Any) -> str:
@@ -385,23 +466,6 @@ def _dead_letter_text(error: Any) -> str:
     else:
         text = str(error)
     return text if len(text) <= 500 else text[:497] + "..."
-
-
-def _dnsmos_failures(run_id: str):
-    """A source DNSMOS could not score: its segments go on to the verdict without DNSMOS (no
-    score is no evidence) and the ledger gets one annotation row saying why."""
-    def rows(dead_letter):
-        batch, error = dead_letter
-        for e, _req in batch:
-            Metrics.counter(NS, "quality.dnsmos_error").inc()
-            why = _dead_letter_text(error)
-            log.warning("%s: DNSMOS failed: %s", e.source.uri, why)
-            yield pvalue.TaggedOutput(REJECTED, Rejection.make(
-                stage="quality", reason="dnsmos_error",
-                detail=f"segments judged without DNSMOS: {why}", uri=e.source.uri, run_id=run_id,
-                source_id=e.source.source_id, item_id=e.source.source_id))
-            yield e
-    return rows
 
 
 # --------------------------------------------------------------------------- rate, verdict
@@ -510,16 +574,19 @@ class JudgeQuality(beam.PTransform):
                   | "ScoreText" >> beam.ParDo(_ScoreTextFn(run_id)))
         rejected = []
         if self.dnsmos_handler is not None:
+            pieces = scored | "DnsmosRequests" >> beam.FlatMap(dnsmos_pieces, _pieces_per_source(scored.pipeline))
             results, failed = (
-                _spread_dnsmos(scored)
-                | "DnsmosRequests" >> beam.Map(_dnsmos_request)
+                _spread_dnsmos(pieces)
                 | "Dnsmos" >> RunInference(KeyedModelHandler(self.dnsmos_handler)).with_exception_handling()
             )
-            unscored = failed.failed_inferences | "DnsmosFailures" >> beam.FlatMap(
-                _dnsmos_failures(run_id)).with_outputs(REJECTED, main="sources")
-            rejected.append(unscored[REJECTED])
-            scored = ((results | "WithDnsmos" >> beam.Map(_with_dnsmos), unscored.sources)
-                      | "AllScored" >> beam.Flatten())
+            with_scores = (
+                (results | "ScoredPieces" >> beam.Map(_scored_piece),
+                 failed.failed_inferences | "FailedPieces" >> beam.FlatMap(_failed_pieces))
+                | "AllPieces" >> beam.Flatten()
+                | "PiecesBySource" >> beam.GroupByKey()
+                | "WithDnsmos" >> beam.ParDo(_WithDnsmosFn(run_id)).with_outputs(REJECTED, main="sources"))
+            rejected.append(with_scores[REJECTED])
+            scored = with_scores.sources
         min_s = self._cfg.rate_min_duration_s
         rates = (scored
                  | "RatePerSegment" >> beam.FlatMap(
