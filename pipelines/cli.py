@@ -35,7 +35,9 @@ Any option not listed above is passed to Apache Beam untouched, e.g.
   --runner DataflowRunner --project P --region R --temp_location gs://...
 Without --direct_running_mode / --direct_num_workers the local runner takes one worker thread
 per core (at most 4, at most one per source), one CTranslate2 replica and cores/workers model
-threads each; --direct_running_mode in_memory runs everything on one thread.
+threads each; --direct_running_mode in_memory runs everything on one thread. With
+multi_processing on Linux the worker processes fork from a template that has already imported
+Beam, torch and the models' libraries (MMCURATE_WARM_WORKERS=0: fresh interpreters instead).
 
 Examples:
   mmcurate run ../shared/media --output out/demo
@@ -312,6 +314,13 @@ def _cmd_run(args, beam_args: list[str]) -> int:
 
 
 def cmd_corpus(args, beam_args: list[str]) -> int:
+    from mmcurate.pipelines.warm_workers import warm_workers
+
+    with warm_workers(beam_args):  # as for `run`: local worker processes forked warm
+        return _cmd_corpus(args, beam_args)
+
+
+def _cmd_corpus(args, beam_args: list[str]) -> int:
     from mmcurate.pipelines import corpus
     from mmcurate.pipelines.config import ConfigError, CurateConfig, read_config_file
     from mmcurate.quality import audit
