@@ -80,6 +80,12 @@ PRELOAD = (
     "mmcurate.transforms.read", "mmcurate.transforms.balance", "mmcurate.transforms.worker",
 )
 
+# model-free state that workers build the same way whatever the config (pure Python: langdetect's
+# 55 language profiles, the phrase automaton; 0.4-0.5 s per merge worker): built by the
+# template after it starts serving, when no fork is asked for, so that the chunk steps' workers
+# never wait for it and the merge's workers inherit it
+WARM_CALLS = ("mmcurate.quality.language:factory", "mmcurate.quality.hallucination:default_matcher")
+
 _ACTIVE: "WarmWorkers | None" = None
 
 
@@ -258,7 +264,17 @@ def _become_worker(env: dict, cwd: str, fds: list[int]) -> None:
     os._exit(rc)
 
 
-def serve(fd: int, preload: list[str]) -> int:
+def _warm_call(spec: str) -> None:
+    import importlib
+
+    module, name = spec.split(":")
+    try:
+        getattr(importlib.import_module(module), name)()
+    except Exception as e:  # noqa: BLE001 - the workers build it themselves, as cold ones do
+        print(f"mmcurate warm workers: {spec} not prepared ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+
+
+def serve(fd: int, preload: list[str], calls: tuple[str, ...] = WARM_CALLS) -> int:
     listener = socket.socket(fileno=fd)  # bound and listening: shims wait there during the imports
     t0 = time.perf_counter()
     failed = []
@@ -278,9 +294,16 @@ def serve(fd: int, preload: list[str]) -> int:
                                       time.perf_counter() - t0, ", ".join(failed) or "none")
     workers: dict[socket.socket, int] = {}  # connection -> worker pid
     stdin = sys.stdin.fileno()
+    pending = list(calls) if warm else []
+    last_fork = time.monotonic()
     try:
         while True:
             ready, _, _ = select.select([listener, stdin, *workers], [], [], 0.05)
+            # idle for a second (a step's workers are asked for together): prepare the next
+            # piece of shared state
+            if not ready and pending and time.monotonic() - last_fork > 1.0:
+                _warm_call(pending.pop(0))
+                continue
             if stdin in ready and not os.read(stdin, 4096):
                 return 0  # the driver is done (or gone)
             if listener in ready:
@@ -313,6 +336,7 @@ def serve(fd: int, preload: list[str]) -> int:
                 with contextlib.suppress(OSError):
                     conn.sendall(f"forked {pid}\n".encode())
                 workers[conn] = pid
+                last_fork = time.monotonic()
             for conn in [c for c in ready if c in workers]:
                 # a shim sends nothing after its request: readable means it closed (was killed)
                 if not conn.recv(1):

@@ -75,6 +75,27 @@ def test_workers_fork_from_the_template_and_give_the_same_output(tmp_path):
     assert not os.path.exists(server.socket)
 
 
+def test_workers_forked_once_the_template_is_idle_inherit_its_prepared_state(tmp_path):
+    """The language profiles and the phrase automaton are built by the template when it is
+    idle (after a step's workers were forked), so a later step's workers do not build them."""
+    from mmcurate.pipelines.curate import local_runner
+
+    def built(_):
+        import sys as _sys
+
+        h = _sys.modules.get("mmcurate.quality.hallucination")
+        lang = _sys.modules.get("mmcurate.quality.language")
+        return f"{int(bool(h and h.default_matcher.cache_info().currsize))} {int(bool(lang and lang._factory.cache_info().currsize))}"
+
+    options = PipelineOptions(ARGS)
+    with ww.warm_workers(ARGS):
+        time.sleep(5)  # the imports, a quiet second, then the prepared state
+        with beam.Pipeline(runner=local_runner(options), options=options) as p:
+            _ = p | beam.Create([1, 2, 3, 4]) | beam.Reshuffle() | beam.Map(built) | beam.io.WriteToText(str(tmp_path / "b"))
+    seen = {line for f in tmp_path.glob("b*") for line in f.read_text().split("\n") if line}
+    assert seen == {"1 1"}
+
+
 def test_without_the_template_the_workers_start_cold(tmp_path, monkeypatch):
     monkeypatch.setenv(ww.ENV_SWITCH, "0")
     with ww.warm_workers(ARGS) as server:
