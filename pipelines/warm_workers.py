@@ -125,8 +125,13 @@ class WarmWorkers:
         # bound and listening before the template starts: a worker asked for at once waits in
         # the backlog instead of finding no socket (and starting cold)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.socket)
-        listener.listen(64)
+        try:
+            listener.bind(self.socket)
+            listener.listen(64)
+        except OSError:
+            listener.close()
+            os.rmdir(self._dir)
+            raise
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mmcurate.pipelines.warm_workers", str(listener.fileno()), *preload],
@@ -167,7 +172,12 @@ def warm_workers(options):
     if _ACTIVE is not None or not wanted(options):
         yield _ACTIVE
         return
-    _ACTIVE = WarmWorkers()
+    try:
+        _ACTIVE = WarmWorkers()
+    except OSError as e:  # no Unix socket here (a path too long, a read-only temp dir ...)
+        log.warning("warm workers: no template (%s); worker processes start cold", e)
+        yield None
+        return
     log.info("warm workers: worker processes fork from a template (pid %d; %s=0 turns this off)",
              _ACTIVE.proc.pid, ENV_SWITCH)
     try:

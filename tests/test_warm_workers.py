@@ -163,3 +163,14 @@ def test_the_arguments_decide_without_importing_beam(monkeypatch):
     assert not ww.wanted(None)
     monkeypatch.setenv(ww.ENV_SWITCH, "0")
     assert not ww.wanted(ARGS)
+
+
+def test_no_socket_for_the_template_means_cold_workers_not_a_failed_run(tmp_path, monkeypatch, caplog):
+    long_dir = tmp_path / ("d" * 120)  # past a Unix socket path's ~108 bytes
+    long_dir.mkdir()
+    monkeypatch.setattr(ww.tempfile, "tempdir", str(long_dir))
+    with ww.warm_workers(ARGS) as server:
+        assert server is None and ww.active() is None
+        rows, squares = _who_ran(tmp_path, ARGS)
+    assert squares == sorted(x * x for x in range(12)) and not any(r[2] for r in rows)
+    assert "worker processes start cold" in caplog.text
