@@ -368,4 +368,7 @@ def serve(fd: int, preload: list[str], calls: tuple[str, ...] = WARM_CALLS) -> i
 
 
 if __name__ == "__main__":
-    sys.exit(serve(int(sys.argv[1]), sys.argv[2:]))
+    status = serve(int(sys.argv[1]), sys.argv[2:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # no teardown of torch & co.: the driver waits for this exit
