@@ -63,28 +63,31 @@ ENV_SWITCH = "MMCURATE_WARM_WORKERS"
 PER_WORKER_ENV = frozenset({"CONTROL_API_SERVICE_DESCRIPTOR", "LOGGING_API_SERVICE_DESCRIPTOR",
                             "PIPELINE_OPTIONS", "WORKER_ID", "STATUS_API_SERVICE_DESCRIPTOR",
                             "COLUMNS", "LINES", "PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST"})
-# what workers of the default stages import (a module that fails to import is skipped: the
-# worker imports it, or fails on it, as a cold one would)
+# what the chunk steps' workers of the default stages import (decode, VAD, speech, the commit),
+# before the template serves (a module that fails to import is skipped: the worker imports it,
+# or fails on it, as a cold one would)
 PRELOAD = (
-    "numpy", "scipy.optimize", "scipy.cluster.hierarchy", "scipy.signal", "pyarrow", "pyarrow.parquet",
+    "numpy", "scipy.optimize", "scipy.cluster.hierarchy", "pyarrow", "pyarrow.parquet",
     # not WORKER_MAIN itself: runpy runs it as __main__ and warns when it is already imported
     "apache_beam", "apache_beam.runners.worker.sdk_worker", "apache_beam.runners.worker.log_handler",
     "apache_beam.runners.worker.data_sampler", "apache_beam.utils.profiler",
     "apache_beam.ml.inference.base", "apache_beam.transforms.util",
     "torch", "torchaudio.compliance.kaldi", "onnxruntime", "ctranslate2", "faster_whisper", "av",
-    "mmcurate.schemas.records", "mmcurate.pipelines.stages", "mmcurate.transforms.ingest",
-    "mmcurate.transforms.decode", "mmcurate.transforms.vad", "mmcurate.transforms.speech",
-    "mmcurate.transforms.asr", "mmcurate.transforms.diarize", "mmcurate.transforms.diarize_core",
-    "mmcurate.transforms.quality", "mmcurate.quality.language", "mmcurate.transforms.video",
-    "mmcurate.transforms.keyframes", "mmcurate.transforms.interleave", "mmcurate.transforms.sink",
-    "mmcurate.transforms.read", "mmcurate.transforms.balance", "mmcurate.transforms.worker",
+    "mmcurate.schemas.records", "mmcurate.pipelines.stages", "mmcurate.transforms.decode",
+    "mmcurate.transforms.vad", "mmcurate.transforms.speech", "mmcurate.transforms.asr",
+    "mmcurate.transforms.diarize", "mmcurate.transforms.diarize_core", "mmcurate.transforms.sink",
+    "mmcurate.transforms.balance", "mmcurate.transforms.worker",
 )
-
-# model-free state that workers build the same way whatever the config (pure Python: langdetect's
-# 55 language profiles, the phrase automaton; 0.4-0.5 s per merge worker): built by the
-# template after it starts serving, when no fork is asked for, so that the chunk steps' workers
-# never wait for it and the merge's workers inherit it
-WARM_CALLS = ("mmcurate.quality.language:factory", "mmcurate.quality.hallucination:default_matcher")
+# prepared by the template once it serves and has been idle for a second (a step's workers are
+# asked for together, so the chunk steps' workers never wait for this), for the merge's workers
+# to inherit: the merge stages' modules (0.25-0.4 s), then model-free state that workers build
+# the same way whatever the config (pure Python: langdetect's 55 language profiles, the phrase
+# automaton; 0.4-0.5 s per merge worker). "module" is imported, "module:function" called.
+WARM_CALLS = (
+    "scipy.signal", "mmcurate.transforms.ingest", "mmcurate.transforms.quality", "mmcurate.transforms.video",
+    "mmcurate.transforms.keyframes", "mmcurate.transforms.interleave", "mmcurate.transforms.read",
+    "mmcurate.quality.language:factory", "mmcurate.quality.hallucination:default_matcher",
+)
 
 _ACTIVE: "WarmWorkers | None" = None
 
@@ -277,9 +280,11 @@ def _become_worker(env: dict, cwd: str, fds: list[int]) -> None:
 def _warm_call(spec: str) -> None:
     import importlib
 
-    module, name = spec.split(":")
+    module, _, name = spec.partition(":")
     try:
-        getattr(importlib.import_module(module), name)()
+        loaded = importlib.import_module(module)
+        if name:
+            getattr(loaded, name)()
     except Exception as e:  # noqa: BLE001 - the workers build it themselves, as cold ones do
         print(f"mmcurate warm workers: {spec} not prepared ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
 
@@ -313,6 +318,10 @@ def serve(fd: int, preload: list[str], calls: tuple[str, ...] = WARM_CALLS) -> i
             # piece of shared state
             if not ready and pending and time.monotonic() - last_fork > 1.0:
                 _warm_call(pending.pop(0))
+                if threading.active_count() != 1:  # it started a thread: fork no more
+                    print("mmcurate warm workers: a thread started while preparing; workers start cold",
+                          file=sys.stderr, flush=True)
+                    warm, pending = False, []
                 continue
             if stdin in ready and not os.read(stdin, 4096):
                 return 0  # the driver is done (or gone)
