@@ -138,7 +138,11 @@ class WarmWorkers:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mmcurate.pipelines.warm_workers", str(listener.fileno()), *preload],
-                stdin=subprocess.PIPE, pass_fds=[listener.fileno()])
+                stdin=subprocess.PIPE, pass_fds=[listener.fileno()],
+                # os.environ, which is what the runner hands its workers: a native library may
+                # have setenv()'d into the process's C environment behind it (xllamacpp sets
+                # KMP_BLOCKTIME), and the template would then differ from every worker
+                env=dict(os.environ))
         finally:
             listener.close()
 
