@@ -169,6 +169,9 @@ def test_a_killed_shim_takes_its_worker_with_it_and_the_template_ends_its_worker
         assert sum(_alive(w) for w in workers) == 1
         server.close()  # the driver is done: the remaining worker ends, its shim reports it
         assert shims[1].wait(timeout=30) != 0
+        deadline = time.monotonic() + 10  # SIGKILL is delivered, not waited for
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not any(_alive(w) for w in workers)
     finally:
         server.close()
