@@ -525,14 +525,10 @@ def entry() -> None:
     then the shards and the manifest are committed (fsync, rename) and the summary printed, so
     the process flushes its logs and streams and ends with main's status. An exception still
     ends it the usual way (traceback, status 1)."""
+    from mmcurate.transforms.worker import exit_without_teardown
+
     rc = main()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001 - a closed stream: nothing left to flush
-            pass
-    os._exit(rc if isinstance(rc, int) else 1)
+    exit_without_teardown(rc if isinstance(rc, int) else 1)
 
 
 if __name__ == "__main__":

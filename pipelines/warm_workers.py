@@ -273,12 +273,9 @@ def _become_worker(env: dict, cwd: str, fds: list[int]) -> None:
 
         traceback.print_exc()
         rc = 1
-    # what `exit_fast_after_harness` does for a cold worker: no interpreter teardown
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(rc)
+    from mmcurate.transforms.worker import exit_without_teardown
+
+    exit_without_teardown(rc)  # as `exit_fast_after_harness` ends a cold worker
 
 
 def _warm_call(spec: str) -> None:
@@ -381,7 +378,7 @@ def serve(fd: int, preload: list[str], calls: tuple[str, ...] = WARM_CALLS) -> i
 
 
 if __name__ == "__main__":
-    status = serve(int(sys.argv[1]), sys.argv[2:])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(status)  # no teardown of torch & co.: the driver waits for this exit
+    from mmcurate.transforms.worker import exit_without_teardown
+
+    # no teardown of torch & co.: the driver waits for this exit
+    exit_without_teardown(serve(int(sys.argv[1]), sys.argv[2:]))

@@ -34,14 +34,21 @@ def in_beam_worker() -> bool:
     return getattr(spec, "name", None) == WORKER_MAIN
 
 
-def _exit_now() -> None:
+def exit_without_teardown(status: int) -> None:
+    """Flush logging and the standard streams, then end the process with `status` at once:
+    no atexit hooks, no module or native-library teardown (also the `mmcurate` command's and
+    the warm-worker template's exit, mmcurate.pipelines)."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # noqa: BLE001 - a closed stream: nothing left to flush
             pass
-    os._exit(1 if _failed else 0)
+    os._exit(status)
+
+
+def _exit_now() -> None:
+    exit_without_teardown(1 if _failed else 0)
 
 
 def exit_fast_after_harness() -> bool:
