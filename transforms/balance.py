@@ -79,7 +79,7 @@ class SpreadByCost(beam.PTransform):
     worker k of the local runner's N gets the k-th of N cost-balanced shares (module
     docstring). For N = 1 the VAD stage uses a plain Reshuffle instead
     (`mmcurate.transforms.vad._spread`); the quality stage spreads its DNSMOS requests the same
-    way (`mmcurate.transforms.quality.dnsmos_cost`)."""
+    way, in pieces (`mmcurate.transforms.quality.dnsmos_pieces`)."""
 
     def __init__(self, workers: int, cost: Callable[[Any], float] = estimated_cost_s,
                  key: Callable[[Any], Any] = lambda m: (m.source_id, m.uri), what: str = "s of media"):

@@ -367,7 +367,7 @@ def dnsmos_pieces(e: SourceScores, max_pieces: int = 1) -> list[tuple[SourceScor
     decodes the source from its start to its last span, so the cap bounds the extra decoding
     (~2000x real time) a long source costs."""
     spans = [(s.segment_id, float(s.start), float(s.end)) for s in e.segments]
-    total = sum(span_windows(a, b) for _, a, b in spans)
+    total = dnsmos_cost(e)
     n = max(1, min(max_pieces, len(spans), math.ceil(total / PIECE_WINDOWS)))
     pieces: list[list[tuple[str, float, float]]] = [[]]
     done = 0.0
