@@ -71,20 +71,44 @@ def model_info(model_path: str | None = None) -> dict:
             "version": f"{pkg}; onnxruntime", "path": path, "sha256": h.hexdigest()}
 
 
+def _window_starts(length: int) -> tuple[int, list[int]]:
+    """The length of a clip of `length` samples as the reference tiles it (doubled until >=
+    9.01 s) and the start of each window the reference scores in it."""
+    if length <= 0:
+        raise ValueError("DNSMOS needs at least one sample")
+    tiled = length
+    while tiled < WINDOW:  # np.append(audio, audio), as the reference does
+        tiled *= 2
+    n = int(np.floor(tiled / SAMPLE_RATE) - INPUT_LENGTH_S) + 1
+    # the reference's own slicing: int((i + 9.01) * 16000) rounds some ends down to 144159
+    # samples, and it skips those windows; doing the same keeps the scores identical to it
+    return tiled, [int(i * HOP) for i in range(n)
+                   if int((i + INPUT_LENGTH_S) * HOP) - int(i * HOP) >= WINDOW]
+
+
+def _distinct_keys(length: int) -> tuple[list[int], list[int]]:
+    """(starts, keys) of a clip of `length` samples: windows with the same key hold the same
+    samples. A tiled clip is periodic, so windows whose starts agree modulo its length are the
+    same (a 1 s clip: 7 windows in the reference, 1 distinct); an untiled one has no repeats."""
+    tiled, starts = _window_starts(length)
+    return starts, ([s % length for s in starts] if tiled > length else list(starts))
+
+
+def network_runs(length: int) -> int:
+    """Windows the network runs on to score a clip of `length` samples (`Dnsmos.score`): the
+    cost of a clip, known from its length alone. Not its duration: a 4.5 s clip is tiled to 18 s
+    and takes 9 distinct windows, a 12 s clip 3 (about 0.15 s each on one thread here)."""
+    return len(set(_distinct_keys(length)[1])) if length > 0 else 0
+
+
 def _tiled(audio: np.ndarray) -> tuple[np.ndarray, list[int], int]:
     """The reference's input: the clip doubled until >= 9.01 s, the start of each window it
     scores, and the original length (the tiled signal's period)."""
     x = np.asarray(audio, dtype=np.float32).reshape(-1)
     period = x.shape[0]
-    if period == 0:
-        raise ValueError("DNSMOS needs at least one sample")
-    while x.shape[0] < WINDOW:  # np.append(audio, audio), as the reference does
+    tiled, starts = _window_starts(period)
+    while x.shape[0] < tiled:
         x = np.concatenate([x, x])
-    n = int(np.floor(x.shape[0] / SAMPLE_RATE) - INPUT_LENGTH_S) + 1
-    # the reference's own slicing: int((i + 9.01) * 16000) rounds some ends down to 144159
-    # samples, and it skips those windows; doing the same keeps the scores identical to it
-    starts = [int(i * HOP) for i in range(n)
-              if int((i + INPUT_LENGTH_S) * HOP) - int(i * HOP) >= WINDOW]
     return x, starts, period
 
 
@@ -120,13 +144,8 @@ class Dnsmos:
     def score(self, audio: np.ndarray) -> DnsmosScore:
         """SIG/BAK/OVRL of one clip of 16 kHz mono samples in [-1, 1]."""
         x, starts, period = _tiled(audio)
-        if x.shape[0] > period:
-            # a tiled clip is periodic: windows whose starts agree modulo its length hold the
-            # same samples and get the same scores, so each distinct one is run once (a 1 s
-            # clip: 7 windows in the reference, 1 run here; the mean is the reference's)
-            keys = [s % period for s in starts]
-        else:
-            keys = list(starts)
+        # each distinct window runs once (`network_runs`); the mean is the reference's
+        keys = _distinct_keys(period)[1]
         distinct = sorted(set(keys))
         first = {k: starts[keys.index(k)] for k in distinct}
         out = np.concatenate([  # (distinct, 3)

@@ -130,18 +130,22 @@ def _scores(sid, durations, gap=1.0):
 def test_a_sources_dnsmos_work_is_cut_into_pieces_of_consecutive_spans():
     from mmcurate.transforms.quality import PIECE_WINDOWS, dnsmos_cost, dnsmos_pieces, span_windows
 
-    talk = _scores("talk", [29.0, 3.0, 3.0, 12.0, 29.0, 2.0, 2.0, 2.0])
-    assert dnsmos_cost(talk) == 21 + 1 + 1 + 4 + 21 + 1 + 1 + 1
-    assert [len(r.spans) for _e, r in dnsmos_pieces(talk)] == [8]  # one worker: the source whole
+    # the network's windows, not seconds: 29 s and 12 s spans are scored on 7 and 3 windows
+    # (the reference skips the windows its float slicing cuts one sample short); a 2 s span
+    # is tiled to 16 s, whose 7 windows hold 2 distinct ones
+    assert [span_windows(0.0, d) for d in (29.0, 12.0, 9.5, 3.0, 2.0)] == [7, 3, 1, 3, 2]
+    talk = _scores("talk", [2.0] * 40 + [29.0, 3.0, 12.0])
+    assert dnsmos_cost(talk) == 2 * 40 + 7 + 3 + 3
+    assert [len(r.spans) for _e, r in dnsmos_pieces(talk)] == [43]  # one worker: the source whole
     for cap in (2, 4, 6):
         pieces = dnsmos_pieces(talk, cap)
         spans = [sp for _e, r in pieces for sp in r.spans]
-        assert spans == sorted(spans, key=lambda t: t[1]) and len(spans) == 8  # each span once, in order
+        assert spans == sorted(spans, key=lambda t: t[1]) and len(spans) == 43  # each span once, in order
         assert len(pieces) == min(cap, -(-dnsmos_cost(talk) // PIECE_WINDOWS))
         assert all(e is talk and r.media_uri == "/m/talk" for e, r in pieces)
     costs = [sum(span_windows(a, b) for _, a, b in r.spans) for _e, r in dnsmos_pieces(talk, 4)]
-    assert costs == [21, 6, 21, 3]  # a new piece once the running cost passes each quarter share
-    assert len(dnsmos_pieces(_scores("jfk", [3.0, 2.0, 4.0]), 4)) == 1  # 3 windows: not worth a cut
+    assert costs == [24, 24, 22, 23]  # a new piece once the running cost passes each quarter share
+    assert len(dnsmos_pieces(_scores("jfk", [3.0, 2.0, 4.0]), 4)) == 1  # 9 windows: not worth a cut
 
 
 def test_dnsmos_pieces_are_spread_by_their_windows_on_local_workers():
@@ -150,16 +154,16 @@ def test_dnsmos_pieces_are_spread_by_their_windows_on_local_workers():
     the cost being DNSMOS windows; one worker and other runners keep the plain path."""
     from mmcurate.transforms.quality import _piece_cost, _piece_key, _spread_dnsmos, dnsmos_pieces
 
-    items = [p for e in (_scores("talk", [29.0] * 4), _scores("meet", [25.0, 25.0]), _scores("a", [2.0] * 10),
+    items = [p for e in (_scores("talk", [2.0] * 40), _scores("meet", [3.0] * 12), _scores("a", [1.0] * 10),
                          _scores("b", [12.0] * 3), _scores("c", [4.0]))
              for p in dnsmos_pieces(e, 4)]
     expected: dict = {}
     for b, piece in assign_buckets(items, 2, _piece_cost, key=_piece_key):
         expected.setdefault(b, []).append(_piece_key(piece)[2])
     loads = {b: sum(_piece_cost(p) for p in items if _piece_key(p)[2] in ids) for b, ids in expected.items()}
-    # windows: talk 84 in 4 pieces, meet 34 in 2, a 10, b 12, c 1 (141): 71 / 70, where whole
-    # sources could do no better than 84 / 57
-    assert sorted(loads.values()) == [70, 71]
+    # windows: talk 80 in 4 pieces, meet 36 in 2, a 10, b 9, c 4 (139): 71 / 68, where whole
+    # sources could do no better than 80 / 59
+    assert sorted(loads.values()) == [68, 71]
     from mmcurate.pipelines.curate import local_runner
 
     options = PipelineOptions(["--direct_running_mode=multi_threading", "--direct_num_workers=2"])

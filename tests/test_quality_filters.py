@@ -314,6 +314,27 @@ def test_dnsmos_windows_follow_the_reference():
 
 
 @pytest.mark.slow
+def test_dnsmos_network_runs_is_what_scoring_a_clip_costs():
+    """`network_runs(n)` (the cost the merge deals DNSMOS work by) is the number of windows the
+    real network runs on for a clip of n samples: counted on the session, for clips that are
+    tiled (1-4.5 s), at the edge (9.01 s) and long (12 s; 29 s, where the reference skips 13 of
+    20 windows). Not the duration: a 2 s clip costs 2 runs, a 12 s one 3."""
+    from mmcurate.quality.dnsmos import WINDOW, Dnsmos, network_runs
+
+    m = Dnsmos()
+    run = m._session.run
+    calls = []
+    m._session = type("Spy", (), {"run": lambda self, out, feed: calls.append(len(feed[m._input])) or run(out, feed)})()
+    rng = np.random.default_rng(1)
+    for n in (16000, 2 * 16000, 4 * 16000 + 8000, WINDOW, 12 * 16000, 29 * 16000):
+        calls.clear()
+        m.score((rng.standard_normal(n) * 0.1).astype(np.float32))
+        assert sum(calls) == network_runs(n), n
+    assert [network_runs(d * 16000) for d in (1, 2, 3, 12, 29)] == [1, 2, 3, 3, 7]
+    assert network_runs(0) == 0
+
+
+@pytest.mark.slow
 def test_dnsmos_batch_changes_speed_not_scores():
     """The windows go to onnxruntime `batch` at a time (quality.dnsmos_batch, default 1: a
     whole clip's activations wait on memory); every batch size gives the same scores."""

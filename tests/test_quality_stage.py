@@ -177,7 +177,7 @@ def test_dnsmos_cut_into_pieces_on_several_workers_gives_the_same_rows(tmp_path)
     segs += [_seg("srcC", i, 1.0 + 4.5 * i, 5.0 + 4.5 * i, text) for i in range(10)]
     regions = [SpeechRegion("srcA-vad-00000", "srcA", 0.5, 59.0, RUN), SpeechRegion("srcC-vad-00000", "srcC", 0.5, 50.0, RUN)]
     inputs = {"segments": segs, "sources": [a, gone], "speech_regions": regions}
-    assert len(dnsmos_pieces(SourceScores(a, segs[:12], []), 4)) == 2  # 12 windows: 2 pieces here
+    assert len(dnsmos_pieces(SourceScores(a, segs[:12], []), 4)) == 2  # 48 windows: 2 pieces here
     cfg = QualityConfig(languages=("en",), min_dnsmos_ovrl=1.8)
     whole, _ = _run(inputs, cfg)
     cut, counters = _run(inputs, cfg, args=["--direct_running_mode=multi_threading", "--direct_num_workers=2"])

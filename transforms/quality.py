@@ -344,10 +344,13 @@ class DnsmosModelHandler(ModelHandler):
         return [model_info()]
 
 
-def span_windows(start: float, end: float) -> float:
-    """DNSMOS windows a span takes (about): a span of d >= 9 s is scored every second, d - 8
-    windows; a shorter one is repeated to 9 s, whose distinct windows run once."""
-    return max(1.0, float(end) - float(start) - 8.0)
+def span_windows(start: float, end: float, sample_rate: int = 16000) -> int:
+    """Windows the DNSMOS network runs on for a span (`mmcurate.quality.dnsmos.network_runs`
+    of its samples, cut as `score_spans` cuts them): its cost, ~0.15 s each on one thread.
+    Exact, not its duration: a 4.5 s segment takes 9 (tiled to 18 s), a 12 s one 3."""
+    from mmcurate.quality.dnsmos import network_runs
+
+    return max(1, network_runs(int(round(end * sample_rate)) - int(round(start * sample_rate))))
 
 
 def dnsmos_cost(e: SourceScores) -> float:
@@ -355,10 +358,10 @@ def dnsmos_cost(e: SourceScores) -> float:
     return sum(span_windows(s.start, s.end) for s in e.segments)
 
 
-# a source's DNSMOS work is cut into pieces of about this many windows (~4 s on one thread)
+# a source's DNSMOS work is cut into pieces of about this many windows (~3.5 s on one thread)
 # when the local runner spreads it over workers: dealt whole, the talk and the meeting left
 # one worker of a 2-worker merge 1.6-1.9 s alone at the end (bench/README.md, issue 13)
-PIECE_WINDOWS = 8.0
+PIECE_WINDOWS = 24.0
 
 
 def dnsmos_pieces(e: SourceScores, max_pieces: int = 1) -> list[tuple[SourceScores, DnsmosRequest]]:
