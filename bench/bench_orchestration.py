@@ -7,7 +7,8 @@
 - `workers`: the same run with the multi-processing DirectRunner at 1 and at 2 workers
   (`--direct_running_mode=multi_processing --direct_num_workers=N`; `--running-mode
   multi_threading`: worker threads of one process, as `mmcurate run` takes by default), model threads set to
-  cores / workers (asr.cpu_threads, diarization.torch_threads, quality.dnsmos_threads) so both use
+  cores / workers (asr.cpu_threads, diarization.torch_threads, quality.dnsmos_threads,
+  dedup.semantic_threads) so both use
   the same cores;
   1 and 2 workers alternate (`--repeat` pairs) so a load change on the shared box hits both.
   `--threads-per-worker 1` keeps each worker's size fixed instead (scale-out, as on a
@@ -155,7 +156,7 @@ def workers(tmp: Path) -> dict:
             out = tmp / f"w{n}-x{k}-{rep}"
             argv = [*inputs[k], "--output", str(out), "--stages", ARGS.stages,
                     "--set", f"asr.cpu_threads={threads}", "--set", f"diarization.torch_threads={threads}",
-                    "--set", f"quality.dnsmos_threads={threads}",
+                    "--set", f"quality.dnsmos_threads={threads}", "--set", f"dedup.semantic_threads={threads}",
                     f"--direct_running_mode={ARGS.running_mode}", f"--direct_num_workers={n}"]
             before = uptime()
             r = run(argv, tmp / f"w{n}-x{k}-{rep}.log")

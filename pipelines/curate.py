@@ -199,19 +199,20 @@ class Parallelism:
     mode: str  # in_memory | multi_threading | multi_processing | "" (another runner)
     workers: int
     model_threads: int  # 0: each library's default
-    # the threads each model gets as resolved (ASR, diarization, DNSMOS): a setting given on the
-    # command line wins over model_threads, and the log line says so
-    per_model: tuple[int, int, int] | None = None
+    # the threads each model gets as resolved (ASR, diarization, DNSMOS, embeddings): a setting
+    # given on the command line wins over model_threads, and the log line says so
+    per_model: tuple[int, int, int, int] | None = None
 
     def describe(self) -> str:
         if not self.mode:
             return "the runner's own workers"
-        a, d, q = self.per_model or (self.model_threads,) * 3
-        if a == d == q:
+        a, d, q, e = self.per_model or (self.model_threads,) * 4
+        if a == d == q == e:
             threads = f"{a} model thread(s) each" if a else "library default threads"
         else:
             threads = "model threads: " + ", ".join(
-                f"{name} {n or 'library default'}" for name, n in (("ASR", a), ("diarization", d), ("DNSMOS", q)))
+                f"{name} {n or 'library default'}"
+                for name, n in (("ASR", a), ("diarization", d), ("DNSMOS", q), ("embeddings", e)))
         return f"{self.mode}, {self.workers} worker(s), {threads}"
 
 
@@ -226,8 +227,8 @@ def local_parallelism(cfg: CurateConfig, beam_args: list[str] | None, cores: int
     and ASR runs on one thread while the others run other sources, with one copy of each model
     (RunInference shares it between threads). Settings left at 0 follow the workers:
     `asr.num_workers` (CTranslate2 replicas: one per worker thread, so sources transcribe at
-    the same time), `asr.cpu_threads`, `diarization.torch_threads` and `quality.dnsmos_threads`
-    (cores / workers each).
+    the same time), `asr.cpu_threads`, `diarization.torch_threads`, `quality.dnsmos_threads` and
+    `dedup.semantic_threads` (cores / workers each).
     Given flags are kept (`--direct_running_mode=in_memory` runs everything on one thread),
     and so are settings other than 0. Other runners: one replica, library default threads.
     The run id is computed from the config as given, so the same job has the same id on any
@@ -248,14 +249,16 @@ def local_parallelism(cfg: CurateConfig, beam_args: list[str] | None, cores: int
         args += [f"--direct_running_mode={mode}", f"--direct_num_workers={n}"]
     threads = max(1, cores // n) if n > 1 else 0
     replicas = n if mode == "multi_threading" else 1
-    asr, dia, q = cfg.asr, cfg.diarization, cfg.quality
+    asr, dia, q, dd = cfg.asr, cfg.diarization, cfg.quality, cfg.dedup
     cfg = dataclasses.replace(
         cfg,
         asr=dataclasses.replace(asr, num_workers=asr.num_workers or replicas,
                                 cpu_threads=asr.cpu_threads or threads),
         diarization=dataclasses.replace(dia, torch_threads=dia.torch_threads or threads),
-        quality=dataclasses.replace(q, dnsmos_threads=q.dnsmos_threads or threads))
-    per_model = (cfg.asr.cpu_threads, cfg.diarization.torch_threads, cfg.quality.dnsmos_threads)
+        quality=dataclasses.replace(q, dnsmos_threads=q.dnsmos_threads or threads),
+        dedup=dataclasses.replace(dd, semantic_threads=dd.semantic_threads or threads))
+    per_model = (cfg.asr.cpu_threads, cfg.diarization.torch_threads, cfg.quality.dnsmos_threads,
+                 cfg.dedup.semantic_threads)
     return cfg, args, Parallelism(mode, max(n, 1), threads, per_model)
 
 

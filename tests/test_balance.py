@@ -190,35 +190,35 @@ def _par(args, cores, sources=None, **sets):
     cfg, out_args, par = local_parallelism(CurateConfig.from_dict(data), args, cores=cores, sources=sources)
     return (out_args, par.mode, par.workers,
             (cfg.asr.num_workers, cfg.asr.cpu_threads, cfg.diarization.torch_threads,
-             cfg.quality.dnsmos_threads))
+             cfg.quality.dnsmos_threads, cfg.dedup.semantic_threads))
 
 
 def test_the_local_runner_takes_one_worker_thread_per_core_when_no_flag_says_otherwise():
     threads2 = ["--direct_running_mode=multi_threading", "--direct_num_workers=2"]
     # 2 cores: 2 worker threads, a CTranslate2 replica each, 1 model thread each
-    assert _par([], 2) == (threads2, "multi_threading", 2, (2, 1, 1, 1))
+    assert _par([], 2) == (threads2, "multi_threading", 2, (2, 1, 1, 1, 1))
     # many cores: at most AUTO_MAX_WORKERS threads, the cores shared among their models
-    assert _par([], 16)[1:] == ("multi_threading", 4, (4, 4, 4, 4))
+    assert _par([], 16)[1:] == ("multi_threading", 4, (4, 4, 4, 4, 4))
     # one core: one in-process worker, library defaults, as before
-    assert _par([], 1) == ([], "in_memory", 1, (1, 0, 0, 0))
+    assert _par([], 1) == ([], "in_memory", 1, (1, 0, 0, 0, 0))
     # no more workers than sources: one source runs in-process on all the model threads
-    assert _par([], 2, sources=1) == ([], "in_memory", 1, (1, 0, 0, 0))
-    assert _par([], 16, sources=3)[1:] == ("multi_threading", 3, (3, 5, 5, 5))
-    assert _par([], 2, sources=32)[1:] == ("multi_threading", 2, (2, 1, 1, 1))
+    assert _par([], 2, sources=1) == ([], "in_memory", 1, (1, 0, 0, 0, 0))
+    assert _par([], 16, sources=3)[1:] == ("multi_threading", 3, (3, 5, 5, 5, 5))
+    assert _par([], 2, sources=32)[1:] == ("multi_threading", 2, (2, 1, 1, 1, 1))
 
 
 def test_given_flags_and_settings_are_kept():
     assert _par(["--direct_running_mode=in_memory"], 2) == (
-        ["--direct_running_mode=in_memory"], "in_memory", 1, (1, 0, 0, 0))
-    assert _par(["--direct_num_workers=1"], 8)[1:] == ("in_memory", 1, (1, 0, 0, 0))
+        ["--direct_running_mode=in_memory"], "in_memory", 1, (1, 0, 0, 0, 0))
+    assert _par(["--direct_num_workers=1"], 8)[1:] == ("in_memory", 1, (1, 0, 0, 0, 0))
     # worker processes: each loads its own model (one replica), cores / workers threads each
     procs = ["--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
-    assert _par(procs, 8) == (procs, "multi_processing", 2, (1, 4, 4, 4))
+    assert _par(procs, 8) == (procs, "multi_processing", 2, (1, 4, 4, 4, 4))
     # a setting other than 0 wins over the automatic one
     assert _par([], 2, asr__cpu_threads=2, asr__num_workers=1, diarization__torch_threads=3,
-                quality__dnsmos_threads=2)[3] == (1, 2, 3, 2)
+                quality__dnsmos_threads=2, dedup__semantic_threads=4)[3] == (1, 2, 3, 2, 4)
     # another runner: its own workers; one replica, library default threads
-    assert _par(["--runner=DataflowRunner"], 2) == (["--runner=DataflowRunner"], "", 1, (1, 0, 0, 0))
+    assert _par(["--runner=DataflowRunner"], 2) == (["--runner=DataflowRunner"], "", 1, (1, 0, 0, 0, 0))
 
 
 def test_the_run_log_names_the_threads_the_models_get():
@@ -232,7 +232,8 @@ def test_the_run_log_names_the_threads_the_models_get():
     one = ["--direct_running_mode=multi_processing", "--direct_num_workers=1"]
     assert said(one) == "multi_processing, 1 worker(s), library default threads"
     # settings given win, and the line says what they are (it said "library default threads")
-    assert said(one, asr={"cpu_threads": 1}, diarization={"torch_threads": 1}, quality={"dnsmos_threads": 1}) == (
-        "multi_processing, 1 worker(s), 1 model thread(s) each")
+    assert said(one, asr={"cpu_threads": 1}, diarization={"torch_threads": 1}, quality={"dnsmos_threads": 1},
+                dedup={"semantic_threads": 1}) == "multi_processing, 1 worker(s), 1 model thread(s) each"
     assert said(one, asr={"cpu_threads": 2}) == (
-        "multi_processing, 1 worker(s), model threads: ASR 2, diarization library default, DNSMOS library default")
+        "multi_processing, 1 worker(s), model threads: ASR 2, diarization library default, DNSMOS library default, "
+        "embeddings library default")

@@ -213,6 +213,26 @@ def test_partitioned_semantic_search_finds_the_flat_search_pairs(tmp_path):
     assert planted <= flat and parts == flat, (len(parts), len(flat))
 
 
+def test_the_embedding_model_runs_on_the_threads_it_is_given():
+    """dedup.semantic_threads (cores / workers on the local runner) caps torch's threads in the
+    worker that embeds: two worker processes on torch's default threads each took 0.4-0.9 s per
+    embedding call on 2 cores, 20-40x one alone. In a fresh process: torch's threads are global."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "from mmcurate.transforms.dedup import DedupConfig, _EmbedTranscripts\n"
+            "before = torch.get_num_threads()\n"
+            "fn = _EmbedTranscripts(DedupConfig(semantic_threads=1))\n"
+            "fn.setup()\n"
+            "v = fn.model.embed(['the same words'], 8)\n"
+            "print(before, torch.get_num_threads(), v.shape[1])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after, dim = map(int, out.stdout.split())
+    assert after == 1 and dim == 384 and before >= 1
+
+
 def test_config_rules():
     from mmcurate.pipelines.config import CurateConfig
     from mmcurate.schemas.params import ConfigError
