@@ -176,6 +176,44 @@ def test_dnsmos_pieces_are_spread_by_their_windows_on_local_workers():
     assert _spread_dnsmos(plain) is plain
 
 
+def test_sources_are_spread_by_fingerprinting_cost_before_dedup_fingerprints_them():
+    """Dedup's audio and video fingerprints (decoded in the merge) go to the local runner's
+    workers in cost-balanced shares: seconds of audio, a video's 4x again for video_fp. Dealt
+    round-robin by key, one worker of two got the 2-minute talk and more."""
+    import functools
+
+    from mmcurate.transforms.dedup import _fingerprint_cost, _spread_fingerprints
+
+    def joined(sid, kind, seconds):
+        info = (sid, f"/m/{sid}", f"/m/{sid}", kind, "0" * 64, seconds, 16000.0, 1000)
+        return sid, {"info": [info], "prior": []}
+
+    items = [joined("talk", "video", 122.7), joined("auto", "video", 42.4), joined("chair", "video", 22.5),
+             *(joined(f"meet{i}", "audio", 30.0) for i in range(4)), joined("jfk", "audio", 11.0),
+             ("gone", {"info": [], "prior": []})]
+    both = frozenset({"audio_fp", "video_fp"})
+    assert _fingerprint_cost(both, items[0]) == pytest.approx(5 * 122.7)
+    assert _fingerprint_cost(frozenset({"audio_fp"}), items[0]) == pytest.approx(122.7)
+    assert _fingerprint_cost(frozenset({"video_fp"}), items[3]) == 0.0  # audio: no video_fp
+    assert _fingerprint_cost(both, items[-1]) == 0.0
+    cost = functools.partial(_fingerprint_cost, both)
+    expected: dict = {}
+    for b, kv in assign_buckets(items, 2, cost, key=lambda kv: kv[0]):
+        expected.setdefault(b, []).append(kv[0])
+    loads = sorted(sum(cost(kv) for kv in items if kv[0] in ids) for ids in expected.values())
+    assert loads == pytest.approx([455.5, 613.5])  # the talk alone against all the others
+    from mmcurate.pipelines.curate import local_runner
+
+    options = PipelineOptions(["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
+    with beam.Pipeline(runner=local_runner(options), options=options) as p:
+        shares = (_spread_fingerprints(p | beam.Create(items), {"sha256", "audio_fp", "video_fp"})
+                  | beam.Map(lambda kv: Ref(kv[0], "", "", 0)) | beam.ParDo(_BundleContents()))
+        assert_that(shares, equal_to([tuple(sorted(v)) for v in expected.values()]))
+    one = beam.Pipeline(options=PipelineOptions([]))
+    plain = one | beam.Create(items)
+    assert _spread_fingerprints(plain, {"audio_fp"}) is plain
+
+
 # --------------------------------------------------------------------------- local parallelism
 
 

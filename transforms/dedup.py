@@ -693,6 +693,34 @@ class _SourceSignatures(beam.DoFn):
         return vp.to_bytes() if vp.hashes.size else b""
 
 
+def _fingerprint_cost(methods: frozenset, kv) -> float:
+    """What fingerprinting a joined source costs, in seconds of audio: its duration for
+    audio_fp, 4x that again for a video's video_fp (one 2-core box: ~3 ms of audio
+    fingerprinting and ~12 ms of video per second of media; laion_talk's two take 1.75 s, the
+    other twelve sources' 1.9 s together)."""
+    rows = kv[1]["info"]
+    if not rows:
+        return 0.0
+    info = SourceInfo(*rows[0])
+    d = float(info.duration_s or 0.0)
+    video = "video_fp" in methods and info.media_kind == "video"
+    return d * (("audio_fp" in methods) + 4.0 * video)
+
+
+def _spread_fingerprints(joined, methods: set):
+    """The joined sources, cost-balanced over the local runner's workers before they are
+    fingerprinted: dealt round-robin by key, one worker of two got the 2-minute talk and more
+    (3.2-3.6 s for a step that one worker does in 3.4-3.6 s, bench/README.md issue 13);
+    unchanged anywhere else."""
+    import functools
+
+    from mmcurate.transforms.balance import local_spread
+
+    spread = local_spread(joined.pipeline, cost=functools.partial(_fingerprint_cost, frozenset(methods)),
+                          key=lambda kv: kv[0], what="s of audio to fingerprint")
+    return joined if spread is None else joined | "SpreadFingerprints" >> spread
+
+
 class _TextSignatures(beam.DoFn):
     """(source_id, {"info": [SourceInfo], "items": [(kind, item_id, text)]}) -> text_hash and
     minhash signatures of every non-empty item."""
@@ -1184,8 +1212,10 @@ class Deduplicate(beam.PTransform):
             prior = inputs.get("prior_signatures")
             prior_kv = (prior | "KeyPrior" >> beam.Map(lambda s: (s.source_id, s)) if prior is not None
                         else p | "NoPrior" >> beam.Create([]))
-            sigs.append({"info": info, "prior": prior_kv}
-                        | "JoinSourcePrior" >> beam.CoGroupByKey()
+            joined = {"info": info, "prior": prior_kv} | "JoinSourcePrior" >> beam.CoGroupByKey()
+            if self.decode_media and methods & {"audio_fp", "video_fp"}:
+                joined = _spread_fingerprints(joined, methods)
+            sigs.append(joined
                         | "SourceSignatures" >> beam.ParDo(_SourceSignatures(
                             c, self.partition, self.run_id, self.decode_media)))
         text_items = []
