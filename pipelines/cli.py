@@ -271,6 +271,9 @@ def cmd_run(args, beam_args: list[str]) -> int:
 
 
 def _cmd_run(args, beam_args: list[str]) -> int:
+    from mmcurate.pipelines.warm_workers import import_runinference_without_model_manager
+
+    import_runinference_without_model_manager()  # this process runs no model: 1.3 s sooner
     from mmcurate.pipelines import curate
     from mmcurate.pipelines.config import ConfigError
     from mmcurate.quality import audit
@@ -321,6 +324,9 @@ def cmd_corpus(args, beam_args: list[str]) -> int:
 
 
 def _cmd_corpus(args, beam_args: list[str]) -> int:
+    from mmcurate.pipelines.warm_workers import import_runinference_without_model_manager
+
+    import_runinference_without_model_manager()
     from mmcurate.pipelines import corpus
     from mmcurate.pipelines.config import ConfigError, CurateConfig, read_config_file
     from mmcurate.quality import audit

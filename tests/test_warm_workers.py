@@ -199,3 +199,22 @@ def test_no_socket_for_the_template_means_cold_workers_not_a_failed_run(tmp_path
         rows, squares = _who_ran(tmp_path, ARGS)
     assert squares == sorted(x * x for x in range(12)) and not any(r[2] for r in rows)
     assert "worker processes start cold" in caplog.text
+
+
+def test_the_driver_imports_runinference_without_torch():
+    """`mmcurate run` imports Beam's RunInference without its optional ModelManager (which
+    imports torch and scipy.optimize: 1.3 s of the command's start) before its stages; the
+    module stays importable for a pipeline that asks for it, and the stages load without torch."""
+    code = (
+        "import sys\n"
+        "from mmcurate.pipelines.warm_workers import import_runinference_without_model_manager\n"
+        "import_runinference_without_model_manager()\n"
+        "import apache_beam.ml.inference.base as base\n"
+        "from mmcurate.pipelines import curate, resume, stages\n"
+        "from mmcurate.transforms import vad, speech, quality, video, dedup\n"
+        "print(base.ModelManager, sorted(m for m in ('torch', 'scipy.optimize') if m in sys.modules))\n"
+        "from apache_beam.ml.inference.model_manager import ModelManager\n"
+        "print('torch' in sys.modules, ModelManager.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["None []", "True ModelManager"]
