@@ -710,7 +710,7 @@ def _fingerprint_cost(methods: frozenset, kv) -> float:
 def _spread_fingerprints(joined, methods: set):
     """The joined sources, cost-balanced over the local runner's workers before they are
     fingerprinted: dealt round-robin by key, one worker of two got the 2-minute talk and more
-    (3.2-3.6 s for a step that one worker does in 3.4-3.6 s, bench/README.md issue 13);
+    (2.6-3.4 s for a step that one worker does in 3.4-3.6 s, bench/README.md issue 13);
     unchanged anywhere else."""
     import functools
 
