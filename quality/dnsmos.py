@@ -71,9 +71,12 @@ def model_info(model_path: str | None = None) -> dict:
             "version": f"{pkg}; onnxruntime", "path": path, "sha256": h.hexdigest()}
 
 
-def _window_starts(length: int) -> tuple[int, list[int]]:
-    """The length of a clip of `length` samples as the reference tiles it (doubled until >=
-    9.01 s) and the start of each window the reference scores in it."""
+def _window_starts(length: int) -> tuple[int, list[int], list[int]]:
+    """A clip of `length` samples as the reference scores it: its length once tiled (doubled
+    until >= 9.01 s), the start of each window, and each window's key. Windows with the same
+    key hold the same samples: a tiled clip is periodic, so windows whose starts agree modulo
+    its length are the same (a 1 s clip: 7 windows in the reference, 1 distinct); an untiled
+    one has no repeats."""
     if length <= 0:
         raise ValueError("DNSMOS needs at least one sample")
     tiled = length
@@ -82,16 +85,8 @@ def _window_starts(length: int) -> tuple[int, list[int]]:
     n = int(np.floor(tiled / SAMPLE_RATE) - INPUT_LENGTH_S) + 1
     # the reference's own slicing: int((i + 9.01) * 16000) rounds some ends down to 144159
     # samples, and it skips those windows; doing the same keeps the scores identical to it
-    return tiled, [int(i * HOP) for i in range(n)
-                   if int((i + INPUT_LENGTH_S) * HOP) - int(i * HOP) >= WINDOW]
-
-
-def _distinct_keys(length: int) -> tuple[list[int], list[int]]:
-    """(starts, keys) of a clip of `length` samples: windows with the same key hold the same
-    samples. A tiled clip is periodic, so windows whose starts agree modulo its length are the
-    same (a 1 s clip: 7 windows in the reference, 1 distinct); an untiled one has no repeats."""
-    tiled, starts = _window_starts(length)
-    return starts, ([s % length for s in starts] if tiled > length else list(starts))
+    starts = [int(i * HOP) for i in range(n) if int((i + INPUT_LENGTH_S) * HOP) - int(i * HOP) >= WINDOW]
+    return tiled, starts, ([s % length for s in starts] if tiled > length else list(starts))
 
 
 def network_runs(length: int) -> int:
@@ -99,18 +94,17 @@ def network_runs(length: int) -> int:
     cost of a clip, known from its length alone. Not its duration: a 4 s clip is tiled to 16 s
     and takes 4 distinct windows, a 12 s one 3, a 29 s one 7 (the reference skips 13 of its 20);
     about 0.15 s each on one thread here."""
-    return len(set(_distinct_keys(length)[1])) if length > 0 else 0
+    return len(set(_window_starts(length)[2])) if length > 0 else 0
 
 
-def _tiled(audio: np.ndarray) -> tuple[np.ndarray, list[int], int]:
+def _tiled(audio: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
     """The reference's input: the clip doubled until >= 9.01 s, the start of each window it
-    scores, and the original length (the tiled signal's period)."""
+    scores, and each window's key (`_window_starts`)."""
     x = np.asarray(audio, dtype=np.float32).reshape(-1)
-    period = x.shape[0]
-    tiled, starts = _window_starts(period)
+    tiled, starts, keys = _window_starts(x.shape[0])
     while x.shape[0] < tiled:
         x = np.concatenate([x, x])
-    return x, starts, period
+    return x, starts, keys
 
 
 def windows(audio: np.ndarray) -> np.ndarray:
@@ -144,9 +138,8 @@ class Dnsmos:
 
     def score(self, audio: np.ndarray) -> DnsmosScore:
         """SIG/BAK/OVRL of one clip of 16 kHz mono samples in [-1, 1]."""
-        x, starts, period = _tiled(audio)
+        x, starts, keys = _tiled(audio)
         # each distinct window runs once (`network_runs`); the mean is the reference's
-        keys = _distinct_keys(period)[1]
         distinct = sorted(set(keys))
         first = {k: starts[keys.index(k)] for k in distinct}
         out = np.concatenate([  # (distinct, 3)
