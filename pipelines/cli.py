@@ -291,8 +291,14 @@ def _cmd_run(args, beam_args: list[str]) -> int:
         for problem in problems:
             print(f"mmcurate: {problem}", file=sys.stderr)
         return 2
+    from mmcurate.pipelines.lock import OutputLocked
+
     t0 = time.perf_counter()
-    manifest = curate.run(args.inputs, args.output, cfg, beam_args)
+    try:
+        manifest = curate.run(args.inputs, args.output, cfg, beam_args)
+    except OutputLocked as e:
+        print(f"mmcurate: {e}", file=sys.stderr)
+        return 2
     wall = time.perf_counter() - t0
     out = args.output if "://" in args.output else os.path.abspath(args.output)
     print(f"\nrun {manifest['run_id']} finished in {wall:.1f} s")
@@ -345,9 +351,14 @@ def _cmd_corpus(args, beam_args: list[str]) -> int:
     except ValueError as e:
         print(f"mmcurate: --stages: {e}", file=sys.stderr)
         return 2
+    from mmcurate.pipelines.lock import OutputLocked
+
     t0 = time.perf_counter()
     try:
         manifest = corpus.run_corpus(args.output, cfg, stages, beam_args)
+    except OutputLocked as e:
+        print(f"mmcurate: {e}", file=sys.stderr)
+        return 2
     except FileNotFoundError as e:
         print(f"mmcurate: {e}", file=sys.stderr)
         return 2

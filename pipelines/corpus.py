@@ -7,7 +7,7 @@ A corpus stage (`StageSpec.corpus`) is the same code whether it runs inside `mmc
 from the shards OUT's `manifest.json` lists (`ReadTables`). Each selected stage runs as its
 own Beam job, in declaration order, so a later one reads what an earlier one wrote.
 
-A job ADDS to OUT, never duplicates:
+A job ADDS to OUT, never duplicates (it holds OUT's lock, `mmcurate.pipelines.lock`, while it runs):
 - its tables are written under the job's own generation and replace any earlier version of
   those tables (a re-run of the same job writes the same file names and bytes);
 - the ledger (`rejected`) is rewritten whole: the committed rows of every other stage are
@@ -107,26 +107,27 @@ class CorpusManifest:
 
 
 def build_job(p: beam.Pipeline, out_dir: str, base: dict, spec, cfg: CurateConfig, job_run_id: str,
-              manifest: CorpusManifest, overrides: dict | None = None) -> None:
+              manifest: CorpusManifest, overrides: dict | None = None, workers: int = 1) -> None:
     """One corpus stage over OUT's committed tables, written back into OUT."""
-    from mmcurate.pipelines.stages import REGISTRY, BuildContext
+    from mmcurate.pipelines.curate import build_stages
+    from mmcurate.pipelines.stages import BuildContext
     from mmcurate.transforms.read import ReadTables
     from mmcurate.transforms.sink import WriteTables
 
     present = base.get("tables", {})
     reads = list(dict.fromkeys([*spec.requires, *(t for t in spec.uses if t in present), "rejected"]))
     streams = dict(p | f"Read[{spec.name}]" >> ReadTables(out_dir, reads))
-    ctx = BuildContext(p, list(base.get("inputs", [])), out_dir, cfg, job_run_id, [spec.name], overrides or {})
-    out = REGISTRY[spec.name].build(ctx, {k: v for k, v in streams.items() if k != "rejected"})
-    new_rejected = out.pop("rejected")
-    stats = out.pop("stats", None)
+    ctx = BuildContext(p, list(base.get("inputs", [])), out_dir, cfg, job_run_id, [spec.name],
+                       overrides or {}, workers=workers)
     ledger = set(spec.ledger)
-    kept_rejected = streams["rejected"] | f"OtherStagesLedger[{spec.name}]" >> beam.Filter(
-        lambda r: r.stage not in ledger)
-    tables = {t: out[t] for t in spec.produces}
-    tables["rejected"] = (kept_rejected, new_rejected) | f"Ledger[{spec.name}]" >> beam.Flatten()
-    if stats is not None:
-        tables["_stats"] = stats
+    rejected = [streams.pop("rejected") | f"OtherStagesLedger[{spec.name}]" >> beam.Filter(
+        lambda r: r.stage not in ledger)]
+    tables: dict = {}
+    stats: list = []
+    build_stages(ctx, [spec], streams, tables, rejected, stats)  # the one assembler `run` uses
+    tables["rejected"] = rejected | f"Ledger[{spec.name}]" >> beam.Flatten()
+    if stats:
+        tables["_stats"] = stats[0]
     _ = tables | f"WriteTables[{spec.name}]" >> WriteTables(out_dir, job_run_id, cfg.output, manifest)
 
 
@@ -137,7 +138,7 @@ def run_corpus(out_dir: str, cfg: CurateConfig | None = None, stages: list[str] 
     returns the final manifest. Raises ValueError when OUT lacks a table a stage reads."""
     import os
 
-    from mmcurate.pipelines.curate import code_version, local_runner
+    from mmcurate.pipelines.curate import code_version
     from mmcurate.pipelines.stages import REGISTRY
     from mmcurate.transforms.read import read_manifest
 
@@ -157,18 +158,32 @@ def run_corpus(out_dir: str, cfg: CurateConfig | None = None, stages: list[str] 
     problems += [p for s in specs for p in REGISTRY[s.name].check(cfg)]
     if problems:
         raise ValueError("; ".join(problems))
+    from mmcurate.pipelines.balance import local_workers
+    from mmcurate.pipelines.lock import output_lock
+
     version = code_version()
     options = PipelineOptions(beam_args or [])
-    for spec in specs:
-        base = read_manifest(out_dir)
-        jid = job_id(base, spec.name, cfg, version)
-        handlers = REGISTRY[spec.name].handlers(cfg)
-        models = [info for h in handlers for info in h.model_info()]
-        manifest = CorpusManifest(base, spec.name, spec.produces, jid, version, cfg.to_json(),
-                                  models, tuple(spec.models))
-        log.info("corpus job %s: stage %s over %s (run %s)", jid, spec.name, out_dir, base.get("run_id"))
-        p = test_pipeline_factory() if test_pipeline_factory else beam.Pipeline(
-            runner=local_runner(options), options=options)
-        build_job(p, out_dir, base, spec, cfg, jid, manifest, overrides)
-        p.run().wait_until_finish()
+    with output_lock(out_dir, "corpus:" + ",".join(s.name for s in specs)):
+        for spec in specs:
+            _run_job(out_dir, spec, cfg, version, options, overrides, test_pipeline_factory,
+                     local_workers(options))
     return read_manifest(out_dir)
+
+
+def _run_job(out_dir, spec, cfg, version, options, overrides, test_pipeline_factory, workers) -> None:
+    """One corpus job: `spec` over OUT's committed tables, committed into OUT."""
+    from mmcurate.pipelines.curate import local_runner
+    from mmcurate.pipelines.stages import REGISTRY
+    from mmcurate.transforms.read import read_manifest
+
+    base = read_manifest(out_dir)
+    jid = job_id(base, spec.name, cfg, version)
+    handlers = REGISTRY[spec.name].handlers(cfg)
+    models = [info for h in handlers for info in h.model_info()]
+    manifest = CorpusManifest(base, spec.name, spec.produces, jid, version, cfg.to_json(),
+                              models, tuple(spec.models))
+    log.info("corpus job %s: stage %s over %s (run %s)", jid, spec.name, out_dir, base.get("run_id"))
+    p = test_pipeline_factory() if test_pipeline_factory else beam.Pipeline(
+        runner=local_runner(options), options=options)
+    build_job(p, out_dir, base, spec, cfg, jid, manifest, overrides, workers)
+    p.run().wait_until_finish()

@@ -132,34 +132,92 @@ def with_ratios(stats: dict[str, float]) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def build(p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, run_id: str,
-          manifest: ManifestBuilder, overrides: dict | None = None) -> None:
-    """Assemble the curation graph on `p` from the stage registry, in declaration order.
+def split_stages(specs: list) -> tuple[list, list] | None:
+    """The stages after ingest cut into (per-source, the rest): a stage is per-source (its rows
+    for a source depend on that source alone, `StageSpec.per_source`) when it reads nothing a
+    later-cut stage makes. None when the selection cannot be cut that way (a stage of the rest
+    needs a stream, not a table, of a per-source stage): the run then has no checkpoints."""
+    per_source, rest = [], []
+    for spec in specs:
+        needs = set(spec.requires) | set(spec.uses)
+        from_rest = needs & {x for m in rest for x in m.produces + m.streams}
+        if spec.corpus or not spec.per_source or from_rest:
+            rest.append(spec)
+        else:
+            per_source.append(spec)
+    tables = {t for s in per_source for t in s.produces}
+    for spec in rest:  # the rest reads the per-source stages' tables only (streams end there)
+        later = {x for m in rest[: rest.index(spec)] for x in m.produces + m.streams}
+        if any(r not in tables and r not in later for r in spec.requires):
+            return None
+    return (per_source, rest) if per_source else None
 
-    Labels are stable (monitoring and pipeline updates key on them). `overrides` lets tests
-    hand in model handlers with fake loaders ({"asr_handler": ..., "vad_handler": ...})."""
-    from mmcurate.pipelines.stages import REGISTRY, BuildContext
+
+def build(p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, run_id: str,
+          manifest: ManifestBuilder, overrides: dict | None = None, workers: int = 1) -> None:
+    """Assemble the curation graph on `p` from the stage registry, in declaration order: the
+    one assembler of `mmcurate run` (every runner) and, through `build_stages`, of
+    `mmcurate corpus`.
+
+    With `output.checkpoints` on, the per-source stages run only for the sources that have no
+    checkpoint, and each source's rows are checkpointed once its per-source stages are done
+    (`mmcurate.pipelines.checkpoints`). Labels are stable (monitoring and pipeline updates
+    key on them). `overrides` lets tests hand in model handlers with fake loaders
+    ({"asr_handler": ..., "vad_handler": ...}); `workers` is how many local workers the
+    stages may deal costed work to (`mmcurate.pipelines.balance`; 1 or 0: no dealing)."""
+    from mmcurate.pipelines import checkpoints
+    from mmcurate.pipelines.stages import BuildContext
     from mmcurate.schemas.stages import resolve
     from mmcurate.transforms.sink import WriteTables
 
     specs = resolve(cfg.stages)
-    ctx = BuildContext(p, inputs, output, cfg, run_id, [s.name for s in specs], overrides or {})
+    ctx = BuildContext(p, inputs, output, cfg, run_id, [s.name for s in specs], overrides or {},
+                       workers=workers)
     streams: dict = {}
     tables: dict = {}
     rejected, stats = [], []
+    build_stages(ctx, specs[:1], streams, tables, rejected, stats)  # ingest
+    parts = split_stages(specs[1:]) if cfg.output.checkpoints else None
+    if parts is None:
+        build_stages(ctx, specs[1:], streams, tables, rejected, stats)
+    else:
+        per_source, rest = parts
+        directory = checkpoints.work_dir(output, run_id)
+        produced = [t for s in per_source for t in s.produces] + ["rejected"]
+        media = streams["media"]
+        split = media | "Checkpoints" >> checkpoints.SplitFinished(directory, produced)
+        streams["media"] = split["todo"]
+        new_rejected: list = []
+        build_stages(ctx, per_source, streams, tables, new_rejected, stats)
+        fresh = {"media": split["todo"], **{t: tables[t] for t in produced[:-1]},
+                 "rejected": new_rejected | "PerSourceRejections" >> beam.Flatten()}
+        written = fresh | "CheckpointSources" >> checkpoints.CheckpointSources(directory)
+        for t in produced[:-1]:
+            tables[t] = streams[t] = (written[t], split[t]) | f"AllRows[{t}]" >> beam.Flatten()
+        rejected += [written["rejected"], split["rejected"]]
+        streams["media"] = media  # the rest (dedup's fingerprints) reads every source
+        build_stages(ctx, rest, streams, tables, rejected, stats)
+    tables["rejected"] = rejected | "AllRejections" >> beam.Flatten()
+    if stats:
+        tables["_stats"] = stats | "AllStats" >> beam.Flatten()
+    _ = tables | "WriteTables" >> WriteTables(output, run_id, cfg.output, manifest)
+
+
+def build_stages(ctx, specs: list, streams: dict, tables: dict, rejected: list, stats: list) -> None:
+    """Wire `specs` in order on context `ctx`: each stage reads `streams` and adds its streams
+    and tables to them; its tables also go into `tables`, its ledger rows into `rejected` and
+    its (key, number) stats into `stats` (summed into manifest["stats"])."""
+    from mmcurate.pipelines.stages import REGISTRY
+
     for spec in specs:
         out = REGISTRY[spec.name].build(ctx, streams)
         rejected.append(out.pop("rejected"))
-        if "stats" in out:  # (key, number) pairs summed into manifest["stats"]
+        if "stats" in out:
             stats.append(out.pop("stats"))
         for name in spec.produces:
             tables[name] = out[name]
         # later stages read earlier streams and tables in-graph (e.g. video reads segments)
         streams.update({k: out[k] for k in spec.streams + spec.produces})
-    tables["rejected"] = rejected | "AllRejections" >> beam.Flatten()
-    if stats:
-        tables["_stats"] = stats | "AllStats" >> beam.Flatten()
-    _ = tables | "WriteTables" >> WriteTables(output, run_id, cfg.output, manifest)
 
 
 def local_runner(options: PipelineOptions):
@@ -170,7 +228,7 @@ def local_runner(options: PipelineOptions):
     anyway. Going there directly skips the download attempt; `--direct_running_mode` and
     `--direct_num_workers` keep working. Any other --runner is passed through untouched.
     """
-    from mmcurate.transforms.balance import local_workers
+    from mmcurate.pipelines.balance import local_workers
 
     if local_workers(options) == 0:
         return None
@@ -235,7 +293,7 @@ def local_parallelism(cfg: CurateConfig, beam_args: list[str] | None, cores: int
     machine."""
     from apache_beam.options.pipeline_options import DirectOptions
 
-    from mmcurate.transforms.balance import local_workers
+    from mmcurate.pipelines.balance import local_workers
 
     args = list(beam_args or [])
     cores = cores or os.cpu_count() or 1
@@ -292,23 +350,42 @@ def _run(inputs, output, cfg, beam_args, test_pipeline, overrides) -> dict:
     from mmcurate.transforms.ingest import escape_uri
 
     manifest = ManifestBuilder(run_id, version, cfg.to_json(), [escape_uri(i) for i in inputs], model_infos(cfg))
-    log.info("run %s: %d input(s) -> %s (stages: %s)", run_id, len(inputs), output, ",".join(cfg.stages))
-    from mmcurate.pipelines import resume
+    from mmcurate.pipelines import checkpoints
+    from mmcurate.pipelines.lock import output_lock
 
-    steps = resume.plan(cfg) if test_pipeline is None and cfg.output.chunk_sources > 0 else None
-    if steps is not None:  # ingest, chunks of sources, merge: each committed (resumable)
-        resume.run_resumable(inputs, output, cfg, run_id, manifest, steps, beam_args, overrides)
-    else:  # one pipeline (a test's own, or output.chunk_sources = 0): a kill loses it all
+    with output_lock(output, run_id):
+        log.info("run %s: %d input(s) -> %s (stages: %s)", run_id, len(inputs), output, ",".join(cfg.stages))
+        from mmcurate.pipelines.balance import local_workers
+
         if test_pipeline is None:
-            cfg, beam_args, par = local_parallelism(cfg, beam_args)
+            cfg, beam_args, par = local_parallelism(cfg, beam_args, sources=_known_sources(inputs))
             log.info("run %s on %s", run_id, par.describe())
+        workers = local_workers(PipelineOptions(beam_args or []))
+        if cfg.output.checkpoints:
+            found = checkpoints.count_checkpoints(checkpoints.work_dir(output, run_id))
+            if found:
+                log.info("%d source(s) finished by an earlier attempt of this run: their "
+                         "checkpoints under %s are reused", found, checkpoints.work_dir(output, run_id))
         options = PipelineOptions(beam_args or [])
         p = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
-        build(p, inputs, output, cfg, run_id, manifest, overrides)
+        build(p, inputs, output, cfg, run_id, manifest, overrides, workers=workers)
         result = p.run()
         result.wait_until_finish()
+        checkpoints.remove_other_runs(output, run_id)
     with open(os.path.join(output, "manifest.json")) if "://" not in output else _open_remote(output) as fh:
         return json.load(fh)
+
+
+def _known_sources(inputs: list[str]) -> int | None:
+    """1 when the run's only input is one local media file (it then runs in-process on all the
+    model threads, `local_parallelism`); None when only ingest can tell."""
+    from mmcurate.transforms.ingest import FEED_EXTS, MANIFEST_EXTS
+
+    if len(inputs) == 1 and "://" not in inputs[0] and os.path.isfile(inputs[0]):
+        ext = os.path.splitext(inputs[0])[1].lower()
+        if ext not in MANIFEST_EXTS and ext not in FEED_EXTS:
+            return 1
+    return None
 
 
 def _open_remote(output: str):

@@ -30,6 +30,15 @@ class BuildContext:
     run_id: str
     stages: list[str]  # names of the stages that run
     overrides: dict[str, Any] = field(default_factory=dict)  # tests: {"asr_handler": ...}
+    # local workers the stages may deal costed work to (mmcurate.pipelines.balance); 0 or 1: a
+    # runner that rebalances by itself, or one worker
+    workers: int = 1
+
+    @property
+    def spread(self):
+        from mmcurate.pipelines.balance import Spread
+
+        return Spread(self.workers)
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,7 @@ def _build_vad(ctx: BuildContext, streams: dict) -> dict:
     # the video stage makes documents of videos without speech too: keep them as sources
     out = streams["media"] | "DetectSpeech" >> DetectSpeech(
         ctx.cfg.vad, ctx.cfg.decode, ctx.run_id, model_handler=handler,
-        keep_video_without_speech="video" in ctx.stages)
+        keep_video_without_speech="video" in ctx.stages, spread=ctx.spread)
     return {"sources": out["sources"], "speech_regions": out["regions"], "speech": out["speech"],
             "rejected": out["rejected"]}
 
@@ -128,16 +137,17 @@ def _check_speech(cfg: CurateConfig) -> list[str]:
 # --------------------------------------------------------------------------- quality
 
 
-def _quality_transform(cfg: CurateConfig, run_id: str, overrides: dict | None = None):
+def _quality_transform(cfg: CurateConfig, run_id: str, overrides: dict | None = None, spread=None):
     from mmcurate.transforms.quality import JudgeQuality
 
     return JudgeQuality(cfg.quality, run_id, dnsmos_handler=(overrides or {}).get("dnsmos_handler"),
-                        sample_rate=cfg.decode.sample_rate)
+                        sample_rate=cfg.decode.sample_rate, spread=spread,
+                        dnsmos_pieces=spread.dnsmos_pieces if spread is not None else 1)
 
 
 def _build_quality(ctx: BuildContext, streams: dict) -> dict:
     inputs = {k: streams[k] for k in ("segments", "sources", "speech_regions")}
-    out = inputs | "Quality" >> _quality_transform(ctx.cfg, ctx.run_id, ctx.overrides)
+    out = inputs | "Quality" >> _quality_transform(ctx.cfg, ctx.run_id, ctx.overrides, ctx.spread)
     return {"segment_quality": out["segment_quality"], "kept_segments": out["kept_segments"],
             "rejected": out["rejected"]}
 
@@ -207,7 +217,7 @@ def _build_dedup(ctx: BuildContext, streams: dict) -> dict:
         inputs["index"] = index
     out = inputs | "Dedup" >> Deduplicate(
         cfg, ctx.run_id, partition, decode_media=not corpus or cfg.decode_missing,
-        index_out=cfg.index_dir, embedder=ctx.overrides.get("embedder"))
+        index_out=cfg.index_dir, embedder=ctx.overrides.get("embedder"), spread=ctx.spread)
     return out
 
 

@@ -76,7 +76,7 @@ PRELOAD = (
     "mmcurate.schemas.records", "mmcurate.pipelines.stages", "mmcurate.transforms.decode",
     "mmcurate.transforms.vad", "mmcurate.transforms.speech", "mmcurate.transforms.asr",
     "mmcurate.transforms.diarize", "mmcurate.transforms.diarize_core", "mmcurate.transforms.sink",
-    "mmcurate.transforms.balance", "mmcurate.transforms.worker",
+    "mmcurate.pipelines.balance", "mmcurate.transforms.worker",
 )
 # prepared by the template once it serves and has been idle for a second (a step's workers are
 # asked for together, so the chunk steps' workers never wait for this), for the merge's workers
@@ -114,7 +114,7 @@ def wanted(options) -> bool:
         return runner in ("directrunner", "direct", "fnapirunner") and known.direct_running_mode == "multi_processing"
     from apache_beam.options.pipeline_options import DirectOptions
 
-    from mmcurate.transforms.balance import local_workers
+    from mmcurate.pipelines.balance import local_workers
 
     return local_workers(options) > 0 and options.view_as(DirectOptions).direct_running_mode == "multi_processing"
 

@@ -65,6 +65,7 @@ none (an output written without the dedup stage).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import logging
@@ -707,20 +708,6 @@ def _fingerprint_cost(methods: frozenset, kv) -> float:
     return d * (("audio_fp" in methods) + 4.0 * video)
 
 
-def _spread_fingerprints(joined, methods: set):
-    """The joined sources, cost-balanced over the local runner's workers before they are
-    fingerprinted: dealt round-robin by key, one worker of two got the 2-minute talk and more
-    (2.6-3.4 s for a step that one worker does in 3.4-3.6 s, bench/README.md issue 13);
-    unchanged anywhere else."""
-    import functools
-
-    from mmcurate.transforms.balance import local_spread
-
-    spread = local_spread(joined.pipeline, cost=functools.partial(_fingerprint_cost, frozenset(methods)),
-                          key=lambda kv: kv[0], what="s of audio to fingerprint")
-    return joined if spread is None else joined | "SpreadFingerprints" >> spread
-
-
 class _TextSignatures(beam.DoFn):
     """(source_id, {"info": [SourceInfo], "items": [(kind, item_id, text)]}) -> text_hash and
     minhash signatures of every non-empty item."""
@@ -951,30 +938,23 @@ class _WriteIndexBucket(beam.DoFn):
 
     def process(self, kv):
         import pyarrow.parquet as pq
-        from apache_beam.io.filesystems import FileSystems
 
         from mmcurate.schemas.records import to_table
+        from mmcurate.transforms.commit import write_atomic
 
         bucket, sigs = kv
         rows = sorted((s for s in sigs if s is not None), key=lambda s: s.signature_id)
         name = f"part-{bucket:04d}.parquet"
-        final = _join(self.index_dir, self.partition, name)
-        tmp = _join(self.index_dir, self.partition, f"_tmp-{name}")
         buf = io.BytesIO()
         pq.write_table(to_table("dedup_signatures", rows), buf, compression="zstd")
-        with FileSystems.create(tmp) as fh:
-            fh.write(buf.getvalue())
-        if FileSystems.exists(final):
-            FileSystems.delete([final])
-        FileSystems.rename([tmp], [final])
+        write_atomic(_join(self.index_dir, self.partition, name), buf.getvalue(), tmp_suffix=".tmp")
         yield name
 
 
 def _mark_success(_unused, written, index_dir: str, partition: str):
-    from apache_beam.io.filesystems import FileSystems
+    from mmcurate.transforms.commit import write_atomic
 
-    with FileSystems.create(_join(index_dir, partition, SUCCESS)) as fh:
-        fh.write(("\n".join(sorted(written)) + "\n").encode())
+    write_atomic(_join(index_dir, partition, SUCCESS), ("\n".join(sorted(written)) + "\n").encode())
     yield partition
 
 
@@ -1194,11 +1174,14 @@ class Deduplicate(beam.PTransform):
 
     `decode_media`: fingerprint sources from their media (in-graph); otherwise only stored
     fingerprints (prior_signatures) are used. `index` (a PCollection of DedupSignature from
-    earlier partitions) and `index_out` (dir, partition) for the cross-run index."""
+    earlier partitions) and `index_out` (dir, partition) for the cross-run index.
+    `spread(cost=..., key=..., what=...)`: how the pipeline layer deals the sources to be
+    fingerprinted to its workers (a PTransform, or None to leave them where they are)."""
 
     def __init__(self, cfg: DedupConfig, run_id: str, partition: str, *, decode_media: bool,
-                 index_out: str | None = None, embedder=None):
+                 index_out: str | None = None, embedder=None, spread=None):
         super().__init__()
+        self.spread = spread
         self.cfg, self.run_id, self.partition = cfg, run_id, partition
         self.decode_media, self.index_out, self.embedder = decode_media, index_out, embedder
 
@@ -1213,8 +1196,13 @@ class Deduplicate(beam.PTransform):
             prior_kv = (prior | "KeyPrior" >> beam.Map(lambda s: (s.source_id, s)) if prior is not None
                         else p | "NoPrior" >> beam.Create([]))
             joined = {"info": info, "prior": prior_kv} | "JoinSourcePrior" >> beam.CoGroupByKey()
-            if self.decode_media and methods & {"audio_fp", "video_fp"}:
-                joined = _spread_fingerprints(joined, methods)
+            if self.decode_media and methods & {"audio_fp", "video_fp"} and self.spread is not None:
+                # every source is decoded again here: dealt round-robin by key, one worker of two
+                # got the 2-minute talk and more (bench/README.md, issue 13)
+                spread = self.spread(cost=functools.partial(_fingerprint_cost, frozenset(methods)),
+                                     key=lambda kv: kv[0], what="s of audio to fingerprint")
+                if spread is not None:
+                    joined = joined | "SpreadFingerprints" >> spread
             sigs.append(joined
                         | "SourceSignatures" >> beam.ParDo(_SourceSignatures(
                             c, self.partition, self.run_id, self.decode_media)))

@@ -390,25 +390,6 @@ def _piece_key(piece: tuple[SourceScores, DnsmosRequest]):
     return (piece[0].source.source_id, piece[0].source.uri, piece[1].spans[0][0] if piece[1].spans else "")
 
 
-def _spread_dnsmos(pieces):
-    """The DNSMOS pieces, cost-balanced over the local runner's workers (its round-robin deal
-    of keys gave one worker the talk and the meeting: 11.5 s alone at the end of a 2-worker
-    merge, bench/README.md issue 13); unchanged anywhere else."""
-    from mmcurate.transforms.balance import local_spread
-
-    spread = local_spread(pieces.pipeline, cost=_piece_cost, key=_piece_key, what="DNSMOS windows")
-    return pieces if spread is None else pieces | "SpreadDnsmos" >> spread
-
-
-def _pieces_per_source(pipeline) -> int:
-    """Pieces a source's DNSMOS work may be cut into: two per local worker when the local
-    runner spreads work over several, else one (a source is one request)."""
-    from mmcurate.transforms.balance import local_workers
-
-    n = local_workers(getattr(pipeline, "_options", None))
-    return 2 * n if n > 1 else 1
-
-
 def _scored_piece(keyed):
     e, prediction = keyed
     return e.source.source_id, (e, prediction.inference, None)
@@ -554,11 +535,18 @@ class _JudgeFn(beam.DoFn):
 
 class JudgeQuality(beam.PTransform):
     """{"segments", "sources", "speech_regions"} -> {"segment_quality", "kept_segments",
-    "rejected"}. `dnsmos_handler` lets tests pass a handler with a fake model."""
+    "rejected"}. `dnsmos_handler` lets tests pass a handler with a fake model.
+
+    `spread(cost=..., key=..., what=...)`: how the pipeline layer deals DNSMOS work to its
+    workers (a PTransform, or None to leave the requests where they are); `dnsmos_pieces`:
+    how many pieces a source's DNSMOS spans may be cut into for that (`dnsmos_pieces`; 1: a
+    source is one request). Both are the pipeline layer's choice: the stage knows nothing of
+    the runner."""
 
     def __init__(self, cfg: QualityConfig, run_id: str, *, dnsmos_handler: ModelHandler | None = None,
-                 sample_rate: int = 16000):
+                 sample_rate: int = 16000, spread=None, dnsmos_pieces: int = 1):
         super().__init__()
+        self._spread, self._pieces = spread, max(1, dnsmos_pieces)
         self._cfg = cfg
         self._run_id = run_id
         self.dnsmos_handler = (
@@ -577,9 +565,14 @@ class JudgeQuality(beam.PTransform):
                   | "ScoreText" >> beam.ParDo(_ScoreTextFn(run_id)))
         rejected = []
         if self.dnsmos_handler is not None:
-            pieces = scored | "DnsmosRequests" >> beam.FlatMap(dnsmos_pieces, _pieces_per_source(scored.pipeline))
+            pieces = scored | "DnsmosRequests" >> beam.FlatMap(dnsmos_pieces, self._pieces)
+            # dealt by the windows the network runs: dealt whole, the talk and the meeting left
+            # one worker of a 2-worker merge 11.5 s alone at the end (bench/README.md, issue 13)
+            spread = self._spread and self._spread(cost=_piece_cost, key=_piece_key, what="DNSMOS windows")
+            if spread is not None:
+                pieces = pieces | "SpreadDnsmos" >> spread
             results, failed = (
-                _spread_dnsmos(pieces)
+                pieces
                 | "Dnsmos" >> RunInference(KeyedModelHandler(self.dnsmos_handler)).with_exception_handling()
             )
             with_scores = (

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from mmcurate.schemas.params import Rule, positive
+from mmcurate.transforms.commit import delete_quietly, match, move_into_place, write_atomic
 from mmcurate.schemas.records import to_table
 from mmcurate.schemas.tables import TABLES
 
@@ -44,13 +45,11 @@ from mmcurate.schemas.tables import TABLES
 class OutputConfig:
     target_shard_mb: float = 256.0
     buckets: int = 8  # rows are bucketed by id hash; each bucket is cut into shards
-    # sources per committed chunk of a resumable run (mmcurate.pipelines.resume): the shared
-    # demo (13 sources) is one chunk, a big run commits every 32 sources (a kill loses at most
-    # one chunk's model work). 0: one pipeline, nothing to resume from
-    chunk_sources: int = 32
+    # per-source checkpoints under OUT/_work/<run_id>/ (mmcurate.pipelines.checkpoints): a
+    # killed or re-run job re-uses the sources whose per-source stages finished. false: none
+    checkpoints: bool = True
 
-    RULES: ClassVar[dict] = {"target_shard_mb": positive("MiB"), "buckets": Rule(ge=1, le=4096),
-                             "chunk_sources": Rule(ge=0, le=1_000_000)}
+    RULES: ClassVar[dict] = {"target_shard_mb": positive("MiB"), "buckets": Rule(ge=1, le=4096)}
 
 
 log = logging.getLogger("mmcurate.sink")
@@ -145,9 +144,9 @@ class _Publish(beam.DoFn):
                 published[table].append(name)
             src = [_join(staging, n) for n in published[table]]
             dst = [_join(tdir, n) for n in published[table]]
-            existing = {m.path for m in _match(_join(tdir, "part-*.parquet"))}
-            _move_into_place(src, dst, existing)
-            _delete_quietly(staging)
+            existing = {m.path for m in match(_join(tdir, "part-*.parquet"))}
+            move_into_place(src, dst, existing)
+            delete_quietly(staging)
         info = {
             "tables": rows,
             "rejected": dict(sorted(rejected_counts)),
@@ -162,17 +161,12 @@ class _Publish(beam.DoFn):
 
 
 def commit_manifest(out_dir: str, manifest: dict, run_id: str) -> None:
-    """Replace `<out>/manifest.json` in one step: the commit point of an output generation."""
+    """Replace `<out>/manifest.json` in one step: the commit point of an output generation
+    (`mmcurate.transforms.commit.write_atomic`; a killed commit leaves `manifest.json.tmp-*`,
+    which the next garbage collection removes)."""
     path = _join(out_dir, MANIFEST)
-    tmp = _join(out_dir, f".{MANIFEST}.tmp-{run_id}")
-    with FileSystems.create(tmp) as fh:
-        fh.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
-    if "://" not in path:
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old manifest or the new one
-        return
-    if FileSystems.exists(path):  # object stores: no atomic overwrite; the window is one object
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
+    write_atomic(path, json.dumps(manifest, indent=2, sort_keys=True).encode(),
+                 tmp_suffix=f".tmp-{run_id}")
 
 
 def collect_garbage(out_dir: str, committed: set[str]) -> list[str]:
@@ -182,7 +176,7 @@ def collect_garbage(out_dir: str, committed: set[str]) -> list[str]:
     deleted = []
     for table in TABLES:
         tdir = _join(out_dir, table)
-        stale = sorted(m.path for m in _match(_join(tdir, "part-*.parquet"))
+        stale = sorted(m.path for m in match(_join(tdir, "part-*.parquet"))
                        if f"{table}/{posixpath.basename(m.path)}" not in committed)
         if stale:
             produced = any(c.startswith(f"{table}/") for c in committed)
@@ -190,41 +184,17 @@ def collect_garbage(out_dir: str, committed: set[str]) -> list[str]:
                      "an earlier generation" if produced else "a table this run did not produce")
             FileSystems.delete(stale)
             deleted.extend(stale)
-        for m in _match(_join(tdir, "_staging-*")):
-            _delete_quietly(m.path)
+        for m in match(_join(tdir, "_staging-*")):
+            delete_quietly(m.path)
         if "://" not in tdir and os.path.isdir(tdir):
             for name in os.listdir(tdir):
                 if name.startswith("_staging-"):
-                    _delete_quietly(_join(tdir, name))
+                    delete_quietly(_join(tdir, name))
             if not os.listdir(tdir):
                 os.rmdir(tdir)
-    for m in _match(_join(out_dir, f".{MANIFEST}.tmp-*")):
-        _delete_quietly(m.path)
+    for m in match(_join(out_dir, f"{MANIFEST}.tmp-*")):
+        delete_quietly(m.path)
     return deleted
-
-
-def _move_into_place(src: list[str], dst: list[str], existing: set[str]) -> None:
-    if all("://" not in d for d in dst):
-        for s, d in zip(src, dst):
-            os.replace(s, d)  # atomic, overwrites: the same generation's file has the same bytes
-        return
-    # object stores: rename is copy+delete and must not clobber; the window is one object
-    FileSystems.delete([d for d in dst if d in existing])
-    FileSystems.rename(src, dst)
-
-
-def _match(pattern: str):
-    try:
-        return FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # noqa: BLE001 - no directory yet
-        return []
-
-
-def _delete_quietly(path: str) -> None:
-    try:
-        FileSystems.delete([path])
-    except Exception:  # noqa: BLE001
-        pass
 
 
 class WriteTables(beam.PTransform):

@@ -639,14 +639,6 @@ class SpeechInput:
     audio: np.ndarray | None = None
 
 
-def _spread(pipeline) -> beam.PTransform:
-    """How sources reach the model steps: cost-balanced shares on the local multi-worker
-    runner (mmcurate.transforms.balance), a Reshuffle everywhere else."""
-    from mmcurate.transforms.balance import local_spread
-
-    return local_spread(pipeline) or beam.Reshuffle()
-
-
 class DetectSpeech(beam.PTransform):
     """PCollection[MediaRef] -> {"sources", "regions", "rejected", "speech"}.
 
@@ -664,12 +656,17 @@ class DetectSpeech(beam.PTransform):
     shorter source, its duration the decoded one, not the header's); when decoding raises, even
     after some audio was read, the input is a decode_error rejection and nothing else (see
     mmcurate.transforms.decode). An unexpected error in the model is a vad/vad_error rejection.
+
+    `spread(cost=..., key=..., what=...)` is how the pipeline layer deals the sources to the
+    model steps (a PTransform, or None for Beam's `Reshuffle`): the stage knows nothing of
+    the runner it runs on.
     """
 
     def __init__(self, vad: VadConfig, decode: DecodeConfig, run_id: str, *,
                  keep_audio: bool = False, model_handler: ModelHandler | None = None,
-                 keep_video_without_speech: bool = False):
+                 keep_video_without_speech: bool = False, spread=None):
         super().__init__()
+        self._spread = spread
         self._vad = vad
         self._keep_video = keep_video_without_speech
         self._handler = model_handler or VadModelHandler(vad, decode, keep_audio)
@@ -678,7 +675,7 @@ class DetectSpeech(beam.PTransform):
     def expand(self, media):
         out = (
             media
-            | "SpreadInputs" >> _spread(media.pipeline)
+            | "SpreadInputs" >> ((self._spread and self._spread()) or beam.Reshuffle())
             | "DecodeAndDetect" >> RunInference(self._handler)
             | "ToSources" >> beam.ParDo(_ToSourcesFn(self._vad, self._run_id, self._keep_video)).with_outputs(
                 "sources", "regions", "rejected", main="speech")

@@ -14,6 +14,11 @@ loaded worker (LPT; within 4/3 of the best split), with a source's duration as i
 container's claim, probed without decoding; the byte size at 32 kB/s when there is none).
 Distributed runners get a plain `Reshuffle`: they rebalance work dynamically, and N keys
 would cap their parallelism at N.
+
+This is the pipeline layer's business: the stages never look at the runner. They take a
+`spread(cost=..., key=..., what=...)` callable (`Spread` below, handed to them through
+`BuildContext`) and apply what it returns, or their runner-neutral default when it returns
+None (a `Reshuffle` before the VAD, nothing before DNSMOS and the fingerprints).
 """
 
 from __future__ import annotations
@@ -77,9 +82,8 @@ def assign_buckets(items: list, n: int, cost: Callable[[Any], float],
 class SpreadByCost(beam.PTransform):
     """PCollection[MediaRef] (or anything `cost` and `key` read) -> the same, shuffled so that
     worker k of the local runner's N gets the k-th of N cost-balanced shares (module
-    docstring). For N = 1 the VAD stage uses a plain Reshuffle instead
-    (`mmcurate.transforms.vad._spread`); the quality stage spreads its DNSMOS requests the same
-    way, in pieces (`mmcurate.transforms.quality.dnsmos_pieces`)."""
+    docstring). The quality stage spreads its DNSMOS requests the same way, in pieces
+    (`mmcurate.transforms.quality.dnsmos_pieces`)."""
 
     def __init__(self, workers: int, cost: Callable[[Any], float] = estimated_cost_s,
                  key: Callable[[Any], Any] = lambda m: (m.source_id, m.uri), what: str = "s of media"):
@@ -102,9 +106,19 @@ class SpreadByCost(beam.PTransform):
         )
 
 
-def local_spread(pipeline, **kwargs) -> SpreadByCost | None:
-    """`SpreadByCost(N, **kwargs)` when `pipeline` runs on the local runner with N > 1
-    workers, else None (one worker, or a runner that rebalances by itself): the one place
-    that decides whether a stage spreads its work by cost."""
-    workers = local_workers(getattr(pipeline, "_options", None))
-    return SpreadByCost(workers, **kwargs) if workers > 1 else None
+class Spread:
+    """What the stages call to deal costed work: `SpreadByCost(workers, **kwargs)` on the local
+    runner with several workers, None otherwise (one worker, or a runner that rebalances by
+    itself). The one place that decides whether a stage spreads its work by cost."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def __call__(self, **kwargs) -> SpreadByCost | None:
+        return SpreadByCost(self.workers, **kwargs) if self.workers > 1 else None
+
+    @property
+    def dnsmos_pieces(self) -> int:
+        """Pieces a source's DNSMOS work may be cut into: two per local worker when there are
+        several, else one (a source is one request)."""
+        return 2 * self.workers if self.workers > 1 else 1
