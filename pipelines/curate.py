@@ -220,6 +220,11 @@ def build_stages(ctx, specs: list, streams: dict, tables: dict, rejected: list, 
         streams.update({k: out[k] for k in spec.streams + spec.produces})
 
 
+# --runner values that mean mmcurate.pipelines.dask_runner.DaskRunner (Beam's own DaskRunner
+# mixes the tagged outputs of a ParDo, computes only the last transform and never repartitions)
+DASK_RUNNER_NAMES = ("dask", "DaskRunner", "mmcurate.pipelines.dask_runner.DaskRunner")
+
+
 def local_runner(options: PipelineOptions):
     """The DirectRunner's portable engine (FnApiRunner) when no other runner is asked for.
 
@@ -228,8 +233,14 @@ def local_runner(options: PipelineOptions):
     anyway. Going there directly skips the download attempt; `--direct_running_mode` and
     `--direct_num_workers` keep working. Any other --runner is passed through untouched.
     """
+    from apache_beam.options.pipeline_options import StandardOptions
+
     from mmcurate.pipelines.balance import local_workers
 
+    if options.view_as(StandardOptions).runner in DASK_RUNNER_NAMES:  # Beam's, its gaps closed
+        from mmcurate.pipelines.dask_runner import DaskRunner
+
+        return DaskRunner()
     if local_workers(options) == 0:
         return None
     from mmcurate.pipelines import warm_workers

@@ -1,4 +1,4 @@
-"""Cost-balanced shares for the local multi-worker DirectRunner (issue 13)."""
+"""Cost-balanced shares for the local multi-worker DirectRunner (mmcurate.pipelines.balance)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from mmcurate.transforms.balance import SpreadByCost, assign_buckets, estimated_cost_s, local_workers
+from mmcurate.pipelines.balance import Spread, SpreadByCost, assign_buckets, estimated_cost_s, local_workers
 
 
 @dataclass(frozen=True)
@@ -60,20 +60,27 @@ def test_local_workers_reads_the_direct_runner_options():
 
 
 
-@pytest.mark.parametrize("args", [["--direct_running_mode=multi_processing", "--direct_num_workers=1"],
-                                  ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
-                                  ["--direct_running_mode=multi_threading", "--direct_num_workers=2"]])
-def test_a_step_without_models_runs_in_process_on_any_local_worker_mode(args):
-    """Ingest and a plain merge start no worker process, one worker included (it cost 2.9 s
-    against 0.3 s in-process); a step with models keeps the workers it was given."""
-    from apache_beam.options.pipeline_options import DirectOptions
+def test_the_spread_deals_by_cost_only_on_several_local_workers():
+    """What the pipeline layer hands the stages: SpreadByCost over N > 1 local workers, None
+    (the stage's runner-neutral default) for one worker or a runner that rebalances itself."""
+    assert isinstance(Spread(2)(cost=len), SpreadByCost) and Spread(2)(cost=len).workers == 2
+    assert Spread(1)(cost=len) is None and Spread(0)(cost=len) is None
+    assert (Spread(0).dnsmos_pieces, Spread(1).dnsmos_pieces, Spread(3).dnsmos_pieces) == (1, 1, 6)
 
-    from mmcurate.pipelines.resume import _pipeline
 
-    plain = _pipeline(args, models=False).options.view_as(DirectOptions)
-    assert (plain.direct_running_mode, plain.direct_num_workers) == ("in_memory", 1)
-    model = _pipeline(args, models=True).options.view_as(DirectOptions)
-    assert model.direct_running_mode == args[0].split("=")[1]
+def test_no_stage_reads_runner_options_or_internals():
+    """Stages know nothing of the runner: no module under transforms/ reads pipeline options
+    or a runner's internals, or hides modules through sys.modules."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "transforms"
+    banned = re.compile(r"\._options\b|FnApiRunner|PipelineOptions|DirectOptions|sys\.modules\[|"
+                        r"sys\.modules\.(pop|setdefault|update)|runner_api|\.view_as\(")
+    hits = [f"{f.name}:{n}: {line.strip()}" for f in sorted(root.rglob("*.py"))
+            for n, line in enumerate(f.read_text().splitlines(), 1) if banned.search(line)]
+    assert hits == []
+
 
 def test_cost_is_the_container_duration_or_the_byte_size(tmp_path):
     from tests.conftest import MEDIA
@@ -152,7 +159,11 @@ def test_dnsmos_pieces_are_spread_by_their_windows_on_local_workers():
     """The quality stage deals DNSMOS pieces to the local runner's workers in cost-balanced
     shares (the round-robin deal left one merge worker 11.5 s alone; whole sources, 1.6-1.9 s),
     the cost being DNSMOS windows; one worker and other runners keep the plain path."""
-    from mmcurate.transforms.quality import _piece_cost, _piece_key, _spread_dnsmos, dnsmos_pieces
+    from mmcurate.transforms.quality import _piece_cost, _piece_key, dnsmos_pieces
+
+    def _spread_dnsmos(pieces, workers=2):
+        spread = Spread(workers)(cost=_piece_cost, key=_piece_key, what="DNSMOS windows")
+        return pieces if spread is None else pieces | spread
 
     items = [p for e in (_scores("talk", [2.0] * 40), _scores("meet", [3.0] * 12), _scores("a", [1.0] * 10),
                          _scores("b", [12.0] * 3), _scores("c", [4.0]))
@@ -173,7 +184,7 @@ def test_dnsmos_pieces_are_spread_by_their_windows_on_local_workers():
         assert_that(shares, equal_to([tuple(sorted(v)) for v in expected.values()]))
     one = beam.Pipeline(options=PipelineOptions([]))
     plain = one | beam.Create(items)
-    assert _spread_dnsmos(plain) is plain
+    assert _spread_dnsmos(plain, workers=1) is plain
 
 
 def test_sources_are_spread_by_fingerprinting_cost_before_dedup_fingerprints_them():
@@ -182,7 +193,12 @@ def test_sources_are_spread_by_fingerprinting_cost_before_dedup_fingerprints_the
     round-robin by key, one worker of two got the 2-minute talk and more."""
     import functools
 
-    from mmcurate.transforms.dedup import _fingerprint_cost, _spread_fingerprints
+    from mmcurate.transforms.dedup import _fingerprint_cost
+
+    def _spread_fingerprints(joined, methods, workers=2):
+        spread = Spread(workers)(cost=functools.partial(_fingerprint_cost, frozenset(methods)),
+                                 key=lambda kv: kv[0])
+        return joined if spread is None else joined | spread
 
     def joined(sid, kind, seconds):
         info = (sid, f"/m/{sid}", f"/m/{sid}", kind, "0" * 64, seconds, 16000.0, 1000)
@@ -211,7 +227,7 @@ def test_sources_are_spread_by_fingerprinting_cost_before_dedup_fingerprints_the
         assert_that(shares, equal_to([tuple(sorted(v)) for v in expected.values()]))
     one = beam.Pipeline(options=PipelineOptions([]))
     plain = one | beam.Create(items)
-    assert _spread_fingerprints(plain, {"audio_fp"}) is plain
+    assert _spread_fingerprints(plain, {"audio_fp"}, workers=1) is plain
 
 
 # --------------------------------------------------------------------------- local parallelism

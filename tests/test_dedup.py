@@ -487,7 +487,7 @@ def test_audit_dedup_section_and_cluster_query(two_runs):
 
 @pytest.mark.slow
 def test_default_resumable_run_fingerprints_its_media(tmp_path):
-    """`mmcurate run` as users call it (chunked, resumable: dedup runs in the merge step) must
+    """`mmcurate run` as users call it (checkpointed: dedup runs after the per-source stages) must
     fingerprint the run's own media: jfk.wav and jfk.mp3 differ in bytes and end in one source
     cluster through audio_fp. (The merge once had no media stream, took itself for a corpus job
     and compared sources by sha256 only.)"""
@@ -496,7 +496,7 @@ def test_default_resumable_run_fingerprints_its_media(tmp_path):
 
     out = tmp_path / "out"
     cfg = CurateConfig.from_dict({"stages": ["vad", "dedup"]})
-    assert cfg.output.chunk_sources > 0  # the resumable path
+    assert cfg.output.checkpoints  # the checkpointed path
     curate.run([str(MEDIA / "speech" / "jfk.wav"), str(MEDIA / "speech" / "jfk.mp3")], str(out), cfg)
     con = duckdb.connect()
     methods = {r[0] for r in con.execute(

@@ -1,6 +1,6 @@
 """Fault and load cases of a whole run (issue 13), each with the same check: nothing is lost,
 every input is a row of `sources` or a source-level ledger row, exactly once, and the run
-finishes (resumable chunked runs: several chunks in each case).
+finishes (one pipeline with per-source checkpoints).
 
 The 2-hour file and the throughput figures are in bench/bench_orchestration.py (minutes).
 """
@@ -53,7 +53,7 @@ def _nothing_lost(out: Path, n_inputs: int) -> tuple[list[dict], list[dict]]:
     assert len(sources) + len(source_level) == n_inputs, (len(sources), len(source_level), n_inputs)
     s = audit.summarize(str(out))
     assert s["inputs"] == n_inputs and s["invariant_ok"] and s["problems"] == [], s["problems"]
-    assert not (out / "_chunks").exists()
+    assert not (out / "_chunks").exists() and not (out / ".mmcurate.lock").exists()
     return sources, rejected
 
 
@@ -72,7 +72,7 @@ def test_a_model_backend_that_raises_on_some_inputs_gives_ledger_rows_and_the_ru
     jfk = _jfk()
     raising = [_wav(tmp_path / f"three-{k}.wav", jfk[k * 8000:k * 8000 + 3 * SR]) for k in range(3)]
     fine = [_wav(tmp_path / f"five-{k}.wav", jfk[k * 8000:k * 8000 + 5 * SR]) for k in range(4)]
-    cfg = CurateConfig(stages=("vad", "speech"), output=OutputConfig(chunk_sources=2))
+    cfg = CurateConfig(stages=("vad", "speech"), output=OutputConfig())
     m = curate.run(raising + fine, str(tmp_path / "out"), cfg, overrides=_fake_speech(cfg))
     sources, rejected = _nothing_lost(tmp_path / "out", 7)
     assert len(sources) == 7 and m["tables"]["sources"] == 7
@@ -86,7 +86,7 @@ def test_a_model_backend_that_raises_on_some_inputs_gives_ledger_rows_and_the_ru
 
 @pytest.mark.slow
 def test_500_short_files(tmp_path):
-    """500 distinct 1-second files (slices of jfk.wav; some have no speech) in 16 chunks."""
+    """500 distinct 1-second files (slices of jfk.wav; some have no speech), each checkpointed."""
     jfk = _jfk()
     d = tmp_path / "many"
     d.mkdir()
@@ -148,7 +148,7 @@ def test_a_manifest_of_10000_lines_with_10_percent_bad(tmp_path):
             lines.append(json.dumps({"uri": os.path.basename(files[i % 60]), "title": f"line {i}"}))
     manifest = d / "big.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
-    cfg = CurateConfig(stages=("vad",), output=OutputConfig(chunk_sources=32))
+    cfg = CurateConfig(stages=("vad",), output=OutputConfig())
     curate.run([str(manifest)], str(tmp_path / "out"), cfg)
     sources, rejected = _nothing_lost(tmp_path / "out", 10_000)
     # each named file is a source, or a vad/no_speech row (some 1 s slices are a pause)
