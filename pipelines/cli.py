@@ -35,9 +35,9 @@ Any option not listed above is passed to Apache Beam untouched, e.g.
   --runner DataflowRunner --project P --region R --temp_location gs://...
 Without --direct_running_mode / --direct_num_workers the local runner takes one worker thread
 per core (at most 4, at most one per source), one CTranslate2 replica and cores/workers model
-threads each; --direct_running_mode in_memory runs everything on one thread. With
-multi_processing on Linux the worker processes fork from a template that has already imported
-Beam, torch and the models' libraries (MMCURATE_WARM_WORKERS=0: fresh interpreters instead).
+threads each; --direct_running_mode in_memory runs everything on one thread.
+  --runner dask --dask_client_address HOST:PORT runs the same pipeline on a dask.distributed
+cluster (its workers must have mmcurate and the same code version installed).
 
 Examples:
   mmcurate run ../shared/media --output out/demo
@@ -194,12 +194,20 @@ def _setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
     )
     if not verbose:
-        for noisy in ("apache_beam", "faster_whisper", "speechbrain", "pytorch_lightning", "lightning", "urllib3"):
+        for noisy in ("apache_beam", "faster_whisper", "speechbrain", "pytorch_lightning", "lightning", "urllib3",
+                      "distributed"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    # Beam's import-time and per-bundle chatter that says nothing about the run: the GCP client
+    # libraries it does not need, the `resource` module its metrics look for on every bundle
+    # (8 lines a run), the Dask runner's note on its partition size
+    noise = ("apitools not found", "Resource module is not available",
+             "The new default partition size is")
 
     class _DropBeamImportNoise(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            return "apitools not found" not in record.getMessage()
+            message = record.getMessage()
+            return not any(n in message for n in noise)
 
     for h in logging.getLogger().handlers:
         h.addFilter(_DropBeamImportNoise())
@@ -262,16 +270,7 @@ def output_problems(output: str) -> list[str]:
 
 
 def cmd_run(args, beam_args: list[str]) -> int:
-    from mmcurate.pipelines.warm_workers import warm_workers
-
-    # local worker processes fork from a template: started before anything else, its imports
-    # overlap this process's own (curate.run uses it)
-    with warm_workers(beam_args):
-        return _cmd_run(args, beam_args)
-
-
-def _cmd_run(args, beam_args: list[str]) -> int:
-    from mmcurate.pipelines.warm_workers import import_runinference_without_model_manager
+    from mmcurate.pipelines.startup import import_runinference_without_model_manager
 
     import_runinference_without_model_manager()  # this process runs no model: 1.3 s sooner
     from mmcurate.pipelines import curate
@@ -299,6 +298,8 @@ def _cmd_run(args, beam_args: list[str]) -> int:
     except OutputLocked as e:
         print(f"mmcurate: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the runner failed (a lost worker, a full disk ...)
+        return _run_failed(e, args)
     wall = time.perf_counter() - t0
     out = args.output if "://" in args.output else os.path.abspath(args.output)
     print(f"\nrun {manifest['run_id']} finished in {wall:.1f} s")
@@ -322,15 +323,22 @@ def _cmd_run(args, beam_args: list[str]) -> int:
     return 0
 
 
+def _run_failed(e: BaseException, args) -> int:
+    """One line for a run the runner could not finish; the traceback with --verbose. The
+    sources it finished are checkpointed, so the same command picks up from there."""
+    import traceback
+
+    if args.verbose:
+        traceback.print_exception(e)
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    print(f"mmcurate: the run failed: {type(e).__name__}: {first} (nothing was committed; the "
+          f"sources it finished are checkpointed: run the same command again to go on from "
+          f"there; --verbose shows the traceback)", file=sys.stderr)
+    return 1
+
+
 def cmd_corpus(args, beam_args: list[str]) -> int:
-    from mmcurate.pipelines.warm_workers import warm_workers
-
-    with warm_workers(beam_args):  # as for `run`: local worker processes forked warm
-        return _cmd_corpus(args, beam_args)
-
-
-def _cmd_corpus(args, beam_args: list[str]) -> int:
-    from mmcurate.pipelines.warm_workers import import_runinference_without_model_manager
+    from mmcurate.pipelines.startup import import_runinference_without_model_manager
 
     import_runinference_without_model_manager()
     from mmcurate.pipelines import corpus

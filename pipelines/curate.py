@@ -243,11 +243,6 @@ def local_runner(options: PipelineOptions):
         return DaskRunner()
     if local_workers(options) == 0:
         return None
-    from mmcurate.pipelines import warm_workers
-
-    server = warm_workers.active()
-    if server is not None and warm_workers.wanted(options):  # worker processes forked warm
-        return warm_workers.runner(server.command)
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     return FnApiRunner()
@@ -334,15 +329,9 @@ def local_parallelism(cfg: CurateConfig, beam_args: list[str] | None, cores: int
 def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
         beam_args: list[str] | None = None, test_pipeline: beam.Pipeline | None = None,
         overrides: dict | None = None) -> dict:
-    """Run the job to completion; returns the run manifest."""
-    from mmcurate.pipelines.warm_workers import warm_workers
-
-    # local worker processes fork from a template whose imports overlap the checks and ingest
-    with warm_workers(list(beam_args or []) if test_pipeline is None else None):
-        return _run(inputs, output, cfg, beam_args, test_pipeline, overrides)
-
-
-def _run(inputs, output, cfg, beam_args, test_pipeline, overrides) -> dict:
+    """Run the job to completion, as one Beam pipeline on whatever runner `beam_args` name;
+    returns the run manifest. Raises ValueError for a bad stage selection or a start-up
+    problem, OutputLocked when another live run holds `output`."""
     cfg = cfg or CurateConfig()
     from mmcurate.schemas.stages import resolve
 

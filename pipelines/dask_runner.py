@@ -108,6 +108,26 @@ def _select(partition, tag):
     return [v for t, v in partition if t == tag]
 
 
+def _key(item):
+    return _te.defenestrate(item)[0]
+
+
+def _grouped(item):
+    """(key, [(key, value with its window, as ReifyWindows left it)]) -> (key, [value])."""
+    k, v = item
+    return k, [_te.defenestrate(_te.defenestrate(e)[1]) for e in v]
+
+
+def _count(partition) -> list[int]:
+    return [sum(1 for _ in partition)]
+
+
+def _name_of(pcoll, what: str) -> str:
+    import hashlib
+
+    return "beam-" + hashlib.sha1(f"{pcoll.producer.full_label}\x1f{pcoll.tag}\x1f{what}".encode()).hexdigest()[:16]
+
+
 def _name(node, tag) -> str:
     import hashlib
 
@@ -160,7 +180,22 @@ class _Visitor(_stock.PipelineVisitor):
         else:
             input_bag = bag_inputs[0]
         outputs = {tag: pc for tag, pc in node.outputs.items() if isinstance(pc, pvalue.PCollection)}
-        if isinstance(transform, _overrides._Reshuffle):
+        if cls is _te.Flatten:
+            bag = _te.Flatten(node, bag_kwargs=self.bag_kwargs).apply(input_bag)
+            if bag.npartitions > self.shuffle_partitions:  # concatenated bags add up partitions
+                bag = bag.repartition(npartitions=self.shuffle_partitions)
+            for pc in outputs.values():
+                self.bags[pc] = bag
+        elif cls is _te.GroupByKey:
+            # a task shuffle's graph grows with the partitions squared (a few hundred after the
+            # flattens of every table made a 6 GB graph on the client): at most
+            # shuffle_partitions go in, and as many come out
+            if input_bag.npartitions > self.shuffle_partitions:
+                input_bag = input_bag.repartition(npartitions=self.shuffle_partitions)
+            bag = input_bag.groupby(_key, shuffle="tasks").map(_grouped)
+            for pc in outputs.values():
+                self.bags[pc] = bag
+        elif isinstance(transform, _overrides._Reshuffle):
             bag = input_bag.repartition(npartitions=self.shuffle_partitions)
             for pc in outputs.values():
                 self.bags[pc] = bag
@@ -178,9 +213,13 @@ class _Visitor(_stock.PipelineVisitor):
         self.order.extend(outputs.values())
 
     def leaves(self) -> list:
+        """The bags nothing reads, each reduced to its element count: the client waits for
+        them without receiving their elements (the stock runner sent the last bag's elements to
+        the client; an unread stream of decoded audio made a 16 GB driver)."""
         seen, out = set(), []
         for pc in self.order:
             if pc not in self.consumed and id(self.bags[pc]) not in seen:
                 seen.add(id(self.bags[pc]))
-                out.append(self.bags[pc])
+                out.append(self.bags[pc].map_partitions(_count, token=_name_of(pc, "count")))
+                log.debug("dask: leaf %s[%s]", pc.producer.full_label, pc.tag)
         return out

@@ -88,15 +88,10 @@ def test_default_worker_threads_match_in_process(in_process, tmp_path):
     _same(json.loads((out / "manifest.json").read_text()), out, in_process)
 
 
-@pytest.mark.parametrize("warm", ["1", "0"], ids=["warm-workers", "cold-workers"])
-def test_direct_multi_processing_matches_in_process(in_process, tmp_path, warm):
-    """Worker processes forked from the warm template (mmcurate.pipelines.warm_workers) and
-    Beam's own fresh ones give the in-process output."""
+def test_direct_multi_processing_matches_in_process(in_process, tmp_path):
+    """Beam's worker processes give the in-process output."""
     out = tmp_path / "out"
-    proc = _cli(out, "--direct_running_mode=multi_processing", "--direct_num_workers=2",
-                env={"MMCURATE_WARM_WORKERS": warm})
-    assert ("warm workers: worker processes fork from a template" in proc.stderr) == (warm == "1")
-    assert "starting a cold worker" not in proc.stderr, proc.stderr[-3000:]
+    _cli(out, "--direct_running_mode=multi_processing", "--direct_num_workers=2")
     _same(json.loads((out / "manifest.json").read_text()), out, in_process)
 
 
