@@ -12,7 +12,7 @@ MEDIA        ?= ../shared/media
 OUT          ?= out/demo
 PYTEST_ARGS  ?=
 
-.PHONY: demo test lock bench bench-dedup clean
+.PHONY: demo test test-fast lock bench bench-dedup clean
 export PYANNOTE_METRICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 
@@ -53,6 +53,11 @@ $(CHROMIUM):
 test: $(VENV)/.installed | $(CHROMIUM)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	$(AVX2_ISA_ENV) $(VENV)/bin/python -m pytest -m model_score
+
+# The edit-test loop: no real model (tests/conftest.py skips any test that would load one in
+# this process) and none of the slow, prod or model_score tests. What CI runs is `make test`.
+test-fast: $(VENV)/.installed
+	MMCURATE_TEST_TIER=fast $(VENV)/bin/python -m pytest -q -m "not slow and not prod and not model_score" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/bench_foundation.py

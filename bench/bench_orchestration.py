@@ -1,7 +1,8 @@
-"""Orchestration benchmarks (issue 13): whole `mmcurate run`s as child processes.
+"""Orchestration benchmarks: whole `mmcurate run`s as child processes.
 
     .venv/bin/python bench/bench_orchestration.py workers [--media ../shared/media] [--stages ...] [--repeat 1] [--copies K]
-    .venv/bin/python bench/bench_orchestration.py scaling [--sizes 10,50,200,500]
+    .venv/bin/python bench/bench_orchestration.py scaling [--sizes 10,50,200,500] [--scaling-stages vad|default]
+    .venv/bin/python bench/bench_orchestration.py dask [--dask-inputs PATH ...]
     .venv/bin/python bench/bench_orchestration.py long [--hours 2]
 
 - `workers`: the same run with the multi-processing DirectRunner at 1 and at 2 workers
@@ -17,15 +18,19 @@
   `--copies K` (K > 1) also runs the shared media K times over (K - 1 stream copies of every
   media file: same packets, another container comment, so other bytes and other source ids)
   at 1 and 2 workers, and reports the throughput speed-up of the extra K - 1 passes:
-  (wall1(K) - wall1(1)) / (wall2(K) - wall2(1)). The start-up a run pays once (ingest, the
-  merge's imports and tail) cancels out there; the one a chunk pays (its workers' imports
-  and model loads, per output.chunk_sources sources) does not.
+  (wall1(K) - wall1(1)) / (wall2(K) - wall2(1)). The start-up a run pays once (imports, model
+  loads, the tail) cancels out there.
 - `scaling`: N distinct short files (1 to 11 s slices of the shared speech, random gain),
-  `--stages vad`, default chunking (output.chunk_sources 32): wall seconds per audio hour for
-  each N. Flat = linear scaling; the fixed costs (process start, imports, one pipeline per
-  chunk) show up as a higher cost at small N.
+  `--stages` (default vad; `--scaling-stages default` for every default stage), one pipeline
+  each: wall seconds per audio hour and per source, and the driver's peak RSS, for each N.
+  Flat = linear scaling; the fixed costs (process start, imports, model loads) show up as a
+  higher cost at small N. `--runner-args "--runner dask --dask_scheduler_file F"` runs the
+  same on another runner.
+- `dask`: the same input on a Dask cluster started here (a scheduler and 1, then 2
+  `dask worker --nthreads 1` processes on loopback), `--dask-inputs` (default: the shared
+  media): speed-up = wall(1 worker) / wall(2 workers) (goal >= 1.6).
 - `long`: one generated 2-hour file (the shared recordings tiled with pauses and noise), `--stages
-  vad` (ingest, decode, VAD, chunk commit, merge), its wall time and the peak RSS of the run's
+  vad` (ingest, decode, VAD, checkpoint, shards), its wall time and the peak RSS of the run's
   process tree, against an 11-second file in the same command (ratio).
 
 Every mode prints the machine load (`uptime`) before and after and writes
@@ -200,7 +205,9 @@ def scaling(tmp: Path) -> dict:
             _write_wav(d / f"clip{i:04d}.wav", x)
         out = tmp / f"out{n}"
         before = uptime()
-        r = run([str(d), "--output", str(out), "--stages", "vad"], tmp / f"s{n}.log")
+        stages = [] if ARGS.scaling_stages == "default" else ["--stages", ARGS.scaling_stages]
+        r = run([str(d), "--output", str(out), *stages, *ARGS.runner_args.split()], tmp / f"s{n}.log")
+        r["wall_s_per_source"] = round(r["wall_s"] / n, 3)
         a = audio_s(out)
         m = manifest(out)
         r.update(inputs=n, sources=m["tables"]["sources"], audio_s=round(a, 1),
@@ -208,16 +215,56 @@ def scaling(tmp: Path) -> dict:
                  wall_s_per_audio_hour=round(r["wall_s"] / (a / 3600), 1) if a else None)
         assert m["tables"]["sources"] + sum(m["rejected"].values()) == n, m  # nothing lost
         print(f"  {n:4d} inputs: {a / 60:6.1f} audio min in {r['wall_s']:6.1f} s = "
-              f"{r['wall_s_per_audio_hour']:7.1f} s per audio hour  ({before.split('load')[-1]})")
+              f"{r['wall_s_per_audio_hour']:7.1f} s per audio hour, {r['wall_s_per_source']:.3f} s per source, "
+              f"peak RSS {r['peak_rss_mb_children']:.0f} MB  ({before.split('load')[-1]})")
         rows.append(r)
     for prev, r in zip(rows, rows[1:]):  # the cost of the extra audio alone: flat = linear
         r["marginal_s_per_audio_hour"] = round((r["wall_s"] - prev["wall_s"]) / ((r["audio_s"] - prev["audio_s"]) / 3600), 1)
         print(f"  {prev['inputs']} -> {r['inputs']} inputs: {r['marginal_s_per_audio_hour']:.1f} s per extra audio hour")
     big, small = rows[-1], rows[0]
-    result = {"mode": "scaling", "runs": rows,
+    result = {"mode": "scaling", "stages": ARGS.scaling_stages, "runner_args": ARGS.runner_args, "runs": rows,
               "cost_ratio_largest_vs_smallest": round(big["wall_s_per_audio_hour"] / small["wall_s_per_audio_hour"], 3)}
     print(f"cost per audio hour, {big['inputs']} vs {small['inputs']} inputs: "
           f"{result['cost_ratio_largest_vs_smallest']:.2f}x (1.0 = linear; < 1: fixed costs amortized)")
+    return result
+
+
+def dask(tmp: Path) -> dict:
+    """1 then 2 Dask workers (one thread each) on the same input, each on a fresh cluster."""
+    bin_dir = Path(sys.executable).parent
+    inputs = [str(p) for p in (ARGS.dask_inputs or [ARGS.media])]
+    rows = []
+    for n in (1, 2):
+        sched = tmp / f"sched{n}.json"
+        procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                   "--no-dashboard", "--scheduler-file", str(sched)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        while not sched.exists():
+            time.sleep(0.1)
+        procs += [subprocess.Popen([str(bin_dir / "dask"), "worker", "--scheduler-file", str(sched), "--nthreads", "1",
+                                    "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
+        from distributed import Client
+
+        with Client(scheduler_file=str(sched)) as c:
+            c.wait_for_workers(n, timeout=120)
+        try:
+            out = tmp / f"dask{n}"
+            before = uptime()
+            r = run([*inputs, "--output", str(out), "--runner", "dask", f"--dask_scheduler_file={sched}"],
+                    tmp / f"dask{n}.log")
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait()
+        r.update(workers=n, sources=manifest(out)["tables"].get("sources"), load_before=before, load_after=uptime())
+        print(f"  {n} Dask worker(s): {r['sources']} sources in {r['wall_s']:.1f} s  ({before.split('load')[-1]})",
+              flush=True)
+        rows.append(r)
+    result = {"mode": "dask", "inputs": inputs, "runs": rows,
+              "speedup_2_vs_1": round(rows[0]["wall_s"] / rows[1]["wall_s"], 3)}
+    print(f"speed-up 2 Dask workers vs 1: {result['speedup_2_vs_1']:.2f}x (goal >= 1.6)")
     return result
 
 
@@ -269,7 +316,7 @@ def long(tmp: Path) -> dict:
 def main() -> int:
     global ARGS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["workers", "scaling", "long"])
+    ap.add_argument("mode", choices=["workers", "scaling", "dask", "long"])
     ap.add_argument("--media", type=Path, default=ROOT.parent / "shared" / "media")
     ap.add_argument("--stages", default="vad,speech,quality,video")
     ap.add_argument("--repeat", type=int, default=1)
@@ -285,11 +332,14 @@ def main() -> int:
                          "and report the throughput speed-up of the extra passes")
     ap.add_argument("--sizes", default="10,50,200,500")
     ap.add_argument("--hours", type=float, default=2.0)
+    ap.add_argument("--scaling-stages", default="vad", help="scaling: --stages of the runs, or 'default'")
+    ap.add_argument("--runner-args", default="", help="scaling: Beam options added to every run")
+    ap.add_argument("--dask-inputs", type=Path, nargs="*", help="dask: the inputs (default: --media)")
     ARGS = ap.parse_args()
     ARGS.media = ARGS.media.resolve()
     print(f"{ARGS.mode}: {uptime()}")
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
-        result = {"workers": workers, "scaling": scaling, "long": long}[ARGS.mode](Path(tmp))
+        result = {"workers": workers, "scaling": scaling, "dask": dask, "long": long}[ARGS.mode](Path(tmp))
     result["load_end"] = uptime()
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = (f"orchestration-{ARGS.mode}" + (f"-t{ARGS.threads_per_worker}" if ARGS.threads_per_worker else "")

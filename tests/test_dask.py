@@ -79,14 +79,21 @@ def cluster(tmp_path):
     c.close()
 
 
-# counts the Beam pipelines the command runs, printed as the last line
+# counts the Beam pipelines the command runs, printed as the last line (a run() inside run():
+# Beam hands a runner that is not FnAPI-compatible, such as Dask's, a copy of the same pipeline
+# made through the runner API, which is not a second pipeline)
 WRAPPER = r"""
 import sys, apache_beam as beam
-runs = []
+runs, depth = [], [0]
 orig = beam.Pipeline.run
 def run(self, *a, **k):
-    runs.append(1)
-    return orig(self, *a, **k)
+    if depth[0] == 0:
+        runs.append(1)
+    depth[0] += 1
+    try:
+        return orig(self, *a, **k)
+    finally:
+        depth[0] -= 1
 beam.Pipeline.run = run
 from mmcurate.pipelines import cli
 rc = cli.main(sys.argv[1:])

@@ -758,8 +758,8 @@ class _EmbedTranscripts(beam.DoFn):
     """Signatures of method `text_hash`/`minhash` of transcripts in -> `embedding` signatures
     (float32 bytes); the model is loaded once per worker (DoFn.setup, shared by threads)."""
 
-    def __init__(self, cfg: DedupConfig, batch_size: int = 32, embedder=None):
-        self.cfg, self.batch_size, self._fake = cfg, batch_size, embedder
+    def __init__(self, cfg: DedupConfig, embedder=None):
+        self.cfg, self._fake = cfg, embedder
         self.model = None
 
     def setup(self):
@@ -775,7 +775,10 @@ class _EmbedTranscripts(beam.DoFn):
 
     def process(self, batch):
         texts = [t for _, t in batch]
-        vecs = self.model.embed(texts, self.batch_size)
+        # one text per forward pass: a batch's padding and shape change the last float bits,
+        # and how a runner cuts batches is its own (DirectRunner and Dask runs differed by up
+        # to 1e-7 in 14 of 28 transcripts' bytes); one transcript a source, so this is cheap
+        vecs = self.model.embed(texts, 1)
         for (sig, _), v in zip(batch, vecs):
             yield dataclasses.replace(sig, method="embedding", signature_id=f"{sig.kind}:{sig.item_id}:embedding",
                                       signature=np.asarray(v, "<f4").tobytes())
