@@ -40,7 +40,7 @@ from apache_beam.runners.dask import transform_evaluator as _te
 log = logging.getLogger("mmcurate.dask")
 
 
-def _apply_tagged(items, invoker_args, invoker_kwargs, receivers, side_specs, *side_values):
+def _apply_tagged(items, step, invoker_args, invoker_kwargs, receivers, side_specs, *side_values):
     """A bundle of a ParDo: (tag, value) for every output (tag None: the main output). The side
     inputs arrive computed (`side_values`, one list each): the stock runner computed them inside
     the task, a second graph on the same scheduler whose fused keys clashed with the first's."""
@@ -52,11 +52,14 @@ def _apply_tagged(items, invoker_args, invoker_kwargs, receivers, side_specs, *s
             for (kind, view, window_fn), values in zip(side_specs, side_values)])
     invoker = DoFnInvoker.create_invoker(*invoker_args, **invoker_kwargs)
     invoker.invoke_setup()
+    # the step's last DoFn stays alive in this worker process, torn down with the process: a
+    # RunInference DoFn keeps its model in Beam's process-wide `Shared` cache only while some
+    # DoFn holds it, and every partition is a new DoFn, so each one loaded the models again
+    _LIVE[step] = invoker
     invoker.invoke_start_bundle()
     for it in items:
         invoker.invoke_process(it)
     invoker.invoke_finish_bundle()
-    invoker.invoke_teardown()
     out = []  # values without their windows, as the stock runner's main output (global window)
     for v in receivers.values:
         if isinstance(v, pvalue.TaggedOutput):
@@ -65,6 +68,9 @@ def _apply_tagged(items, invoker_args, invoker_kwargs, receivers, side_specs, *s
             out.append((None, v.value))
     del receivers.values[:]
     return out
+
+
+_LIVE: dict = {}  # step name -> the DoFn invoker of its latest partition in this process
 
 
 def _concat(*partitions):
@@ -98,9 +104,9 @@ class _TaggedParDo(_te.ParDo):
             specs.append((type(si), si._view_options(), si._window_mapping_fn))
             # the whole side input as one value, a dependency of every bundle of this step
             values.append(dask.delayed(_concat)(*bag.to_delayed(optimize_graph=False)))
+        step = _name(self.applied, "*")
         return input_bag.map(_te.get_windowed_value, window_fn).map_partitions(
-            _apply_tagged, invoker_args, invoker_kwargs, receivers, specs, *values,
-            token=_name(self.applied, "*"))
+            _apply_tagged, step, invoker_args, invoker_kwargs, receivers, specs, *values, token=step)
 
 
 def _select(partition, tag):

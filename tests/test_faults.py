@@ -119,6 +119,7 @@ def test_a_file_10x_over_the_size_limit_is_rejected_before_it_is_read(tmp_path, 
     assert opened == [small], opened  # the small file was hashed; the huge one never opened
 
 
+@pytest.mark.slow  # seconds: out of the fast tier
 def test_a_manifest_of_10000_lines_with_10_percent_bad(tmp_path):
     """9,000 good lines naming 54 distinct short files (each named ~167 times: one source and
     the rest `duplicate` rows), 1,000 bad ones: missing files, URIs of unknown schemes, lines that

@@ -97,6 +97,7 @@ def _check_run(out: Path, inputs_count: int, expected: dict) -> dict:
     return {t: sorted(json.dumps(r, sort_keys=True, default=str) for r in _read(out, t)) for t in ("sources", "speech_regions", "rejected")}
 
 
+@pytest.mark.slow  # seconds: out of the fast tier
 def test_bad_inputs_multiprocessing_and_rerun(bad_inputs, tmp_path):
     """Runs on Beam's multi-processing DirectRunner; a re-run gives the same rows and ids."""
     inputs, expected = bad_inputs

@@ -164,6 +164,7 @@ def test_kept_stream_and_ledger(judged):
     assert counters["quality.kept"] == len(kept) and counters["quality.dnsmos_error"] == 1
 
 
+@pytest.mark.slow  # seconds: out of the fast tier
 def test_dnsmos_cut_into_pieces_on_several_workers_gives_the_same_rows(tmp_path):
     """On several local workers a source's DNSMOS spans are cut into pieces dealt by cost and
     put back together by source: the rows and the ledger are those of one request per source,

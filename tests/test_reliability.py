@@ -116,6 +116,7 @@ def _fake_handlers(cfg):
             "diarization_handler": DiarizationModelHandler(cfg.diarization, loader=fake_diarizer_factory)}
 
 
+@pytest.mark.slow  # seconds: out of the fast tier
 def test_a_rerun_with_fewer_stages_leaves_no_stale_tables(tmp_path):
     out = tmp_path / "out"
     cfg = CurateConfig()

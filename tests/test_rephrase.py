@@ -223,6 +223,7 @@ def test_config_rules():
 # --------------------------------------------------------------------------- the stage, fake model
 
 
+@pytest.mark.slow  # seconds: out of the fast tier
 @pytest.mark.parametrize("ratio", [0.3, 0.1])
 def test_ratio_within_two_points_on_1000_passages_and_every_row_has_its_parent(ratio):
     segs = make_segments(50, 44)
@@ -282,6 +283,7 @@ class LongGenerator(FakeGenerator):
         return Generation("In other words, " + " ".join(words * 3), "stop")
 
 
+@pytest.mark.slow  # seconds: out of the fast tier
 def test_surplus_rewrites_are_trimmed_on_a_small_corpus():
     """13-passage corpora (the shared media's size) reached 0.48 for a 0.3 target: the trim
     step drops the last-selected accepted rewrites to the ledger (reason surplus) while that
@@ -311,6 +313,7 @@ def test_surplus_rewrites_are_trimmed_on_a_small_corpus():
     assert abs(back - 0.3) >= abs(share(rows) - 0.3)
 
 
+@pytest.mark.slow  # seconds: out of the fast tier
 def test_a_rerun_selects_the_same_passages_and_another_seed_others():
     segs = make_segments(12, 30)
     cfg = rp.RephraseConfig(synthetic_ratio=0.3, passage_max_tokens=40, passage_min_tokens=8)
@@ -333,6 +336,7 @@ def test_dropped_segments_are_not_passages_and_zero_ratio_adds_nothing():
     assert not dropped & {sid for r in rows for sid in r.segment_ids}
 
 
+@pytest.mark.slow  # seconds: out of the fast tier
 def test_corpus_job_adds_text_mix_and_the_ratio_to_the_manifest(tmp_path):
     from mmcurate.pipelines import corpus, curate
     from mmcurate.pipelines.config import CurateConfig
@@ -410,6 +414,7 @@ def test_server_errors_become_ledger_rows_and_the_run_finishes(fake_server):
     assert all(r.generator == "fake-rephraser" for r in syn)
 
 
+@pytest.mark.slow  # seconds: out of the fast tier
 @pytest.mark.parametrize("fake_server", [("--sleep-matching", "bridge", "--sleep", "3")], indirect=True)
 def test_a_request_past_the_timeout_is_a_timeout_row(fake_server):
     segs = make_segments(4, 8)
