@@ -31,8 +31,8 @@ class StageSpec:
     selectable: bool = True  # --stages may leave it out
     corpus: bool = False  # reads tables of an earlier output directory
     uses: tuple[str, ...] = ()  # tables read when present (not prerequisites)
-    # its rows for a source depend on that source alone: a resumable run commits it per chunk
-    # of sources (mmcurate.pipelines.resume); False: it runs once over the merged tables
+    # its rows for a source depend on that source alone: a run checkpoints them per source
+    # (mmcurate.pipelines.checkpoints); False: it runs over every source's rows at once
     per_source: bool = True
 
 
@@ -73,7 +73,7 @@ STAGES: tuple[StageSpec, ...] = (
         requires=("sources",), produces=("interleaved", "documents"), streams=(),
         config=("video",), ledger=("keyframes",), source_level=False,
         # the words of the quality stage's kept segments when it runs, else all segments (a
-        # resumable run therefore runs it in the merge after quality, not per chunk)
+        # run therefore runs it after quality, over all sources, not among the per-source stages)
         uses=("segments", "kept_segments"),
     ),
     StageSpec(
