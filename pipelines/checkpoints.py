@@ -44,6 +44,7 @@ import uuid
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from mmcurate.transforms import commit
 
@@ -53,6 +54,7 @@ WORK_DIR = "_work"
 FORMAT = 1
 SUFFIX = ".ckpt"
 _MEDIA = ""  # the tag of a source's MediaRef in the grouped stream
+_TAG = "rows:"  # output tags: a table's name alone is also a tag of the stages' own outputs
 
 
 def work_dir(output: str, run_id: str) -> str:
@@ -126,7 +128,7 @@ class _SplitFn(beam.DoFn):
         self.reused.inc()
         log.info("%s: per-source stages reused from checkpoint (%d row(s))", ref.uri, len(data["rows"]))
         for table, record in data["rows"]:
-            yield pvalue.TaggedOutput(table, record)
+            yield pvalue.TaggedOutput(_TAG + table, record)
 
 
 class _WriteFn(beam.DoFn):
@@ -147,7 +149,7 @@ class _WriteFn(beam.DoFn):
                                 tmp_suffix=f".tmp-{uuid.uuid4().hex[:12]}")
             self.written.inc()
         for table, record in rows:
-            yield pvalue.TaggedOutput(table, record)
+            yield pvalue.TaggedOutput(_TAG + table, record)
 
 
 class SplitFinished(beam.PTransform):
@@ -159,8 +161,9 @@ class SplitFinished(beam.PTransform):
         self.directory, self.tables = directory, list(tables)
 
     def expand(self, media):
-        out = media | "Split" >> beam.ParDo(_SplitFn(self.directory)).with_outputs(*self.tables, main="todo")
-        return {"todo": out.todo, **{t: out[t] for t in self.tables}}
+        out = media | "Split" >> beam.ParDo(_SplitFn(self.directory)).with_outputs(
+            *(_TAG + t for t in self.tables), main="todo")
+        return {"todo": out.todo, **{t: out[_TAG + t] for t in self.tables}}
 
 
 class CheckpointSources(beam.PTransform):
@@ -183,6 +186,139 @@ class CheckpointSources(beam.PTransform):
             keyed
             | "AllRows" >> beam.Flatten()
             | "BySource" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(_WriteFn(self.directory)).with_outputs(*tables)
+            | "Write" >> beam.ParDo(_WriteFn(self.directory)).with_outputs(*(_TAG + t for t in tables))
         )
-        return {t: out[t] for t in tables}
+        return {t: out[_TAG + t] for t in tables}
+
+
+# --------------------------------------------------------------------------- model steps
+#
+# The per-source checkpoint above appears once a source's per-source stages are all done: on
+# the local runner, after the last of them has run for every source. The model steps inside
+# them (ASR, diarization) are the expensive part, so each result is also kept as soon as the
+# model returns it, inside the fused step that runs the model: a run killed during ASR keeps
+# the transcripts already made, and the re-run's model steps return them instead of running
+# the model again. The key is a hash of the request itself (the decoded samples, the regions,
+# the hints), under the run id's directory, so only the same job with the same input re-uses it.
+
+
+def step_dir(output: str, run_id: str, step: str) -> str:
+    return commit.join(output, WORK_DIR, run_id, "steps", step)
+
+
+def request_key(example) -> str:
+    """A hash of a model request: its arrays' bytes, dtypes and shapes, and its other fields."""
+    import numpy as np
+
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, np.ndarray):
+            h.update(f"nd{x.dtype.str}{x.shape}".encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            h.update(type(x).__name__.encode())
+            for f in dataclasses.fields(x):
+                h.update(f.name.encode())
+                feed(getattr(x, f.name))
+        elif isinstance(x, (list, tuple)):
+            h.update(f"seq{len(x)}".encode())
+            for y in x:
+                feed(y)
+        elif isinstance(x, dict):
+            feed(sorted(x.items()))
+        else:
+            h.update(repr(x).encode())
+
+    feed(example)
+    return h.hexdigest()[:32]
+
+
+class CachedModelHandler(ModelHandler):
+    """A RunInference model handler that keeps each result under `directory` and returns the
+    kept one for a request it has seen (model steps, above). Everything else is the wrapped
+    handler's: model loading, batching, metrics, resource hints, `model_info`."""
+
+    def __init__(self, inner, directory: str, step: str):
+        super().__init__()
+        self.inner, self.directory, self.step = inner, directory, step
+
+    def __getattr__(self, name):  # cfg, model_info, ... of the wrapped handler
+        if name in ("inner", "directory", "step") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def load_model(self):
+        return self.inner.load_model()
+
+    def run_inference(self, batch, model, inference_args=None):
+        todo, keys, done = [], {}, {}
+        for i, example in enumerate(batch):
+            keys[i] = key = request_key(example)
+            path = commit.join(self.directory, key + SUFFIX)
+            if commit.exists(path):
+                try:
+                    inference, model_id = pickle.loads(commit.read_bytes(path))
+                    done[i] = PredictionResult(example, inference, model_id)
+                    Metrics.counter("mmcurate", f"checkpoint.{self.step}.reused").inc()
+                    log.info("%s: a result of an earlier attempt reused from its checkpoint (%s)",
+                             self.step, key[:12])
+                    continue
+                except Exception as e:  # noqa: BLE001 - a bad checkpoint only costs the work again
+                    log.warning("%s: checkpoint %s unreadable (%s): running the model", self.step, path, e)
+            todo.append(i)
+        if todo:
+            ran = self.inner.run_inference([batch[i] for i in todo], model, inference_args)
+            for i, result in zip(todo, ran):
+                # the result without its request (the request holds the decoded samples)
+                data = pickle.dumps((result.inference, result.model_id), protocol=4)
+                commit.write_atomic(commit.join(self.directory, keys[i] + SUFFIX), data,
+                                    tmp_suffix=f".tmp-{uuid.uuid4().hex[:12]}")
+                done[i] = result
+        for i in range(len(batch)):
+            yield done[i]
+
+    def get_num_bytes(self, batch) -> int:
+        return self.inner.get_num_bytes(batch)
+
+    def get_metrics_namespace(self) -> str:
+        return self.inner.get_metrics_namespace()
+
+    def get_resource_hints(self) -> dict:
+        return self.inner.get_resource_hints()
+
+    def batch_elements_kwargs(self):
+        return self.inner.batch_elements_kwargs()
+
+    def validate_inference_args(self, inference_args):
+        return self.inner.validate_inference_args(inference_args)
+
+    def update_model_path(self, model_path=None):
+        return self.inner.update_model_path(model_path)
+
+    def update_model_paths(self, model, model_paths=None):
+        return self.inner.update_model_paths(model, model_paths)
+
+    def get_preprocess_fns(self):
+        return self.inner.get_preprocess_fns()
+
+    def get_postprocess_fns(self):
+        return self.inner.get_postprocess_fns()
+
+    def should_skip_batching(self) -> bool:
+        return self.inner.should_skip_batching()
+
+    def share_model_across_processes(self) -> bool:
+        return self.inner.share_model_across_processes()
+
+    def model_copies(self) -> int:
+        return self.inner.model_copies()
+
+    def override_metrics(self, metrics_namespace: str = "") -> bool:
+        return self.inner.override_metrics(metrics_namespace)
+
+    def should_garbage_collect_on_timeout(self) -> bool:
+        return self.inner.should_garbage_collect_on_timeout()
+
+    def set_environment_vars(self):
+        return self.inner.set_environment_vars()

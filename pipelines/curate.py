@@ -172,7 +172,7 @@ def build(p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, r
 
     specs = resolve(cfg.stages)
     ctx = BuildContext(p, inputs, output, cfg, run_id, [s.name for s in specs], overrides or {},
-                       workers=workers)
+                       workers=workers, step_checkpoints=cfg.output.checkpoints)
     streams: dict = {}
     tables: dict = {}
     rejected, stats = [], []

@@ -33,6 +33,16 @@ class BuildContext:
     # local workers the stages may deal costed work to (mmcurate.pipelines.balance); 0 or 1: a
     # runner that rebalances by itself, or one worker
     workers: int = 1
+    # keep each model step's results under OUT/_work/<run_id>/steps/ (checkpoints.CachedModelHandler)
+    step_checkpoints: bool = False
+
+    def cached(self, handler, step: str):
+        """`handler` whose results are kept per request, when this run keeps checkpoints."""
+        if not self.step_checkpoints or handler is None:
+            return handler
+        from mmcurate.pipelines.checkpoints import CachedModelHandler, step_dir
+
+        return CachedModelHandler(handler, step_dir(self.output, self.run_id, step), step)
 
     @property
     def spread(self):
@@ -102,7 +112,18 @@ def _speech_transform(cfg: CurateConfig, run_id: str, overrides: dict | None = N
 
 
 def _build_speech(ctx: BuildContext, streams: dict) -> dict:
-    out = streams["speech"] | "Speech" >> _speech_transform(ctx.cfg, ctx.run_id, ctx.overrides)
+    from mmcurate.transforms.asr import AsrModelHandler
+    from mmcurate.transforms.diarize import DiarizationModelHandler
+
+    o = ctx.overrides
+    handlers = {"asr_handler": o.get("asr_handler") or AsrModelHandler(ctx.cfg.asr)}
+    if ctx.cfg.diarization.backend != "none":
+        handlers["diarization_handler"] = (o.get("diarization_handler")
+                                           or DiarizationModelHandler(ctx.cfg.diarization))
+    # the two expensive steps keep their results as they come (a kill during ASR keeps the
+    # transcripts made so far; mmcurate.pipelines.checkpoints)
+    handlers = {k: ctx.cached(h, k.split("_")[0]) for k, h in handlers.items()}
+    out = streams["speech"] | "Speech" >> _speech_transform(ctx.cfg, ctx.run_id, {**o, **handlers})
     return {"segments": out["segments"], "transcripts": out["transcripts"], "turns": out["turns"],
             "rejected": out["rejected"]}
 

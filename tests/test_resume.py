@@ -56,6 +56,15 @@ if hook == "vad":  # the third source's VAD: two sources done, none checkpointed
             park("vad")
         return orig(self, ref, model)
     vad.VadModelHandler.detect = detect
+elif hook == "asr":  # the third source's ASR: two transcripts made, no source checkpointed
+    from mmcurate.transforms import asr
+    orig, seen = asr.AsrModelHandler.run_inference, []
+    def run_inference(self, batch, model, inference_args=None):
+        seen.extend(batch)
+        if len(seen) == 3:
+            park("asr")
+        return orig(self, batch, model, inference_args)
+    asr.AsrModelHandler.run_inference = run_inference
 elif hook == "merge":  # dedup's fingerprints: every source checkpointed
     from mmcurate.transforms import dedup
     dedup._SourceSignatures.process = lambda self, kv: park("merge")
@@ -66,10 +75,11 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def _start(inputs: Path, out: Path, log: Path, hook: str = "", marker: Path | None = None) -> subprocess.Popen:
+def _start(inputs: Path, out: Path, log: Path, hook: str = "", marker: Path | None = None,
+           args: list[str] = ARGS) -> subprocess.Popen:
     env = dict(os.environ, KILL_HOOK=hook, KILL_MARKER=str(marker or ""), PYTHONUNBUFFERED="1",
                MMCURATE_CODE_VERSION="test-resume")  # a commit landing meanwhile must not change the run id
-    return subprocess.Popen([sys.executable, "-c", WRAPPER, "run", str(inputs), "--output", str(out), *ARGS],
+    return subprocess.Popen([sys.executable, "-c", WRAPPER, "run", str(inputs), "--output", str(out), *args],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
@@ -206,6 +216,30 @@ def test_a_replaced_and_an_added_file_are_processed_as_new(tmp_path):
     assert replaced["sha256"] == __import__("hashlib").sha256(FILES[4].read_bytes()).hexdigest()
     assert replaced["bytes"] == FILES[4].stat().st_size
     assert str(inputs / FILES[5].name) in sources
+
+
+@pytest.mark.slow
+def test_sigkill_during_asr_keeps_the_transcripts_already_made(tmp_path):
+    """The speech stage's model steps keep each result as the model returns it: killed during
+    the third source's ASR, the re-run takes the first two sources' ASR from their checkpoints
+    and its output equals an uninterrupted run's."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for f in FILES[:5]:
+        shutil.copy(f, inputs / f.name)
+    args = ["--stages", "vad,speech", "--no-audit", "--direct_running_mode=in_memory"]
+    ref, out, marker = tmp_path / "ref", tmp_path / "out", tmp_path / "parked"
+    p = _start(inputs, ref, tmp_path / "ref.log", args=args)
+    assert p.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()[-3000:]
+    p = _start(inputs, out, tmp_path / "a.log", "asr", marker, args=args)
+    _wait_for(marker.exists, p, "the third source's ASR")
+    _kill(p)
+    assert not _ckpts(out)  # no source finished its per-source stages
+    p = _start(inputs, out, tmp_path / "b.log", args=args)
+    assert p.wait(timeout=600) == 0, (tmp_path / "b.log").read_text()[-3000:]
+    text = (tmp_path / "b.log").read_text()
+    assert text.count("asr: a result of an earlier attempt reused from its checkpoint") == 2, text[-3000:]
+    _assert_identical(out, ref)
 
 
 def test_split_puts_per_source_stages_first_and_the_rest_after():
