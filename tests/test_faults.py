@@ -151,9 +151,9 @@ def test_a_manifest_of_10000_lines_with_10_percent_bad(tmp_path):
     manifest.write_text("\n".join(lines) + "\n")
     cfg = CurateConfig(stages=("vad",), output=OutputConfig())
     # in one thread: with the local runner's two worker threads this run lost 2-78 of its 8,946
-    # `ingest/duplicate` rows in about 1 of 6 runs under pytest (never in 16 runs of the same
-    # graph from a script, nor of the ingest alone); the loss is in the multi-threaded local
-    # runner and is not found yet (bench/README.md, "One pipeline on any runner")
+    # `ingest/duplicate` rows in 7 of about 45 runs under pytest (never in 16 runs of the same
+    # graph from a script, nor of the ingest alone); where the multi-threaded local runner loses
+    # them is not found yet (bench/README.md, "One pipeline on any runner")
     curate.run([str(manifest)], str(tmp_path / "out"), cfg, beam_args=["--direct_running_mode=in_memory"])
     sources, rejected = _nothing_lost(tmp_path / "out", 10_000)
     # each named file is a source, or a vad/no_speech row (some 1 s slices are a pause)
