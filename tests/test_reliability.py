@@ -157,6 +157,7 @@ def test_a_run_killed_before_its_commit_leaves_the_previous_generation_consisten
     assert audit.summarize(str(out))["problems"] == []
 
 
+@pytest.mark.slow  # seconds (a fresh process or a real model): out of the fast tier
 def test_audit_checks_manifest_shards_and_referential_integrity(tmp_path, capsys):
     import pyarrow.parquet as pq
 

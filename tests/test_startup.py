@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 
 
+@pytest.mark.slow  # seconds (a fresh process or a real model): out of the fast tier
 def test_the_driver_imports_runinference_without_torch():
     """`mmcurate run` imports Beam's RunInference without its optional ModelManager (which
     imports torch and scipy.optimize: 1.3 s of the command's start) before its stages; the

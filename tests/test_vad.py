@@ -53,6 +53,7 @@ def test_interval_math():
 
 # ------------------------------------------------------------------ the model
 
+@pytest.mark.slow  # seconds (a fresh process or a real model): out of the fast tier
 def test_model_info_without_a_session():
     info = vad_model_info()
     assert info["role"] == "vad" and "silero" in info["name"]
