@@ -360,15 +360,15 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
         if test_pipeline is None:
             cfg, beam_args, par = local_parallelism(cfg, beam_args, sources=_known_sources(inputs))
             log.info("run %s on %s", run_id, par.describe())
-        workers = local_workers(PipelineOptions(beam_args or []))
+        options = PipelineOptions(beam_args or [])
         if cfg.output.checkpoints:
-            found = checkpoints.count_checkpoints(checkpoints.work_dir(output, run_id))
+            directory = checkpoints.work_dir(output, run_id)
+            found = checkpoints.count_checkpoints(directory)
             if found:
                 log.info("%d source(s) finished by an earlier attempt of this run: their "
-                         "checkpoints under %s are reused", found, checkpoints.work_dir(output, run_id))
-        options = PipelineOptions(beam_args or [])
+                         "checkpoints under %s are reused", found, directory)
         p = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
-        build(p, inputs, output, cfg, run_id, manifest, overrides, workers=workers)
+        build(p, inputs, output, cfg, run_id, manifest, overrides, workers=local_workers(options))
         result = p.run()
         result.wait_until_finish()
         checkpoints.remove_other_runs(output, run_id)

@@ -112,18 +112,12 @@ def _speech_transform(cfg: CurateConfig, run_id: str, overrides: dict | None = N
 
 
 def _build_speech(ctx: BuildContext, streams: dict) -> dict:
-    from mmcurate.transforms.asr import AsrModelHandler
-    from mmcurate.transforms.diarize import DiarizationModelHandler
-
-    o = ctx.overrides
-    handlers = {"asr_handler": o.get("asr_handler") or AsrModelHandler(ctx.cfg.asr)}
-    if ctx.cfg.diarization.backend != "none":
-        handlers["diarization_handler"] = (o.get("diarization_handler")
-                                           or DiarizationModelHandler(ctx.cfg.diarization))
+    t = _speech_transform(ctx.cfg, ctx.run_id, ctx.overrides)
     # the two expensive steps keep their results as they come (a kill during ASR keeps the
     # transcripts made so far; mmcurate.pipelines.checkpoints)
-    handlers = {k: ctx.cached(h, k.split("_")[0]) for k, h in handlers.items()}
-    out = streams["speech"] | "Speech" >> _speech_transform(ctx.cfg, ctx.run_id, {**o, **handlers})
+    t.asr_handler = ctx.cached(t.asr_handler, "asr")
+    t.diarization_handler = ctx.cached(t.diarization_handler, "diarization")
+    out = streams["speech"] | "Speech" >> t
     return {"segments": out["segments"], "transcripts": out["transcripts"], "turns": out["turns"],
             "rejected": out["rejected"]}
 

@@ -889,9 +889,8 @@ class SemanticPairs(beam.PTransform):
 
 # ------------------------------------------------------------------------------ cross-run index
 
+from mmcurate.transforms.commit import join as _join  # noqa: E402 - beside its users
 
-def _join(base: str, *rel: str) -> str:
-    return posixpath.join(base, *rel) if "://" in base else os.path.join(base, *rel)
 
 
 SUCCESS = "_SUCCESS"

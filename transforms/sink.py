@@ -37,6 +37,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from mmcurate.schemas.params import Rule, positive
 from mmcurate.transforms.commit import delete_quietly, match, move_into_place, write_atomic
+from mmcurate.transforms.commit import join as _join
 from mmcurate.schemas.records import to_table
 from mmcurate.schemas.tables import TABLES
 
@@ -73,8 +74,6 @@ ID_COLUMN = {
 MANIFEST = "manifest.json"
 
 
-def _join(*parts: str) -> str:
-    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
 
 
 def _bucket(key: str, buckets: int) -> int:
