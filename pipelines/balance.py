@@ -6,7 +6,7 @@ round-robin: the i-th distinct key goes to worker i % N, and each worker then ru
 steps after the shuffle (decode, VAD, ASR, diarization, keyframes) over its share alone. After
 a `Reshuffle` (random keys) the shares hold about the same *number* of sources, not the same
 *work*: one worker gets the two-minute talk and the meeting, the other the short clips, and
-finishes early and idles (bench/README.md, issue 13: both workers busy ~45 s, then one alone
+finishes early and idles (bench/README.md, bench_orchestration.py: both workers busy ~45 s, then one alone
 for ~25 s).
 
 `SpreadByCost` assigns the sources to exactly N keys instead, longest first to the least

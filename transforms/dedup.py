@@ -1200,7 +1200,7 @@ class Deduplicate(beam.PTransform):
             joined = {"info": info, "prior": prior_kv} | "JoinSourcePrior" >> beam.CoGroupByKey()
             if self.decode_media and methods & {"audio_fp", "video_fp"} and self.spread is not None:
                 # every source is decoded again here: dealt round-robin by key, one worker of two
-                # got the 2-minute talk and more (bench/README.md, issue 13)
+                # got the 2-minute talk and more (bench/README.md, bench_orchestration.py)
                 spread = self.spread(cost=functools.partial(_fingerprint_cost, frozenset(methods)),
                                      key=lambda kv: kv[0], what="s of audio to fingerprint")
                 if spread is not None:

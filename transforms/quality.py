@@ -360,7 +360,7 @@ def dnsmos_cost(e: SourceScores) -> float:
 
 # a source's DNSMOS work is cut into pieces of about this many windows (~3.5 s on one thread)
 # when the local runner spreads it over workers: dealt whole, the talk and the meeting left
-# one worker of a 2-worker merge 1.6-1.9 s alone at the end (bench/README.md, issue 13)
+# one worker of a 2-worker merge 1.6-1.9 s alone at the end (bench/README.md, bench_orchestration.py)
 PIECE_WINDOWS = 24.0
 
 
@@ -567,7 +567,7 @@ class JudgeQuality(beam.PTransform):
         if self.dnsmos_handler is not None:
             pieces = scored | "DnsmosRequests" >> beam.FlatMap(dnsmos_pieces, self._pieces)
             # dealt by the windows the network runs: dealt whole, the talk and the meeting left
-            # one worker of a 2-worker merge 11.5 s alone at the end (bench/README.md, issue 13)
+            # one worker of a 2-worker merge 11.5 s alone at the end (bench/README.md, bench_orchestration.py)
             spread = self._spread and self._spread(cost=_piece_cost, key=_piece_key, what="DNSMOS windows")
             if spread is not None:
                 pieces = pieces | "SpreadDnsmos" >> spread
