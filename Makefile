@@ -40,7 +40,18 @@ demo: $(VENV)/.installed
 # with CTranslate2, ATen and oneDNN held to AVX2 kernels. int8 kernels differ per instruction set
 # and so do the scores (whisper-base's no_speech_prob on invented text: 0.67-0.74 on an
 # AVX-512 CPU, down to 0.53 on AVX2), so a threshold measured on one CPU must hold on the other.
+# On a CPU with nothing above AVX2 (no AVX-512, AVX-VNNI or AMX) the libraries already pick their
+# AVX2 kernels, so step 1 ran exactly what this step would run (same transcripts and torch
+# outputs, bit for bit: bench/README.md); it is skipped there with a line saying so.
+# AVX2_PASS=always runs it anyway, AVX2_PASS=never never.
 AVX2_ISA_ENV := CT2_FORCE_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+ABOVE_AVX2   := $(shell grep -m1 -owE 'avx512f|avx_vnni|amx_tile' /proc/cpuinfo 2>/dev/null)
+AVX2_PASS    ?= $(if $(ABOVE_AVX2),always,never)
+# pytest-xdist worker processes: most tests keep one core busy (Beam's bundle loop, one model
+# call at a time), so two of them fill a 2-core machine (bench/README.md, "Suite times"). A
+# file's tests stay on one worker (loadfile): module fixtures (a model, a whole run) are built once.
+TEST_WORKERS ?= 2
+XDIST        := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 
 # Headless Chromium renders the audit report in tests/test_quality_report.py: Debian's package,
 # installed when missing (CI runs as root on a fresh machine). Without it those tests skip.
@@ -51,13 +62,17 @@ $(CHROMIUM):
 	else echo "make: $(CHROMIUM) missing and not root: the HTML report tests will skip"; fi
 
 test: $(VENV)/.installed | $(CHROMIUM)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
-	$(AVX2_ISA_ENV) $(VENV)/bin/python -m pytest -m model_score
+	$(VENV)/bin/python -m pytest $(XDIST) $(PYTEST_ARGS)
+ifeq ($(AVX2_PASS),always)
+	$(AVX2_ISA_ENV) $(VENV)/bin/python -m pytest $(XDIST) -m model_score
+else
+	@echo "make test: no AVX2 pass: this CPU has no AVX-512, AVX-VNNI or AMX, so the model_score tests above already ran on AVX2 kernels (AVX2_PASS=always runs them again)"
+endif
 
 # The edit-test loop: no real model (tests/conftest.py skips any test that would load one in
 # this process) and none of the slow, prod or model_score tests. What CI runs is `make test`.
 test-fast: $(VENV)/.installed
-	MMCURATE_TEST_TIER=fast $(VENV)/bin/python -m pytest -q -m "not slow and not prod and not model_score" $(PYTEST_ARGS)
+	MMCURATE_TEST_TIER=fast $(VENV)/bin/python -m pytest -q $(XDIST) -m "not slow and not prod and not model_score" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python bench/bench_foundation.py
