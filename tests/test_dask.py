@@ -142,7 +142,7 @@ def test_default_run_on_dask_gives_the_direct_runners_rows_in_one_pipeline(tmp_p
 
 @pytest.mark.slow
 def test_a_killed_dask_worker_then_a_rerun_gives_the_same_output(tmp_path, cluster):
-    args = [str(MEDIA / "speech"), *(str(MEDIA / "speakers" / f"sb_spk{k}_snt{i}.wav") for k in (1, 2) for i in (1, 2, 3)),
+    args = [str(MEDIA / "speech"), *(str(MEDIA / "speakers" / f"sb_spk{k}_snt1.wav") for k in (1, 2)),
             "--stages", "vad,speech", "--no-audit"]
     ref = tmp_path / "ref"
     p = _run([*args, "--output", str(ref), *cluster.args], tmp_path / "ref.log")

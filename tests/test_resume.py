@@ -225,7 +225,7 @@ def test_sigkill_during_asr_keeps_the_transcripts_already_made(tmp_path):
     and its output equals an uninterrupted run's."""
     inputs = tmp_path / "in"
     inputs.mkdir()
-    for f in FILES[:5]:
+    for f in [FILES[0], *FILES[2:5]]:  # jfk.flac left out: a third copy of jfk's 11 s for the models
         shutil.copy(f, inputs / f.name)
     args = ["--stages", "vad,speech", "--no-audit", "--direct_running_mode=in_memory"]
     ref, out, marker = tmp_path / "ref", tmp_path / "out", tmp_path / "parked"
