@@ -20,7 +20,9 @@
   at 1 and 2 workers, and reports the throughput speed-up of the extra K - 1 passes:
   (wall1(K) - wall1(1)) / (wall2(K) - wall2(1)). The start-up a run pays once (imports, model
   loads, the tail) cancels out there.
-- `scaling`: N distinct short files (1 to 11 s slices of the shared speech, random gain),
+- `scaling`: N distinct short files (`--clip-seconds` slices of the shared speech, default 1 to
+  11 s, at a random gain; every 4th with a second slice mixed under it, every 3rd re-encoded as
+  FLAC),
   `--stages` (default vad; `--scaling-stages default` for every default stage), one pipeline
   each: wall seconds per audio hour and per source, and the driver's peak RSS, for each N.
   Flat = linear scaling; the fixed costs (process start, imports, model loads) show up as a
@@ -92,6 +94,15 @@ def audio_s(out: Path) -> float:
                      for rel in m["shards"] if rel.startswith("sources/")))
 
 
+def _accounted(out: Path) -> set[str]:
+    """The input uris with a `sources` row or a `rejected` row (nothing lost: every input)."""
+    import pyarrow.parquet as pq
+
+    m = manifest(out)
+    return {u for rel in m["shards"] if rel.split("/", 1)[0] in ("sources", "rejected")
+            for u in pq.read_table(out / rel, columns=["uri"]).column(0).to_pylist()}
+
+
 def _speech() -> np.ndarray:
     parts = []
     for name in ("speech/jfk.wav", "speech/LDC93S1.wav", "diarization/sample.wav", "diarization/ami/dev00.wav",
@@ -152,7 +163,8 @@ def workers(tmp: Path) -> dict:
     cores = os.cpu_count() or 2
     rows = []
     passes = [1] + ([ARGS.copies] if ARGS.copies > 1 else [])
-    inputs = {k: media_copies(tmp, k) for k in passes}
+    inputs = ({1: [str(make_clips(tmp / "clips", ARGS.clips))]} if ARGS.clips
+              else {k: media_copies(tmp, k) for k in passes})
     for rep in range(ARGS.repeat):
         for k, n in ((k, n) for k in passes for n in (1, 2)):
             # split: one machine's cores shared by the workers; fixed: each worker a fixed-size
@@ -190,19 +202,33 @@ def workers(tmp: Path) -> dict:
     return result
 
 
-def scaling(tmp: Path) -> dict:
+def make_clips(d: Path, n: int, seed: int = 13) -> Path:
+    """`n` distinct short files in `d` (module docstring: `scaling`)."""
     speech = _speech()
-    rng = random.Random(13)
+    rng = random.Random(seed)
+    d.mkdir(parents=True)
+    lo, hi = (float(v) for v in ARGS.clip_seconds.split(","))
+    for i in range(n):  # distinct bytes: a random slice at a random gain
+        length = rng.uniform(lo, hi)
+        start = rng.uniform(0, len(speech) / SR - length)
+        x = speech[int(start * SR):int((start + length) * SR)] * rng.uniform(0.5, 1.0)
+        if i % 4 == 3:  # mixed: a second slice under the first, as crosstalk
+            s2 = rng.uniform(0, len(speech) / SR - length)
+            x = x + 0.3 * speech[int(s2 * SR):int(s2 * SR) + len(x)]
+        if i % 3 == 2:  # re-encoded: FLAC instead of WAV
+            import soundfile as sf
+
+            sf.write(str(d / f"clip{i:04d}.flac"), np.clip(x, -1, 1), SR, subtype="PCM_16")
+        else:
+            _write_wav(d / f"clip{i:04d}.wav", x)
+    return d
+
+
+def scaling(tmp: Path) -> dict:
     sizes = [int(s) for s in ARGS.sizes.split(",")]
     rows = []
     for n in sizes:
-        d = tmp / f"in{n}"
-        d.mkdir()
-        for i in range(n):  # distinct bytes: a random slice at a random gain
-            length = rng.uniform(1.0, 11.0)
-            start = rng.uniform(0, len(speech) / SR - length)
-            x = speech[int(start * SR):int((start + length) * SR)] * rng.uniform(0.5, 1.0)
-            _write_wav(d / f"clip{i:04d}.wav", x)
+        d = make_clips(tmp / f"in{n}", n)
         out = tmp / f"out{n}"
         before = uptime()
         stages = [] if ARGS.scaling_stages == "default" else ["--stages", ARGS.scaling_stages]
@@ -213,7 +239,7 @@ def scaling(tmp: Path) -> dict:
         r.update(inputs=n, sources=m["tables"]["sources"], audio_s=round(a, 1),
                  rejected=sum(m["rejected"].values()), load_before=before, load_after=uptime(),
                  wall_s_per_audio_hour=round(r["wall_s"] / (a / 3600), 1) if a else None)
-        assert m["tables"]["sources"] + sum(m["rejected"].values()) == n, m  # nothing lost
+        assert _accounted(out) == {str(f) for f in d.iterdir()}, "an input has neither a source row nor a ledger row"
         print(f"  {n:4d} inputs: {a / 60:6.1f} audio min in {r['wall_s']:6.1f} s = "
               f"{r['wall_s_per_audio_hour']:7.1f} s per audio hour, {r['wall_s_per_source']:.3f} s per source, "
               f"peak RSS {r['peak_rss_mb_children']:.0f} MB  ({before.split('load')[-1]})")
@@ -232,7 +258,8 @@ def scaling(tmp: Path) -> dict:
 def dask(tmp: Path) -> dict:
     """1 then 2 Dask workers (one thread each) on the same input, each on a fresh cluster."""
     bin_dir = Path(sys.executable).parent
-    inputs = [str(p) for p in (ARGS.dask_inputs or [ARGS.media])]
+    inputs = ([str(make_clips(tmp / "clips", ARGS.clips))] if ARGS.clips
+              else [str(p) for p in (ARGS.dask_inputs or [ARGS.media])])
     rows = []
     for n in (1, 2):
         sched = tmp / f"sched{n}.json"
@@ -331,9 +358,12 @@ def main() -> int:
                     help="workers: also run the shared media this many times over (stream copies) "
                          "and report the throughput speed-up of the extra passes")
     ap.add_argument("--sizes", default="10,50,200,500")
+    ap.add_argument("--clip-seconds", default="1,11", help="scaling: the clips' length range, LO,HI seconds")
     ap.add_argument("--hours", type=float, default=2.0)
     ap.add_argument("--scaling-stages", default="vad", help="scaling: --stages of the runs, or 'default'")
     ap.add_argument("--runner-args", default="", help="scaling: Beam options added to every run")
+    ap.add_argument("--clips", type=int, default=0,
+                    help="workers, dask: N generated clips (as `scaling` makes them) instead of the media")
     ap.add_argument("--dask-inputs", type=Path, nargs="*", help="dask: the inputs (default: --media)")
     ARGS = ap.parse_args()
     ARGS.media = ARGS.media.resolve()
