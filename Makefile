@@ -49,9 +49,10 @@ ABOVE_AVX2   := $(shell grep -m1 -owE 'avx512f|avx_vnni|amx_tile' /proc/cpuinfo 
 AVX2_PASS    ?= $(if $(ABOVE_AVX2),always,never)
 # pytest-xdist worker processes: most tests keep one core busy (Beam's bundle loop, one model
 # call at a time), so two of them fill a 2-core machine (bench/README.md, "Suite times"). A
-# file's tests stay on one worker (loadfile): module fixtures (a model, a whole run) are built once.
+# file's tests stay on one worker (loadfile): module fixtures (a model, a whole run) are built once;
+# the longest files go first (tests/conftest.py).
 TEST_WORKERS ?= 2
-XDIST        := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
+XDIST        := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder,)
 
 # Headless Chromium renders the audit report in tests/test_quality_report.py: Debian's package,
 # installed when missing (CI runs as root on a fresh machine). Without it those tests skip.

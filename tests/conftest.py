@@ -72,3 +72,18 @@ def pytest_runtest_makereport(item, call):
     if FAST_TIER and report.failed and call.excinfo is not None and _NEEDS_MODEL in str(report.longrepr):
         report.outcome = "skipped"
         report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {_NEEDS_MODEL}")
+
+
+# --------------------------------------------------------------------------- test order
+# The files that take longest (most to least, from `pytest --durations` on 2 cores: bench/README.md,
+# "Suite times") are collected first. `make test` hands whole files to two pytest-xdist workers
+# in collection order (`--dist loadfile --no-loadscope-reorder`): longest first, the short files
+# fill in at the end and neither worker waits long for the other. Without xdist only the order changes.
+LONGEST_FILES = ["test_diarize.py", "test_asr.py", "test_dask.py", "test_pipeline.py", "test_quality_acceptance.py",
+                 "test_video_stage.py", "test_rephrase.py", "test_resume.py", "test_dedup.py", "test_reliability.py",
+                 "test_quality_stage.py", "test_orchestration.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))  # stable: in-file order kept
