@@ -78,7 +78,8 @@ def pytest_runtest_makereport(item, call):
 # The files that take longest (most to least, from `pytest --durations` on 2 cores: bench/README.md,
 # "Suite times") are collected first. `make test` hands whole files to two pytest-xdist workers
 # in collection order (`--dist loadfile --no-loadscope-reorder`): longest first, the short files
-# fill in at the end and neither worker waits long for the other. Without xdist only the order changes.
+# fill in at the end (xdist's own order, most tests first, left the two long quality-acceptance
+# tests for last). Without xdist only the order changes.
 LONGEST_FILES = ["test_diarize.py", "test_asr.py", "test_dask.py", "test_pipeline.py", "test_quality_acceptance.py",
                  "test_video_stage.py", "test_rephrase.py", "test_resume.py", "test_dedup.py", "test_reliability.py",
                  "test_quality_stage.py", "test_orchestration.py"]
