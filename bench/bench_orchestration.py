@@ -30,7 +30,8 @@
   same on another runner.
 - `dask`: the same input on a Dask cluster started here (a scheduler and 1, then 2
   `dask worker --nthreads 1` processes on loopback), `--dask-inputs` (default: the shared
-  media): speed-up = wall(1 worker) / wall(2 workers) (goal >= 1.6).
+  media; `--clips N`: generated clips): speed-up = wall(1 worker) / wall(2 workers) (goal >=
+  1.6). `--runner-args "--set asr.cpu_threads=1 ..."` holds each worker's models to one thread.
 - `long`: one generated 2-hour file (the shared recordings tiled with pauses and noise), `--stages
   vad` (ingest, decode, VAD, checkpoint, shards), its wall time and the peak RSS of the run's
   process tree, against an 11-second file in the same command (ratio).
@@ -278,8 +279,8 @@ def dask(tmp: Path) -> dict:
         try:
             out = tmp / f"dask{n}"
             before = uptime()
-            r = run([*inputs, "--output", str(out), "--runner", "dask", f"--dask_scheduler_file={sched}"],
-                    tmp / f"dask{n}.log")
+            r = run([*inputs, "--output", str(out), "--runner", "dask", f"--dask_scheduler_file={sched}",
+                     *ARGS.runner_args.split()], tmp / f"dask{n}.log")
         finally:
             for p in procs:
                 p.terminate()
@@ -361,7 +362,8 @@ def main() -> int:
     ap.add_argument("--clip-seconds", default="1,11", help="scaling: the clips' length range, LO,HI seconds")
     ap.add_argument("--hours", type=float, default=2.0)
     ap.add_argument("--scaling-stages", default="vad", help="scaling: --stages of the runs, or 'default'")
-    ap.add_argument("--runner-args", default="", help="scaling: Beam options added to every run")
+    ap.add_argument("--runner-args", default="",
+                    help="scaling, dask: arguments added to every `mmcurate run` (Beam options, --set ...)")
     ap.add_argument("--clips", type=int, default=0,
                     help="workers, dask: N generated clips (as `scaling` makes them) instead of the media")
     ap.add_argument("--dask-inputs", type=Path, nargs="*", help="dask: the inputs (default: --media)")
