@@ -47,6 +47,7 @@ demo: $(VENV)/.installed
 AVX2_ISA_ENV := CT2_FORCE_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 ABOVE_AVX2   := $(shell grep -m1 -owE 'avx512f|avx_vnni|amx_tile' /proc/cpuinfo 2>/dev/null)
 AVX2_PASS    ?= $(if $(ABOVE_AVX2),always,never)
+comma        := ,
 # pytest-xdist worker processes: most tests keep one core busy (Beam's bundle loop, one model
 # call at a time), so two of them fill a 2-core machine (bench/README.md, "Suite times"). A
 # file's tests stay on one worker (loadfile): module fixtures (a model, a whole run) are built once;
@@ -67,7 +68,7 @@ test: $(VENV)/.installed | $(CHROMIUM)
 ifeq ($(AVX2_PASS),always)
 	$(AVX2_ISA_ENV) $(VENV)/bin/python -m pytest $(XDIST) -m model_score
 else
-	@echo "make test: no AVX2 pass: this CPU has no AVX-512, AVX-VNNI or AMX, so the model_score tests above already ran on AVX2 kernels (AVX2_PASS=always runs them again)"
+	@echo "make test: no AVX2 pass: $(if $(ABOVE_AVX2),AVX2_PASS=$(AVX2_PASS) was given; this CPU has $(ABOVE_AVX2)$(comma) so the model_score thresholds were NOT checked on AVX2 kernels,this CPU has no AVX-512$(comma) AVX-VNNI or AMX$(comma) so the model_score tests above already ran on AVX2 kernels (AVX2_PASS=always runs them again))"
 endif
 
 # The edit-test loop: no real model (tests/conftest.py skips any test that would load one in

@@ -15,7 +15,6 @@ sampled temperatures are left out: those differ between two native runs too.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import soundfile as sf
 import torch
 
 from mmcurate.transforms.asr import AsrConfig, load_transcriber
+from mmcurate.transforms.cpu import cpu_flags
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 
@@ -45,8 +45,7 @@ def main() -> None:
         z, _ = lstm(y.transpose(1, 2)[:, :500])
     print(f"torch conv+lstm: {_h(y.numpy().tobytes() + z.numpy().tobytes())}")
     print(f"ATen capability: {torch.backends.cpu.get_cpu_capability()}")
-    flags = set(Path("/proc/cpuinfo").read_text().split()) if os.path.exists("/proc/cpuinfo") else set()
-    print(f"above AVX2 on this CPU: {sorted(flags & {'avx512f', 'avx_vnni', 'amx_tile'}) or 'none'}")
+    print(f"above AVX2 on this CPU: {sorted(cpu_flags() & {'avx512f', 'avx_vnni', 'amx_tile'}) or 'none'}")
 
 
 if __name__ == "__main__":
