@@ -146,6 +146,21 @@ def test_speakers_renumbered_by_first_appearance():
     ]
 
 
+def test_speaker_numbers_follow_the_turns_not_the_words():
+    """A word the ASR hears in one run and not in the next must not swap two speakers' labels:
+    numbers follow each speaker's first turn, and a speaker without words keeps its number."""
+    turns = [Turn(0, 1.0, 3), Turn(1.0, 2.0, 8), Turn(2.0, 3.0, 3), Turn(3.0, 4.0, 6)]
+    every = [W(" a.", 0.1, 0.5), W(" b.", 1.1, 1.5), W(" c.", 2.1, 2.5), W(" d.", 3.1, 3.5)]
+    full = cut_utterances(asr_of(seg(every)), turns, source_id="s")
+    assert [(u.text, u.speaker) for u in full] == [("a.", 0), ("b.", 1), ("c.", 0), ("d.", 2)]
+    # the first speaker's first word is not heard this time: speaker 8 speaks first in words
+    fewer = cut_utterances(asr_of(seg(every[1:])), turns, source_id="s")
+    assert [(u.text, u.speaker) for u in fewer] == [("b.", 1), ("c.", 0), ("d.", 2)]
+    # speaker 8 has no words at all: 6 stays number 2
+    none_of_8 = cut_utterances(asr_of(seg([every[0], every[2], every[3]])), turns, source_id="s")
+    assert [(u.text, u.speaker) for u in none_of_8] == [("a.", 0), ("c.", 0), ("d.", 2)]
+
+
 def test_words_outside_turns_become_unattributed_utterances():
     words = [W(" hi", 0.0, 0.3), W(" there", 0.3, 0.6), W(" lost", 5.0, 5.3), W(" words", 5.3, 5.6)]
     utts = cut_utterances(asr_of(seg(words)), [Turn(0.0, 1.0, 4)], source_id="s")

@@ -7,8 +7,9 @@ Pure functions (no Beam, no models), so the rules are tested on hand-made words 
 * `cut_utterances`: consecutive words are grouped into utterances, cut at speaker changes,
   at sentence ends (".", "?", "!" ending a word) and at long pauses (>= 1.0 s between words);
   a run longer than `max_duration_s` (30 s, Whisper's window) is split at its largest inner
-  pause, recursively. Speakers are renumbered 0, 1, ... by first appearance in the source, so
-  labels are stable whatever indices the diarizer happened to use.
+  pause, recursively. Speakers are renumbered 0, 1, ... by their first turn in the source (by
+  first word when there are no turns), so labels are stable whatever indices the diarizer
+  happened to use and whichever words the ASR heard; a speaker without words keeps its number.
 
 Times are absolute seconds in the source (Lhotse's convention).
 """
@@ -55,7 +56,7 @@ class Utterance:
     source_id: str
     start: float
     end: float
-    speaker: int | None  # renumbered by first appearance in the source; None: unknown
+    speaker: int | None  # renumbered by first turn in the source; None: unknown
     text: str
     words: list[Word]
     avg_logprob: float | None  # duration-weighted mean over the ASR segments it came from
@@ -198,7 +199,14 @@ def cut_utterances(
     for run in runs:
         pieces.extend(_split_long(run, items, max_duration_s))
 
+    # Speakers are numbered by their first turn, not their first word: the words depend on the
+    # ASR, and a word that comes or goes must not swap two speakers' labels.
     renumber: dict[int, int] = {}
+    first_turn: dict[int, float] = {}
+    for t in turns:
+        first_turn[t.speaker] = min(first_turn.get(t.speaker, t.start), t.start)
+    for raw in sorted(first_turn, key=lambda r: (first_turn[r], r)):
+        renumber[raw] = len(renumber)
     out: list[Utterance] = []
     for idx in pieces:
         raw = spk[idx[0]]
