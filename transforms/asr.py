@@ -58,6 +58,12 @@ class AsrConfig:
     beam_size: int = 5
     language: str | None = None  # None: detect from audio
     condition_on_previous_text: bool = False  # on, it feeds hallucination loops
+    # False: one beam-search decode per window at temperature 0, so the same audio gives the same
+    # text run after run. True: Whisper's fallback, re-decoding a window whose text looks
+    # repetitive or unlikely by sampling at temperatures 0.2 .. 1.0. CTranslate2 seeds its sampler
+    # once per thread, not per call, so those windows' text then changes between runs (mostly
+    # invented text on noise, which the rules below drop either way).
+    temperature_fallback: bool = False
     batch_size: int = 8
     # faster-whisper: decode the VAD regions as <= 30 s chunks, batch_size windows per encoder /
     # decoder call (faster-whisper's BatchedInferencePipeline, as whisperx does); False: one
@@ -137,6 +143,12 @@ GROUP_SPEECH_S = 600.0
 PROGRESS_EVERY_S = 300.0
 # Silence put between joined regions so that a word never straddles two regions.
 JOIN_GAP_S = 0.1
+# Whisper's temperature schedule: the first is beam search, the rest are sampled.
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def _temperatures(cfg: AsrConfig) -> list[float]:
+    return list(FALLBACK_TEMPERATURES if cfg.temperature_fallback else FALLBACK_TEMPERATURES[:1])
 
 
 class Transcriber(Protocol):
@@ -461,6 +473,7 @@ class FasterWhisperTranscriber:
         for group in _groups(regions, GROUP_SPEECH_S):
             joined, tmap = _join(audio, group)
             common = dict(language=lang, beam_size=self.cfg.beam_size, word_timestamps=True,
+                          temperature=_temperatures(self.cfg),
                           no_speech_threshold=self.cfg.no_speech_threshold,
                           log_prob_threshold=self.cfg.log_prob_threshold,
                           compression_ratio_threshold=self.cfg.compression_ratio_threshold)
@@ -622,6 +635,7 @@ class WhisperXTranscriber:
                 "no_speech_threshold": cfg.no_speech_threshold,
                 "log_prob_threshold": cfg.log_prob_threshold,
                 "compression_ratio_threshold": cfg.compression_ratio_threshold,
+                "temperatures": _temperatures(cfg),
             },
             language=cfg.language,
             vad_method="pyannote",
