@@ -124,8 +124,16 @@ class RephraseConfig:
     # with 2. Beam's workers give the parallelism.
     threads: int = 1
     batch_size: int = 16  # passages per RunInference batch
-    timeout_s: float = 120.0  # openai: per request
-    retries: int = 3  # openai: after the first try, on timeouts, 429 and 5xx
+    # openai: one attempt (connect, send, the whole reply) ends within timeout_s, and an item,
+    # its retries and backoff sleeps included, within timeout_s x (retries + 1); every socket
+    # wait is cut to the time left, so a server trickling its reply cannot stretch either
+    timeout_s: float = 120.0
+    retries: int = 3  # openai: after the first try, on timeouts, connection errors, 429 and 5xx
+    # openai: a reply larger than this is dropped unread past the cap (ledger reason too_large),
+    # so a worker holds at most this much per request in flight. A completion of the longest
+    # passage (passage_max_tokens 160 x max_tokens_factor 2 + 32 tokens) is a few KiB of JSON;
+    # 4 MiB leaves room for servers that add logprobs or long usage blocks
+    max_response_bytes: int = 4 << 20
     backoff_s: float = 1.0  # openai: first retry waits backoff_s x U(0.5, 1.5), then doubles
     backoff_max_s: float = 30.0
     # guards (mmcurate.quality.rephrase_guards), measured 2026-11-23 on 12 SmolLM2-135M
@@ -155,6 +163,7 @@ class RephraseConfig:
         "batch_size": Rule(ge=1, le=4096),
         "timeout_s": positive("seconds"),
         "retries": Rule(ge=0, le=20),
+        "max_response_bytes": Rule(ge=1024, why="bytes"),
         "backoff_s": non_negative("seconds"),
         "backoff_max_s": non_negative("seconds"),
         "max_copy_jaccard": unit_interval("MinHash Jaccard"),
@@ -168,6 +177,8 @@ class RephraseConfig:
         out = []
         if self.backend == "openai" and not (self.url and self.api_model):
             out.append("backend openai needs url and api_model")
+        elif self.backend == "openai" and not self.url.startswith(("http://", "https://")):
+            out.append(f"url {self.url!r}: use http://host:port/v1 or https://...")
         if self.passage_min_tokens > self.passage_max_tokens:
             out.append(f"passage_min_tokens {self.passage_min_tokens} > passage_max_tokens "
                        f"{self.passage_max_tokens}")
@@ -493,6 +504,7 @@ class RephraseModelHandler(ModelHandler):
             return rb.OpenAIChatClient(c.url, c.api_model, api_key_env=c.api_key_env,
                                        timeout_s=c.timeout_s, retries=c.retries,
                                        backoff_s=c.backoff_s, backoff_max_s=c.backoff_max_s,
+                                       max_response_bytes=c.max_response_bytes,
                                        model_sha256=c.api_model_sha256)
         key = (c.model, c.embedded_parallel, c.threads, c.seed)
         with _GENERATOR_LOCK:  # one model per worker process, shared by the rounds' transforms
