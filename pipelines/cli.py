@@ -453,8 +453,14 @@ def _audit_report_and_gates(args) -> int:
     from mmcurate.quality import gates, report
 
     if args.html:
-        path = report.write_report(args.output, args.html)
+        data = report.report_data(args.output)
+        path = report.write_report(args.output, args.html, data)
         print(f"wrote {os.path.abspath(path)}")
+        problems = data["summary"].get("problems")
+        if problems and not args.check:  # as the text and --json summaries do
+            print(f"mmcurate: {args.output}: {len(problems)} problem(s), see the report's "
+                  f"\"Problems of this output\"", file=sys.stderr)
+            return 1
     if not args.check:
         return 0
     try:
