@@ -364,12 +364,13 @@ def test_a_crashing_command_is_retried_and_says_why_in_one_line(tmp_path, monkey
     import sys
 
     monkeypatch.setenv("MMCURATE_BIN", shlex.join([sys.executable, "-c", CRASHING_CLI]))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the audit's crash log goes
     (tmp_path / "out").mkdir()
     rc, out = commands.run_logged(["audit", str(tmp_path / "out")], lambda line: None)
     assert rc == 3, out
     lines = [line for line in out.splitlines() if line.startswith("mmcurate:")]
     assert lines and lines[-1].startswith("mmcurate: crashed: FileNotFoundError: "), out
-    assert "Traceback" not in out
+    assert "Traceback" not in out and len(list(tmp_path.glob("mmcurate-crash-*.log"))) == 1
     assert _fail_on_kind(rc) == "retry"
 
 
