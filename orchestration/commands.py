@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -56,6 +57,54 @@ def beam_options_to_args(options: dict | None) -> list[str]:
     return args
 
 
+class PlanError(ValueError):
+    """DAG params that would make a wrong command line; the message is one line."""
+
+
+def _flag_key(name: str) -> str:
+    """`--no-audit`, `no_audit`, `-o` -> one spelling, to compare a Beam option key with a flag."""
+    return name.strip().lstrip("-").replace("_", "-")
+
+
+def reserved_flags() -> dict[str, str]:
+    """{key: flag} for every flag of mmcurate's own CLI (its argparse parser, every subcommand)
+    and the operator launcher's `--mmcurate_input`: a Beam option with one of these names would
+    be appended after the plan's own flag and win over it."""
+    from mmcurate.orchestration.launch import INPUT_FLAG
+    from mmcurate.pipelines.cli import own_flags
+
+    return {_flag_key(f): f for f in sorted(own_flags() | {INPUT_FLAG})}
+
+
+def check_params(beam_options: dict | None, sets: list[str] | None = None,
+                 corpus_sets: list[str] | None = None, stages: str | None = None,
+                 corpus_stages: str | None = None) -> None:
+    """PlanError when a param would override the plan's own flags: a `beam_options` key naming
+    one of mmcurate's flags (`output`, `config`, `set`, `stages`, ...) or `runner` (the DAG param
+    `runner` also picks the launcher), a `sets` item or a stage that is a flag."""
+    reserved = reserved_flags()
+    problems = []
+    for key in beam_options or {}:
+        k = _flag_key(str(key))
+        if k in reserved:
+            problems.append(f"beam_options key {key!r} is mmcurate's own flag {reserved[k]} (set "
+                            f"through the DAG params output_root, input, config, sets, stages)")
+        elif k == "runner":
+            problems.append(f"beam_options key {key!r}: use the DAG param runner (it also picks the "
+                            f"launcher)")
+    for param, items in (("sets", sets), ("corpus_sets", corpus_sets)):
+        for item in items or []:
+            if not isinstance(item, str) or item.lstrip().startswith("-"):
+                problems.append(f"{param} item {item!r}: expected KEY=VALUE, not a flag")
+    for param, value in (("stages", stages), ("corpus_stages", corpus_stages)):
+        for name in (value or "").split(","):
+            if name.strip() and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name.strip()):
+                problems.append(f"{param} {value!r}: {name.strip()!r} is not a stage name")
+                break
+    if problems:
+        raise PlanError("; ".join(problems))
+
+
 def substitute(values: list[str], mapping: dict[str, str]) -> list[str]:
     """`{output}`, `{output_root}`, `{partition}`, `{earlier_outputs}` in --set values."""
     out = []
@@ -95,6 +144,7 @@ def make_plan(partition: str, input_path: str, output: str, *, stages: str | Non
               dataflow: dict | None = None, dedup_index_dir: str | None = None) -> Plan:
     if launcher not in ("auto", "task", "beam_operator"):
         raise ValueError(f"launcher {launcher!r}: expected auto, task or beam_operator")
+    check_params(beam_options, sets, corpus_sets, stages, corpus_stages)
     if launcher == "auto":
         launcher = "beam_operator" if runner in OPERATOR_RUNNERS else "task"
     earlier = list(earlier or [])

@@ -16,6 +16,10 @@ jobs, then the audit gate.
   partitions, rephrasing); it is skipped when `corpus_stages` is empty.
 - `audit_gate` runs `mmcurate audit OUTPUT --check GATES`; a failing check (exit 1) or a
   malformed gate file (exit 2) fails the task, and so the run, without retries.
+- Retries follow mmcurate's exit status: 1 (a verdict on the data) and 2 (arguments, config,
+  usage) fail a task for good, 3 (a crash: a full disk, a lost worker, a race) and a process
+  killed by a signal are retried. `plan` refuses params that would override the command line's
+  own flags (a `beam_options` key `output`, `set`, `stages`, ...) with one line, no retry.
 
 A partition is always written to the same directory, and a run commits by replacing that
 directory's manifest in one atomic step: a retried task or a re-triggered partition replaces
@@ -96,16 +100,20 @@ def _partition_name(params: dict, context) -> str:
     return when.strftime("%Y-%m-%d")
 
 
-def _fail_on(rc: int, what: str, stdout: str, retry: bool = True) -> None:
+def _fail_on(rc: int, what: str, stdout: str) -> None:
+    """Nothing for exit 0; a failure without retries for 1 (a verdict on the data: nothing
+    became a source, a gate failed) and 2 (arguments, config, a gate file), where a retry
+    would give the same answer; a failure Airflow retries for anything else: 3 (a crash), a
+    signal (a negative status), an interpreter that died."""
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-    if rc == 0:
+    from mmcurate.pipelines.cli import EXIT_OK, EXIT_USAGE, EXIT_VERDICT
+
+    if rc == EXIT_OK:
         return
     tail = " | ".join(line for line in stdout.strip().splitlines()[-5:])
     msg = f"{what} exited {rc}: {tail}"
-    # 1 (nothing became a source / a gate failed) and 2 (bad config or gate file) are verdicts
-    # on the data or the arguments; a retry would give the same answer
-    if not retry or rc in (1, 2):
+    if rc in (EXIT_VERDICT, EXIT_USAGE):
         raise AirflowFailException(msg)
     raise AirflowException(msg)
 
@@ -184,17 +192,25 @@ def build_dag(dag_id: str = DAG_ID, schedule: str | None = "@daily",
             context = get_current_context()
             params = context["params"]
             name = _partition_name(params, context)
-            part = partitions.resolve(name, params["output_root"], params.get("inputs_root"),
-                                      params.get("input"))
-            earlier = partitions.earlier_outputs(params["output_root"], name)
-            p = commands.make_plan(
-                part.name, part.input, part.output, stages=params.get("stages"),
-                config=params.get("config"), sets=params.get("sets"), runner=params["runner"],
-                beam_options=params.get("beam_options"), launcher=params.get("launcher", "auto"),
-                corpus_stages=params.get("corpus_stages"), corpus_sets=params.get("corpus_sets"),
-                gates=params.get("gates"), earlier=earlier, output_root=params["output_root"],
-                dataflow=params.get("dataflow"),
-                dedup_index_dir=params.get("dedup_index_dir") if _has_dedup() else None)
+            try:
+                part = partitions.resolve(name, params["output_root"], params.get("inputs_root"),
+                                          params.get("input"))
+                earlier = partitions.earlier_outputs(params["output_root"], name)
+                p = commands.make_plan(
+                    part.name, part.input, part.output, stages=params.get("stages"),
+                    config=params.get("config"), sets=params.get("sets"), runner=params["runner"],
+                    beam_options=params.get("beam_options"),
+                    launcher=params.get("launcher", "auto"),
+                    corpus_stages=params.get("corpus_stages"),
+                    corpus_sets=params.get("corpus_sets"), gates=params.get("gates"),
+                    earlier=earlier, output_root=params["output_root"],
+                    dataflow=params.get("dataflow"),
+                    dedup_index_dir=params.get("dedup_index_dir") if _has_dedup() else None)
+            except ValueError as e:  # params that cannot make a right command line; a missing
+                # input (FileNotFoundError) is retried: the partition may not have arrived yet
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(f"plan: {e}") from None
             print(f"partition {p.partition}: {p.input} -> {p.output} ({p.runner}, {p.launcher}); "
                   f"{len(earlier)} earlier partition(s)")
             return p.to_dict()
@@ -207,10 +223,9 @@ def build_dag(dag_id: str = DAG_ID, schedule: str | None = "@daily",
         def curate(run_argv: list[str], output: str) -> dict:
             rc, out = commands.run_logged(run_argv, print)
             _fail_on(rc, "mmcurate run", out)
-            import json
+            from mmcurate.transforms.read import read_manifest  # Beam FileSystems: gs://, s3://
 
-            with open(os.path.join(output, "manifest.json")) as fh:
-                m = json.load(fh)
+            m = read_manifest(output)
             return {"run_id": m["run_id"], "tables": m["tables"]}
 
         @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
@@ -222,14 +237,14 @@ def build_dag(dag_id: str = DAG_ID, schedule: str | None = "@daily",
             rc, out = commands.run_logged(corpus_argv, print)
             _fail_on(rc, "mmcurate corpus", out)
 
-        @task(trigger_rule=TriggerRule.NONE_FAILED, retries=0)
+        @task(trigger_rule=TriggerRule.NONE_FAILED)
         def audit_gate(audit_argv: list[str]) -> list[dict]:
             rc, out = commands.run_logged(audit_argv, print)
             outcomes = commands.gate_outcomes(out) or []
             for o in outcomes:
                 print(("PASS" if o["passed"] else "FAIL") + f"  {o['name']}: {o['measured']!r} "
                       f"(want {o['op']} {o['value']!r})")
-            _fail_on(rc, "mmcurate audit --check", out, retry=False)
+            _fail_on(rc, "mmcurate audit --check", out)
             return outcomes
 
         p = plan()

@@ -14,9 +14,12 @@ import argparse
 import sys
 
 
+INPUT_FLAG = "--mmcurate_input"  # a flag of mmcurate's own: the DAG's Beam options may not name it
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    ap.add_argument("--mmcurate_input", action="append", required=True)
+    ap.add_argument(INPUT_FLAG, action="append", required=True)
     ours, rest = ap.parse_known_args(sys.argv[1:] if argv is None else argv)
     from mmcurate.pipelines.cli import main as cli_main
 

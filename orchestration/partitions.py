@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")  # 2026-11-24, dt=2026-11-24, batch.7
+# matched with fullmatch: `$` would also accept a trailing newline
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")  # 2026-11-24, dt=2026-11-24, batch.7
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,8 @@ def _abs(path: str) -> str:
 
 
 def check_name(name: str) -> str:
-    """A partition name is one path component (no slashes, no '..')."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    """A partition name is one path component (no slashes, no '..', no control characters)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise ValueError(f"partition {name!r}: expected one path component of letters, digits "
                          "and . _ = - (e.g. 2026-11-24)")
     return name
@@ -91,6 +92,6 @@ def earlier_outputs(output_root: str, name: str) -> list[str]:
         return []
     found = []
     for entry in sorted(os.listdir(output_root)):
-        if entry < name and _NAME.match(entry) and os.path.isfile(os.path.join(output_root, entry, "manifest.json")):
+        if entry < name and _NAME.fullmatch(entry) and os.path.isfile(os.path.join(output_root, entry, "manifest.json")):
             found.append(os.path.abspath(os.path.join(output_root, entry)))
     return found

@@ -3,6 +3,10 @@
     mmcurate run INPUT... --output DIR [--config FILE] [--set KEY=VALUE] [Beam pipeline options]
     mmcurate corpus DIR [--stages rephrase,dedup] [--set KEY=VALUE] [Beam pipeline options]
     mmcurate audit DIR [--json] [--sql "SELECT ..."]
+
+Every command exits 0 (done), 1 (a verdict on the data), 2 (arguments, config or environment:
+nothing was run) or 3 (an unexpected error: one line, the traceback in a log file it names).
+Orchestrators key their retries on it: only 3 may be worth another try (`EXIT_EPILOG`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,24 @@ import logging
 import os
 import sys
 import time
+
+EXIT_OK = 0
+EXIT_VERDICT = 1  # every input rejected, an inconsistent output, a failed gate
+EXIT_USAGE = 2  # a bad flag, value, config or gate file, a runner or input that cannot be used
+EXIT_CRASH = 3  # an unexpected error (a bug, a full disk, a lost worker, a race)
+
+EXIT_EPILOG = """\
+Exit status:
+  0  done
+  1  a verdict on the data: every input was rejected (run), the output is not consistent
+     (audit: PROBLEMS), a gate failed (audit --check)
+  2  arguments, config or environment, found before any work: a bad flag or value, an
+     unknown Beam option, a runner that cannot start here, no input that exists, an output
+     in use or not writable, a malformed gate file
+  3  an unexpected error (a crash, a full disk, a lost worker): one line with the cause, the
+     traceback in the log file it names (OUT/_logs/ for run and corpus, else the temp folder);
+     running the same command again is safe (a run goes on from its checkpoints)
+"""
 
 RUN_EPILOG = """\
 INPUT is any mix of:
@@ -43,7 +65,8 @@ Examples:
   mmcurate run ../shared/media --output out/demo
   mmcurate run episodes.jsonl --output gs://bucket/curated --config prod.toml --runner DataflowRunner ...
   mmcurate run https://example.com/feed.rss --output out/feed --set asr.model=whisper-tiny.en
-"""
+
+""" + EXIT_EPILOG.replace("{", "{{").replace("}", "}}")
 
 AUDIT_EPILOG = """\
 Views, one per table: sources, speech_regions, segments, transcripts, turns, interleaved,
@@ -60,7 +83,8 @@ Examples:
   mmcurate audit out/demo --show <source_id> --html /tmp/doc.html
   mmcurate audit out/demo --html report.html                 # the audit as a page with plots
   mmcurate audit out/demo --check quality/gates/default.yaml  # PASS/FAIL per expectation
-"""
+
+""" + EXIT_EPILOG
 
 
 CORPUS_EPILOG = """\
@@ -70,7 +94,8 @@ Examples:
   mmcurate corpus out/2026-11-23                          # every corpus stage
   mmcurate corpus out/2026-11-23 --stages dedup --set dedup.index_dir=/data/dedup-index
   mmcurate corpus gs://bucket/curated/2026-11-23 --runner DataflowRunner --project P ...
-"""
+
+""" + EXIT_EPILOG
 
 
 class _Fmt(argparse.RawDescriptionHelpFormatter):
@@ -101,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="mmcurate",
         description="Turn raw podcasts and videos into curated multimodal pretraining data "
         "(Apache Beam; DirectRunner by default).",
+        epilog=EXIT_EPILOG,
         formatter_class=_Fmt,
     )
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -264,9 +290,35 @@ def output_problems(output: str) -> list[str]:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".mmcurate-probe-"):
             pass
     except OSError as e:
+        if _disk_full(e):
+            raise  # a full disk is not a usage error: space may be freed (exit 3, `crashed`)
         return [f"--output {output}: cannot write there ({e.strerror or e}); choose another "
                 f"--output or fix its permissions"]
     return []
+
+
+def missing_inputs(inputs: list[str]) -> list[str]:
+    """The inputs when none of them exists (a local path, or a glob matching nothing; a remote
+    path Beam's FileSystems does not find), else []. An input that cannot be checked here (an
+    http(s) URL or feed, a store this process cannot list) counts as existing: ingest decides."""
+    import glob
+
+    for item in inputs:
+        if item.startswith(("http://", "https://")):
+            return []
+        if "://" in item and not item.startswith("file://"):
+            try:
+                from apache_beam.io.filesystems import FileSystems
+
+                if FileSystems.match([item.rstrip("/") + "*"], limits=[1])[0].metadata_list:
+                    return []
+            except Exception:  # noqa: BLE001 - credentials, an unknown scheme: ingest will say
+                return []
+            continue
+        path = os.path.expanduser(item.removeprefix("file://"))
+        if os.path.lexists(path) or (any(c in path for c in "*?[") and glob.glob(path, recursive=True)):
+            return []
+    return list(inputs)
 
 
 def cmd_run(args, beam_args: list[str]) -> int:
@@ -283,13 +335,17 @@ def cmd_run(args, beam_args: list[str]) -> int:
         print("mmcurate: bad config (nothing was run):", file=sys.stderr)
         for problem in e.problems:
             print(f"  - {problem}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    problems = unknown_beam_options(beam_args) or curate.startup_problems(cfg)
+    if not problems and missing_inputs(args.inputs):
+        shown = ", ".join(args.inputs[:5]) + (f" and {len(args.inputs) - 5} more" if len(args.inputs) > 5 else "")
+        problems = [f"no input exists (nothing was run): {shown}"]
     # the output is probed (created) only for a run that will go ahead
-    problems = curate.startup_problems(cfg) or output_problems(args.output)
+    problems = problems or runner_problems(beam_args) or output_problems(args.output)
     if problems:
         for problem in problems:
             print(f"mmcurate: {problem}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     from mmcurate.pipelines.lock import OutputLocked
 
     t0 = time.perf_counter()
@@ -297,9 +353,10 @@ def cmd_run(args, beam_args: list[str]) -> int:
         manifest = curate.run(args.inputs, args.output, cfg, beam_args)
     except OutputLocked as e:
         print(f"mmcurate: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - the runner failed (a lost worker, a full disk ...)
-        return _run_failed(e, args)
+        return crashed(e, args, "the run failed", "nothing was committed; the sources it finished "
+                       "are checkpointed: run the same command again to go on from there")
     wall = time.perf_counter() - t0
     out = args.output if "://" in args.output else os.path.abspath(args.output)
     print(f"\nrun {manifest['run_id']} finished in {wall:.1f} s")
@@ -319,22 +376,68 @@ def cmd_run(args, beam_args: list[str]) -> int:
         print(f"mmcurate: no input became a source: all {inputs} input(s) were rejected "
               f"({rejected or 'nothing found'}); see {out}/rejected/ "
               "(--allow-empty makes this exit 0)", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_VERDICT
+    return EXIT_OK
 
 
-def _run_failed(e: BaseException, args) -> int:
-    """One line for a run the runner could not finish; the traceback with --verbose. The
-    sources it finished are checkpointed, so the same command picks up from there."""
+def _disk_full(e: BaseException | None) -> bool:
+    """Whether `e`, or an error it was raised from, is ENOSPC (a runner re-raises a worker's
+    OSError as its own exception whose message carries the original)."""
+    import errno
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "[Errno 28]" in str(e) or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def crash_log(e: BaseException, output: str | None = None) -> str | None:
+    """Write `e`'s traceback to OUTPUT/_logs/crash-<utc time>-<pid>.log (a local output), else
+    to mmcurate-crash-...log in the temp folder; the path, or None when neither can be written
+    (a full disk)."""
+    import datetime as dt
+    import tempfile
     import traceback
 
-    if args.verbose:
+    name = f"crash-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}.log"
+    places = [(tempfile.gettempdir(), "mmcurate-" + name)]
+    if output and "://" not in output:
+        places.insert(0, (os.path.join(os.path.abspath(output), "_logs"), name))
+    text = f"$ mmcurate {' '.join(sys.argv[1:])}\n" + "".join(traceback.format_exception(e))
+    for folder, filename in places:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, filename)
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def crashed(e: BaseException, args, what: str = "crashed", note: str = "") -> int:
+    """One line for an unexpected error (`ExcType: message`, the log file with the traceback),
+    exit 3; the traceback on stderr too with --verbose. A full disk is said as such."""
+    import traceback
+
+    if getattr(args, "verbose", False):
         traceback.print_exception(e)
+    output = getattr(args, "output", None) if getattr(args, "command", "") in ("run", "corpus") else None
+    log_path = crash_log(e, output)
     first = (str(e).strip().splitlines() or [""])[0][:300]
-    print(f"mmcurate: the run failed: {type(e).__name__}: {first} (nothing was committed; the "
-          f"sources it finished are checkpointed: run the same command again to go on from "
-          f"there; --verbose shows the traceback)", file=sys.stderr)
-    return 1
+    cause = f"{type(e).__name__}: {first}"
+    where = f"traceback: {log_path}" if log_path else "the traceback could not be written"
+    if _disk_full(e):
+        where = "free space, then run the same command again; " + where
+        what = "no space left on device"
+    print(f"mmcurate: {what}: {cause} ({note + '; ' if note else ''}{where})", file=sys.stderr)
+    return EXIT_CRASH
 
 
 def cmd_corpus(args, beam_args: list[str]) -> int:
@@ -355,10 +458,15 @@ def cmd_corpus(args, beam_args: list[str]) -> int:
         print("mmcurate: bad config (nothing was run):", file=sys.stderr)
         for problem in e.problems:
             print(f"  - {problem}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except ValueError as e:
         print(f"mmcurate: --stages: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    problems = unknown_beam_options(beam_args) or runner_problems(beam_args)
+    if problems:
+        for problem in problems:
+            print(f"mmcurate: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     from mmcurate.pipelines.lock import OutputLocked
 
     t0 = time.perf_counter()
@@ -366,13 +474,13 @@ def cmd_corpus(args, beam_args: list[str]) -> int:
         manifest = corpus.run_corpus(args.output, cfg, stages, beam_args)
     except OutputLocked as e:
         print(f"mmcurate: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except FileNotFoundError as e:
         print(f"mmcurate: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except ValueError as e:
         print(f"mmcurate: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     out = args.output if "://" in args.output else os.path.abspath(args.output)
     print(f"\ncorpus jobs finished in {time.perf_counter() - t0:.1f} s over {out}")
     for stage, job in manifest.get("corpus_jobs", {}).items():
@@ -382,7 +490,7 @@ def cmd_corpus(args, beam_args: list[str]) -> int:
     if not args.no_audit and "://" not in out:
         print()
         print(audit.format_summary(audit.summarize(out)))
-    return 0
+    return EXIT_OK
 
 
 def cmd_audit(args) -> int:
@@ -390,18 +498,18 @@ def cmd_audit(args) -> int:
 
     if "://" not in args.output and not os.path.isdir(args.output):
         print(f"mmcurate: {args.output}: no such output directory", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.sql:
         try:
             tbl = audit.query(args.output, args.sql)
         except audit.AuditQueryError as e:
             print(f"mmcurate: {e}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         if args.json:
             print(json.dumps(tbl.to_pylist(), default=str))
         else:
             print(audit.format_table(tbl))
-        return 0
+        return EXIT_OK
     if args.check or (args.html and not args.show):  # gates and/or the HTML report
         return _audit_report_and_gates(args)
     if args.show:  # one interleaved video document as a page a person reads
@@ -409,9 +517,9 @@ def cmd_audit(args) -> int:
             path = audit.write_document_html(args.output, args.show, args.html)
         except LookupError as e:
             print(f"mmcurate: --show: {e.args[0]}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         print(f"wrote {os.path.abspath(path)}")
-        return 0
+        return EXIT_OK
     if args.rttm or args.der:  # the turns table as RTTM files / DER against reference RTTMs
         out: dict = {}
         if args.rttm:
@@ -426,25 +534,25 @@ def cmd_audit(args) -> int:
                 rep = audit.der_report(args.output, args.der, collar=args.collar)
             except (FileNotFoundError, ValueError) as e:
                 print(f"mmcurate: --der: {e}", file=sys.stderr)
-                return 2
+                return EXIT_USAGE
             out["der"] = rep
             if not args.json:
                 print(audit.format_der_report(rep, args.der), end="")
             if not rep["sources"]:
                 if args.json:
                     print(json.dumps(out, indent=2, default=str))
-                return 1
+                return EXIT_VERDICT
         if args.json:
             print(json.dumps(out, indent=2, default=str))
-        return 0
+        return EXIT_OK
     summary = audit.summarize(args.output)
     print(json.dumps(summary, indent=2, default=str) if args.json else audit.format_summary(summary))
     if summary.get("problems"):
         if not args.json:
             print(f"mmcurate: {args.output}: {len(summary['problems'])} problem(s), see PROBLEMS above",
                   file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_VERDICT
+    return EXIT_OK
 
 
 def _audit_report_and_gates(args) -> int:
@@ -453,22 +561,28 @@ def _audit_report_and_gates(args) -> int:
     from mmcurate.quality import gates, report
 
     if args.html:
-        path = report.write_report(args.output, args.html)
+        data = report.report_data(args.output)
+        path = report.write_report(args.output, args.html, data)
         print(f"wrote {os.path.abspath(path)}")
+        problems = data["summary"].get("problems")
+        if problems and not args.check:  # as the text and --json summaries do
+            print(f"mmcurate: {args.output}: {len(problems)} problem(s), see the report's "
+                  f"\"Problems of this output\"", file=sys.stderr)
+            return EXIT_VERDICT
     if not args.check:
-        return 0
+        return EXIT_OK
     try:
         outcomes = gates.evaluate(args.output, gates.load(args.check), args.check)
     except gates.GateFileError as e:
         print(f"mmcurate: --check {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     text = gates.format_outcomes(outcomes, args.check)
     if args.json:
         print(json.dumps([{"name": o.check.name, "passed": o.passed, "measured": o.measured,
                            "op": o.check.op, "value": o.check.value} for o in outcomes], default=str))
     else:
         print(text, end="")
-    return 0 if all(o.passed for o in outcomes) else 1
+    return EXIT_OK if all(o.passed for o in outcomes) else EXIT_VERDICT
 
 
 def _beam_flag_takes_value(flag: str) -> bool:
@@ -497,18 +611,126 @@ def _beam_option_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unknown_beam_options(beam_args: list[str]) -> list[str]:
+    """One line per flag handed to Beam that no Beam PipelineOptions defines, with the nearest
+    known flag (Beam's or mmcurate's) as a suggestion. Beam itself would only log "Discarding
+    unparseable args" and run without it: a typo such as --direct_num_worker would silently
+    change how the job runs."""
+    import difflib
+
+    flags = list(dict.fromkeys(a.split("=", 1)[0] for a in beam_args if a.startswith("--")))
+    if any(f.startswith("--dask") for f in flags):  # DaskOptions registers when its module loads
+        try:
+            import apache_beam.runners.dask.dask_runner  # noqa: F401
+        except ImportError:
+            pass
+        _beam_option_parser.cache_clear()
+    known = _beam_option_parser()._option_string_actions
+    unknown = [f for f in flags if f not in known]
+    candidates = sorted({f for f in known if f.startswith("--")} | own_flags())
+    problems = []
+    for flag in unknown:
+        close = difflib.get_close_matches(flag, candidates, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        problems.append(f"unknown option {flag}: neither mmcurate nor Apache Beam defines it "
+                        f"(nothing was run){hint}")
+    return problems
+
+
+def runner_problems(beam_args: list[str]) -> list[str]:
+    """Why the runner `--runner` names cannot run here, found before any work (one line): a name
+    Beam does not know, a runner whose extra is not installed (DataflowRunner without
+    apache-beam[gcp]), a portable runner without a job endpoint, or a job server that cannot be
+    had (Prism's binary, Flink's or Spark's job-server jar, which Beam fetches from the network
+    when the job starts: resolved here the same way, and cached by Beam for the run)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, StandardOptions
+
+    from mmcurate.pipelines.curate import local_runner
+
+    options = PipelineOptions(beam_args)
+    name = options.view_as(StandardOptions).runner
+    if not name or local_runner(options) is not None:
+        return []  # the local FnApiRunner, or mmcurate's DaskRunner
+    from apache_beam.runners.portability.job_server import SubprocessJobServer
+    from apache_beam.runners.portability.portable_runner import PortableRunner
+    from apache_beam.runners.runner import create_runner
+
+    def problem(e: BaseException) -> list[str]:
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return [f"--runner {name} cannot run here (nothing was run): {type(e).__name__}: {first}"]
+
+    try:
+        runner = create_runner(name)
+    except (ValueError, ImportError) as e:
+        return problem(e)
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+
+    errors = PipelineOptionsValidator(options, runner).validate()  # what Pipeline() would raise
+    if errors:
+        return [f"--runner {name}: {' '.join(' '.join(errors).split())} (nothing was run)"]
+    if not isinstance(runner, PortableRunner) or options.view_as(PortableOptions).job_endpoint:
+        return []
+    beam_log = logging.getLogger("apache_beam")
+    level = beam_log.level
+    beam_log.setLevel(logging.CRITICAL)  # the download's own 15-line warning says the same
+    try:
+        server = runner.default_job_server(options)
+        server = getattr(server, "_job_server", server)  # StopOnExitJobServer wraps the real one
+        if isinstance(server, SubprocessJobServer):
+            server.subprocess_cmd_and_endpoint()  # resolves (downloads) the binary or jar only
+    except Exception as e:  # noqa: BLE001 - every way a job server cannot be had
+        return problem(e)
+    finally:
+        beam_log.setLevel(level)
+    return []
+
+
+def own_flags(parser: argparse.ArgumentParser | None = None) -> set[str]:
+    """Every option string mmcurate's parser defines, in any subcommand (`--output`, `-o`,
+    `--set`, `--stages`, ...): what is never handed to Beam, and what the DAG's Beam options
+    may not name."""
+    todo, flags = [parser or _parser()], set()
+    while todo:
+        for action in todo.pop()._actions:
+            flags.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+    return flags
+
+
+def repeated_flags(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """One line per single-valued flag of mmcurate's own given more than once in `argv` (its
+    own arguments, Beam's split off): argparse would keep the last one without a word, so
+    `--output a ... --output b` would write to b."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = next((t for t in argv if t in sub.choices), None)
+    if command is None:
+        return []
+    actions = sub.choices[command]._option_string_actions
+    given: dict[str, list[str]] = {}
+    i = argv.index(command) + 1
+    while i < len(argv):
+        tok = argv[i]
+        action = actions.get(tok.split("=", 1)[0]) if tok.startswith("-") else None
+        if action is not None:
+            if type(action) is argparse._StoreAction:
+                given.setdefault(action.option_strings[-1], []).append(tok)
+            if action.nargs != 0 and "=" not in tok:
+                tok = f"{tok} {argv[i + 1]}" if i + 1 < len(argv) else tok
+                if type(action) is argparse._StoreAction:
+                    given[action.option_strings[-1]][-1] = tok
+                i += 1
+        i += 1
+    return [f"{flag} given {len(toks)} times ({', '.join(toks)}): give it once (nothing was run)"
+            for flag, toks in given.items() if len(toks) > 1]
+
+
 def split_beam_args(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
     """Separate Beam's flags (passed through untouched) from mmcurate's own arguments.
 
     `--flag=value` and `--flag value` both work; everything after a lone `--` goes to Beam.
     """
-    ours = set()
-    for action in parser._actions:
-        ours.update(action.option_strings)
-        for sub in getattr(action, "choices", None) or {}:
-            if isinstance(action.choices, dict):
-                for a in action.choices[sub]._actions:
-                    ours.update(a.option_strings)
+    ours = own_flags(parser)
     mine, beam_args, i = [], [], 0
     while i < len(argv):
         tok = argv[i]
@@ -533,13 +755,24 @@ def main(argv: list[str] | None = None) -> int:
     mine, rest = split_beam_args(list(sys.argv[1:] if argv is None else argv), parser)
     args = parser.parse_args(mine)
     _setup_logging(args.verbose)
-    if args.command == "run":
-        return cmd_run(args, rest)
-    if args.command == "corpus":
-        return cmd_corpus(args, rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return cmd_audit(args)
+    repeated = repeated_flags(mine, parser)
+    if repeated:
+        for problem in repeated:
+            print(f"mmcurate: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "run":
+            return cmd_run(args, rest)
+        if args.command == "corpus":
+            return cmd_corpus(args, rest)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return cmd_audit(args)
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # what a shell reports for a process ended by SIGPIPE
+    except Exception as e:  # noqa: BLE001 - anything unforeseen: one line, exit 3, a log file
+        return crashed(e, args)
 
 
 def entry() -> None:
@@ -548,8 +781,8 @@ def entry() -> None:
     A run has imported Beam, torch, ONNX Runtime and gRPC; tearing all of that down took
     1-2.5 s after the last line was printed (every module, every native library's pools). By
     then the shards and the manifest are committed (fsync, rename) and the summary printed, so
-    the process flushes its logs and streams and ends with main's status. An exception still
-    ends it the usual way (traceback, status 1)."""
+    the process flushes its logs and streams and ends with main's status (an exception is
+    main's status 3; only an interrupt ends it the usual way)."""
     from mmcurate.transforms.worker import exit_without_teardown
 
     rc = main()

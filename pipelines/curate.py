@@ -372,8 +372,9 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
         result = p.run()
         result.wait_until_finish()
         checkpoints.remove_other_runs(output, run_id)
-    with open(os.path.join(output, "manifest.json")) if "://" not in output else _open_remote(output) as fh:
-        return json.load(fh)
+    from mmcurate.transforms.read import read_manifest
+
+    return read_manifest(output)
 
 
 def _known_sources(inputs: list[str]) -> int | None:
@@ -386,9 +387,3 @@ def _known_sources(inputs: list[str]) -> int | None:
         if ext not in MANIFEST_EXTS and ext not in FEED_EXTS:
             return 1
     return None
-
-
-def _open_remote(output: str):
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.open(output + "/manifest.json")

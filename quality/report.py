@@ -27,7 +27,7 @@ import os
 from typing import Any
 
 from mmcurate.quality import svgplot
-from mmcurate.quality.audit import connect, summarize
+from mmcurate.quality.audit import connect, load_manifest, summarize
 from mmcurate.schemas.tables import TABLES
 
 CSS = """
@@ -52,9 +52,8 @@ def _q(con, sql: str) -> list[tuple]:
 
 def _config(out_dir: str) -> dict:
     try:
-        with open(os.path.join(out_dir, "manifest.json"), encoding="utf-8") as fh:
-            return json.loads(json.load(fh).get("config") or "{}")
-    except (OSError, ValueError, AttributeError):
+        return json.loads((load_manifest(out_dir) or {}).get("config") or "{}")
+    except (ValueError, TypeError):
         return {}
 
 
@@ -209,6 +208,9 @@ def render(d: dict[str, Any], out_dir: str) -> str:
     if s.get("problems"):
         problems = ('<div class="problems"><b>Problems of this output</b><ul>' + "".join(
             f"<li>{html.escape(p)}</li>" for p in s["problems"]) + "</ul></div>")
+    if s.get("warnings"):
+        problems += ('<div class="problems"><b>Warnings</b><ul>' + "".join(
+            f"<li>{html.escape(w)}</li>" for w in s["warnings"]) + "</ul></div>")
     meta = (f"run {html.escape(str(s.get('run_id')))} &middot; code "
             f"{html.escape(str(s.get('code_version')))} &middot; report written "
             f"{dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
@@ -221,9 +223,10 @@ def render(d: dict[str, Any], out_dir: str) -> str:
             f"<h2>Plots</h2><div class=\"grid\">{''.join(figs)}</div></body></html>\n")
 
 
-def write_report(out_dir: str, path: str) -> str:
-    """Write the page for `out_dir` to `path`; returns the path."""
-    page = render(report_data(out_dir), out_dir)
+def write_report(out_dir: str, path: str, data: dict[str, Any] | None = None) -> str:
+    """Write the page for `out_dir` to `path` (from `data`, `report_data(out_dir)` if not
+    given); returns the path."""
+    page = render(data or report_data(out_dir), out_dir)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:

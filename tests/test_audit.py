@@ -311,3 +311,106 @@ def test_summary_is_json_and_report_has_key_lines(run_out: Path) -> None:
         assert needle in text, needle
     hours_in = next(line for line in text.splitlines() if line.strip().startswith("in "))
     assert hours_in.split()[-1] == f"{2580 / 3600:.2f}"
+
+
+# ------------------------------------------------------------------ shard schemas
+
+
+def _rewrite(out: Path, table: str, part: int, change) -> str:
+    """Replace shard `part` of `table` by `change(arrow table)`; returns its relative path."""
+    rel = f"{table}/part-{part:05d}.parquet"
+    path = out / rel
+    pq.write_table(change(pq.read_table(path)), path)
+    return rel
+
+
+def _audit_cli(capsys, out: Path, *args: str) -> tuple[int, str, str]:
+    from mmcurate.pipelines import cli
+
+    rc = cli.main(["audit", str(out), *args])
+    stdout, err = capsys.readouterr()
+    return rc, stdout, err
+
+
+def _consistency_gate_passes(out: Path) -> bool:
+    from mmcurate.orchestration.commands import default_gates
+    from mmcurate.quality import gates
+
+    consistent = [c for c in gates.load(default_gates()) if c.metric == "problems"]
+    assert consistent, "the default gate file has its consistency check"
+    return all(o.passed for o in gates.evaluate(str(out), consistent))
+
+
+def test_a_shard_without_a_required_column_is_a_problem_in_every_mode(run_out: Path, capsys, tmp_path) -> None:
+    rel = _rewrite(run_out, "sources", 0, lambda t: t.drop_columns(["duration_s"]))
+    s = audit.summarize(str(run_out))
+    line = next((p for p in s["problems"] if "duration_s" in p), None)
+    assert line is not None and rel in line and "no column duration_s" in line, s["problems"]
+    assert not _consistency_gate_passes(run_out)
+    for args in ((), ("--json",), ("--html", str(tmp_path / "r.html"))):
+        rc, stdout, err = _audit_cli(capsys, run_out, *args)
+        assert rc == 1, (args, stdout, err)
+        assert "Traceback" not in stdout + err
+        if not args:
+            assert "PROBLEMS" in stdout and rel in stdout and "invariant OK" not in stdout
+        if args == ("--json",):
+            assert any(rel in p and "duration_s" in p for p in json.loads(stdout)["problems"])
+    assert "no column duration_s" in (tmp_path / "r.html").read_text()
+
+
+def test_a_retyped_column_is_a_problem_not_a_traceback(run_out: Path, capsys, tmp_path) -> None:
+    import pyarrow.compute as pc
+
+    def as_text(t: pa.Table) -> pa.Table:
+        i = t.schema.get_field_index("duration_s")
+        return t.set_column(i, "duration_s", pc.cast(t["duration_s"], pa.string()))
+
+    rel = _rewrite(run_out, "sources", 0, as_text)
+    s = audit.summarize(str(run_out))
+    assert any(rel in p and "duration_s is string, declared double" in p for p in s["problems"]), s["problems"]
+    assert not _consistency_gate_passes(run_out)
+    for args in ((), ("--json",), ("--html", str(tmp_path / "r.html"))):
+        rc, stdout, err = _audit_cli(capsys, run_out, *args)
+        assert rc == 1 and "Traceback" not in stdout + err, (args, stdout, err)
+    # the views still answer: the broken shard is left out, the others are read
+    assert audit.query(str(run_out), "SELECT count(*) FROM rejected").column(0).to_pylist() == [5]
+
+
+def test_a_ledger_shard_without_reason_is_a_problem(run_out: Path, capsys) -> None:
+    # one shard of two without `reason`
+    _write(run_out, "rejected", [
+        Rejection.make(stage="decode", reason="undecodable", detail="x", uri="in/x.mp3", run_id=RUN),
+    ], part=1)
+    rel = _rewrite(run_out, "rejected", 1, lambda t: t.drop_columns(["reason"]))
+    s = audit.summarize(str(run_out))
+    assert any(rel in p and "no column reason" in p for p in s["problems"]), s["problems"]
+    rc, stdout, err = _audit_cli(capsys, run_out)
+    assert rc == 1 and "Traceback" not in stdout + err
+    # every shard without it: no `decode/None` rows in the summary, a problem per shard
+    _rewrite(run_out, "rejected", 0, lambda t: t.drop_columns(["reason"]))
+    rc, stdout, err = _audit_cli(capsys, run_out)
+    assert rc == 1 and "/None" not in stdout and stdout.count("no column reason") == 2, stdout
+
+
+def test_an_extra_column_is_a_warning_and_a_clean_output_has_none(run_out: Path, capsys) -> None:
+    clean = audit.summarize(str(run_out))
+    assert "warnings" not in clean and clean["problems"] == []
+    rel = _rewrite(run_out, "sources", 0, lambda t: t.append_column("note", pa.array(["x"] * t.num_rows)))
+    s = audit.summarize(str(run_out))
+    assert s["problems"] == [] and s["invariant_ok"] is True
+    assert len(s["warnings"]) == 1 and rel in s["warnings"][0] and "note" in s["warnings"][0]
+    rc, stdout, _ = _audit_cli(capsys, run_out)
+    assert rc == 0 and "WARNINGS (1)" in stdout and "invariant OK" in stdout
+    assert _consistency_gate_passes(run_out)
+
+
+def test_types_other_writers_choose_read_as_declared() -> None:
+    from mmcurate.quality.audit import _same_type
+
+    word = TABLES["segments"].field("words").type
+    assert _same_type(pa.large_string(), pa.string())
+    assert _same_type(pa.dictionary(pa.int32(), pa.string()), pa.string())
+    assert _same_type(pa.large_list(pa.field("element", word.value_type)), word)
+    assert not _same_type(pa.string(), pa.float64())
+    assert not _same_type(pa.int64(), pa.float64())
+    assert not _same_type(pa.list_(pa.struct([("word", pa.string())])), word)

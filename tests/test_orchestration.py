@@ -76,7 +76,8 @@ def test_task_graph_shape(airflow_db):
     # and the gate runs after a skipped corpus job but never after a failed one
     assert tasks["corpus"].trigger_rule == TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS
     assert tasks["audit_gate"].trigger_rule == TriggerRule.NONE_FAILED
-    assert tasks["audit_gate"].retries == 0  # a failed gate is a verdict, not a glitch
+    # a failed gate is a verdict, never retried (`_fail_on`); a crashed audit is retried
+    assert tasks["audit_gate"].retries == 3
     assert tasks["curate"].retries == 3
 
 
@@ -94,7 +95,7 @@ def test_partition_convention(tmp_path):
     assert explicit.output == str(outputs / "2026-11-23")
     with pytest.raises(FileNotFoundError, match=r"2026-11-24\.jsonl.*2026-11-24\.csv"):
         partitions.resolve("2026-11-24", str(outputs), str(inputs))
-    for bad in ("../etc", "a/b", "", ".hidden"):
+    for bad in ("../etc", "a/b", "", ".hidden", "2026-11-22\n", "2026-11-22\r", "a\x00b", "a\tb"):
         with pytest.raises(ValueError, match="partition"):
             partitions.resolve(bad, str(outputs), str(inputs))
     # earlier partitions: committed outputs that sort before this one
@@ -272,3 +273,153 @@ def _ids(out: Path) -> dict:
         if col:
             ids[table] = sorted(v for p in paths for v in pq.read_table(p, columns=[col]).column(col).to_pylist())
     return ids
+
+
+# ------------------------------------------------------------------ params that would override the plan
+
+
+@pytest.mark.parametrize("params,expect", [
+    ({"beam_options": {"output": "/elsewhere"}}, "beam_options key 'output' is mmcurate's own flag --output"),
+    ({"beam_options": {"set": ["asr.model=x"]}}, "own flag --set"),
+    ({"beam_options": {"stages": "vad"}}, "own flag --stages"),
+    ({"beam_options": {"config": "/c.toml"}}, "own flag --config"),
+    ({"beam_options": {"mmcurate_input": "/other.jsonl"}}, "own flag --mmcurate_input"),
+    ({"beam_options": {"no_audit": False, "allow-empty": True}}, "own flag --no-audit"),
+    ({"beam_options": {"help": True}}, "own flag --help"),
+    ({"beam_options": {"runner": "FlinkRunner"}}, "use the DAG param runner"),
+    ({"sets": ["--output=/elsewhere"]}, "sets item '--output=/elsewhere': expected KEY=VALUE"),
+    ({"corpus_sets": ["-o", "/x"]}, "corpus_sets item '-o'"),
+    ({"stages": "vad --output=/elsewhere"}, "'vad --output=/elsewhere' is not a stage name"),
+])
+def test_params_cannot_override_the_plans_own_flags(params, expect):
+    with pytest.raises(commands.PlanError, match="^[^\\n]*$") as e:
+        commands.make_plan("2026-11-22", "/in/d.jsonl", "/out/2026-11-22", **params)
+    assert expect in str(e.value)
+
+
+def test_reserved_flags_come_from_the_cli_parser(monkeypatch):
+    from mmcurate.pipelines import cli
+
+    reserved = commands.reserved_flags()
+    assert {"output", "config", "set", "stages", "mmcurate-input", "no-audit", "allow-empty", "sql",
+            "check", "verbose", "o", "c"} <= set(reserved)
+    real = cli._parser
+
+    def with_a_new_flag():  # a flag added to the CLI is reserved without touching the DAG
+        parser = real()
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        sub.choices["run"].add_argument("--brand-new")
+        return parser
+
+    monkeypatch.setattr(cli, "_parser", with_a_new_flag)
+    with pytest.raises(commands.PlanError, match="own flag --brand-new"):
+        commands.make_plan("d", "i", "o", beam_options={"brand_new": 1})
+
+
+def test_plan_refuses_bad_params_with_one_line_and_no_retry(airflow_db, tmp_path):
+    from mmcurate.orchestration.dag import build_dag
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "2026-11-20.jsonl").write_text("{}\n")
+    conf = {"inputs_root": str(tmp_path / "in"), "output_root": str(tmp_path / "out"),
+            "corpus_stages": "", "beam_options": {"output": str(tmp_path / "elsewhere")}}
+    dr = build_dag(retries=2).test(logical_date=dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc),
+                                   run_conf=conf)
+    states = _states(dr)
+    assert states["plan"] == "failed", states  # failed, not up_for_retry
+    assert states["curate"] != "success" and not (tmp_path / "elsewhere").exists()
+
+
+# ------------------------------------------------------------------ exit codes and retries
+
+
+def _fail_on_kind(rc: int) -> str:
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    from mmcurate.orchestration.dag import _fail_on
+
+    try:
+        _fail_on(rc, "mmcurate run", "last line\n")
+    except AirflowFailException:
+        return "fail"
+    except AirflowException:
+        return "retry"
+    return "ok"
+
+
+def test_only_crashes_are_retried():
+    assert [_fail_on_kind(rc) for rc in (0, 1, 2, 3, -9, 137)] == ["ok", "fail", "fail", "retry", "retry", "retry"]
+
+
+CRASHING_CLI = (
+    "import sys; from mmcurate.pipelines import cli; from mmcurate.quality import audit; "
+    "audit.summarize = lambda out: open('/proc/nonexistent/x'); sys.exit(cli.main(sys.argv[1:]))"
+)
+
+
+def test_a_crashing_command_is_retried_and_says_why_in_one_line(tmp_path, monkeypatch):
+    """The CLI's uncaught exception (here a file that cannot be opened: a race, a full disk) is
+    exit 3, one line naming the cause: the task is retried, not failed for good as a verdict."""
+    import shlex
+    import sys
+
+    monkeypatch.setenv("MMCURATE_BIN", shlex.join([sys.executable, "-c", CRASHING_CLI]))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the audit's crash log goes
+    (tmp_path / "out").mkdir()
+    rc, out = commands.run_logged(["audit", str(tmp_path / "out")], lambda line: None)
+    assert rc == 3, out
+    lines = [line for line in out.splitlines() if line.startswith("mmcurate:")]
+    assert lines and lines[-1].startswith("mmcurate: crashed: FileNotFoundError: "), out
+    assert "Traceback" not in out and len(list(tmp_path.glob("mmcurate-crash-*.log"))) == 1
+    assert _fail_on_kind(rc) == "retry"
+
+
+# ------------------------------------------------------------------ the manifest through Beam's FileSystems
+
+
+from apache_beam.io.filesystem import FileSystem  # noqa: E402
+
+
+class _MemoryFileSystem(FileSystem):
+    """`mmtest://` paths held in a dict: an object store as Beam's FileSystems sees one."""
+
+    FILES: dict[str, bytes] = {}
+
+    @classmethod
+    def scheme(cls):
+        return "mmtest"
+
+    def exists(self, path):
+        return path in self.FILES
+
+    def open(self, path, mime_type="application/octet-stream", compression_type=None):
+        import io
+
+        if path not in self.FILES:
+            raise FileNotFoundError(path)
+        return io.BytesIO(self.FILES[path])
+
+    def _unused(self, *a, **k):
+        raise NotImplementedError
+
+    join = split = mkdirs = has_dirs = _list = create = copy = rename = size = last_updated = \
+        checksum = delete = metadata = _unused
+
+
+def test_the_curate_task_reads_a_remote_manifest_through_beam(monkeypatch):
+    """A run into gs://... committed its manifest there; the task that launched it must read it
+    back through Beam's FileSystems (the builtin open() cannot), as must the audit."""
+    import shlex
+    import sys
+
+    from mmcurate.orchestration.dag import build_dag
+    from mmcurate.quality import audit
+
+    out = "mmtest://bucket/curated/2026-11-22"
+    _MemoryFileSystem.FILES[out + "/manifest.json"] = json.dumps(
+        {"run_id": "run-x", "tables": {"sources": 2}, "shards": [], "config": "{}"}).encode()
+    monkeypatch.setenv("MMCURATE_BIN", shlex.join([sys.executable, "-c", "raise SystemExit(0)"]))
+    curate = build_dag().get_task("curate").python_callable
+    assert curate(["run", "in", "--output", out], out) == {"run_id": "run-x", "tables": {"sources": 2}}
+    assert audit.load_manifest(out)["run_id"] == "run-x"
+    assert audit.load_manifest("mmtest://bucket/curated/none") is None

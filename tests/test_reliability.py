@@ -267,7 +267,7 @@ def test_a_run_that_rejects_every_input_exits_1_with_a_summary(tmp_path, capsys)
     bad = tmp_path / "bad.mp3"
     bad.write_text("not audio at all")
     rc, _, err = _run(capsys, "run", str(bad), "-o", str(tmp_path / "o"), "--stages", "vad", "--no-audit")
-    assert rc == 1 and "no input became a source" in err and "decode/not_media 1" in err
+    assert rc == 1 and "no input became a source" in err and "decode/not_media 1" in err, err
     rc, _, _ = _run(capsys, "run", str(bad), "-o", str(tmp_path / "o"), "--stages", "vad", "--no-audit",
                     "--allow-empty")
     assert rc == 0
@@ -306,3 +306,128 @@ def test_truncated_media_gets_a_ledger_row_with_the_seconds_lost(tmp_path, polic
         assert not ({str(mp4), str(mp3)} & sources)
     s = audit.summarize(str(out))
     assert s["problems"] == [] and s["inputs"] == 3
+
+
+# ------------------------------------------------------------------ exit codes: 0, 1, 2, 3
+
+
+def test_help_documents_the_exit_codes(capsys):
+    for argv in (["--help"], ["run", "--help"], ["audit", "--help"], ["corpus", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and "Exit status:" in out, argv
+        assert "3  an unexpected error" in out and "2  arguments, config or environment" in out
+
+
+def test_an_unexpected_error_is_one_line_exit_3_and_a_log_file(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def broken(_out):
+        raise RuntimeError("a bug\nsecond line")
+
+    monkeypatch.setattr(audit, "summarize", broken)
+    rc, stdout, err = _run(capsys, "audit", str(out))
+    assert rc == cli.EXIT_CRASH == 3
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mmcurate: crashed: RuntimeError: a bug (traceback: "), err
+    log = Path(lines[0].rsplit("traceback: ", 1)[1].rstrip(")"))
+    assert log.is_file() and "Traceback" in log.read_text() and "second line" in log.read_text()
+    assert not (out / "_logs").exists()  # the audit writes nothing into the output
+    log.unlink()
+
+
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device"),
+    RuntimeError("OSError: [Errno 28] No space left on device [while running 'WriteTables/Write']"),
+])
+def test_a_full_disk_is_one_line_exit_3(tmp_path, capsys, monkeypatch, error):
+    def full(*a, **k):
+        raise error
+
+    monkeypatch.setattr(curate, "run", full)
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, "run", str(JFK), "-o", str(out), "--stages", "vad", "--no-audit")
+    lines = err.strip().splitlines()
+    assert rc == 3 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("mmcurate: no space left on device: ") and "free space" in lines[0]
+
+
+def test_a_run_that_crashes_exits_3_with_its_traceback_under_the_output(tmp_path, capsys, monkeypatch):
+    def lost(*a, **k):
+        raise ConnectionResetError("worker lost")
+
+    monkeypatch.setattr(curate, "run", lost)
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, "run", str(JFK), "-o", str(out), "--stages", "vad", "--no-audit")
+    assert rc == 3 and "the run failed: ConnectionResetError: worker lost" in err and "Traceback" not in err
+    logs = list((out / "_logs").glob("crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in err and "ConnectionResetError" in logs[0].read_text()
+
+
+# ------------------------------------------------------------------ arguments, before any work
+
+
+@pytest.mark.parametrize("flag,expect", [
+    ("--direct_num_worker=2", "did you mean --direct_num_workers?"),
+    ("--ouput=/tmp/elsewhere", "did you mean --output?"),
+    ("--no_such_beam_option", "unknown option --no_such_beam_option"),
+])
+def test_an_unknown_beam_option_exits_2_naming_it(tmp_path, capsys, flag, expect):
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, "run", str(JFK), "-o", str(out), "--stages", "vad", flag)
+    assert rc == 2 and expect in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_the_documented_beam_options_are_known():
+    assert cli.unknown_beam_options([
+        "--runner=DataflowRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+        "--project", "p", "--region", "r", "--temp_location", "gs://b/t", "--staging_location=gs://b/s",
+        "--sdk_container_image=img", "--sdk_location", "container", "--experiments", "use_runner_v2",
+        "--machine_type", "g2-standard-8", "--max_num_workers", "20", "--dataflow_service_options", "x",
+        "--job_endpoint=localhost:1", "--environment_type=EXTERNAL", "--environment_config=localhost:2",
+        "--flink_master=h:8081", "--save_main_session", "--dask_client_address", "h:8786",
+    ]) == []
+
+
+def test_an_unusable_runner_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    from urllib.error import URLError
+
+    from apache_beam.runners.portability import prism_runner
+
+    def offline(url, *a, **k):
+        raise URLError("no network")
+
+    # Prism's binary comes from GitHub releases at start-up: no network here, nothing cached
+    monkeypatch.setattr(prism_runner, "urlopen", offline)
+    monkeypatch.setattr(prism_runner.PrismJobServer, "BIN_CACHE", str(tmp_path / "prism-cache"))
+    for runner, expect in (("PrismRunner", "Unable to fetch remote prism binary"),
+                           ("NoSuchRunner", "Unexpected pipeline runner: NoSuchRunner"),
+                           ("PortableRunner", "You must specify a --job_endpoint")):
+        out = tmp_path / runner
+        rc, _, err = _run(capsys, "run", str(JFK), "-o", str(out), "--stages", "vad", "--runner", runner)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and f"--runner {runner} cannot run here" in lines[0], err
+        assert expect in lines[0] and not out.exists()
+
+
+def test_no_existing_input_exits_2_before_any_pipeline(tmp_path, capsys):
+    out = tmp_path / "out"
+    missing = [str(tmp_path / "nope.wav"), str(tmp_path / "none" / "*.mp3")]
+    rc, stdout, err = _run(capsys, "run", *missing, "-o", str(out), "--stages", "vad")
+    assert rc == 2 and err.strip() == f"mmcurate: no input exists (nothing was run): {', '.join(missing)}", err
+    assert not out.exists() and stdout == ""
+    assert cli.missing_inputs([str(JFK), missing[0]]) == []  # one that exists: the run goes on
+
+
+def test_an_own_flag_given_twice_exits_2(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    rc, _, err = _run(capsys, "run", str(JFK), "-o", str(a), "--stages", "vad", "--output", str(b))
+    assert rc == 2 and f"--output given 2 times (-o {a}, --output {b})" in err, err
+    assert not a.exists() and not b.exists()
+    rc, _, err = _run(capsys, "run", str(JFK), "-o", str(a), "--stages=vad", "--stages", "vad,speech")
+    assert rc == 2 and "--stages given 2 times" in err
+    assert cli.repeated_flags(["run", "x", "-o", "o", "--set", "a=1", "--set", "b=2"], cli._parser()) == []
