@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from apache_beam.testing.util import equal_to
 
 from mmcurate.pipelines.config import IngestConfig
@@ -233,3 +234,63 @@ def test_symlink_loops_end_as_ledger_rows(tmp_path):
     assert "symlink loop" in loop.detail and str(lib) in loop.detail
     assert sha(a) == next(m.sha256 for m in media if m.uri == str(lib / "a.wav"))
 
+
+EVIL = "\x1b]0;evil\x07 a\nINFO fake"  # an OSC that retitles the terminal, and a forged log line
+
+
+def _log_is_clean(text: str) -> None:
+    assert "\x1b" not in text and "\x07" not in text
+    assert not [line for line in text.splitlines() if line.startswith("INFO fake")]
+
+
+def test_names_with_control_characters_are_escaped_in_log_lines(tmp_path, caplog):
+    lib = tmp_path / "lib"
+    tone = write_wav(lib / f"ep{EVIL}.wav", 300)
+    feed = tmp_path / f"feed{EVIL}.xml"  # not well-formed: its recovery is a log line naming it
+    write_wav(tmp_path / "b.wav", 310)
+    feed.write_text("<rss><channel><title>T&nbsp;</title><item><guid>g</guid>"
+                    "<enclosure url='b.wav'/></item></channel></rss>")
+    out = lib / f"out{EVIL}"
+    write_wav(out / "_downloads" / "x.wav", 320)
+    with caplog.at_level("INFO"):
+        media, rejected, _ = run_ingest([lib, feed], exclude=[out])
+    assert not rejected
+    assert sorted(m.uri for m in media) == sorted([str(lib / f"ep{EVIL}.wav"), str(tmp_path / "b.wav")])
+    assert next(m.sha256 for m in media if "ep" in m.uri) == sha(tone)  # stored exactly as named
+    said = caplog.text
+    assert "feed\\x1b]0;evil\\x07 a\\nINFO fake.xml is malformed but was recovered" in said
+    assert "not reading " + str(lib) + "/out\\x1b]0;evil\\x07 a\\nINFO fake as input" in said
+    _log_is_clean(said)
+    from mmcurate.quality.audit import format_table
+
+    shown = format_table(pa.table({"uri": [f"ep{EVIL}.wav"]}))  # `mmcurate audit --sql` output
+    assert "ep\\x1b]0;evil\\x07 a\\nINFO fake.wav" in shown
+    _log_is_clean(shown)
+
+
+@pytest.mark.slow  # two runs with the real VAD model (~15 s)
+def test_a_run_logs_and_prints_control_character_names_escaped(tmp_path, caplog, media):
+    """The whole run (ingest + VAD, the per-source log lines) and `audit --sql` output: no raw
+    ESC/BEL, no forged line; the sources table holds the exact name. The run's output lies
+    inside its input folder: a second run has the same inputs (1 -> 5 -> 8 before)."""
+    from mmcurate.pipelines import curate
+    from mmcurate.pipelines.config import CurateConfig
+    from mmcurate.quality import audit
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    name = lib / f"talk{EVIL}.wav"
+    name.write_bytes((media / "speech" / "LDC93S1.wav").read_bytes())
+    out = lib / "out"
+    with caplog.at_level("INFO"):
+        first = curate.run([str(lib)], str(out), CurateConfig(stages=("vad",)))
+    assert "talk\\x1b]0;evil\\x07 a\\nINFO fake.wav" in caplog.text
+    _log_is_clean(caplog.text)
+    assert first["stage_counts"]["ingest.inputs"] == 1
+    second = curate.run([str(lib)], str(out), CurateConfig(stages=("vad",)))
+    assert second["stage_counts"]["ingest.inputs"] == 1 and second["stage_counts"].get("ingest.rejected", 0) == 0
+    tbl = audit.query(str(out), "SELECT uri FROM sources")
+    assert tbl.column("uri").to_pylist() == [str(name)]
+    shown = audit.format_table(audit.query(str(out), "SELECT regexp_replace(uri, '.*/', '') AS name FROM sources"))
+    assert "talk\\x1b]0;evil\\x07 a\\nINFO fake.wav" in shown
+    _log_is_clean(shown)
