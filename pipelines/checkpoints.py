@@ -46,6 +46,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from mmcurate.schemas.printable import printable
 from mmcurate.transforms import commit
 
 log = logging.getLogger("mmcurate.checkpoints")
@@ -122,11 +123,11 @@ class _SplitFn(beam.DoFn):
                 raise ValueError("written for other media or in another format")
         except Exception as e:  # noqa: BLE001 - a bad checkpoint only costs the work again
             log.warning("%s: checkpoint %s unreadable (%s: %s): processing it again",
-                        ref.uri, path, type(e).__name__, e)
+                        printable(ref.uri), printable(path), type(e).__name__, printable(e))
             yield ref
             return
         self.reused.inc()
-        log.info("%s: per-source stages reused from checkpoint (%d row(s))", ref.uri, len(data["rows"]))
+        log.info("%s: per-source stages reused from checkpoint (%d row(s))", printable(ref.uri), len(data["rows"]))
         for table, record in data["rows"]:
             yield pvalue.TaggedOutput(_TAG + table, record)
 
@@ -265,7 +266,7 @@ class CachedModelHandler(ModelHandler):
                              self.step, key[:12])
                     continue
                 except Exception as e:  # noqa: BLE001 - a bad checkpoint only costs the work again
-                    log.warning("%s: checkpoint %s unreadable (%s): running the model", self.step, path, e)
+                    log.warning("%s: checkpoint %s unreadable (%s): running the model", self.step, printable(path), printable(e))
             todo.append(i)
         if todo:
             ran = self.inner.run_inference([batch[i] for i in todo], model, inference_args)

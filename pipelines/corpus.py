@@ -30,6 +30,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmcurate.pipelines.config import CurateConfig
+from mmcurate.schemas.printable import printable
 
 log = logging.getLogger("mmcurate.corpus")
 
@@ -182,7 +183,7 @@ def _run_job(out_dir, spec, cfg, version, options, overrides, test_pipeline_fact
     models = [info for h in handlers for info in h.model_info()]
     manifest = CorpusManifest(base, spec.name, spec.produces, jid, version, cfg.to_json(),
                               models, tuple(spec.models))
-    log.info("corpus job %s: stage %s over %s (run %s)", jid, spec.name, out_dir, base.get("run_id"))
+    log.info("corpus job %s: stage %s over %s (run %s)", jid, spec.name, printable(out_dir), base.get("run_id"))
     p = test_pipeline_factory() if test_pipeline_factory else beam.Pipeline(
         runner=local_runner(options), options=options)
     build_job(p, out_dir, base, spec, cfg, jid, manifest, overrides, workers)

@@ -23,6 +23,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmcurate.pipelines.config import CurateConfig
+from mmcurate.schemas.printable import printable
 
 log = logging.getLogger("mmcurate")
 
@@ -354,7 +355,7 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
     from mmcurate.pipelines.lock import output_lock
 
     with output_lock(output, run_id):
-        log.info("run %s: %d input(s) -> %s (stages: %s)", run_id, len(inputs), output, ",".join(cfg.stages))
+        log.info("run %s: %d input(s) -> %s (stages: %s)", run_id, len(inputs), printable(output), ",".join(cfg.stages))
         from mmcurate.pipelines.balance import local_workers
 
         if test_pipeline is None:
@@ -366,7 +367,7 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
             found = checkpoints.count_checkpoints(directory)
             if found:
                 log.info("%d source(s) finished by an earlier attempt of this run: their "
-                         "checkpoints under %s are reused", found, directory)
+                         "checkpoints under %s are reused", found, printable(directory))
         p = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
         build(p, inputs, output, cfg, run_id, manifest, overrides, workers=local_workers(options))
         result = p.run()

@@ -28,6 +28,8 @@ import socket
 import threading
 import time
 
+from mmcurate.schemas.printable import printable
+
 log = logging.getLogger("mmcurate.lock")
 
 LOCK = ".mmcurate.lock"
@@ -112,7 +114,7 @@ def acquire(output: str, run_id: str) -> str | None:
             if info and not _holder_gone(info, mtime):
                 raise OutputLocked(f"{output} is in use by {describe(info)}; wait for it to end, "
                                    f"or write to another --output")
-            log.warning("taking over the stale lock of %s: %s is gone", output,
+            log.warning("taking over the stale lock of %s: %s is gone", printable(output),
                         describe(info) if info else "a run that left an empty lock file")
             # rename the stale file away first: of two runs taking over at once, one renames
             # it and the other finds nothing to rename and retries the exclusive create

@@ -71,7 +71,8 @@ def _build_ingest(ctx: BuildContext, streams: dict) -> dict:
 
         # partial downloads of a killed earlier run (a live transfer writes at least every timeout)
         remove_stale_parts(download_dir, idle_s=max(2 * ctx.cfg.ingest.http_timeout_s, 60.0))
-    out = ctx.pipeline | "Ingest" >> Ingest(ctx.inputs, ctx.cfg.ingest, ctx.run_id, download_dir)
+    out = ctx.pipeline | "Ingest" >> Ingest(ctx.inputs, ctx.cfg.ingest, ctx.run_id, download_dir,
+                                            exclude=(ctx.output, download_dir))
     return {"media": out["media"], "rejected": out["rejected"]}
 
 

@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmcurate.schemas.printable import printable
 from mmcurate.schemas.stages import KEPT_SOURCE_REASONS
 from mmcurate.schemas.tables import SOURCE_LEVEL_STAGES, TABLES
 
@@ -821,7 +822,7 @@ def _cell(v: Any, width: int = 60) -> str:
         text = json.dumps(v, default=str, ensure_ascii=False)
     else:
         text = str(v)
-    text = text.replace("\n", "\\n")
+    text = printable(text)  # a name with ESC/OSC bytes or a newline must not drive the terminal
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

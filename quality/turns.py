@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 
 from mmcurate.quality.der_sql import basename_of, source_names
+from mmcurate.schemas.printable import printable
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def _rttm_names(con: duckdb.DuckDBPyConnection, sids: list[str], name: str) -> d
     for s, n in list(out.items()):
         if counts[n] > 1:  # two sources called x.wav in different folders
             out[s] = f"{n}-{s}"
-            log.warning("basename %r is shared by %d sources; writing %s.rttm", n, counts[n], out[s])
+            log.warning("basename %r is shared by %d sources; writing %s.rttm", n, counts[n], printable(out[s]))
     return out
 
 
@@ -138,7 +139,7 @@ def write_rttm(out_dir: str, rttm_dir: str, name: str = "source_id") -> list[str
     if missing:
         log.info("%d sources have no turns and got no RTTM: %s", len(missing),
                  ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
-    log.info("wrote %d RTTM files to %s", len(paths), rttm_dir)
+    log.info("wrote %d RTTM files to %s", len(paths), printable(rttm_dir))
     return paths
 
 

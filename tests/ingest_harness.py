@@ -28,10 +28,11 @@ class Collect:
         _SEEN[self.key] = list(actual)
 
 
-def run_ingest(inputs, cfg=None, download_dir="/nonexistent-download-dir", media_check=None):
+def run_ingest(inputs, cfg=None, download_dir="/nonexistent-download-dir", media_check=None, exclude=()):
     """Run Ingest in a TestPipeline; returns (media, rejected, counters)."""
     p = TestPipeline()
-    res = p | "Ingest" >> Ingest([str(i) for i in inputs], cfg or IngestConfig(), "run-test", str(download_dir))
+    kw = {"exclude": [str(x) for x in exclude]} if exclude else {}
+    res = p | "Ingest" >> Ingest([str(i) for i in inputs], cfg or IngestConfig(), "run-test", str(download_dir), **kw)
     assert_that(res["media"], Collect("media"), label="CollectMedia")
     assert_that(res["rejected"], Collect("rejected"), label="CollectRejected")
     if media_check is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from apache_beam.testing.util import equal_to
 
 from mmcurate.pipelines.config import IngestConfig
@@ -167,3 +168,129 @@ def test_real_media_files_are_hashed(media):
     assert not r
     got = {x.uri: x for x in m}
     assert got[str(jfk)].sha256 == sha(jfk.read_bytes()) and got[str(jfk)].bytes == jfk.stat().st_size
+
+
+def test_output_inside_an_input_folder_is_not_ingested_again(tmp_path, caplog):
+    """`--output lib/out` with input `lib`: the second run lists what the first one did, not
+    its shards, manifest and downloads (inputs stayed 1 -> 5 -> 8 before)."""
+    lib = tmp_path / "lib"
+    write_wav(lib / "talk.wav", 230)
+    out = lib / "out"
+    media1, rejected1, counters1 = run_ingest([lib], exclude=[out, out / "_downloads"])
+    assert [m.uri for m in media1] == [str(lib / "talk.wav")] and not rejected1
+    # what a run leaves in its output: shards, a manifest, downloaded media
+    (out / "sources").mkdir(parents=True)
+    pq.write_table(to_table("rejected", rejected1), out / "sources" / "part-00000.parquet")
+    (out / "manifest.json").write_text("{}")
+    write_wav(out / "_downloads" / "0123abcd.wav", 240)
+    with caplog.at_level("INFO", logger="mmcurate.ingest"):
+        media2, rejected2, counters2 = run_ingest([lib], exclude=[out, out / "_downloads"])
+    assert counters2["ingest.inputs"] == counters1["ingest.inputs"] == 1
+    assert media2 == media1 and not rejected2
+    said = [r.getMessage() for r in caplog.records if "not reading" in r.getMessage()]
+    assert said == [f"not reading {out} as input: this run writes its output there"]
+    # a glob over the input folder skips it too; the output folder named as input is a ledger row
+    media3, rejected3, _ = run_ingest([str(lib / "**"), out], exclude=[out])
+    assert [m.uri for m in media3] == [str(lib / "talk.wav")]
+    assert [(r.reason, r.uri) for r in rejected3] == [("not_found", str(out))]
+    assert "where this run writes its output" in rejected3[0].detail
+
+
+def test_symlinked_subfolders_are_followed_once(tmp_path):
+    lib = tmp_path / "lib"
+    a = write_wav(lib / "a.wav", 250)
+    shared = tmp_path / "shared"
+    b = write_wav(shared / "b.wav", 260)
+    c = write_wav(shared / "deeper" / "c.wav", 270)
+    (lib / "linked").symlink_to(shared, target_is_directory=True)  # a plain symlinked subfolder
+    media, rejected, counters = run_ingest([lib])
+    assert sorted((m.uri, m.sha256) for m in media) == sorted([
+        (str(lib / "a.wav"), sha(a)),
+        (str(lib / "linked" / "b.wav"), sha(b)),
+        (str(lib / "linked" / "deeper" / "c.wav"), sha(c)),
+    ])
+    assert not rejected and counters["ingest.inputs"] == 3
+
+
+def test_symlink_loops_end_as_ledger_rows(tmp_path):
+    lib = tmp_path / "lib"
+    a = write_wav(lib / "a.wav", 280)
+    write_wav(lib / "sub" / "s.wav", 290)
+    (lib / "sub" / "up").symlink_to(lib, target_is_directory=True)  # a loop: back to an ancestor
+    (lib / "again").symlink_to(lib / "sub", target_is_directory=True)  # a second name for sub
+    (lib / "x.wav").symlink_to(lib / "y.wav")  # file links that point at each other
+    (lib / "y.wav").symlink_to(lib / "x.wav")
+    media, rejected, _ = run_ingest([lib])
+    # "again" sorts before "sub": sub's files are listed under the first name that reaches them
+    assert sorted(m.uri for m in media) == [str(lib / "a.wav"), str(lib / "again" / "s.wav")]
+    got = sorted((r.reason, r.uri) for r in rejected)
+    assert got == [
+        ("duplicate", str(lib / "sub")),
+        ("unreadable", str(lib / "again" / "up")),
+        ("unreadable", str(lib / "x.wav")),
+        ("unreadable", str(lib / "y.wav")),
+    ]
+    loop = next(r for r in rejected if r.uri == str(lib / "again" / "up"))
+    assert "symlink loop" in loop.detail and str(lib) in loop.detail
+    assert sha(a) == next(m.sha256 for m in media if m.uri == str(lib / "a.wav"))
+
+
+EVIL = "\x1b]0;evil\x07 a\nINFO fake"  # an OSC that retitles the terminal, and a forged log line
+
+
+def _log_is_clean(text: str) -> None:
+    assert "\x1b" not in text and "\x07" not in text
+    assert not [line for line in text.splitlines() if line.startswith("INFO fake")]
+
+
+def test_names_with_control_characters_are_escaped_in_log_lines(tmp_path, caplog):
+    lib = tmp_path / "lib"
+    tone = write_wav(lib / f"ep{EVIL}.wav", 300)
+    feed = tmp_path / f"feed{EVIL}.xml"  # not well-formed: its recovery is a log line naming it
+    write_wav(tmp_path / "b.wav", 310)
+    feed.write_text("<rss><channel><title>T&nbsp;</title><item><guid>g</guid>"
+                    "<enclosure url='b.wav'/></item></channel></rss>")
+    out = lib / f"out{EVIL}"
+    write_wav(out / "_downloads" / "x.wav", 320)
+    with caplog.at_level("INFO"):
+        media, rejected, _ = run_ingest([lib, feed], exclude=[out])
+    assert not rejected
+    assert sorted(m.uri for m in media) == sorted([str(lib / f"ep{EVIL}.wav"), str(tmp_path / "b.wav")])
+    assert next(m.sha256 for m in media if "ep" in m.uri) == sha(tone)  # stored exactly as named
+    said = caplog.text
+    assert "feed\\x1b]0;evil\\x07 a\\nINFO fake.xml is malformed but was recovered" in said
+    assert "not reading " + str(lib) + "/out\\x1b]0;evil\\x07 a\\nINFO fake as input" in said
+    _log_is_clean(said)
+    from mmcurate.quality.audit import format_table
+
+    shown = format_table(pa.table({"uri": [f"ep{EVIL}.wav"]}))  # `mmcurate audit --sql` output
+    assert "ep\\x1b]0;evil\\x07 a\\nINFO fake.wav" in shown
+    _log_is_clean(shown)
+
+
+@pytest.mark.slow  # two runs with the real VAD model (~15 s)
+def test_a_run_logs_and_prints_control_character_names_escaped(tmp_path, caplog, media):
+    """The whole run (ingest + VAD, the per-source log lines) and `audit --sql` output: no raw
+    ESC/BEL, no forged line; the sources table holds the exact name. The run's output lies
+    inside its input folder: a second run has the same inputs (1 -> 5 -> 8 before)."""
+    from mmcurate.pipelines import curate
+    from mmcurate.pipelines.config import CurateConfig
+    from mmcurate.quality import audit
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    name = lib / f"talk{EVIL}.wav"
+    name.write_bytes((media / "speech" / "LDC93S1.wav").read_bytes())
+    out = lib / "out"
+    with caplog.at_level("INFO"):
+        first = curate.run([str(lib)], str(out), CurateConfig(stages=("vad",)))
+    assert "talk\\x1b]0;evil\\x07 a\\nINFO fake.wav" in caplog.text
+    _log_is_clean(caplog.text)
+    assert first["stage_counts"]["ingest.inputs"] == 1
+    second = curate.run([str(lib)], str(out), CurateConfig(stages=("vad",)))
+    assert second["stage_counts"]["ingest.inputs"] == 1 and second["stage_counts"].get("ingest.rejected", 0) == 0
+    tbl = audit.query(str(out), "SELECT uri FROM sources")
+    assert tbl.column("uri").to_pylist() == [str(name)]
+    shown = audit.format_table(audit.query(str(out), "SELECT regexp_replace(uri, '.*/', '') AS name FROM sources"))
+    assert "talk\\x1b]0;evil\\x07 a\\nINFO fake.wav" in shown
+    _log_is_clean(shown)

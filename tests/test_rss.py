@@ -284,3 +284,117 @@ def test_doctype_only_refused_in_the_prolog(defused, monkeypatch):
         rss.parse_feed(ATTACK, "https://example.org/feed")
     with pytest.raises(rss.FeedError, match="DOCTYPE"):
         rss.parse_feed(ATTACK.decode().replace("<?xml version=\"1.0\"?>", "").encode("utf-16"), "x")
+
+
+# Feeds that podcast apps and browsers accept although they are not well-formed XML, and RSS 1.0.
+NBSP_FEED = b"""<?xml version="1.0" encoding="UTF-8"?>
+<rss version="2.0" xmlns:itunes="http://www.itunes.com/dtds/podcast-1.0.dtd"><channel>
+  <title>Late&nbsp;Show</title><itunes:author>Hosts</itunes:author>
+  <item><title>Episode&nbsp;One</title><guid>e1</guid><pubDate>Tue, 05 Mar 2024 10:00:00 +0100</pubDate>
+    <itunes:episode>1</itunes:episode><enclosure url="https://example.org/e1.mp3" type="audio/mpeg" length="7"/></item>
+  <item><title>Two</title><guid>e2</guid><enclosure url="/e2.mp3" type="audio/mpeg"/></item>
+</channel></rss>"""
+
+BARE_AMP_FEED = b"""<?xml version="1.0" encoding="UTF-8"?>
+<rss version="2.0"><channel><title>Rock & Roll</title>
+  <item><title>Q&A with AT&T</title><guid>a1</guid><description><![CDATA[R&D &amp; more]]></description>
+    <enclosure url="https://example.org/a1.mp3?id=1&src=rss" type="audio/mpeg"/></item>
+  <item><title>Fish &amp; Chips</title><guid>a2</guid><enclosure url="https://example.org/a2.mp3"/></item>
+</channel></rss>"""
+
+RSS1_FEED = b"""<?xml version="1.0"?>
+<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" xmlns="http://purl.org/rss/1.0/"
+  xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:enc="http://purl.oclc.org/net/rss_2.0/enc#">
+ <channel rdf:about="https://example.org/"><title>RDF Show</title><link>https://example.org/</link>
+  <dc:language>de</dc:language>
+  <items><rdf:Seq><rdf:li rdf:resource="https://example.org/1"/></rdf:Seq></items></channel>
+ <item rdf:about="https://example.org/1"><title>One</title><link>https://example.org/1</link>
+  <dc:date>2024-01-02T03:04:05Z</dc:date>
+  <enc:enclosure rdf:resource="https://example.org/1.mp3" enc:type="audio/mpeg" enc:length="100"/></item>
+ <item rdf:about="https://example.org/2"><title>Two</title><enclosure url="/2.ogg" type="audio/ogg"/></item>
+ <item rdf:about="https://example.org/3"><title>Text only</title></item>
+</rdf:RDF>"""
+
+ATOM_NBSP_FEED = b"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom"><title>Atom&nbsp;Show</title>
+  <entry><title>E&nbsp;1</title><id>urn:e1</id><updated>2024-01-02T03:04:05Z</updated>
+    <link rel="alternate" href="https://example.org/e1"/>
+    <link rel="enclosure" href="/e1.m4a"/></entry>
+</feed>"""
+
+
+def test_feed_with_nbsp_is_recovered_with_its_enclosures(caplog):
+    with caplog.at_level("WARNING", logger="mmcurate.ingest"):
+        feed = rss.parse_feed(NBSP_FEED, "https://example.org/feed")
+    assert feed.title == "Late\xa0Show" and feed.malformed
+    one, two = feed.items
+    assert (one.url, one.key) == ("https://example.org/e1.mp3", "e1")
+    assert one.metadata == {
+        "feed": "https://example.org/feed", "series": "Late\xa0Show", "author": "Hosts", "title": "Episode\xa0One",
+        "guid": "e1", "pub_date": "2024-03-05T09:00:00+00:00", "episode": "1", "mime_type": "audio/mpeg",
+        "enclosure_length": "7",
+    }
+    assert two.url == "https://example.org/e2.mp3"
+    (line,) = [r.getMessage() for r in caplog.records if "recovered" in r.getMessage()]
+    assert "https://example.org/feed" in line and "2 item(s) kept" in line
+
+
+def test_feed_with_bare_ampersands_keeps_the_text_it_meant(caplog):
+    with caplog.at_level("WARNING", logger="mmcurate.ingest"):
+        feed = rss.parse_feed(BARE_AMP_FEED, "https://example.org/feed")
+    assert feed.title == "Rock & Roll"
+    a1, a2 = feed.items
+    assert a1.metadata["title"] == "Q&A with AT&T"  # not "AT&T;" (feedparser's fallback parser)
+    assert a1.url == "https://example.org/a1.mp3?id=1&src=rss"
+    assert a2.metadata["title"] == "Fish & Chips" and a2.url == "https://example.org/a2.mp3"
+    assert "4 bare '&' escaped" in feed.malformed  # Rock &, Q&A, AT&T, &src
+    assert sum("recovered" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_rss_1_0_feed_parses_with_enclosures():
+    feed = rss.parse_feed(RSS1_FEED, "https://example.org/feed.rdf")
+    assert feed.title == "RDF Show" and feed.malformed is None
+    one, two, three = feed.items
+    assert one.url == "https://example.org/1.mp3" and one.key == "https://example.org/1"
+    assert one.metadata["pub_date"] == "2024-01-02T03:04:05+00:00" and one.metadata["language"] == "de"
+    assert one.metadata["mime_type"] == "audio/mpeg" and one.metadata["enclosure_length"] == "100"
+    assert one.metadata["link"] == "https://example.org/1"
+    assert two.url == "https://example.org/2.ogg" and two.metadata["mime_type"] == "audio/ogg"
+    assert three.url is None and three.key == "https://example.org/3"
+
+
+def test_malformed_atom_feed_is_recovered():
+    feed = rss.parse_feed(ATOM_NBSP_FEED, "https://example.org/feed")
+    (e1,) = feed.items
+    assert feed.title == "Atom\xa0Show" and feed.malformed
+    assert e1.url == "https://example.org/e1.m4a" and e1.key == "urn:e1"
+    assert e1.metadata["title"] == "E\xa01" and e1.metadata["pub_date"] == "2024-01-02T03:04:05+00:00"
+    assert "mime_type" not in e1.metadata  # feedparser's text/html default for a link is not the media's
+
+
+def test_recovered_feeds_still_refuse_doctype_and_hidden_encodings(tmp_path):
+    """Recovery does not reopen the DOCTYPE door: an entity-expansion feed that is also not
+    well-formed, one in UTF-16, one in UTF-7 (where `<!DOCTYPE` is `+ADwAIQ-DOCTYPE`) are
+    refused before feedparser sees them; bytes that name a file are not a file to open."""
+    with pytest.raises(rss.FeedError, match="DOCTYPE"):
+        rss.parse_feed(ATTACK.replace(b"<channel>", b"<channel>&nbsp; & "), "x")
+    body = ATTACK.decode().replace('<?xml version="1.0"?>\n', "")
+    with pytest.raises(rss.FeedError, match="DOCTYPE"):
+        rss.parse_feed(body.encode("utf-16-le"), "x")  # no BOM: detected by '<' 00
+    hidden = body.replace("<!", "+ADwAIQ-").encode()  # what a UTF-7 decoder reads as "<!"
+    with pytest.raises(rss.FeedError, match="utf-7"):
+        rss.parse_feed(b'<?xml version="1.0" encoding="utf-7"?>' + hidden, "x")
+    (tmp_path / "feed.xml").write_bytes(NBSP_FEED)
+    with pytest.raises(rss.FeedError, match="no root element"):
+        rss.parse_feed(str(tmp_path / "feed.xml").encode(), "x")
+
+
+def test_recovered_feed_downloads_through_ingest(server, tmp_path):
+    body = write_wav(tmp_path / "e.wav", 500, seconds=0.25)
+    server.routes["/feed"] = (NBSP_FEED.replace(b"https://example.org/e1.mp3", b"/e1.wav")
+                              .replace(b"/e2.mp3", b"/missing.mp3"), "application/rss+xml")
+    server.routes["/e1.wav"] = (body, "audio/wav")
+    media, rejected, _ = run_ingest([server.base + "/feed"], CFG, tmp_path / "dl")
+    (m,) = media
+    assert m.uri == server.base + "/e1.wav" and m.metadata["title"] == "Episode\xa0One"
+    assert [(r.reason, r.uri) for r in rejected] == [("download_failed", server.base + "/missing.mp3")]

@@ -38,6 +38,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from mmcurate.schemas.params import Rule, non_negative, positive
+from mmcurate.schemas.printable import printable
 from mmcurate.schemas.records import MediaRef, Rejection
 from mmcurate.transforms import rss
 
@@ -175,10 +176,12 @@ def _metadata_value(v: Any) -> str | None:
 class _ExpandInputFn(beam.DoFn):
     """One input string -> candidates (main) and ledger rows ("rejected")."""
 
-    def __init__(self, cfg: IngestConfig, run_id: str):
+    def __init__(self, cfg: IngestConfig, run_id: str, exclude: tuple[str, ...] = ()):
         self.cfg = cfg
         self.run_id = run_id
         self.exts = frozenset(e.lower() for e in cfg.media_extensions)
+        self.exclude = exclude  # real paths / remote prefixes of the folders this run writes to
+        self._said: set[str] = set()
 
     def process(self, item: bytes) -> Iterator[Any]:
         # inputs travel as bytes: a non-UTF-8 file name (surrogate-escaped str) has no UTF-8 form
@@ -251,20 +254,45 @@ class _ExpandInputFn(beam.DoFn):
 
     def _walk(self, root: str) -> Iterator[_Candidate | Rejection]:
         """A local folder, recursively, in name order; a subfolder that cannot be listed is an
-        `unreadable` ledger row (a glob would skip it without a word)."""
+        `unreadable` ledger row (a glob would skip it without a word).
+
+        Folder links are followed once: each real folder is listed under the first name that
+        reaches it. A link back to a folder being listed (a loop) is an `unreadable` row, a
+        second link to a folder listed already a `duplicate` row. The folders this run writes
+        to (output, downloads) are not inputs: re-runs would ingest their own shards.
+        """
         what = f"folder {escape_uri(root)!r}"
+        if (mine := self._excluded(root)) is not None:
+            yield _reject("not_found", f"{what} lies inside {escape_uri(mine)!r}, where this run writes its "
+                          "output; its files are not inputs", escape_uri(root), self.run_id)
+            return
         problems: list[OSError] = []
         found: list[str] = []
-        for d, dirs, files in os.walk(root, onerror=problems.append, followlinks=False):
+        seen: list[Rejection] = []
+        listed = {os.path.realpath(root)}
+        for d, dirs, files in os.walk(root, onerror=problems.append, followlinks=True):
+            here = os.path.realpath(d)
+            keep = []
             # hidden names (.DS_Store, .git/, partial downloads) are not inputs, as with a glob
-            dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+            for name in sorted(x for x in dirs if not x.startswith(".")):
+                sub = os.path.join(d, name)
+                real = os.path.realpath(sub)
+                if self._excluded(real) is not None:
+                    continue
+                if real in listed:
+                    seen.append(self._relisted(sub, real, here, what))
+                    continue
+                listed.add(real)
+                keep.append(name)
+            dirs[:] = keep
             found.extend(os.path.join(d, f) for f in files if not f.startswith("."))
         for e in sorted(problems, key=lambda e: str(e.filename)):
             path = escape_uri(str(e.filename))
-            log.warning("%s: cannot list %s: %s", what, path, e.strerror or e)
+            log.warning("%s: cannot list %s: %s", printable(what), printable(path), printable(e.strerror or e))
             yield _reject("unreadable", f"cannot list {path} (inside {what}): {e.strerror or e}; "
                           "its files were not read", path, self.run_id)
-        if not found and not problems:
+        yield from seen
+        if not found and not problems and not seen:
             yield _reject("not_found", f"{what} holds no files", escape_uri(root), self.run_id)
             return
         for path in sorted(found):
@@ -277,13 +305,37 @@ class _ExpandInputFn(beam.DoFn):
                     escape_uri(path), self.run_id,
                 )
 
+    def _relisted(self, link: str, real: str, here: str, what: str) -> Rejection:
+        """The ledger row of a folder link whose real folder is listed already."""
+        uri, target = escape_uri(link), escape_uri(real)
+        if here == real or here.startswith(real.rstrip("/") + "/"):
+            return _reject("unreadable", f"symlink loop: {uri} (inside {what}) leads back to {target}, "
+                           "which is being listed; not followed again", uri, self.run_id)
+        return _reject("duplicate", f"folder {uri} (inside {what}) is a link to {target}, listed already; "
+                       "its files are read once, under that name", uri, self.run_id)
+
+    def _excluded(self, path: str) -> str | None:
+        """The folder this run writes to (output, downloads) that holds `path`, if any; says
+        once per folder that it is skipped."""
+        if not self.exclude:
+            return None
+        p = os.path.realpath(path) if _is_local(path) else path
+        for mine in self.exclude:
+            if p == mine or p.startswith(mine.rstrip("/") + "/"):
+                if mine not in self._said:
+                    self._said.add(mine)
+                    log.info("not reading %s as input: this run writes its output there", printable(mine))
+                return mine
+        return None
+
     def _listing(self, pattern: str, what: str, explicit_via: str) -> Iterator[_Candidate | Rejection]:
         try:
             found = _fs().match([pattern])[0].metadata_list
         except Exception as e:  # noqa: BLE001
             yield _reject("unreadable", f"cannot list {what}: {e}", escape_uri(pattern), self.run_id)
             return
-        files = sorted((m for m in found if not (_is_local(m.path) and os.path.isdir(m.path))), key=lambda m: m.path)
+        files = sorted((m for m in found if not (_is_local(m.path) and os.path.isdir(m.path))
+                        and self._excluded(m.path) is None), key=lambda m: m.path)
         if not files:
             yield _reject("not_found", f"{what} matched no files", escape_uri(pattern.removesuffix("/**")), self.run_id)
             return
@@ -385,7 +437,8 @@ class _ExpandInputFn(beam.DoFn):
             yield _reject("feed_error", f"feed {uri}: cannot read ({type(e).__name__}: {e})", uri, self.run_id)
             return
         if not feed.items:
-            yield _reject("feed_error", f"feed {uri} has no items", uri, self.run_id)
+            why = f" (not well-formed: {feed.malformed})" if feed.malformed else ""
+            yield _reject("feed_error", f"feed {uri} has no items{why}", uri, self.run_id)
             return
         base = _fs().split(s)[0] if not rss.is_http(s) else ""
         for it in feed.items:
@@ -601,19 +654,27 @@ def _number_repeats(kv: tuple[str, Iterable[Rejection]]) -> Iterator[Rejection]:
 class Ingest(beam.PTransform):
     """Input strings -> {"media": PCollection[MediaRef], "rejected": PCollection[Rejection]}."""
 
-    def __init__(self, inputs: list[str], cfg: IngestConfig, run_id: str, download_dir: str):
+    def __init__(self, inputs: list[str], cfg: IngestConfig, run_id: str, download_dir: str,
+                 exclude: Iterable[str] = ()):
+        """`exclude`: folders this run writes to (its output, download_dir). When one lies inside
+        an input folder or under a glob, its files are not inputs (re-runs would ingest their
+        own shards)."""
         super().__init__()
         self.inputs = list(dict.fromkeys(inputs))  # the same string twice is one input
         self.cfg = cfg
         self.run_id = run_id
         self.download_dir = download_dir
+        self.exclude = tuple(dict.fromkeys(
+            os.path.realpath(normalize_input(x)) if _is_local(normalize_input(x)) else x.rstrip("/")
+            for x in exclude if x
+        ))
 
     def expand(self, pbegin) -> dict[str, beam.PCollection]:
         expanded = (
             pbegin
             | "Inputs" >> beam.Create([i.encode("utf-8", "surrogateescape") for i in self.inputs])
             | "ExpandInputs"
-            >> beam.ParDo(_ExpandInputFn(self.cfg, self.run_id)).with_outputs("rejected", main="candidates")
+            >> beam.ParDo(_ExpandInputFn(self.cfg, self.run_id, self.exclude)).with_outputs("rejected", main="candidates")
         )
         hashed = (
             expanded.candidates

@@ -48,6 +48,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from mmcurate.quality import filters as qf
 from mmcurate.quality.hallucination import default_matcher, outside_vad_share, repeat_share, tokens
 from mmcurate.schemas.params import Rule, non_negative, positive, unit_interval
+from mmcurate.schemas.printable import printable
 from mmcurate.schemas.records import Rejection, Segment, SegmentQuality, SourceRecord
 
 log = logging.getLogger("mmcurate.quality")
@@ -417,7 +418,7 @@ class _WithDnsmosFn(beam.DoFn):
         errors = sorted(why for _e, _r, why in parts if why is not None)
         if errors:
             Metrics.counter(NS, "quality.dnsmos_error").inc()
-            log.warning("%s: DNSMOS failed: %s", e.source.uri, errors[0])
+            log.warning("%s: DNSMOS failed: %s", printable(e.source.uri), printable(errors[0]))
             yield pvalue.TaggedOutput(REJECTED, Rejection.make(
                 stage="quality", reason="dnsmos_error",
                 detail=f"segments judged without DNSMOS: {errors[0]}", uri=e.source.uri,
@@ -437,7 +438,7 @@ class _WithDnsmosFn(beam.DoFn):
             rows.append(row)
         if audio_s > 0:
             Metrics.distribution(NS, "quality.dnsmos_rtf_x1000").update(int(round(1000 * elapsed / audio_s)))
-        log.info("quality: %s: DNSMOS of %d segment(s) in %.1f s (%d piece(s))", e.source.uri, len(rows),
+        log.info("quality: %s: DNSMOS of %d segment(s) in %.1f s (%d piece(s))", printable(e.source.uri), len(rows),
                  elapsed, len(results))
         yield dataclasses.replace(e, rows=rows)
 

@@ -1,8 +1,9 @@
-"""Podcast feeds: safe parsing (RSS 2.0 enclosures, Atom enclosure links) and HTTP downloads.
+"""Podcast feeds: parsing (RSS 2.0 and 1.0 enclosures, Atom enclosure links) and HTTP downloads.
 
-Parsing never expands a DTD or an entity: a document that declares a DOCTYPE is refused
-outright (that is where billion-laughs and external-entity attacks live), and the parse itself
-goes through `defusedxml` when it is importable, the standard library's expat otherwise.
+Feeds are parsed by feedparser, as podcast apps parse them: a feed with an `&nbsp;` or a bare
+`&` keeps its items. feedparser only ever sees bytes fetched here (http(s) only, size-capped),
+and never expands a DTD or an entity: a document that declares a DOCTYPE is refused outright
+(that is where billion-laughs and external-entity attacks live).
 
 Downloads stream to a temporary file in the download folder while hashing, then are renamed
 atomically to `<sha256><ext>`; a small per-URL index makes a re-run reuse the file instead of
@@ -11,9 +12,11 @@ fetching it again. Only http(s) is ever fetched (also after redirects).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import email.utils
 import hashlib
+import io
 import json
 import logging
 import mimetypes
@@ -30,6 +33,9 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Iterator
 
+import feedparser
+
+from mmcurate.schemas.printable import printable
 from mmcurate.schemas.records import stable_id
 
 USER_AGENT = "mmcurate/0.1 (podcast ingest; python-urllib)"
@@ -38,10 +44,6 @@ CHUNK = 1 << 20  # 1 MiB: streaming read size, constant memory whatever the file
 # A feed is one XML document held in memory to parse; the largest public podcast feeds are
 # tens of MB (thousands of items with show notes), so 128 MiB leaves room without being unbounded.
 MAX_FEED_BYTES = 128 * 1024**2
-
-ITUNES = "http://www.itunes.com/dtds/podcast-1.0.dtd"
-ATOM = "http://www.w3.org/2005/Atom"
-MRSS = "http://search.yahoo.com/mrss/"
 
 _MIME_EXT = {  # enclosure types mimetypes does not know or maps oddly
     "audio/mpeg": ".mp3",
@@ -91,93 +93,134 @@ class FeedItem:
 class Feed:
     title: str | None
     items: list[FeedItem]
+    malformed: str | None = None  # what feedparser recovered from; None: well-formed XML
 
 
 def parse_feed(data: bytes, feed_uri: str) -> Feed:
-    """Parse an RSS 2.0 or Atom document; raises FeedError on anything unsafe or unparsable."""
-    head = data[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")
-    if _declares_doctype(data):
+    """Parse the bytes of a feed (RSS 2.0 / 0.9x, RSS 1.0, Atom) the way podcast apps do.
+
+    feedparser does the parse, from the bytes given (it is never handed a URL or a path, so
+    it fetches and opens nothing). A feed that is not well-formed XML but that feedparser
+    recovers (an HTML entity such as `&nbsp;`, a bare `&`, an unclosed tag) keeps its items,
+    with one log line saying so. A DOCTYPE in the prolog is refused before any parsing, as is
+    an encoding in which it could hide. Raises FeedError on anything refused or not a feed.
+    """
+    view = _ascii_view(data)
+    if _declares_doctype(view):
         raise FeedError(_DTD_REFUSED)
-    try:
-        root = _fromstring(data)
-    except FeedError:
-        raise
-    except Exception as e:  # ParseError, defusedxml's *Forbidden, encoding errors
-        raise FeedError(f"not well-formed XML ({type(e).__name__}: {e}); starts {head[:60]!r}") from e
-    name = _local(root.tag)
-    if name == "rss":
-        channel = _child(root, "channel")
-        if channel is None:
-            raise FeedError("RSS document without <channel>")
-        return _parse_rss(channel, feed_uri)
-    if name == "feed":
-        return _parse_atom(root, feed_uri)
-    raise FeedError(f"root element <{name}> is neither <rss> nor <feed>")
+    repaired = 0
+    if view is data:  # the bare-& repair works on ASCII-compatible bytes only
+        data, repaired = _escape_bare_ampersands(data)
+    parsed = feedparser.parse(io.BytesIO(data), sanitize_html=False, resolve_relative_uris=False)
+    version = parsed.get("version") or ""
+    malformed = None
+    if parsed.get("bozo"):
+        exc = parsed.get("bozo_exception")
+        malformed = f"{type(exc).__name__}: {exc}" if exc is not None else "not well-formed"
+    if repaired:
+        bare = f"{repaired} bare '&' escaped"
+        malformed = f"{bare}; {malformed}" if malformed else bare
+    if not version:
+        root = _root_name(view)
+        if root is None:
+            why = f"; {malformed}" if malformed else ""
+            raise FeedError(f"not a feed: no root element{why}; starts {view.lstrip()[:60]!r}")
+        raise FeedError(f"root element <{root}> is neither <rss> nor <feed> (nor RSS 1.0 <rdf:RDF>)")
+    feed = _feed_from(parsed, version, feed_uri, malformed)
+    if malformed and feed.items:
+        log.warning("feed %s is malformed but was recovered (%s); %d item(s) kept",
+                    printable(feed_uri), printable(malformed), len(feed.items))
+    return feed
 
 
 _DTD_REFUSED = "feed declares a DOCTYPE/ENTITY; refused (no DTD or entity expansion)"
 # What may precede the root element: BOM, whitespace, the XML declaration, PIs, comments.
 _PROLOG_ITEM = re.compile(rb"\s+|<\?.*?\?>|<!--.*?-->", re.DOTALL)
+_ROOT = re.compile(rb"<([A-Za-z_][\w.:-]*)")
+_XML_ENCODING = re.compile(rb"""<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
+# The starts of documents that are not ASCII-compatible (XML 1.0 appendix F): BOMs, EBCDIC
+# '<?xm', then a first '<' in UTF-32 or UTF-16 without a BOM.
+_WIDE_STARTS = (
+    (b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\xfe\xff", "utf-16-be"), (b"\xff\xfe", "utf-16-le"),
+    (b"\x4c\x6f\xa7\x94", "cp037"),  # EBCDIC
+    (b"\x00\x00\x00\x3c", "utf-32-be"), (b"\x3c\x00\x00\x00", "utf-32-le"),
+    (b"\x00\x3c", "utf-16-be"), (b"\x3c\x00", "utf-16-le"),
+)
 
 
-def _declares_doctype(data: bytes) -> bool:
+def _ascii_view(data: bytes) -> bytes:
+    """The document as the DOCTYPE check can read it: `data` itself when it is
+    ASCII-compatible, else its UTF-8 transcoding (UTF-16/32, EBCDIC). A declared encoding in
+    which ASCII markup is not ASCII bytes (UTF-7 writes `<!` as `+ADwAIQ-`) would hide a
+    DOCTYPE from the check while feedparser decodes and expands it: refused."""
+    body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    for start, codec in _WIDE_STARTS:
+        if body.startswith(start):
+            return body.decode(codec, "replace").lstrip("\ufeff").encode("utf-8")
+    if b"\x00" in body[:4]:  # wide, but in no form the check can read
+        raise FeedError(f"feed in an encoding in which a DOCTYPE cannot be checked; refused; starts {body[:8]!r}")
+    m = _XML_ENCODING.match(body.lstrip())
+    if m:
+        name = m.group(1).decode("ascii")
+        try:
+            transparent = (codecs.lookup(name).name != "utf-7"
+                           and "<!DOCTYPE>&;".encode(name) == b"<!DOCTYPE>&;")
+        except (LookupError, UnicodeError):
+            transparent = True  # unknown to Python: feedparser falls back to UTF-8 / windows-1252
+        if not transparent:
+            raise FeedError(f"feed declares encoding {name!r}, in which a DOCTYPE cannot be checked; refused")
+    return data
+
+
+def _declares_doctype(view: bytes) -> bool:
     """True when the prolog (before the root element) holds a DOCTYPE.
 
     Only the prolog: show notes often carry `<![CDATA[<!DOCTYPE html>...]]>`, which is harmless
-    text. A document not in an ASCII-compatible encoding (UTF-16) cannot be checked this way and
-    counts as declaring one unless defusedxml does the parse (it forbids DTDs in any encoding).
+    text. `view` is ASCII-compatible (`_ascii_view`).
     """
-    pos = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-    if data[pos : pos + 2] in (b"\xff\xfe", b"\xfe\xff") or data[pos : pos + 1] == b"\x00":
-        return not _have_defusedxml()
-    while m := _PROLOG_ITEM.match(data, pos):
+    pos = 3 if view.startswith(b"\xef\xbb\xbf") else 0
+    while m := _PROLOG_ITEM.match(view, pos):
         pos = m.end()
-    return data[pos : pos + 9].upper() == b"<!DOCTYPE"
+    return view[pos : pos + 9].upper() == b"<!DOCTYPE"
 
 
-def _have_defusedxml() -> bool:
-    try:
-        import defusedxml  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _root_name(view: bytes) -> str | None:
+    pos = 3 if view.startswith(b"\xef\xbb\xbf") else 0
+    while m := _PROLOG_ITEM.match(view, pos):
+        pos = m.end()
+    m = _ROOT.match(view, pos)
+    return m.group(1).decode("utf-8", "replace") if m else None
 
 
-def _fromstring(data: bytes):
-    try:
-        import defusedxml
-        from defusedxml import ElementTree as SafeET
-    except ImportError:  # DOCTYPE already refused above; expat does not fetch external entities
-        import xml.etree.ElementTree as ET
-
-        return ET.fromstring(data)
-    try:
-        return SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except defusedxml.DefusedXmlException as e:
-        raise FeedError(f"{_DTD_REFUSED}: {e!r}") from e
+# A bare `&` (not starting `&name;`, `&#123;` or `&#x1f;`) outside CDATA, comments and PIs.
+# feedparser's fallback parser would keep such a document but turn "AT&T" into "AT&T;"; as
+# `&amp;` it parses as the text the feed meant. A well-formed document has none: unchanged.
+_BARE_AMP = re.compile(
+    rb"(<!\[CDATA\[.*?\]\]>|<!--.*?-->|<\?.*?\?>)|&(?!#[0-9]+;|#[xX][0-9a-fA-F]+;|[A-Za-z_:][\w.:-]*;)",
+    re.DOTALL,
+)
 
 
-def _local(tag) -> str:
-    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+def _escape_bare_ampersands(data: bytes) -> tuple[bytes, int]:
+    n = 0
+
+    def sub(m: re.Match) -> bytes:
+        nonlocal n
+        if m.group(1) is not None:
+            return m.group(1)
+        n += 1
+        return b"&amp;"
+
+    fixed = _BARE_AMP.sub(sub, data)
+    return (fixed, n) if n else (data, 0)
 
 
-def _ns(tag) -> str:
-    return tag[1:].split("}", 1)[0] if isinstance(tag, str) and tag.startswith("{") else ""
-
-
-def _child(el, name: str, ns: str | None = None):
-    for c in el:
-        if _local(c.tag) == name and (ns is None or _ns(c.tag) == ns):
-            return c
-    return None
-
-
-def _text(el, name: str, ns: str | None = None) -> str | None:
-    c = _child(el, name, ns)
-    if c is None or c.text is None:
+def _text(value) -> str | None:
+    """A feedparser value as stripped text; None for nothing, blanks and non-text."""
+    if not isinstance(value, str):
         return None
-    t = c.text.strip()
-    return t or None
+    return value.strip() or None
 
 
 def _iso_date(value: str | None) -> str | None:
@@ -203,72 +246,84 @@ def _put(meta: dict[str, str], key: str, value: str | None) -> None:
         meta[key] = value
 
 
-def _parse_rss(channel, feed_uri: str) -> Feed:
-    series = _text(channel, "title")
+def _feed_from(parsed, version: str, feed_uri: str, malformed: str | None) -> Feed:
+    """feedparser's result -> Feed, with the keys (and their sources) of the metadata as before:
+    RSS feeds carry copyright, author, link and duration, Atom feeds do not; an RSS 2.0 date is
+    its pubDate, an Atom (or RSS 1.0 dc:date) one its published or else updated time."""
+    atom = version.startswith("atom")
+    fd = parsed.get("feed", {})
+    series = _text(fd.get("title"))
     common: dict[str, str] = {"feed": feed_uri}
     _put(common, "series", series)
-    _put(common, "language", _text(channel, "language"))
-    _put(common, "copyright", _text(channel, "copyright"))
-    _put(common, "author", _text(channel, "author", ITUNES))
+    _put(common, "language", _text(fd.get("language")))
+    if not atom:
+        _put(common, "copyright", _text(fd.get("rights")))
+        _put(common, "author", _named_author(fd))
     items = []
-    for n, item in enumerate(c for c in channel if _local(c.tag) == "item"):
+    for n, entry in enumerate(parsed.get("entries", [])):
         meta = dict(common)
-        _put(meta, "title", _text(item, "title"))
-        guid = _text(item, "guid")
+        _put(meta, "title", _text(entry.get("title")))
+        guid = _text(entry.get("id"))
         _put(meta, "guid", guid)
-        link = _text(item, "link")
+        link = None if atom else _alternate_link(entry)
         _put(meta, "link", link)
-        _put(meta, "pub_date", _iso_date(_text(item, "pubDate")))
-        _put(meta, "episode", _text(item, "episode", ITUNES))
-        _put(meta, "season", _text(item, "season", ITUNES))
-        _put(meta, "duration", _text(item, "duration", ITUNES))
-        _put(meta, "author", _text(item, "author", ITUNES) or common.get("author"))
-        enc = _child(item, "enclosure")
-        if enc is None:  # Media RSS instead of (or nested in a group beside) a plain enclosure
-            enc = _media_content(item)
+        date = entry.get("published")
+        if atom or version == "rss10":
+            date = date or entry.get("updated")
+        _put(meta, "pub_date", _iso_date(_text(date)))
+        _put(meta, "episode", _text(entry.get("itunes_episode")))
+        _put(meta, "season", _text(entry.get("itunes_season")))
+        if not atom:
+            _put(meta, "duration", _text(entry.get("itunes_duration")))
+            _put(meta, "author", _named_author(entry) or common.get("author"))
         url = None
-        if enc is not None and (enc.get("url") or "").strip():
-            url = urllib.parse.urljoin(feed_uri, enc.get("url").strip()) if is_http(feed_uri) else enc.get("url").strip()
-            _put(meta, "mime_type", (enc.get("type") or "").strip() or None)
-            _put(meta, "enclosure_length", (enc.get("length") or "").strip() or None)
-        items.append(FeedItem(url=url, key=guid or link or f"item{n}", metadata=meta))
-    return Feed(title=series, items=items)
+        enc = _enclosure(entry, atom)
+        if enc is not None and (href := _text(enc.get("href"))):
+            url = urllib.parse.urljoin(feed_uri, href) if is_http(feed_uri) else href
+            mime = _text(enc.get("type"))
+            if atom and mime == "text/html":  # feedparser's default for a link without a type
+                mime = None
+            _put(meta, "mime_type", mime)
+            _put(meta, "enclosure_length", _text(enc.get("length")))
+        key = guid or (f"entry{n}" if atom else link or f"item{n}")
+        items.append(FeedItem(url=url, key=key, metadata=meta))
+    return Feed(title=series, items=items, malformed=malformed)
 
 
-def _media_content(item):
-    """First Media RSS <media:content> (directly or in a <media:group>) that is audio or video."""
-    for el in item.iter(f"{{{MRSS}}}content"):
-        kind = (el.get("medium") or el.get("type") or "").split("/")[0].lower()
-        if el.get("url") and kind in ("audio", "video"):
-            return el
+def _named_author(ctx) -> str | None:
+    """The last author given by name alone (itunes:author, dc:creator); RSS <author> and
+    <managingEditor> name an email address and are not the show's author."""
+    for a in reversed(ctx.get("authors") or []):
+        if isinstance(a, dict) and not a.get("email") and _text(a.get("name")):
+            return _text(a.get("name"))
     return None
 
 
-def _parse_atom(root, feed_uri: str) -> Feed:
-    series = _text(root, "title", ATOM)
-    common: dict[str, str] = {"feed": feed_uri}
-    _put(common, "series", series)
-    lang = root.get("{http://www.w3.org/XML/1998/namespace}lang")
-    _put(common, "language", lang)
-    items = []
-    for n, entry in enumerate(c for c in root if _local(c.tag) == "entry"):
-        meta = dict(common)
-        _put(meta, "title", _text(entry, "title", ATOM))
-        guid = _text(entry, "id", ATOM)
-        _put(meta, "guid", guid)
-        _put(meta, "pub_date", _iso_date(_text(entry, "published", ATOM) or _text(entry, "updated", ATOM)))
-        _put(meta, "episode", _text(entry, "episode", ITUNES))
-        _put(meta, "season", _text(entry, "season", ITUNES))
-        url = None
-        for link in entry:
-            if _local(link.tag) == "link" and link.get("rel") == "enclosure" and link.get("href"):
-                href = link.get("href").strip()
-                url = urllib.parse.urljoin(feed_uri, href) if is_http(feed_uri) else href
-                _put(meta, "mime_type", (link.get("type") or "").strip() or None)
-                _put(meta, "enclosure_length", (link.get("length") or "").strip() or None)
-                break
-        items.append(FeedItem(url=url, key=guid or f"entry{n}", metadata=meta))
-    return Feed(title=series, items=items)
+def _alternate_link(entry) -> str | None:
+    """The item's <link> (feedparser also copies a permalink guid to `link`: not that)."""
+    for link in entry.get("links") or []:
+        if link.get("rel") == "alternate":
+            return _text(link.get("href"))
+    return None
+
+
+def _enclosure(entry, atom: bool) -> dict | None:
+    """{href, type, length} of the media: RSS <enclosure> (the first, as podcast apps take it),
+    else RSS 1.0 <enc:enclosure>, else the first audio/video Media RSS <media:content>; Atom:
+    the first <link rel="enclosure"> with an href."""
+    links = [lk for lk in entry.get("links") or [] if lk.get("rel") == "enclosure"]
+    if atom:
+        return next((lk for lk in links if lk.get("href")), None)
+    if links:
+        return links[0]
+    enc = entry.get("enc_enclosure")
+    if isinstance(enc, dict) and enc.get("rdf:resource"):
+        return {"href": enc["rdf:resource"], "type": enc.get("type"), "length": enc.get("length")}
+    for mc in entry.get("media_content") or []:
+        kind = (mc.get("medium") or mc.get("type") or "").split("/")[0].lower()
+        if mc.get("url") and kind in ("audio", "video"):
+            return {"href": mc["url"], "type": mc.get("type"), "length": mc.get("fileSize")}
+    return None
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -322,7 +377,7 @@ def _read_body(resp, url: str, policy: HttpPolicy, clock: _Clock, sink) -> int:
                            f"{policy.min_rate_bps:g} B/s after {elapsed:.0f} s")
         if now - last_log >= policy.progress_every_s:
             last_log = now
-            log.info("downloading %s: %.1f MB in %.0f s (%.0f kB/s)", url, n / 1e6, elapsed,
+            log.info("downloading %s: %.1f MB in %.0f s (%.0f kB/s)", printable(url), n / 1e6, elapsed,
                      n / max(elapsed, 1e-9) / 1e3)
     return n
 
@@ -383,7 +438,7 @@ def _with_retries(url: str, policy: HttpPolicy, attempt_fn, error_cls):
             if clock.left() <= wait:
                 last = _TooSlow(f"deadline of {policy.deadline_s:g} s reached before retry {i}: {_describe(last)}")
                 break
-            log.warning("%s: %s; retry %d of %d in %.1f s", url, _describe(last), i, attempts - 1, wait)
+            log.warning("%s: %s; retry %d of %d in %.1f s", printable(url), printable(_describe(last)), i, attempts - 1, wait)
             time.sleep(wait)
         try:
             with _open(url, policy, max(0.1, min(policy.timeout_s, clock.left()))) as resp:
@@ -482,7 +537,7 @@ def remove_stale_parts(download_dir: str, idle_s: float) -> list[str]:
                         os.unlink(path)
                         gone.append(path)
     if gone:
-        log.info("removed %d partial download(s) left by an interrupted run in %s", len(gone), download_dir)
+        log.info("removed %d partial download(s) left by an interrupted run in %s", len(gone), printable(download_dir))
     return gone
 
 

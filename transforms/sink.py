@@ -38,6 +38,7 @@ from apache_beam.io.filesystems import FileSystems
 from mmcurate.schemas.params import Rule, positive
 from mmcurate.transforms.commit import delete_quietly, match, move_into_place, write_atomic
 from mmcurate.transforms.commit import join as _join
+from mmcurate.schemas.printable import printable
 from mmcurate.schemas.records import to_table
 from mmcurate.schemas.tables import TABLES
 
@@ -179,7 +180,7 @@ def collect_garbage(out_dir: str, committed: set[str]) -> list[str]:
                        if f"{table}/{posixpath.basename(m.path)}" not in committed)
         if stale:
             produced = any(c.startswith(f"{table}/") for c in committed)
-            log.info("removing %d shard(s) from %s (%s)", len(stale), tdir,
+            log.info("removing %d shard(s) from %s (%s)", len(stale), printable(tdir),
                      "an earlier generation" if produced else "a table this run did not produce")
             FileSystems.delete(stale)
             deleted.extend(stale)

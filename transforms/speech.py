@@ -49,6 +49,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
+from mmcurate.schemas.printable import printable
 from mmcurate.schemas.records import (
     AsrResult,
     DiarizationResult,
@@ -122,7 +123,7 @@ def _speaker_hints(source: SourceRecord, cfg: DiarizationConfig) -> dict[str, in
         try:
             value = int(str(raw).strip())
         except ValueError:
-            log.warning("%s: ignoring metadata %s=%r (not an integer)", source.source_id, key, raw)
+            log.warning("%s: ignoring metadata %s=%r (not an integer)", source.source_id, printable(key), raw)
             continue
         if value > 0:
             hints[key] = value
@@ -163,7 +164,7 @@ class _DecodeOnceFn(beam.DoFn):
         except Exception as e:  # noqa: BLE001 - one bad source must not stop the run
             self._errors.inc()
             reason = e.reason if isinstance(e, DecodeError) else "model_error"
-            log.warning("%s: decoding for ASR failed: %s", source.source_id, _error_text(e))
+            log.warning("%s: decoding for ASR failed: %s", source.source_id, printable(_error_text(e)))
             yield pvalue.TaggedOutput(REJECTED, _asr_reject(source, self._run_id, reason, _error_text(e)))
             return
         yield dataclasses.replace(element, audio=audio)
@@ -236,7 +237,7 @@ class _AsrOutcomeFn(beam.DoFn):
             ))
             return
         log.info("asr: %s: %.1f s audio in %.1f s (rtf %.3f), %d ASR segment(s), language %s",
-                 source.uri, audio_s, elapsed, elapsed / max(audio_s, 1e-9), len(result.segments),
+                 printable(source.uri), audio_s, elapsed, elapsed / max(audio_s, 1e-9), len(result.segments),
                  result.language)
         yield source.source_id, AsrOutcome(dataclasses.replace(result, dropped=[]), audio_s)
 
@@ -246,7 +247,7 @@ def _asr_failures(run_id: str):
         batch, error = dead_letter
         for source, _req in batch:
             Metrics.counter(NS, "asr.model_error").inc()
-            log.warning("%s: ASR failed: %s", source.source_id, _dead_letter_text(error))
+            log.warning("%s: ASR failed: %s", source.source_id, printable(_dead_letter_text(error)))
             yield _asr_reject(source, run_id, "model_error", _dead_letter_text(error))
     return rows
 
@@ -268,7 +269,7 @@ def _diarize_outcome(keyed):
         Metrics.distribution(NS, "diarize.rtf_x1000").update(int(round(1000 * result.elapsed_s / audio_s)))
     turns = list(result.turns)
     exclusive = list(result.exclusive) if result.exclusive and turns else _exclusive(turns)
-    log.info("diarize: %s: %.1f s audio in %.1f s (rtf %.3f), %d speaker(s)", source.uri,
+    log.info("diarize: %s: %.1f s audio in %.1f s (rtf %.3f), %d speaker(s)", printable(source.uri),
              audio_s, result.elapsed_s, result.elapsed_s / max(audio_s, 1e-9),
              len({t.speaker for t in turns}))
     return source.source_id, DiarizeOutcome(turns, exclusive, result.model, result.elapsed_s)
@@ -279,7 +280,7 @@ def _diarize_failures(run_id: str):
         batch, error = dead_letter
         for source, _req in batch:
             Metrics.counter(NS, "diarize.model_error").inc()
-            log.warning("%s: diarization failed: %s", source.source_id, _dead_letter_text(error))
+            log.warning("%s: diarization failed: %s", source.source_id, printable(_dead_letter_text(error)))
             yield Rejection.make(
                 stage="diarize", reason="diarization_failed",
                 detail=f"speakers left unattributed (speaker None): {_dead_letter_text(error)}",

@@ -40,6 +40,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 
 from mmcurate.transforms.decode import DecodeConfig, MediaInfo, SampleBuffer
 from mmcurate.schemas.params import Rule, non_negative, unit_interval
+from mmcurate.schemas.printable import printable
 from mmcurate.schemas.records import MediaRef, Rejection, SourceRecord, SpeechRegion
 
 
@@ -411,7 +412,7 @@ class _Watched:
             if self.seen >= mark:
                 mark += PROGRESS_EVERY_S * SAMPLE_RATE
                 audio_s = self.seen / SAMPLE_RATE
-                log.info("%s: %.0f min of audio decoded (%.0fx realtime)", self.uri, audio_s / 60,
+                log.info("%s: %.0f min of audio decoded (%.0fx realtime)", printable(self.uri), audio_s / 60,
                          audio_s / max(time.perf_counter() - t0, 1e-9))
             yield chunk
 
@@ -536,7 +537,7 @@ class _ToSourcesFn(beam.DoFn):
             self._rejected.inc()
         elif reason == "vad_error":
             self._vad_failed.inc()
-        log.info("%s: rejected at %s (%s): %s", ref.uri, stage, reason, detail)
+        log.info("%s: rejected at %s (%s): %s", printable(ref.uri), stage, reason, printable(detail))
         return beam.pvalue.TaggedOutput("rejected", Rejection.make(
             stage=stage, reason=reason, detail=detail, uri=ref.uri, run_id=self._run_id,
             source_id=ref.source_id, duration_s=duration_s))
@@ -555,7 +556,7 @@ class _ToSourcesFn(beam.DoFn):
         sid = ref.source_id
         self._ok.inc()
         self._silent_videos.inc()
-        log.info("%s: video without speech (%s): kept for its images, not transcribed", ref.uri, why)
+        log.info("%s: video without speech (%s): kept for its images, not transcribed", printable(ref.uri), why)
         yield beam.pvalue.TaggedOutput("sources", SourceRecord(
             source_id=sid, sha256=ref.sha256, uri=ref.uri, media_uri=ref.media_uri,
             ingested_via=ref.ingested_via, media_kind=info.media_kind, container=info.container,
@@ -592,7 +593,7 @@ class _ToSourcesFn(beam.DoFn):
         ratio = speech_s / duration
         self._ratio.update(int(round(100 * ratio)))
         log.info("%s: %.1f s audio, speech %.1f%%, %d region(s), %.0fx realtime",
-                 ref.uri, duration, 100 * ratio, len(result.regions), duration / max(out.elapsed_s, 1e-9))
+                 printable(ref.uri), duration, 100 * ratio, len(result.regions), duration / max(out.elapsed_s, 1e-9))
         if speech_s <= 0 or ratio < self._vad_cfg.min_speech_ratio:
             if self._is_kept_video(out):
                 yield from self._video_without_speech(
@@ -619,7 +620,7 @@ class _ToSourcesFn(beam.DoFn):
             lost, what = out.truncated
             self._truncated.inc()
             log.warning("%s: truncated or damaged, the decodable %.1f s are kept: %s",
-                        ref.uri, duration, what)
+                        printable(ref.uri), duration, printable(what))
             yield beam.pvalue.TaggedOutput("rejected", Rejection.make(
                 stage="decode", reason="truncated_kept", detail=f"kept the decodable part: {what}",
                 uri=ref.uri, run_id=self._run_id, source_id=sid, item_id=f"{sid}-truncated",

@@ -36,6 +36,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from mmcurate.schemas.params import Rule, non_negative, positive, unit_interval
+from mmcurate.schemas.printable import printable
 from mmcurate.schemas.records import (
     Document,
     InterleavedItem,
@@ -146,14 +147,14 @@ class _KeyframesFn(beam.DoFn):
             result = extract_keyframes(source.media_uri, self._cfg, sid, source.duration_s)
         except KeyframeError as e:
             self._failed.inc()
-            log.warning("%s: no keyframes (%s): %s", source.uri, e.reason, e.detail)
+            log.warning("%s: no keyframes (%s): %s", printable(source.uri), e.reason, printable(e.detail))
             yield pvalue.TaggedOutput("rejected", _reject(
                 source, self._run_id, e.reason, f"no document: {e.detail}", sid, source.duration_s))
             return
         except Exception as e:  # noqa: BLE001 - one bad video must not end the run
             self._failed.inc()
             detail = f"no document: {type(e).__name__}: {e}"[:500]
-            log.warning("%s: keyframe extraction failed: %s", source.uri, detail)
+            log.warning("%s: keyframe extraction failed: %s", printable(source.uri), printable(detail))
             yield pvalue.TaggedOutput("rejected", _reject(
                 source, self._run_id, "decode_error", detail, sid, source.duration_s))
             return
@@ -175,7 +176,7 @@ class _KeyframesFn(beam.DoFn):
         drops = ", ".join(f"{r} {n}" for r, n in result.dropped_by_reason().items()) or "none"
         log.info("%s: %d keyframe candidate(s) in %.1f s of %s %dx%d video, %d kept, dropped: %s; "
                  "%d of %d frames decoded, %d analysed, %d converted; %.0fx realtime",
-                 source.uri, st.candidates, st.video_s, st.codec, st.width, st.height,
+                 printable(source.uri), st.candidates, st.video_s, st.codec, st.width, st.height,
                  len(result.keyframes), drops, st.frames_decoded, st.frames_total or st.packets,
                  st.frames_analysed, st.frames_converted, st.speed)
         if not result.keyframes:
