@@ -129,7 +129,9 @@ def build_job(p: beam.Pipeline, out_dir: str, base: dict, spec, cfg: CurateConfi
     tables["rejected"] = rejected | f"Ledger[{spec.name}]" >> beam.Flatten()
     if stats:
         tables["_stats"] = stats[0]
-    _ = tables | f"WriteTables[{spec.name}]" >> WriteTables(out_dir, job_run_id, cfg.output, manifest)
+    committed = tables | f"WriteTables[{spec.name}]" >> WriteTables(out_dir, job_run_id, cfg.output, manifest)
+    for after_commit in ctx.on_commit:  # e.g. publishing the dedup index partition
+        after_commit(committed)
 
 
 def run_corpus(out_dir: str, cfg: CurateConfig | None = None, stages: list[str] | None = None,

@@ -201,7 +201,9 @@ def build(p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, r
     tables["rejected"] = rejected | "AllRejections" >> beam.Flatten()
     if stats:
         tables["_stats"] = stats | "AllStats" >> beam.Flatten()
-    _ = tables | "WriteTables" >> WriteTables(output, run_id, cfg.output, manifest)
+    committed = tables | "WriteTables" >> WriteTables(output, run_id, cfg.output, manifest)
+    for after_commit in ctx.on_commit:  # e.g. publishing the dedup index partition
+        after_commit(committed)
 
 
 def build_stages(ctx, specs: list, streams: dict, tables: dict, rejected: list, stats: list) -> None:

@@ -35,6 +35,10 @@ class BuildContext:
     workers: int = 1
     # keep each model step's results under OUT/_work/<run_id>/steps/ (checkpoints.CachedModelHandler)
     step_checkpoints: bool = False
+    # what a stage does once the run's manifest is committed: each is called with the committed
+    # manifest (a PCollection of one dict) and applies its labelled steps to it (dedup publishes
+    # its cross-run index partition there, so a run that never commits never publishes)
+    on_commit: list[Callable[[Any], Any]] = field(default_factory=list)
 
     def cached(self, handler, step: str):
         """`handler` whose results are kept per request, when this run keeps checkpoints."""
@@ -210,13 +214,14 @@ def _corpus_table(ctx: BuildContext, streams: dict, name: str, label: str):
 
 
 def _build_dedup(ctx: BuildContext, streams: dict) -> dict:
-    from mmcurate.transforms.dedup import Deduplicate, read_index
+    from mmcurate.transforms.dedup import Deduplicate
+    from mmcurate.transforms.dedup_index import PublishIndex, default_partition, read_index
 
     cfg = ctx.cfg.dedup
     # in-graph the job's media stream exists: this run's sources are fingerprinted from their
     # media; a corpus job re-uses the output's stored fingerprints and never opens old media
     corpus = "media" not in streams
-    partition = cfg.partition or ctx.run_id
+    partition = cfg.partition or default_partition(ctx.output)
     inputs = {"sources": streams["sources"]}
     # text_mix: the rephrase stage runs first (declaration order), in-graph or as an earlier
     # corpus job of the same `mmcurate corpus` call
@@ -233,7 +238,12 @@ def _build_dedup(ctx: BuildContext, streams: dict) -> dict:
         inputs["index"] = index
     out = inputs | "Dedup" >> Deduplicate(
         cfg, ctx.run_id, partition, decode_media=not corpus or cfg.decode_missing,
-        index_out=cfg.index_dir, embedder=ctx.overrides.get("embedder"), spread=ctx.spread)
+        index_out=cfg.index_dir, output=ctx.output, embedder=ctx.overrides.get("embedder"),
+        spread=ctx.spread)
+    staged = out.pop("index_staged", None)
+    if staged is not None:
+        ctx.on_commit.append(lambda committed: committed | "PublishDedupIndex" >> PublishIndex(
+            cfg.index_dir, staged))
     return out
 
 
@@ -261,6 +271,10 @@ def _check_dedup(cfg: CurateConfig) -> list[str]:
     d = cfg.dedup.index_dir
     if d and "://" not in d and os.path.exists(d) and not os.path.isdir(d):
         problems.append(f"dedup.index_dir: {d} is not a directory")
+    elif d:
+        from mmcurate.transforms.dedup_index import index_problems
+
+        problems += index_problems(cfg.dedup)  # other settings, missing or resized parts
     return problems
 
 

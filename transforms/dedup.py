@@ -47,12 +47,13 @@ How (every step is a Beam transform; nothing holds a global index in one worker)
      and document belong to the kept recording.
 
 Cross-run (`index_dir`): the signatures of every item a run KEEPS (representatives and
-singletons), and the exact hashes of the ones it drops, are written to `<index_dir>/<partition>/part-<bucket>.parquet` plus `_SUCCESS`,
-deterministically (a retry rewrites the same files). A run reads the committed partitions of
-the index and compares its items against them: with `partition` set (e.g. the date of a
-scheduled batch), only partitions that sort BEFORE it (a retried older partition is never
-dropped against a later one); without it, every partition but its own (its name: the run id).
-Old media are never read again: media fingerprints are in the index.
+singletons), and the exact hashes of the ones it drops, form the run's partition of the index,
+staged while the run goes and published by its commit (`mmcurate.transforms.dedup_index`:
+layout, the two-phase protocol, recovery, the settings check). A run compares its items against
+the published partitions only: with `partition` set (e.g. the date of a scheduled batch), those
+that sort BEFORE it (a retried older partition is never dropped against a later one); without
+it, every one but its own (named by the output directory). Old media are never read again:
+media fingerprints are in the index.
 
 Where media fingerprints come from: in-graph (`mmcurate run ... --stages ...,dedup`) the stage
 decodes each of the run's sources once more for them (audio ~2000x realtime; video: reference
@@ -70,8 +71,6 @@ import hashlib
 import io
 import logging
 import math
-import os
-import posixpath
 import re
 import unicodedata
 import zlib
@@ -83,6 +82,7 @@ import numpy as np
 
 from mmcurate.schemas.params import Rule, non_negative, positive, unit_interval
 from mmcurate.schemas.records import DedupCluster, DedupSignature, Rejection, stable_id
+from mmcurate.transforms.dedup_index import partition_problem, read_index
 
 log = logging.getLogger("mmcurate.dedup")
 
@@ -93,13 +93,6 @@ KINDS = ("source", "transcript", "text_item", "image", "document", "passage", "s
 # compared with each other only (a passage is a piece of a transcript, not its duplicate), and
 # a synthetic row is never the representative of a natural one
 MIX_KINDS = ("passage", "synthetic")
-_PARTITION_RE = re.compile(r"^[A-Za-z0-9._=-]{1,128}$")
-
-
-def _partition_ok(v: str | None) -> str | None:
-    if v is not None and not _PARTITION_RE.match(v):
-        return f"{v!r}: letters, digits and . _ = - only (it names a directory of the index)"
-    return None
 
 
 @dataclass
@@ -189,7 +182,7 @@ class DedupConfig:
         "semantic_train_size": Rule(ge=1),
         "semantic_device": Rule(choices=("cpu", "cuda")),
         "semantic_threads": non_negative("0: cores / workers on the local runner, else torch's default"),
-        "partition": Rule(check=_partition_ok),
+        "partition": Rule(check=partition_problem),
         "index_buckets": Rule(ge=1, le=4096),
     }
 
@@ -889,75 +882,9 @@ class SemanticPairs(beam.PTransform):
 
 # ------------------------------------------------------------------------------ cross-run index
 
-from mmcurate.transforms.commit import join as _join  # noqa: E402 - beside its users
-
-
-
-SUCCESS = "_SUCCESS"
-
-
-def index_partitions(index_dir: str, partition: str, explicit: bool) -> list[str]:
-    """The committed partitions of the index this run compares against (see module doc)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    found = set()
-    try:
-        for m in FileSystems.match([_join(index_dir, "*", SUCCESS)])[0].metadata_list:
-            found.add(posixpath.basename(posixpath.dirname(m.path.replace(os.sep, "/"))))
-    except Exception:  # noqa: BLE001 - no index yet
-        return []
-    return sorted(p for p in found if p != partition and (not explicit or p < partition))
-
-
-def index_files(index_dir: str, partitions: list[str]) -> list[str]:
-    from apache_beam.io.filesystems import FileSystems
-
-    out = []
-    for p in partitions:
-        out += [m.path for m in FileSystems.match([_join(index_dir, p, "part-*.parquet")])[0].metadata_list]
-    return sorted(out)
-
-
-def read_index_file(path: str) -> Iterable[DedupSignature]:
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
-
-    from mmcurate.schemas.tables import TABLES
-
-    with FileSystems.open(path, compression_type="uncompressed") as fh:
-        t = pq.read_table(io.BytesIO(fh.read()), schema=TABLES["dedup_signatures"])
-    for row in t.to_pylist():
-        yield DedupSignature.from_row(row)
-
 
 def _bucket(key: str, n: int) -> int:
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") % n
-
-
-class _WriteIndexBucket(beam.DoFn):
-    def __init__(self, index_dir: str, partition: str):
-        self.index_dir, self.partition = index_dir, partition
-
-    def process(self, kv):
-        import pyarrow.parquet as pq
-
-        from mmcurate.schemas.records import to_table
-        from mmcurate.transforms.commit import write_atomic
-
-        bucket, sigs = kv
-        rows = sorted((s for s in sigs if s is not None), key=lambda s: s.signature_id)
-        name = f"part-{bucket:04d}.parquet"
-        buf = io.BytesIO()
-        pq.write_table(to_table("dedup_signatures", rows), buf, compression="zstd")
-        write_atomic(_join(self.index_dir, self.partition, name), buf.getvalue(), tmp_suffix=".tmp")
-        yield name
-
-
-def _mark_success(_unused, written, index_dir: str, partition: str):
-    from mmcurate.transforms.commit import write_atomic
-
-    write_atomic(_join(index_dir, partition, SUCCESS), ("\n".join(sorted(written)) + "\n").encode())
-    yield partition
 
 
 # ------------------------------------------------------------------------------------ the stage
@@ -1176,14 +1103,16 @@ class Deduplicate(beam.PTransform):
 
     `decode_media`: fingerprint sources from their media (in-graph); otherwise only stored
     fingerprints (prior_signatures) are used. `index` (a PCollection of DedupSignature from
-    earlier partitions) and `index_out` (dir, partition) for the cross-run index.
+    earlier partitions) for the cross-run index; with `index_out` (the index directory) the
+    run's partition is staged there and the output has "index_staged", which
+    `dedup_index.PublishIndex` publishes once the run's manifest (of `output`) is committed.
     `spread(cost=..., key=..., what=...)`: how the pipeline layer deals the sources to be
     fingerprinted to its workers (a PTransform, or None to leave them where they are)."""
 
     def __init__(self, cfg: DedupConfig, run_id: str, partition: str, *, decode_media: bool,
-                 index_out: str | None = None, embedder=None, spread=None):
+                 index_out: str | None = None, output: str = "", embedder=None, spread=None):
         super().__init__()
-        self.spread = spread
+        self.spread, self.output = spread, output
         self.cfg, self.run_id, self.partition = cfg, run_id, partition
         self.decode_media, self.index_out, self.embedder = decode_media, index_out, embedder
 
@@ -1332,21 +1261,17 @@ class Deduplicate(beam.PTransform):
         stats = (clusters | "StatKeys" >> beam.FlatMap(
             lambda r: [] if r.is_representative else [(f"dedup.duplicates.{r.kind}.{r.method}", 1)]))
 
+        out = {"dedup_clusters": clusters, "dedup_signatures": signatures, "rejected": rejected,
+               "stats": stats}
         if self.index_out:
+            from mmcurate.transforms.dedup_index import StageIndex
+
             kept = ({"label": labels, "sig": nodes_new}
                     | "JoinKept" >> beam.CoGroupByKey()
                     | "Kept" >> beam.FlatMap(_index_rows))
-            n = c.index_buckets
-            buckets = p | "IndexBuckets" >> beam.Create([(b, None) for b in range(n)])
-            written = (((kept | "KeyIndex" >> beam.Map(lambda s: (_bucket(s.signature_id, n), s))), buckets)
-                       | "AllIndexRows" >> beam.Flatten()
-                       | "GroupIndex" >> beam.GroupByKey()
-                       | "WriteIndex" >> beam.ParDo(_WriteIndexBucket(self.index_out, self.partition)))
-            _ = (p | "IndexTrigger" >> beam.Create([None])
-                 | "IndexSuccess" >> beam.FlatMap(_mark_success, beam.pvalue.AsList(written),
-                                                  self.index_out, self.partition))
-        return {"dedup_clusters": clusters, "dedup_signatures": signatures, "rejected": rejected,
-                "stats": stats}
+            out["index_staged"] = kept | "StageIndex" >> StageIndex(
+                c, self.index_out, self.partition, self.run_id, self.output)
+        return out
 
 
 def _index_rows(kv):
@@ -1356,20 +1281,6 @@ def _index_rows(kv):
     node, g = kv
     kept = not g["label"] or g["label"][0] == node
     return [s for s in g["sig"] if kept or s.method in EXACT_METHODS]
-
-
-def read_index(p: beam.Pipeline, cfg: DedupConfig, partition: str):
-    """The index entries this run compares against (None without an index or entries)."""
-    if not cfg.index_dir:
-        return None
-    parts = index_partitions(cfg.index_dir, partition, explicit=cfg.partition is not None)
-    files = index_files(cfg.index_dir, parts)
-    log.info("dedup index %s: %d earlier partition(s), %d file(s)", cfg.index_dir, len(parts), len(files))
-    if not files:
-        return None
-    return (p | "IndexFiles" >> beam.Create(files)
-            | "SpreadIndexFiles" >> beam.Reshuffle()
-            | "ReadIndex" >> beam.FlatMap(read_index_file))
 
 
 __all__ = ["ConnectedComponents", "DedupConfig", "Deduplicate", "MinHasher", "SemanticPairs",
