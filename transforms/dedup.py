@@ -81,6 +81,7 @@ import apache_beam as beam
 import numpy as np
 
 from mmcurate.schemas.params import Rule, non_negative, positive, unit_interval
+from mmcurate.schemas.printable import printable
 from mmcurate.schemas.records import DedupCluster, DedupSignature, Rejection, stable_id
 from mmcurate.transforms.dedup_index import partition_problem, read_index
 
@@ -659,7 +660,8 @@ class _SourceSignatures(beam.DoFn):
                 data = self._fingerprint(m, info)
             except Exception as e:  # noqa: BLE001 - a source that fails here is only not compared
                 self.failed.inc()
-                log.warning("%s: no %s (%s: %s); not compared by it", info.uri, m, type(e).__name__, e)
+                log.warning("%s: no %s (%s: %s); not compared by it", printable(info.uri), m, type(e).__name__,
+                            printable(e))
                 continue
             self.decoded.inc()
             if data:

@@ -42,6 +42,7 @@ from typing import Any, Iterable
 
 import apache_beam as beam
 
+from mmcurate.schemas.printable import printable
 from mmcurate.transforms.commit import (delete_quietly, match, move_into_place, read_bytes,
                                         remove_tree, write_atomic)
 from mmcurate.transforms.commit import join as _join
@@ -225,7 +226,7 @@ def publish(index_dir: str, staging: str) -> str | None:
                 os.rmdir(d)
             except OSError:  # not empty: other outputs' attempts
                 break
-    log.info("dedup index %s: partition %s published (run %s)", index_dir, part, rec.get("run_id"))
+    log.info("dedup index %s: partition %s published (run %s)", printable(index_dir), part, rec.get("run_id"))
     return part
 
 
@@ -269,11 +270,13 @@ def recover(index_dir: str) -> list[str]:
         current = _read_json(_join(index_dir, part, SUCCESS))
         if current is not None and current.get("output") != rec.get("output"):
             log.warning("dedup index %s: %s is staged by committed run %s of %s, but partition %s "
-                        "is published from %s; left staged", index_dir, staging, rec.get("run_id"),
-                        rec.get("output"), part, current.get("output"))
+                        "is published from %s; left staged", printable(index_dir), printable(staging),
+                        rec.get("run_id"), printable(rec.get("output")), part,
+                        printable(current.get("output")))
             continue
         log.warning("dedup index %s: run %s committed %s but did not publish partition %s; "
-                    "publishing it now", index_dir, rec.get("run_id"), rec.get("output"), part)
+                    "publishing it now", printable(index_dir), rec.get("run_id"),
+                    printable(rec.get("output")), part)
         if publish(index_dir, staging):
             done.append(part)
     return done
@@ -354,7 +357,8 @@ def check_index(cfg, partition: str | None, explicit: bool
         missing_methods |= set(cfg.methods) - set(rec.get("methods") or [])
     if missing_methods and parts:
         log.warning("dedup index %s: some partitions were written without method(s) %s: this run's "
-                    "items are not compared with theirs by them", index_dir, sorted(missing_methods))
+                    "items are not compared with theirs by them", printable(index_dir),
+                    sorted(missing_methods))
     return parts, sorted(files), list(dict.fromkeys(problems))
 
 
@@ -401,7 +405,7 @@ def read_index(p: beam.Pipeline, cfg, partition: str):
     parts, files, problems = check_index(cfg, partition, explicit=cfg.partition is not None)
     if problems:
         raise DedupIndexError(problems[0])
-    log.info("dedup index %s: %d earlier partition(s), %d file(s)", cfg.index_dir, len(parts), len(files))
+    log.info("dedup index %s: %d earlier partition(s), %d file(s)", printable(cfg.index_dir), len(parts), len(files))
     if not files:
         return None
     return (p | "IndexFiles" >> beam.Create(files)
