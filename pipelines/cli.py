@@ -3,6 +3,8 @@
     mmcurate run INPUT... --output DIR [--config FILE] [--set KEY=VALUE] [Beam pipeline options]
     mmcurate corpus DIR [--stages rephrase,dedup] [--set KEY=VALUE] [Beam pipeline options]
     mmcurate audit DIR [--json] [--sql "SELECT ..."]
+    mmcurate config [SECTION] [--json]
+    mmcurate --version
 
 Every command exits 0 (done), 1 (a verdict on the data), 2 (arguments, config or environment:
 nothing was run) or 3 (an unexpected error: one line, the traceback in a log file it names).
@@ -108,16 +110,44 @@ def _selectable() -> list[str]:
     return selectable()
 
 
+def _corpus_stages() -> list[str]:
+    from mmcurate.schemas.stages import STAGES
+
+    return [s.name for s in STAGES if s.corpus]
+
+
+def _default_stages() -> str:
+    from mmcurate.schemas.stages import DEFAULT_STAGES
+
+    return ",".join(DEFAULT_STAGES)
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: computed only when asked (git and the model registries are not read for
+    every command)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version, git commit and pinned models, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from mmcurate.pipelines.version import version_text
+
+        print(version_text())
+        parser.exit()
+
+
 def _stages_help() -> str:
     """The stage list for --help, from the stage registry."""
     from mmcurate.schemas.stages import STAGES
 
-    lines = ["Stages (in order; --stages picks among the optional ones):"]
+    lines = ["Stages (in order; --stages picks among the optional ones, default "
+             f"{_default_stages()}):"]
     for s in STAGES:
         tables = ", ".join(s.produces) or "-"
-        tag = "" if s.selectable else " (always)"
-        lines.append(f"  {s.name + tag:<16} {s.summary}")
-        lines.append(f"  {'':<16} writes: {tables}; config: [{'], ['.join(s.config)}]")
+        tag = " (always)" if not s.selectable else "" if s.default else " (opt-in)"
+        lines.append(f"  {s.name + tag:<18} {s.summary}")
+        lines.append(f"  {'':<18} writes: {tables}; config: [{'], ['.join(s.config)}]")
     return "\n".join(lines)
 
 
@@ -130,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=_Fmt,
     )
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("--version", action=_VersionAction)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser(
         "run",
@@ -146,17 +177,21 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config value, e.g. --set asr.model=whisper-tiny.en (repeatable; VALUE is JSON or a string)",
+        help="override one config value, e.g. --set asr.model=whisper-tiny.en (repeatable; VALUE is JSON or a "
+        "string; `mmcurate config` lists every key)",
     )
     r.add_argument(
         "--stages",
         metavar="LIST",
-        help=f"comma-separated stages to run, from: {','.join(_selectable())} (default: all; "
-        "a stage's prerequisites must be listed too)",
+        help=f"comma-separated stages to run, from: {','.join(_selectable())} (default: "
+        f"{_default_stages()}; a stage's prerequisites must be listed too)",
     )
     r.add_argument("--no-audit", action="store_true", help="do not print the audit summary at the end")
     r.add_argument("--allow-empty", action="store_true",
                    help="exit 0 even when every input was rejected (default: exit 1 and say why)")
+    r.add_argument("--show-config", action="store_true",
+                   help="print the effective config (defaults + --config + --set + --stages) as JSON and "
+                        "exit without running")
     c = sub.add_parser(
         "corpus",
         help="run corpus-level stages (dedup, rephrasing) over a finished output",
@@ -168,7 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("output", metavar="DIR", help="a finished output directory (local, gs://, s3://)")
     c.add_argument("--stages", metavar="LIST",
-                   help="comma-separated corpus stages to run (default: all corpus stages, in order)")
+                   help=f"comma-separated corpus stages to run, from: {','.join(_corpus_stages())} "
+                        "(default: all of them, in order)")
     c.add_argument("-c", "--config", metavar="FILE", help="config (.toml, .yaml or .json); see README")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set dedup.index_dir=/data/index (repeatable)")
@@ -204,7 +240,25 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--check", metavar="GATES",
                    help="evaluate the expectations of a gate file (YAML, see README \"Audit gates\"); "
                         "prints PASS/FAIL per check, exit 1 when one fails, 2 when the file is malformed")
+    _add_config_parser(sub)
     return ap
+
+
+def _add_config_parser(sub) -> None:
+    k = sub.add_parser(
+        "config",
+        help="list every config key: type, default, allowed values, meaning",
+        description="Every key `--set section.key=VALUE` and `--config FILE` accept, generated from "
+        "the config dataclasses: type, default, allowed values or range, and a one-line meaning "
+        "(the field's comment in the source; \"-\" where it has none).",
+        epilog="Examples:\n  mmcurate config\n  mmcurate config asr\n  mmcurate config --json | "
+        "jq '.[] | select(.key == \"vad.threshold\")'\n"
+        "  mmcurate run media/ -o out --set asr.beam_size=1 --show-config   # the effective config",
+        formatter_class=_Fmt,
+    )
+    k.add_argument("section", nargs="?", metavar="SECTION",
+                   help="only this section (e.g. asr) or key (e.g. asr.beam_size)")
+    k.add_argument("--json", action="store_true", help="one JSON list of keys (for machines)")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -336,6 +390,8 @@ def cmd_run(args, beam_args: list[str]) -> int:
         for problem in e.problems:
             print(f"  - {problem}", file=sys.stderr)
         return EXIT_USAGE
+    if args.show_config:
+        return _show_config(cfg)
     problems = unknown_beam_options(beam_args) or curate.startup_problems(cfg)
     if not problems and missing_inputs(args.inputs):
         shown = ", ".join(args.inputs[:5]) + (f" and {len(args.inputs) - 5} more" if len(args.inputs) > 5 else "")
@@ -377,6 +433,31 @@ def cmd_run(args, beam_args: list[str]) -> int:
               f"({rejected or 'nothing found'}); see {out}/rejected/ "
               "(--allow-empty makes this exit 0)", file=sys.stderr)
         return EXIT_VERDICT
+    return EXIT_OK
+
+
+def _show_config(cfg) -> int:
+    """`run --show-config`: the config this command line would run with; nothing runs."""
+    from mmcurate.pipelines.config_doc import effective_config
+
+    print(effective_config(cfg))
+    return EXIT_OK
+
+
+def cmd_config(args) -> int:
+    """`mmcurate config [SECTION] [--json]`: the generated key listing."""
+    from mmcurate.pipelines.startup import import_runinference_without_model_manager
+
+    import_runinference_without_model_manager()
+    from mmcurate.pipelines import config_doc
+
+    docs = config_doc.keys()
+    chosen = config_doc.select(docs, args.section)
+    if not chosen:
+        print(f"mmcurate config: no section or key {args.section!r}; sections: "
+              f"{', '.join(config_doc.sections(docs))}", file=sys.stderr)
+        return EXIT_USAGE
+    print(config_doc.keys_json(chosen) if args.json else config_doc.format_keys(chosen))
     return EXIT_OK
 
 
@@ -767,6 +848,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_corpus(args, rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command == "config":
+            return cmd_config(args)
         return cmd_audit(args)
     except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -15,6 +15,7 @@ from typing import Any
 
 from mmcurate.schemas import params
 from mmcurate.schemas.params import ConfigError
+from mmcurate.schemas.stages import DEFAULT_STAGES
 from mmcurate.transforms.asr import AsrConfig
 from mmcurate.transforms.attribute import SegmentsConfig
 from mmcurate.transforms.decode import DecodeConfig
@@ -44,8 +45,10 @@ class CurateConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     rephrase: RephraseConfig = field(default_factory=RephraseConfig)
-    # speech: diarization + ASR + segments; video: keyframes interleaved with the words
-    stages: tuple[str, ...] = ("vad", "speech", "quality", "video", "dedup")
+    # The stages to run, in registry order (--stages; `mmcurate run --help` lists them): speech is
+    # diarization + ASR + segments, video keyframes interleaved with the words. Default: every
+    # stage the registry declares default (rephrase is opt-in).
+    stages: tuple[str, ...] = DEFAULT_STAGES
 
     def validate(self) -> list[str]:
         """Cross-section problems: the stage selection (known, prerequisites present)."""

@@ -15,40 +15,16 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from mmcurate.pipelines.config import CurateConfig
+from mmcurate.pipelines.version import code_version  # noqa: F401  (run ids, manifests; corpus)
 from mmcurate.schemas.printable import printable
 
 log = logging.getLogger("mmcurate")
-
-def code_version() -> str:
-    """The package version plus the git commit; MMCURATE_CODE_VERSION overrides it (worker
-    images built without .git bake their commit in; it is part of the run id)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    if os.environ.get("MMCURATE_CODE_VERSION"):
-        return os.environ["MMCURATE_CODE_VERSION"]
-    try:
-        v = version("mmcurate")
-    except PackageNotFoundError:
-        v = "0+unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{v}+g{sha}" if sha else v
 
 
 def make_run_id(inputs: list[str], cfg: CurateConfig, version: str) -> str:

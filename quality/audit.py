@@ -786,7 +786,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     L += format_video(s.get("video"))
     L += format_quality(s.get("quality"))
     L += format_rephrase(s.get("rephrase"))
-    L += format_dedup(s.get("dedup"))
+    L += format_dedup(s.get("dedup"), s.get("out_dir") or "DIR")
 
     w = s["words_per_minute"]
     pw = w["per_source"]

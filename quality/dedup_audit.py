@@ -1,9 +1,9 @@
 """Audit of the dedup stage: duplicate rate per kind and method, the largest clusters, and the
 query that lists one cluster's members (on the views `mmcurate.quality.audit.connect` makes).
 
-    mmcurate audit OUT --sql "$(python -c 'from mmcurate.quality.dedup_audit import cluster_members_sql as q; print(q("dc-..."))')"
-
-or directly (CLUSTER_MEMBERS_SQL with the cluster id, or any member's item id, in place of ?):
+The summary prints that query for its largest cluster as a command to paste
+(`cluster_members_command`); for another cluster, CLUSTER_MEMBERS_SQL with the cluster id, or
+any member's item id, in place of <id>:
 
     SELECT d.cluster_id, d.kind, d.item_id, d.is_representative, d.representative_id,
            d.representative_partition, d.method, d.similarity, s.uri
@@ -15,6 +15,7 @@ or directly (CLUSTER_MEMBERS_SQL with the cluster id, or any member's item id, i
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import duckdb
@@ -32,6 +33,13 @@ ORDER BY d.is_representative DESC, d.similarity DESC, d.item_id
 def cluster_members_sql(cluster_or_item_id: str) -> str:
     """The query listing every member of a cluster (given its id or any member's item id)."""
     return CLUSTER_MEMBERS_SQL.format(id=cluster_or_item_id.replace("'", "''")).strip()
+
+
+def cluster_members_command(out_dir: str, cluster_or_item_id: str) -> str:
+    """`mmcurate audit OUT --sql '...'` for one cluster's members, on one line and quoted for a
+    POSIX shell, so it runs as printed."""
+    sql = " ".join(CLUSTER_MEMBERS_SQL.split()).format(id=cluster_or_item_id.replace("'", "''"))
+    return f"mmcurate audit {shlex.quote(out_dir)} --sql {shlex.quote(sql)}"
 
 
 def dedup_summary(con: duckdb.DuckDBPyConnection, largest: int = 5) -> dict[str, Any] | None:
@@ -71,8 +79,9 @@ def dedup_summary(con: duckdb.DuckDBPyConnection, largest: int = 5) -> dict[str,
             "duplicates_of_earlier_partitions": int(against_index), "largest_clusters": biggest}
 
 
-def format_dedup(d: dict[str, Any] | None) -> list[str]:
-    """Report lines for `dedup_summary` (nothing when the dedup stage did not run)."""
+def format_dedup(d: dict[str, Any] | None, out_dir: str = "DIR") -> list[str]:
+    """Report lines for `dedup_summary` (nothing when the dedup stage did not run); `out_dir`
+    goes into the printed query command."""
     if not d:
         return []
     L = ["", "Dedup (duplicates / items compared, per method)"]
@@ -87,5 +96,6 @@ def format_dedup(d: dict[str, Any] | None) -> list[str]:
         for c in d["largest_clusters"]:
             where = f" @ {c['representative_partition']}" if c["representative_partition"] else ""
             L.append(f"    {c['cluster_id']}  {c['members']:>4}  {c['kind']:10s} {c['representative_id']}{where}")
-        L.append("  members of one: mmcurate audit DIR --sql \"<mmcurate.quality.dedup_audit.CLUSTER_MEMBERS_SQL>\"")
+        L.append("  members of the largest:")
+        L.append("    " + cluster_members_command(out_dir, d["largest_clusters"][0]["cluster_id"]))
     return L

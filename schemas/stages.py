@@ -29,6 +29,7 @@ class StageSpec:
     source_level: bool  # its ledger rows remove a whole input (inputs = sources + these)
     models: tuple[str, ...] = ()  # model roles, as in the manifest
     selectable: bool = True  # --stages may leave it out
+    default: bool = True  # in the run's stage list when no --stages / `stages` key picks one
     corpus: bool = False  # reads tables of an earlier output directory
     uses: tuple[str, ...] = ()  # tables read when present (not prerequisites)
     # its rows for a source depend on that source alone: a run checkpoints them per source
@@ -84,6 +85,7 @@ STAGES: tuple[StageSpec, ...] = (
         requires=("segments",), produces=("text_mix",), streams=(), config=("rephrase",),
         ledger=("rephrase",), source_level=False, models=("rephrase", "sentence-embedding"),
         corpus=True, uses=("segment_quality",),
+        default=False,  # opt-in: it calls a language model on every passage
         per_source=False,  # the synthetic share is a corpus-wide token ratio
     ),
     StageSpec(
@@ -115,6 +117,10 @@ PRODUCER: dict[str, str] = {t: s.name for s in STAGES for t in s.produces}
 
 def selectable() -> list[str]:
     return [s.name for s in STAGES if s.selectable]
+
+
+# The run's stage list when none is given (CurateConfig.stages; `mmcurate run --help`).
+DEFAULT_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.selectable and s.default)
 
 
 def resolve(selected: tuple[str, ...] | list[str]) -> list[StageSpec]:
