@@ -749,8 +749,11 @@ def runner_problems(beam_args: list[str]) -> list[str]:
     errors = PipelineOptionsValidator(options, runner).validate()  # what Pipeline() would raise
     if errors:
         return [f"--runner {name}: {' '.join(' '.join(errors).split())} (nothing was run)"]
-    if not isinstance(runner, PortableRunner) or options.view_as(PortableOptions).job_endpoint:
+    if not isinstance(runner, PortableRunner):
         return []
+    portable = options.view_as(PortableOptions)
+    if portable.job_endpoint:
+        return _unreachable(name, portable)
     beam_log = logging.getLogger("apache_beam")
     level = beam_log.level
     beam_log.setLevel(logging.CRITICAL)  # the download's own 15-line warning says the same
@@ -763,6 +766,30 @@ def runner_problems(beam_args: list[str]) -> list[str]:
         return problem(e)
     finally:
         beam_log.setLevel(level)
+    return []
+
+
+def _unreachable(name: str, portable) -> list[str]:
+    """A job service or an EXTERNAL SDK worker pool that nothing listens on. Beam would wait for
+    them (the job service's gRPC channel, then the workers' start-up: 300 s) and end in a gRPC
+    traceback; a TCP connect tells the same in a second."""
+    import socket
+
+    targets = []
+    if portable.job_endpoint not in ("embed", "embedded"):
+        targets.append(("--job_endpoint", portable.job_endpoint, "the job service"))
+    if (portable.environment_type or "").upper() == "EXTERNAL" and portable.environment_config:
+        targets.append(("--environment_config", portable.environment_config,
+                        "the SDK worker pool (python -m apache_beam.runners.worker.worker_pool_main "
+                        "--service_port PORT, started with a Python that has mmcurate)"))
+    for flag, address, what in targets:
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=3.0):
+                pass
+        except (OSError, ValueError) as e:
+            return [f"--runner {name} cannot run here (nothing was run): nothing answers at {flag} "
+                    f"{address} ({type(e).__name__}: {e}); start {what} there first"]
     return []
 
 

@@ -414,6 +414,28 @@ def test_an_unusable_runner_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
         assert expect in lines[0] and not out.exists()
 
 
+def test_a_portable_runner_with_nothing_listening_is_one_line_exit_2(tmp_path, capsys):
+    """A job service or worker pool that is not running: one line naming the address, at once
+    (Beam itself waits 300 s for the workers, then prints a gRPC traceback)."""
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a free loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for extra, flag in ((["--job_endpoint", f"localhost:{port}"], "--job_endpoint"),
+                        (["--job_endpoint", "embed", "--environment_type", "EXTERNAL",
+                          "--environment_config", f"localhost:{port}"], "--environment_config")):
+        out = tmp_path / flag.strip("-")
+        t0 = time.monotonic()
+        rc, _, err = _run(capsys, "run", str(JFK), "-o", str(out), "--stages", "vad",
+                          "--runner", "PortableRunner", *extra)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1, err
+        assert f"nothing answers at {flag} localhost:{port}" in lines[0], err
+        assert time.monotonic() - t0 < 30 and not out.exists()
+
+
 def test_no_existing_input_exits_2_before_any_pipeline(tmp_path, capsys):
     out = tmp_path / "out"
     missing = [str(tmp_path / "nope.wav"), str(tmp_path / "none" / "*.mp3")]
