@@ -72,7 +72,8 @@ Examples:
 
 AUDIT_EPILOG = """\
 Views, one per table: sources, speech_regions, segments, transcripts, turns, interleaved,
-documents, segment_quality, rejected; and kept_segments (segments the quality stage kept).
+documents, segment_quality, rejected; kept_segments (segments the quality stage kept) and
+curated_<table> (kept by quality, not dropped by dedup: what `mmcurate export` reads).
 Examples:
   mmcurate audit out/demo
   mmcurate audit out/demo --json | jq .rejected
@@ -241,6 +242,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="evaluate the expectations of a gate file (YAML, see README \"Audit gates\"); "
                         "prints PASS/FAIL per check, exit 1 when one fails, 2 when the file is malformed")
     _add_config_parser(sub)
+    from mmcurate.pipelines.export import add_export_parser
+
+    add_export_parser(sub, _Fmt)
     return ap
 
 
@@ -873,6 +877,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, rest)
         if args.command == "corpus":
             return cmd_corpus(args, rest)
+        if args.command == "export":
+            from mmcurate.pipelines.export import cmd_export
+
+            return cmd_export(args, rest)
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "config":

@@ -42,6 +42,8 @@ from mmcurate.quality.video_audit import format_video, video_summary, write_docu
 from mmcurate.quality.segment_audit import KEPT_SEGMENTS_VIEW, format_quality, quality_summary  # noqa: E402
 from mmcurate.quality.rephrase_audit import format_rephrase, rephrase_summary  # noqa: E402
 from mmcurate.quality.dedup_audit import dedup_summary, format_dedup  # noqa: E402
+# the curated view of every table (quality kept, dedup representatives): one definition
+from mmcurate.quality.curated import create_curated_views, curated_summary, format_curated  # noqa: E402
 
 # Word-level ASR confidence under which a word counts as doubtful; 0.5 is the point where
 # whisper's token probability says "more likely wrong than right".
@@ -256,6 +258,7 @@ def connect(out_dir: str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         else:
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM {DECLARED_SCHEMA}.{name}")
     con.execute(KEPT_SEGMENTS_VIEW)
+    create_curated_views(con)
     if read_only:
         paths = "[" + ", ".join(_sql_str(f) for f in allowed) + "]"
         con.execute("SET autoinstall_known_extensions = false")
@@ -647,6 +650,7 @@ def _summarize(con: duckdb.DuckDBPyConnection, out_dir: str) -> dict[str, Any]:
     s["video"] = video_summary(con)
     s["quality"] = quality_summary(con)
     s["dedup"] = dedup_summary(con)
+    s["curated"] = curated_summary(con)
 
     # ---- manifest
     m = load_manifest(out_dir)
@@ -787,6 +791,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     L += format_quality(s.get("quality"))
     L += format_rephrase(s.get("rephrase"))
     L += format_dedup(s.get("dedup"), s.get("out_dir") or "DIR")
+    L += format_curated(s.get("curated"))
 
     w = s["words_per_minute"]
     pw = w["per_source"]

@@ -131,7 +131,7 @@ class Segment(_Row):
     asr_model_version: str | None
     diarization_model: str | None
     audio_uri: str
-    audio_flac: bytes | None
+    audio: dict | None  # {"bytes": FLAC/Opus file, "path": f"{segment_id}.flac"} (segments.include_audio)
     run_id: str
 
 

@@ -57,6 +57,11 @@ REJECTED = pa.schema(
     ]
 )
 
+# Media as Hugging Face `datasets` stores them (its Image and Audio features): encoded file bytes
+# plus a file name. The two are the same Arrow type; the features metadata tells them apart.
+HF_IMAGE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+HF_AUDIO = HF_IMAGE
+
 WORD = pa.struct(
     [
         pa.field("word", pa.string()),
@@ -66,28 +71,54 @@ WORD = pa.struct(
     ]
 )
 
-SEGMENTS = pa.schema(
-    [
-        pa.field("segment_id", pa.string(), nullable=False),  # f"{source_id}-seg-{n:05d}"
-        pa.field("source_id", pa.string(), nullable=False),
-        pa.field("start", pa.float64(), nullable=False),
-        pa.field("end", pa.float64(), nullable=False),
-        pa.field("speaker", pa.string()),  # f"{source_id}-spk{k}"
-        pa.field("text", pa.string(), nullable=False),
-        pa.field("language", pa.string()),
-        pa.field("language_probability", pa.float64()),
-        pa.field("words", pa.list_(WORD)),
-        pa.field("avg_logprob", pa.float64()),
-        pa.field("no_speech_prob", pa.float64()),
-        pa.field("compression_ratio", pa.float64()),
-        pa.field("asr_model", pa.string()),
-        pa.field("asr_model_version", pa.string()),
-        pa.field("diarization_model", pa.string()),
-        pa.field("audio_uri", pa.string(), nullable=False),  # reference: source media + offsets
-        pa.field("audio_flac", pa.binary()),  # optional inline audio (config segments.include_audio)
-        pa.field("run_id", pa.string(), nullable=False),
-    ]
-)
+
+def _hf_features(fields: list[pa.Field], media: dict[str, str]) -> dict:
+    """The `datasets` Features (as its JSON) for these columns, `media` naming the columns (or
+    list columns) of `HF_IMAGE`/`HF_AUDIO` structs and their feature ("Image" | "Audio"), so
+    `load_dataset("parquet", ...)` decodes them to PIL images / audio arrays without a cast."""
+    def feature(t: pa.DataType, kind: str | None):
+        if kind and t == HF_IMAGE:
+            return {"_type": kind}
+        if pa.types.is_list(t):
+            return [feature(t.value_type, kind)]
+        if pa.types.is_struct(t):
+            return {f.name: feature(f.type, None) for f in t}
+        dtype = {pa.string(): "string", pa.float64(): "float64", pa.int32(): "int32",
+                 pa.int64(): "int64", pa.binary(): "binary", pa.bool_(): "bool"}[t]
+        return {"dtype": dtype, "_type": "Value"}
+
+    return {f.name: feature(f.type, media.get(f.name)) for f in fields}
+
+
+def _hf_schema(fields: list[pa.Field], media: dict[str, str]) -> pa.Schema:
+    return pa.schema(fields, metadata={"huggingface": json.dumps(
+        {"info": {"features": _hf_features(fields, media)}})})
+
+
+_SEGMENT_FIELDS = [
+    pa.field("segment_id", pa.string(), nullable=False),  # f"{source_id}-seg-{n:05d}"
+    pa.field("source_id", pa.string(), nullable=False),
+    pa.field("start", pa.float64(), nullable=False),
+    pa.field("end", pa.float64(), nullable=False),
+    pa.field("speaker", pa.string()),  # f"{source_id}-spk{k}"
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("language", pa.string()),
+    pa.field("language_probability", pa.float64()),
+    pa.field("words", pa.list_(WORD)),
+    pa.field("avg_logprob", pa.float64()),
+    pa.field("no_speech_prob", pa.float64()),
+    pa.field("compression_ratio", pa.float64()),
+    pa.field("asr_model", pa.string()),
+    pa.field("asr_model_version", pa.string()),
+    pa.field("diarization_model", pa.string()),
+    pa.field("audio_uri", pa.string(), nullable=False),  # reference: source media + offsets
+    # the segment's own audio, inline, as Hugging Face `datasets` stores one (Audio feature):
+    # {bytes: FLAC or Ogg Opus file, path: f"{segment_id}.flac|.opus"}; null unless
+    # segments.include_audio (then cut from the source's one decode, 16 kHz mono)
+    pa.field("audio", HF_AUDIO),
+    pa.field("run_id", pa.string(), nullable=False),
+]
+SEGMENTS = _hf_schema(_SEGMENT_FIELDS, {"audio": "Audio"})
 
 TRANSCRIPTS = pa.schema(
     [
@@ -156,9 +187,6 @@ INTERLEAVED = pa.schema(
     ]
 )
 
-# An image as Hugging Face `datasets` stores one (its Image feature): bytes plus a file name.
-HF_IMAGE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
-
 _DOCUMENT_FIELDS = [
     pa.field("document_id", pa.string(), nullable=False),
     pa.field("source_id", pa.string(), nullable=False),
@@ -179,25 +207,7 @@ _DOCUMENT_FIELDS = [
 ]
 
 
-def _hf_features(fields: list[pa.Field]) -> dict:
-    """The `datasets` Features (as its JSON) for these columns: `images` as a list of Image,
-    so `load_dataset("parquet", ...)` decodes them to PIL images without a cast."""
-    def feature(t: pa.DataType):
-        if t == HF_IMAGE:
-            return {"_type": "Image"}
-        if pa.types.is_list(t):
-            return [feature(t.value_type)]
-        dtype = {pa.string(): "string", pa.float64(): "float64", pa.int32(): "int32",
-                 pa.int64(): "int64", pa.binary(): "binary", pa.bool_(): "bool"}[t]
-        return {"dtype": dtype, "_type": "Value"}
-
-    return {f.name: feature(f.type) for f in fields}
-
-
-DOCUMENTS = pa.schema(
-    _DOCUMENT_FIELDS,
-    metadata={"huggingface": json.dumps({"info": {"features": _hf_features(_DOCUMENT_FIELDS)}})},
-)
+DOCUMENTS = _hf_schema(_DOCUMENT_FIELDS, {"images": "Image"})
 
 # The quality stage's verdict on every segment, kept or dropped, with every score its filters
 # read (mmcurate.quality.filters): a threshold is re-tuned with a DuckDB query over this table

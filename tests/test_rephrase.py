@@ -53,7 +53,7 @@ def make_segments(n_sources: int, per_source: int, seed: int = 0) -> list[Segmen
                 segment_id=f"{sid}-seg-{k:05d}", source_id=sid, start=t, end=t + 4.0, speaker=None,
                 text=text, language="en", language_probability=0.99, words=[], avg_logprob=None,
                 no_speech_prob=None, compression_ratio=None, asr_model="fake", asr_model_version=None,
-                diarization_model=None, audio_uri=f"file:///{sid}.wav", audio_flac=None, run_id="r"))
+                diarization_model=None, audio_uri=f"file:///{sid}.wav", audio=None, run_id="r"))
             t += 4.0
     return out
 
@@ -471,7 +471,7 @@ def test_real_stage_on_real_passages_with_the_real_guards():
                     speaker=None, text=t, language="en", language_probability=0.99, words=[],
                     avg_logprob=None, no_speech_prob=None, compression_ratio=None, asr_model="whisper-base",
                     asr_model_version=None, diarization_model=None, audio_uri="file:///real.wav",
-                    audio_flac=None, run_id="r") for i, t in enumerate(REAL_PASSAGES)]
+                    audio=None, run_id="r") for i, t in enumerate(REAL_PASSAGES)]
     cfg = rp.RephraseConfig(synthetic_ratio=0.5, rounds=1, expected_yield=1.0, concurrency=2,
                             embedded_parallel=2,
                             passage_max_tokens=60, passage_min_tokens=8)

@@ -215,7 +215,7 @@ def test_segments_transcripts_and_ledger(fake_run):
     assert {s.speaker for s in two} == {"srctwo-spk0", "srctwo-spk1"}
     s0 = two[0]
     assert s0.audio_uri == f"{inputs[0][0].media_uri}#t={s0.start:.3f},{s0.end:.3f}"
-    assert s0.audio_flac is None  # references by default
+    assert s0.audio is None  # references by default
     assert (s0.language, s0.asr_model, s0.asr_model_version) == ("en", "fake-asr", "fake 1.0")
     assert s0.diarization_model == "fake-diar"
     assert s0.avg_logprob == pytest.approx(-0.25) and s0.no_speech_prob == pytest.approx(0.05)
@@ -296,13 +296,25 @@ def test_overlapped_flags():
     assert overlapped_flags(t) == [True, True, False, False, False]
 
 
-def test_no_diarization_backend_means_one_speaker_and_inline_audio(tmp_path):
+@pytest.mark.parametrize("fmt", ["flac", "opus"])
+def test_no_diarization_backend_means_one_speaker_and_inline_audio(tmp_path, monkeypatch, fmt):
     import soundfile as sf
+
+    from mmcurate.transforms import decode
 
     cfg = CurateConfig()
     cfg.diarization.backend = "none"
     cfg.segments.include_audio = True
+    cfg.segments.audio_format = fmt
     inputs = [source_of(write_wav(tmp_path / "one.wav", 4.0))]  # 4.0 s would fail diarization
+    decoded = []
+    real_decode = decode.decode_audio
+
+    def counted_decode(uri, *a, **kw):
+        decoded.append(uri)
+        return real_decode(uri, *a, **kw)
+
+    monkeypatch.setattr(decode, "decode_audio", counted_decode)
 
     def no_diarizer(_):
         raise AssertionError("diarizer must not be loaded when backend is none")
@@ -312,12 +324,32 @@ def test_no_diarization_backend_means_one_speaker_and_inline_audio(tmp_path):
     assert segments and {s.speaker for s in segments} == {"srcone-spk0"}
     assert {s.diarization_model for s in segments} == {None}
     assert "diarize.sources" not in counters
+    # the segments' audio is cut from the decode the ASR model read: the source is decoded once
+    assert decoded == [inputs[0][0].media_uri]
+    assert counters["segments.audio_bytes"] == sum(len(s.audio["bytes"]) for s in segments)
     for s in segments:
-        audio, sr = sf.read(io.BytesIO(s.audio_flac))
+        assert s.audio["path"] == f"{s.segment_id}.{fmt}"
+        audio, sr = sf.read(io.BytesIO(s.audio["bytes"]))
         assert sr == SR
         assert len(audio) / SR == pytest.approx(s.end - s.start, abs=2 / SR)
-        assert np.abs(audio).max() == pytest.approx(0.3, abs=0.01)  # the tone, not silence
+        assert np.abs(audio).max() == pytest.approx(0.3, abs=0.01 if fmt == "flac" else 0.05)
     assert transcripts["srcone"].num_speakers == 1
+
+
+def test_speech_clips_hold_every_word_and_skip_long_silences():
+    from mmcurate.schemas.records import AsrResult, AsrSegment, Word
+    from mmcurate.transforms.speech import speech_clips
+
+    audio = np.linspace(-0.5, 0.5, 10 * SR, dtype=np.float32)
+    words = [Word("a", 1.0, 1.4, 0.9), Word("b", 1.6, 2.0, 0.9), Word("c", 6.0, 6.5, 0.9)]
+    result = AsrResult("en", 1.0, [AsrSegment(0.9, 2.1, "a b", words[:2]),
+                                 AsrSegment(6.0, 6.5, "c", words[2:])], "m", "1")
+    clips = speech_clips(audio, result, SR)
+    # two clips (the 3.9 s pause is not carried), each holding its words' samples exactly
+    assert [t for c in clips for t in (c.start / SR, c.end / SR)] == pytest.approx([0.9, 2.1, 6.0, 6.5], abs=2 / SR)
+    a = clips[0]
+    got = np.frombuffer(a.pcm, dtype="<i2")[SR - a.start : 2 * SR - a.start] / 32767.0
+    assert got == pytest.approx(audio[SR : 2 * SR], abs=1 / 32767)
 
 
 def test_source_without_vad_regions_is_no_transcript(tmp_path):

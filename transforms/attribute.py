@@ -21,16 +21,22 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mmcurate.schemas.params import positive
+from mmcurate.schemas.params import Rule, positive
 from mmcurate.schemas.records import AsrResult, AsrSegment, Turn, Word
 
 
 @dataclass
 class SegmentsConfig:
     max_duration_s: float = 30.0  # one utterance at most (Whisper's window)
-    include_audio: bool = False  # inline FLAC bytes; default is a reference
+    # store each segment's audio in segments.audio ({bytes, path}, Hugging Face's Audio layout),
+    # cut from the decode the speech models read; off: segments.audio_uri is a reference only
+    include_audio: bool = False
+    audio_format: str = "flac"  # flac: lossless 16-bit, 16 kHz mono | opus: Ogg Opus, 16 kHz mono
+    opus_bitrate_kbps: int = 32  # the Opus stream's bit rate (audio_format opus)
 
-    RULES: ClassVar[dict] = {"max_duration_s": positive("seconds")}
+    RULES: ClassVar[dict] = {"max_duration_s": positive("seconds"),
+                             "audio_format": Rule(choices=("flac", "opus")),
+                             "opus_bitrate_kbps": positive("kbit/s")}
 
 
 # A word that overlaps no turn is given the nearest turn closer than this: diarizers trim

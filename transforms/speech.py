@@ -72,11 +72,26 @@ REJECTED = "rejected"
 
 
 @dataclass(frozen=True)
+class SpeechClip:
+    """A stretch of the decoded samples that holds words, as 16-bit PCM: what crosses the join
+    when segments.include_audio asks for each segment's audio (the source is not decoded again)."""
+
+    start: int  # first sample in the source
+    pcm: bytes  # int16 little-endian, mono, at the stage's sample rate
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.pcm) // 2
+
+
+@dataclass(frozen=True)
 class AsrOutcome:
-    """What "Transcribe" sends through the join: the result and the audio length."""
+    """What "Transcribe" sends through the join: the result and the audio length (and, with
+    segments.include_audio, the clips of the samples its words lie in)."""
 
     result: AsrResult
     audio_s: float
+    clips: tuple[SpeechClip, ...] = ()
 
     @property
     def elapsed_s(self) -> float:
@@ -192,13 +207,40 @@ class _PrepareAsrFn(beam.DoFn):
         yield source, AsrRequest(element.audio, spans, language)
 
 
+def speech_clips(audio, result: AsrResult, sample_rate: int) -> tuple[SpeechClip, ...]:
+    """The samples under every word and ASR segment of `result`, in clips merged across gaps
+    shorter than the pause that always ends an utterance (`LONG_PAUSE_S`): each utterance cut
+    from these words lies inside one clip. Silence between utterances is not carried."""
+    import numpy as np
+
+    from mmcurate.transforms.attribute import LONG_PAUSE_S
+
+    spans = sorted((w.start, w.end) for seg in result.segments for w in [seg, *seg.words])
+    merged: list[list[float]] = []
+    for a, b in spans:
+        if merged and a - merged[-1][1] < LONG_PAUSE_S:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    n = audio.shape[0]
+    clips = []
+    for a, b in merged:
+        i, j = max(0, int(a * sample_rate) - 1), min(n, int(np.ceil(b * sample_rate)) + 1)
+        if j > i:
+            pcm = (np.clip(audio[i:j], -1.0, 1.0) * 32767.0).astype("<i2")
+            clips.append(SpeechClip(i, pcm.tobytes()))
+    return tuple(clips)
+
+
 class _AsrOutcomeFn(beam.DoFn):
     """(source, PredictionResult) -> (source_id, AsrOutcome) + hallucination ledger rows, or
-    the no_transcript row. The samples stop here: only results go through the join."""
+    the no_transcript row. The samples stop here: only results (and, with include_audio, the
+    clips the words lie in) go through the join."""
 
-    def __init__(self, sample_rate: int, run_id: str):
+    def __init__(self, sample_rate: int, run_id: str, keep_clips: bool = False):
         self._sr = sample_rate
         self._run_id = run_id
+        self._keep_clips = keep_clips
         self._no_transcript = Metrics.counter(NS, "asr.no_transcript")
         self._dropped = Metrics.counter(NS, "asr.dropped_segments")
         self._rtf = Metrics.distribution(NS, "asr.rtf_x1000")
@@ -239,7 +281,8 @@ class _AsrOutcomeFn(beam.DoFn):
         log.info("asr: %s: %.1f s audio in %.1f s (rtf %.3f), %d ASR segment(s), language %s",
                  printable(source.uri), audio_s, elapsed, elapsed / max(audio_s, 1e-9), len(result.segments),
                  result.language)
-        yield source.source_id, AsrOutcome(dataclasses.replace(result, dropped=[]), audio_s)
+        clips = speech_clips(req.audio, result, self._sr) if self._keep_clips else ()
+        yield source.source_id, AsrOutcome(dataclasses.replace(result, dropped=[]), audio_s, clips)
 
 
 def _asr_failures(run_id: str):
@@ -334,6 +377,8 @@ class _AttributeFn(beam.DoFn):
         self._words = Metrics.counter(NS, "asr.words")
         self._unattributed = Metrics.counter(NS, "diarize.unattributed_segments")
         self._turns = Metrics.counter(NS, "diarize.turns")
+        self._audio_bytes = Metrics.counter(NS, "segments.audio_bytes")
+        self._redecoded = Metrics.counter(NS, "segments.audio_redecoded")
 
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]):
         source_id, groups = element
@@ -373,19 +418,14 @@ class _AttributeFn(beam.DoFn):
         if diar is not None and diar.turns:
             labels = {u.raw_speaker: u.speaker for u in utts if u.raw_speaker is not None}
             yield from self._turn_rows(source_id, diar, labels)
-        audio = None
-        if self._cfg.include_audio and utts:
-            # opt-in inline audio: decoded again here (samples do not travel through the join)
-            from mmcurate.transforms.decode import decode_audio
-
-            audio = decode_audio(source.media_uri, sample_rate=self._sr)
-
         res = asr.result
         lines = []
+        cut = _SegmentAudio(self._cfg, self._sr, asr.clips, source) if self._cfg.include_audio else None
         for u in utts:
-            flac = None
-            if audio is not None:
-                flac = encode_flac(audio[int(u.start * self._sr) : int(round(u.end * self._sr))], self._sr)
+            audio = None
+            if cut is not None:
+                audio = cut.encoded(u)
+                self._audio_bytes.inc(len(audio["bytes"]))
             spk = None if u.speaker is None else f"{source_id}-spk{u.speaker}"
             if spk is None:
                 self._unattributed.inc()
@@ -406,10 +446,12 @@ class _AttributeFn(beam.DoFn):
                 asr_model_version=res.model_version,
                 diarization_model=diarization_model,
                 audio_uri=f"{source.media_uri}#t={u.start:.3f},{u.end:.3f}",
-                audio_flac=flac,
+                audio=audio,
                 run_id=self._run_id,
             )
             lines.append(f"[{'spk?' if u.speaker is None else f'spk{u.speaker}'}] {u.text}")
+        if cut is not None and cut.redecoded:
+            self._redecoded.inc()
         self._segments.inc(len(utts))
         n_words = sum(len(u.words) for u in utts)
         self._words.inc(n_words)
@@ -437,6 +479,44 @@ class _AttributeFn(beam.DoFn):
             yield pvalue.TaggedOutput("turns", row)
 
 
+class _SegmentAudio:
+    """Each utterance's audio, cut from the clips that came through the join and encoded as
+    segments.audio_format: {"bytes": the file, "path": f"{segment_id}.{ext}"}. An utterance no
+    clip holds (a backend whose words lie outside its own segments) decodes the source again,
+    once, with a log line."""
+
+    def __init__(self, cfg: SegmentsConfig, sample_rate: int, clips: tuple[SpeechClip, ...],
+                 source: SourceRecord):
+        self._cfg, self._sr, self._clips, self._source = cfg, sample_rate, clips, source
+        self._full = None
+        self.redecoded = False
+
+    def samples(self, a: int, b: int):
+        import numpy as np
+
+        for c in self._clips:
+            if c.start <= a and b <= c.end:
+                pcm = np.frombuffer(c.pcm, dtype="<i2")[a - c.start : b - c.start]
+                return pcm.astype(np.float32) / 32767.0
+        if self._full is None:
+            from mmcurate.transforms.decode import decode_audio
+
+            log.warning("%s: segment audio outside the clips kept from the decode: decoding the "
+                        "source again", self._source.source_id)
+            self._full = decode_audio(self._source.media_uri, sample_rate=self._sr)
+            self.redecoded = True
+        return self._full[a:b]
+
+    def encoded(self, u: Utterance) -> dict:
+        a, b = int(u.start * self._sr), int(round(u.end * self._sr))
+        samples = self.samples(a, max(a, b))
+        if self._cfg.audio_format == "opus":
+            data = encode_opus(samples, self._sr, self._cfg.opus_bitrate_kbps * 1000)
+        else:
+            data = encode_flac(samples, self._sr)
+        return {"bytes": data, "path": f"{u.segment_id}.{self._cfg.audio_format}"}
+
+
 def _log_source(source_id: str, asr: AsrOutcome, diar: DiarizeOutcome | None,
                 utts: list[Utterance], n_speakers: int) -> None:
     a = asr.audio_s or float("nan")
@@ -452,13 +532,25 @@ def _log_source(source_id: str, asr: AsrOutcome, diar: DiarizeOutcome | None,
 
 def encode_flac(samples, sample_rate: int) -> bytes:
     """Mono float32 samples in [-1, 1] as FLAC file bytes (16-bit), with PyAV's FFmpeg."""
+    return _encode(samples, sample_rate, "flac", "flac")
+
+
+def encode_opus(samples, sample_rate: int, bit_rate: int) -> bytes:
+    """Mono float32 samples in [-1, 1] as an Ogg Opus file at `bit_rate` bit/s (libopus keeps
+    8/12/16/24/48 kHz as is; decoders give back the input's length)."""
+    return _encode(samples, sample_rate, "ogg", "libopus", bit_rate)
+
+
+def _encode(samples, sample_rate: int, container: str, codec: str, bit_rate: int | None = None) -> bytes:
     import av
     import numpy as np
 
     pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="flac") as out:
-        stream = out.add_stream("flac", rate=sample_rate, layout="mono")
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=sample_rate, layout="mono")
+        if bit_rate:
+            stream.bit_rate = bit_rate
         step = 1 << 14
         for i in range(0, max(pcm.shape[0], 1), step):
             chunk = pcm[i : i + step]
@@ -516,7 +608,8 @@ class TranscribeSpeech(beam.PTransform):
         rejected.append(asr_requests[REJECTED])
         asr_results, asr_failed = asr_requests.requests | "Transcribe" >> RunInference(
             KeyedModelHandler(self.asr_handler)).with_exception_handling()
-        asr = asr_results | "AsrOutcomes" >> beam.ParDo(_AsrOutcomeFn(self._sr, run_id)).with_outputs(
+        asr = asr_results | "AsrOutcomes" >> beam.ParDo(
+            _AsrOutcomeFn(self._sr, run_id, keep_clips=self._segments.include_audio)).with_outputs(
             REJECTED, main="asr")
         rejected += [asr[REJECTED],
                      asr_failed.failed_inferences | "AsrFailures" >> beam.FlatMap(_asr_failures(run_id))]

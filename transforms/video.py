@@ -190,7 +190,7 @@ class _KeyframesFn(beam.DoFn):
 
 def _segment_words(seg: Segment) -> tuple[str, Segment]:
     """(source_id, the segment without inline audio): only words and times cross the join."""
-    return seg.source_id, dataclasses.replace(seg, audio_flac=None) if seg.audio_flac else seg
+    return seg.source_id, dataclasses.replace(seg, audio=None) if seg.audio else seg
 
 
 class _InterleaveFn(beam.DoFn):

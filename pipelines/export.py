@@ -1,0 +1,152 @@
+"""`mmcurate export DIR --format X --to OUT`: the curated view of a finished output in a format a
+trainer reads (formats: `mmcurate.transforms.export.EXPORTERS`).
+
+The driver plans the shards from the curated rows' metadata; the shards are written by one Beam
+pipeline (`Create(shards) | Reshuffle | WriteShard`), so they spread over the runner's workers
+as a run's sources do; then the driver writes what spans shards. A shard whose files are all in
+place is skipped: re-running a killed export finishes it. `run_export` returns a summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from mmcurate.schemas.printable import printable
+from mmcurate.transforms.export import DEFAULT_SHARD_SIZE, EXPORTERS, ExportShard, Exporter
+
+log = logging.getLogger("mmcurate.export")
+
+
+class InconsistentOutput(ValueError):
+    """The output's audit finds problems: nothing is exported from it."""
+
+
+def _write_shard_fn(exporter: Exporter, out_dir: str, to: str, total: int):
+    """The DoFn that writes shards (Beam is imported only by commands that run a pipeline)."""
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+
+    class WriteShardFn(beam.DoFn):
+        def __init__(self):
+            self._written = Metrics.counter("mmcurate", "export.shards_written")
+            self._items = Metrics.counter("mmcurate", "export.items")
+
+        def process(self, shard: ExportShard):
+            t0 = time.perf_counter()
+            exporter.write_shard(out_dir, to, shard)
+            self._written.inc()
+            self._items.inc(len(shard.ids))
+            log.info("export %s: shard %d of %d written (%d item(s), %.1f s)", exporter.name,
+                     shard.index + 1, total, len(shard.ids), time.perf_counter() - t0)
+            yield shard.index
+
+    return WriteShardFn()
+
+
+def run_export(out_dir: str, fmt: str, to: str, shard_size: int | None = None,
+               beam_args: list[str] | None = None, test_pipeline=None) -> dict:
+    """Export the curated view of `out_dir` as `fmt` into `to`. FileNotFoundError when `out_dir`
+    has no committed manifest, ValueError for an unknown format, InconsistentOutput for an output
+    whose audit finds problems."""
+    from mmcurate.pipelines.curate import local_runner
+    from mmcurate.quality.audit import connect, output_problems
+    from mmcurate.transforms.read import read_manifest
+
+    if fmt not in EXPORTERS:
+        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(EXPORTERS)}")
+    read_manifest(out_dir)  # FileNotFoundError: not a finished output
+    exporter = EXPORTERS[fmt]() if shard_size is None else EXPORTERS[fmt](shard_size=shard_size)
+    t0 = time.perf_counter()
+    con = connect(out_dir, read_only=True)
+    try:
+        problems = output_problems(out_dir, con)
+        if problems:
+            raise InconsistentOutput(f"{out_dir} is not consistent ({problems[0]}; `mmcurate audit` lists all): "
+                             "nothing exported")
+        shards = exporter.plan(con)
+    finally:
+        con.close()
+    to = os.path.abspath(to)
+    os.makedirs(to, exist_ok=True)
+    todo = [s for s in shards if not (exporter.shard_files(to, s)
+                                      and all(os.path.exists(f) for f in exporter.shard_files(to, s)))]
+    done = len(shards) - len(todo)
+    log.info("export %s: %d curated segment(s), %.3f h, in %d shard(s) -> %s%s", fmt,
+             exporter.stats["segments"], exporter.stats["hours"], len(shards), printable(to),
+             f" ({done} already written, skipped)" if done else "")
+    if todo and exporter.shard_files(to, todo[0]):
+        import apache_beam as beam
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        options = PipelineOptions(beam_args or [])
+        p = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
+        _ = (p
+             | "Shards" >> beam.Create(todo)
+             | "SpreadShards" >> beam.Reshuffle()
+             | "WriteShard" >> beam.ParDo(_write_shard_fn(exporter, out_dir, to, len(shards))))
+        p.run().wait_until_finish()
+    con = connect(out_dir, read_only=True)
+    try:
+        files = exporter.finish(con, to, shards)
+    finally:
+        con.close()
+    files += [f for s in shards for f in exporter.shard_files(to, s) if "/_parts/" not in f]
+    elapsed = time.perf_counter() - t0
+    return {"format": fmt, "to": to, "shards": len(shards), "shards_skipped": done,
+            "files": sorted(files), "elapsed_s": elapsed, **exporter.stats}
+
+
+EXPORT_EPILOG = """\
+Formats (each reads the curated views only: quality kept, dedup representatives):
+{formats}
+Examples:
+  mmcurate export out/demo --format lhotse --to out/demo-lhotse
+  mmcurate export out/demo --format shar --to out/demo-shar --shard-size 500
+  mmcurate export out/demo --format nemo --to out/demo-nemo
+Running the same command again skips the shards already written (a killed export resumes).
+"""
+
+
+def add_export_parser(sub, formatter) -> None:
+    """The `export` subcommand's arguments (Beam options pass through, as for run)."""
+    formats = "\n".join(f"  {name:<8} {cls.help}" for name, cls in EXPORTERS.items())
+    e = sub.add_parser(
+        "export",
+        help="write the curated view in a training format (lhotse, shar, nemo)",
+        description="Write the curated rows of DIR (the audit's curated_* views) in a format a "
+        "trainer reads, as one Beam job over shards.",
+        epilog=EXPORT_EPILOG.format(formats=formats), formatter_class=formatter)
+    e.add_argument("output", metavar="DIR", help="a finished output directory")
+    e.add_argument("--format", required=True, choices=list(EXPORTERS), help="the format to write")
+    e.add_argument("--to", required=True, metavar="OUTDIR", help="where to write it (local)")
+    e.add_argument("--shard-size", type=int, metavar="N",
+                   help=f"segments per shard (default {DEFAULT_SHARD_SIZE})")
+
+
+def cmd_export(args, beam_args: list[str]) -> int:
+    """`mmcurate export`: 0 done, 1 the output is not consistent, 2 a bad DIR or option."""
+    from mmcurate.pipelines.cli import EXIT_OK, EXIT_USAGE, EXIT_VERDICT
+
+    if args.shard_size is not None and args.shard_size < 1:
+        print(f"mmcurate: --shard-size: {args.shard_size} must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        summary = run_export(args.output, args.format, args.to, args.shard_size, beam_args)
+    except InconsistentOutput as e:
+        print(f"mmcurate: {e}", file=sys.stderr)
+        return EXIT_VERDICT
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mmcurate: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    hours = summary["hours"]
+    rate = hours * 60.0 / (summary["elapsed_s"] / 60.0) if summary["elapsed_s"] else 0.0
+    print(f"exported {summary['segments']} curated segment(s), {hours:.3f} h, as {args.format} in "
+          f"{summary['elapsed_s']:.1f} s ({rate:.1f} curated min per min) -> {summary['to']}")
+    for f in summary["files"][:10]:
+        print(f"  {f}")
+    if len(summary["files"]) > 10:
+        print(f"  ... {len(summary['files']) - 10} more")
+    return EXIT_OK
