@@ -45,7 +45,8 @@ class _Clock:
 
 def test_reporter_names_the_step_its_sources_and_the_time_left(tmp_path):
     clock = _Clock()
-    r = progress.Reporter(str(tmp_path), ["ingest", "vad", "speech", "dedup"], clock=clock)
+    # a run without videos: the video step is handed no source, and is not waited for
+    r = progress.Reporter(str(tmp_path), ["ingest", "vad", "speech", "video", "dedup"], clock=clock)
     assert r.line(r.counts()).startswith("ingest: finding, hashing and fetching the inputs | run: elapsed 0:00")
 
     _mark(tmp_path, "ingest", "out", "a", "b", "c", "d")
@@ -55,9 +56,9 @@ def test_reporter_names_the_step_its_sources_and_the_time_left(tmp_path):
     _mark(tmp_path, "vad", "out", "a")
     clock.t += 20
     line = r.line(r.counts())
-    # one of four in 20 s: three more take 60 s; the run: vad 1/4 of 3 steps -> 1/12 done in 30 s
+    # one of four in 20 s: three more take 60 s; the run: vad 1/4 of 4 steps -> 1/16 done in 30 s
     assert line == ("vad: 1 of 4 source(s) in 0:20, ETA 1:00 | run: 4 source(s), elapsed 0:30, "
-                    "ETA ~5:30 | vad 1/4, speech 0/0, dedup 0/0"), line
+                    "ETA ~7:30 | vad 1/4, speech 0/0, video 0/0, dedup 0/0"), line
 
     _mark(tmp_path, "vad", "out", "b", "c", "d")
     line = r.line(r.counts())
@@ -65,11 +66,12 @@ def test_reporter_names_the_step_its_sources_and_the_time_left(tmp_path):
 
     _mark(tmp_path, "speech", "in", "a", "b")
     _mark(tmp_path, "speech", "out", "a", "b")
+    assert r.line(r.counts()).startswith("video: waiting for its input"), line
     _mark(tmp_path, "dedup", "in", "a", "b", "c", "d")
     _mark(tmp_path, "dedup", "out", "a", "b", "c", "d")
     line = r.line(r.counts())
     assert line.startswith("merging: run-wide steps and writing the tables"), line
-    assert line.endswith("vad 4/4, speech 2/2, dedup 4/4"), line
+    assert line.endswith("vad 4/4, speech 2/2, video 0/0, dedup 4/4"), line
 
 
 def test_a_corpus_job_knows_its_sources_up_front(tmp_path):
@@ -117,8 +119,9 @@ def test_third_party_chatter_goes_to_the_log_file_not_the_console(tmp_path, caps
     """Without -v: faiss's AVX2 probing, Beam's resource-module and apitools warnings are not on
     the console; mmcurate's lines and other warnings are. All of them are in the log file,
     those logged before it was opened included. With -v the console has everything."""
-    cli._setup_logging(False)
+    level = logging.getLogger().level
     try:
+        logs.setup(False, force=True)  # force: pytest has handlers of its own on the root logger
         logging.getLogger("faiss.loader").info("Loading faiss with AVX2 support.")
         logging.getLogger().warning("Resource module is not available for current platform")
         logging.getLogger().warning("apitools not found, and bigquery client libraries are not available")
@@ -136,22 +139,23 @@ def test_third_party_chatter_goes_to_the_log_file_not_the_console(tmp_path, caps
                          "Running stage 3"):
             assert expected in text, text
 
-        cli._setup_logging(True)
+        logs.setup(True, force=True)
         logging.getLogger("faiss.loader").info("Loading faiss with AVX2 support.")
         assert "Loading faiss" in capsys.readouterr().err
+        assert logs.debug_log().path is None  # a new set-up: nothing written until opened
     finally:
-        cli._setup_logging(False)
-        logging.getLogger().setLevel(logging.WARNING)
+        logs.remove()
+        logging.getLogger().setLevel(level)
 
 
-def test_commands_that_write_no_output_leave_no_log_file(tmp_path, capsys):
+def test_a_host_that_set_up_logging_keeps_it(capsys):
+    """Called in a process whose root logger has handlers (an application embedding the CLI,
+    pytest), set-up leaves them and the level alone, as logging.basicConfig does."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    assert handlers  # pytest's
     cli._setup_logging(False)
-    try:
-        logging.getLogger("faiss.loader").info("Loading faiss with AVX2 support.")
-        handler = logs.debug_log()
-        assert handler is not None and handler.path is None  # held in memory, never written
-    finally:
-        logging.getLogger().setLevel(logging.WARNING)
+    assert root.handlers == handlers and root.level == level and logs.debug_log() is None
 
 
 # --------------------------------------------------------------------------- a real run
@@ -200,3 +204,25 @@ def test_a_run_says_something_at_least_every_10_s_and_mmcurate_speaks_first(tmp_
     assert not (out / "_work").exists() or not list(out.glob("_work/*/progress")), "marks left behind"
     logs_dir = list((out / "_logs").glob("debug-*.log"))
     assert len(logs_dir) == 1 and "faiss" in logs_dir[0].read_text()
+
+
+LLAMA = r"""
+import logging, sys
+if sys.argv[1] == "-v":
+    logging.basicConfig(level=logging.DEBUG)
+from mmcurate.transforms.rephrase_backends import EmbeddedGenerator
+g = EmbeddedGenerator("smollm2-135m-instruct")
+print(g.generate([{"role": "user", "content": "Say hi"}], max_tokens=3).error)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verbose", [False, True])
+def test_llama_cpp_keeps_its_log_to_itself_unless_verbose(verbose):
+    """The embedded rephrasing model's engine writes to stderr itself (not through logging):
+    its 20 lines of start-up and slot chatter only with -v."""
+    r = subprocess.run([sys.executable, "-c", LLAMA, "-v" if verbose else ""], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "None", r.stdout + r.stderr
+    llama = [line for line in r.stderr.splitlines() if " srv " in line or " cmn " in line]
+    assert (len(llama) > 5) if verbose else (llama == []), r.stderr
