@@ -86,18 +86,25 @@ class DebugLog(logging.Handler):
         return path
 
 
-def setup(verbose: bool) -> DebugLog:
+def _ours(handler: logging.Handler) -> bool:
+    return isinstance(handler, DebugLog) or getattr(handler, "_mmcurate", False)
+
+
+def setup(verbose: bool, force: bool = False) -> DebugLog | None:
     """The console handler (stderr) and the debug log on the root logger; returns the debug
-    log (`open_debug_log` names its file)."""
+    log (`open_debug_log` names its file). As `logging.basicConfig`, nothing is changed when
+    the process has set up logging itself (root handlers that are not these: a host
+    application, pytest), unless `force`; set up again, these replace the earlier ones."""
     import warnings
 
     # pyannote warns at import that torchcodec (its file decoder) is missing; mmcurate always
     # hands it audio in memory, so the warning only alarms users
     warnings.filterwarnings("ignore", message=r"\s*torchcodec is not installed")
     root = logging.getLogger()
+    if not force and any(not _ours(h) for h in root.handlers):
+        return None
+    remove()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for h in [h for h in root.handlers if isinstance(h, DebugLog) or getattr(h, "_mmcurate", False)]:
-        root.removeHandler(h)  # set up again (tests call main() more than once)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter(FORMAT, DATEFMT))
     console._mmcurate = True  # type: ignore[attr-defined]
@@ -107,6 +114,15 @@ def setup(verbose: bool) -> DebugLog:
     debug = DebugLog()
     root.addHandler(debug)
     return debug
+
+
+def remove() -> None:
+    """Take the handlers `setup` added off the root logger."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if _ours(h)]:
+        root.removeHandler(h)
+        if isinstance(h, DebugLog) and h._stream is not None:
+            h._stream.close()
 
 
 def debug_log() -> DebugLog | None:
