@@ -154,12 +154,18 @@ class Reporter:
             head = f"{current}: {done} of {handed} source(s) in {_clock(took)}"
             if done and took > 0:
                 head += f", ETA {_clock(took * (handed - done) / done)}"
-        elif len(started) < len(later):
-            head = f"{later[len(started)]}: waiting for its input (the steps before it group their rows)"
+        elif started and later.index(started[-1]) + 1 < len(later) or not started:
+            # a step after the last started one (one handed no source before it, such as video
+            # in a run without videos, is skipped): its input is being grouped
+            waiting = later[later.index(started[-1]) + 1 if started else 0]
+            head = f"{waiting}: waiting for its input (the steps before it group their rows)"
         else:
             head = "merging: run-wide steps and writing the tables (every step has all its sources)"
         # the job's share done: each step's done of handed, a step not reached yet counting 0
-        shares = [counts[s][1] / counts[s][0] if counts[s][0] else 0.0 for s in later]
+        # and one handed no source before the last started step not counting at all
+        last = later.index(started[-1]) if started else -1
+        shares = [counts[s][1] / counts[s][0] if counts[s][0] else 0.0
+                  for i, s in enumerate(later) if counts[s][0] or i > last]
         share = sum(shares) / len(shares) if shares else 0.0
         elapsed = now - self.t0
         tail = f"{self.what}: {n} source(s), elapsed {_clock(elapsed)}" if n else \
