@@ -5,9 +5,10 @@ Without `-v` the console shows mmcurate's records (loggers `mmcurate*`) from INF
 libraries' from WARNING up, except warnings that are never actionable (`NOT_ACTIONABLE`: Beam's
 GCP client and `resource` module probes, Dask's partition-size note). Everything from INFO up,
 those included, goes to a debug log: `OUT/_logs/debug-<utc time>-<pid>.log` for `run` and
-`corpus` on a local output (else `mmcurate-debug-...log` in the temp folder), opened once the
-command knows its output can be used; records logged before that (imports, start-up checks)
-are kept in memory and written first. With `-v` the console shows every record (DEBUG up).
+`corpus` on a local output (the newest `KEEP_LOGS` are kept; else `mmcurate-debug-...log` in
+the temp folder), opened once the command holds its output; records logged before that
+(imports, start-up checks) are kept in memory and written first. With `-v` the console shows
+every record (DEBUG up).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ NOT_ACTIONABLE = ("apitools not found", "Resource module is not available",
 
 # records kept in memory before the log file is opened (imports and checks log a few dozen)
 _BUFFER_MAX = 10_000
+# debug logs kept per output folder: the newest ones (a log is ~250 lines for a small run)
+KEEP_LOGS = 20
 
 
 def _own(record: logging.LogRecord) -> bool:
@@ -143,7 +146,20 @@ def open_debug_log(output: str | None) -> str | None:
         places.insert(0, os.path.join(os.path.abspath(output), "_logs", name))
     for path in places:
         try:
-            return handler.open(path)
+            handler.open(path)
         except OSError:
             continue
+        if path.startswith(os.path.join(os.path.abspath(output or "."), "_logs")):
+            _prune(os.path.dirname(path))
+        return path
     return None
+
+
+def _prune(folder: str) -> None:
+    """Delete all but the KEEP_LOGS newest debug logs in `folder` (names sort by time)."""
+    names = sorted(n for n in os.listdir(folder) if n.startswith("debug-") and n.endswith(".log"))
+    for name in names[:-KEEP_LOGS]:
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            pass

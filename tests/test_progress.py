@@ -148,6 +148,25 @@ def test_third_party_chatter_goes_to_the_log_file_not_the_console(tmp_path, caps
         logging.getLogger().setLevel(level)
 
 
+def test_an_output_keeps_its_newest_debug_logs(tmp_path):
+    folder = tmp_path / "out" / "_logs"
+    folder.mkdir(parents=True)
+    for i in range(logs.KEEP_LOGS + 5):
+        (folder / f"debug-20260101T0000{i:02d}Z-1.log").write_text("old")
+    (folder / "crash-20260101T000000Z-1.log").write_text("kept")
+    level = logging.getLogger().level
+    try:
+        logs.setup(False, force=True)
+        path = Path(logs.open_debug_log(str(tmp_path / "out")))
+    finally:
+        logs.remove()
+        logging.getLogger().setLevel(level)
+    names = sorted(p.name for p in folder.iterdir())
+    assert len([n for n in names if n.startswith("debug-")]) == logs.KEEP_LOGS
+    assert path.name in names and "crash-20260101T000000Z-1.log" in names
+    assert "debug-20260101T000000Z-1.log" not in names  # the oldest went
+
+
 def test_a_host_that_set_up_logging_keeps_it(capsys):
     """Called in a process whose root logger has handlers (an application embedding the CLI,
     pytest), set-up leaves them and the level alone, as logging.basicConfig does."""
