@@ -23,6 +23,11 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("mmcurate.orchestration")
 
+# The DAG's default `corpus_stages`: dedup, only when the run did not dedup already (no
+# double work); rephrasing stays opt-in, as in `mmcurate run`
+AUTO_CORPUS = "auto"
+AUTO_CORPUS_STAGES = ("dedup",)
+
 # Runners whose job is submitted by Airflow's BeamRunPythonPipelineOperator by default
 # (launcher "auto"); every other runner runs through `mmcurate run` in the task itself.
 OPERATOR_RUNNERS = ("DataflowRunner", "FlinkRunner")
@@ -130,6 +135,8 @@ class Plan:
     pipeline_options: dict  # for BeamRunPythonPipelineOperator (launcher beam_operator)
     dataflow_config: dict = field(default_factory=dict)
     earlier_outputs: list[str] = field(default_factory=list)
+    # corpus_stages "auto": the corpus task runs only the stages the run did not (`corpus_todo`)
+    corpus_auto: bool = False
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -169,7 +176,9 @@ def make_plan(partition: str, input_path: str, output: str, *, stages: str | Non
         run_argv += ["--set", s]
     run_argv += ["--no-audit", *beam_args]
     corpus_argv = None
-    chosen = [s.strip() for s in (corpus_stages or "").split(",") if s.strip()]
+    auto = (corpus_stages or "").strip() == AUTO_CORPUS
+    chosen = list(AUTO_CORPUS_STAGES) if auto else \
+        [s.strip() for s in (corpus_stages or "").split(",") if s.strip()]
     if chosen:
         corpus_argv = ["corpus", output, "--stages", ",".join(chosen), *common]
         for s in substitute(corpus_sets, mapping):
@@ -188,7 +197,16 @@ def make_plan(partition: str, input_path: str, output: str, *, stages: str | Non
     dataflow = dict(dataflow or {})
     dataflow.setdefault("job_name", f"mmcurate-{partition}".lower().replace("_", "-").replace(".", "-"))
     return Plan(partition, input_path, output, runner, launcher, run_argv, corpus_argv, audit_argv,
-                pipeline_options, dataflow, earlier)
+                pipeline_options, dataflow, earlier, corpus_auto=auto)
+
+
+def corpus_todo(corpus_argv: list[str], run_manifest: dict) -> list[str]:
+    """corpus_stages "auto": the corpus stages of `corpus_argv` the committed run (its manifest)
+    did not run itself; [] when it ran them all (the corpus task then skips)."""
+    stages = corpus_argv[corpus_argv.index("--stages") + 1].split(",")
+    config = run_manifest.get("config") or "{}"
+    done = set((json.loads(config) if isinstance(config, str) else config).get("stages") or [])
+    return [s for s in stages if s not in done]
 
 
 def default_gates() -> str:
@@ -222,6 +240,17 @@ def run_logged(args: list[str], emit: Callable[[str], None] | None = None,
             except subprocess.TimeoutExpired:
                 proc.kill()
     return rc, "".join(lines)
+
+
+def failed_checks(outcomes: list[dict]) -> str:
+    """The failed checks of `mmcurate audit --check --json`'s outcomes as one line (what a
+    failed gate task says), "" when none failed."""
+    failed = [o for o in outcomes if not o.get("passed")]
+    if not failed:
+        return ""
+    parts = [f"{o['name']!r} (measured {o.get('measured')!r}, want {o.get('op')} {o.get('value')!r})"
+             for o in failed]
+    return f"{len(failed)} of {len(outcomes)} check(s) failed: " + "; ".join(parts)
 
 
 def gate_outcomes(stdout: str) -> list[dict] | None:

@@ -13,9 +13,11 @@ jobs, then the audit gate.
   its Dataflow configuration for every runner). Which one runs: param `launcher` (`auto`:
   the operator for DataflowRunner and FlinkRunner, the task for everything else).
 - `corpus` runs the corpus-level jobs over the partition's output (dedup against earlier
-  partitions, rephrasing); it is skipped when `corpus_stages` is empty.
+  partitions, rephrasing); by default (`corpus_stages` "auto") only dedup, and only when the run
+  did not dedup itself; it is skipped when `corpus_stages` is empty.
 - `audit_gate` runs `mmcurate audit OUTPUT --check GATES`; a failing check (exit 1) or a
-  malformed gate file (exit 2) fails the task, and so the run, without retries.
+  malformed gate file (exit 2) fails the task, and so the run, without retries; the task's
+  error names the failed checks with their measured and wanted values.
 - Retries follow mmcurate's exit status: 1 (a verdict on the data) and 2 (arguments, config,
   usage) fail a task for good, 3 (a crash: a full disk, a lost worker, a race) and a process
   killed by a signal are retried. `plan` refuses params that would override the command line's
@@ -78,8 +80,10 @@ def default_params() -> dict:
         "dataflow": Param({}, type="object",
                           description="the operator's dataflow_config (project_id, location, "
                                       "job_name, ...) for DataflowRunner"),
-        "corpus_stages": Param(env("MMCURATE_CORPUS_STAGES", "rephrase,dedup"), type=["null", "string"],
-                               description="mmcurate corpus --stages; empty: the corpus task skips"),
+        "corpus_stages": Param(env("MMCURATE_CORPUS_STAGES", commands.AUTO_CORPUS), type=["null", "string"],
+                               description="mmcurate corpus --stages; auto (the default): dedup when "
+                                           "the run did not dedup, else nothing; empty: the corpus "
+                                           "task skips"),
         "corpus_sets": Param(_env_list("MMCURATE_CORPUS_SETS"), type="array",
                              description="--set overrides for the corpus jobs (same substitutions)"),
         "dedup_index_dir": Param(env("MMCURATE_DEDUP_INDEX_DIR", "{output_root}/_dedup_index"),
@@ -100,18 +104,19 @@ def _partition_name(params: dict, context) -> str:
     return when.strftime("%Y-%m-%d")
 
 
-def _fail_on(rc: int, what: str, stdout: str) -> None:
+def _fail_on(rc: int, what: str, stdout: str, why: str = "") -> None:
     """Nothing for exit 0; a failure without retries for 1 (a verdict on the data: nothing
     became a source, a gate failed) and 2 (arguments, config, a gate file), where a retry
     would give the same answer; a failure Airflow retries for anything else: 3 (a crash), a
-    signal (a negative status), an interpreter that died."""
+    signal (a negative status), an interpreter that died. The message is `why` when given (the
+    failed checks of a gate), else the command's last lines."""
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
     from mmcurate.pipelines.cli import EXIT_OK, EXIT_USAGE, EXIT_VERDICT
 
     if rc == EXIT_OK:
         return
-    tail = " | ".join(line for line in stdout.strip().splitlines()[-5:])
+    tail = why or " | ".join(line for line in stdout.strip().splitlines()[-5:])
     msg = f"{what} exited {rc}: {tail}"
     if rc in (EXIT_VERDICT, EXIT_USAGE):
         raise AirflowFailException(msg)
@@ -229,11 +234,20 @@ def build_dag(dag_id: str = DAG_ID, schedule: str | None = "@daily",
             return {"run_id": m["run_id"], "tables": m["tables"]}
 
         @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-        def corpus(corpus_argv: list[str] | None) -> None:
-            if not corpus_argv:
-                from airflow.sdk.exceptions import AirflowSkipException
+        def corpus(corpus_argv: list[str] | None, output: str, auto: bool = False) -> None:
+            from airflow.sdk.exceptions import AirflowSkipException
 
+            if not corpus_argv:
                 raise AirflowSkipException("no corpus stage selected (param corpus_stages is empty)")
+            if auto:  # only what the run did not do itself
+                from mmcurate.transforms.read import read_manifest
+
+                todo = commands.corpus_todo(corpus_argv, read_manifest(output))
+                if not todo:
+                    raise AirflowSkipException("corpus_stages auto: the run ran "
+                                               f"{','.join(commands.AUTO_CORPUS_STAGES)} itself")
+                i = corpus_argv.index("--stages") + 1
+                corpus_argv = [*corpus_argv[:i], ",".join(todo), *corpus_argv[i + 1:]]
             rc, out = commands.run_logged(corpus_argv, print)
             _fail_on(rc, "mmcurate corpus", out)
 
@@ -244,14 +258,17 @@ def build_dag(dag_id: str = DAG_ID, schedule: str | None = "@daily",
             for o in outcomes:
                 print(("PASS" if o["passed"] else "FAIL") + f"  {o['name']}: {o['measured']!r} "
                       f"(want {o['op']} {o['value']!r})")
-            _fail_on(rc, "mmcurate audit --check", out)
+            why = commands.failed_checks(outcomes) if rc == 1 else ""
+            if why:
+                print(why)
+            _fail_on(rc, "mmcurate audit --check", out, why)
             return outcomes
 
         p = plan()
         branch = choose_launcher(p["launcher"])
         local = curate(p["run_argv"], p["output"])
         remote = _beam_operator_task(p, python)
-        jobs = corpus(p["corpus_argv"])
+        jobs = corpus(p["corpus_argv"], p["output"], p["corpus_auto"])
         branch >> [local, remote]
         [local, remote] >> jobs
         jobs >> audit_gate(p["audit_argv"])

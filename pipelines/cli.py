@@ -266,35 +266,11 @@ def _add_config_parser(sub) -> None:
 
 
 def _setup_logging(verbose: bool) -> None:
-    import warnings
+    """mmcurate's lines on the console, third-party chatter in the run's log file
+    (`mmcurate.pipelines.logs`); -v: everything on the console."""
+    from mmcurate.pipelines import logs
 
-    # pyannote warns at import that torchcodec (its file decoder) is missing; mmcurate always
-    # hands it audio in memory, so the warning only alarms users
-    warnings.filterwarnings("ignore", message=r"\s*torchcodec is not installed")
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
-    if not verbose:
-        for noisy in ("apache_beam", "faster_whisper", "speechbrain", "pytorch_lightning", "lightning", "urllib3",
-                      "distributed"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-
-    # Beam's import-time and per-bundle chatter that says nothing about the run: the GCP client
-    # libraries it does not need, the `resource` module its metrics look for on every bundle
-    # (8 lines a run), the Dask runner's note on its partition size
-    noise = ("apitools not found", "Resource module is not available",
-             "The new default partition size is")
-
-    class _DropBeamImportNoise(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            message = record.getMessage()
-            return not any(n in message for n in noise)
-
-    for h in logging.getLogger().handlers:
-        h.addFilter(_DropBeamImportNoise())
+    logs.setup(verbose)
 
 
 def _apply_sets(cfg_dict: dict, sets: list[str]) -> dict:

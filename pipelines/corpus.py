@@ -118,8 +118,10 @@ def build_job(p: beam.Pipeline, out_dir: str, base: dict, spec, cfg: CurateConfi
     present = base.get("tables", {})
     reads = list(dict.fromkeys([*spec.requires, *(t for t in spec.uses if t in present), "rejected"]))
     streams = dict(p | f"Read[{spec.name}]" >> ReadTables(out_dir, reads))
+    from mmcurate.pipelines.progress import progress_dir
+
     ctx = BuildContext(p, list(base.get("inputs", [])), out_dir, cfg, job_run_id, [spec.name],
-                       overrides or {}, workers=workers)
+                       overrides or {}, workers=workers, progress=progress_dir(out_dir, job_run_id))
     ledger = set(spec.ledger)
     rejected = [streams.pop("rejected") | f"OtherStagesLedger[{spec.name}]" >> beam.Filter(
         lambda r: r.stage not in ledger)]
@@ -167,6 +169,11 @@ def run_corpus(out_dir: str, cfg: CurateConfig | None = None, stages: list[str] 
     version = code_version()
     options = PipelineOptions(beam_args or [])
     with output_lock(out_dir, "corpus:" + ",".join(s.name for s in specs)):
+        from mmcurate.pipelines.logs import open_debug_log
+
+        debug_log = open_debug_log(out_dir)  # the CLI's log of every record, once OUT is ours
+        if debug_log:
+            log.info("corpus %s: full log: %s", printable(out_dir), printable(debug_log))
         for spec in specs:
             _run_job(out_dir, spec, cfg, version, options, overrides, test_pipeline_factory,
                      local_workers(options))
@@ -186,7 +193,18 @@ def _run_job(out_dir, spec, cfg, version, options, overrides, test_pipeline_fact
     manifest = CorpusManifest(base, spec.name, spec.produces, jid, version, cfg.to_json(),
                               models, tuple(spec.models))
     log.info("corpus job %s: stage %s over %s (run %s)", jid, spec.name, printable(out_dir), base.get("run_id"))
-    p = test_pipeline_factory() if test_pipeline_factory else beam.Pipeline(
-        runner=local_runner(options), options=options)
-    build_job(p, out_dir, base, spec, cfg, jid, manifest, overrides, workers)
-    p.run().wait_until_finish()
+    from mmcurate.pipelines import progress
+    from mmcurate.transforms.commit import remove_tree
+
+    marks = progress.progress_dir(out_dir, jid)
+    remove_tree(marks)  # an earlier attempt's
+    with progress.Reporter(marks, [spec.name], what=f"corpus job {spec.name}",
+                           total=base.get("tables", {}).get("sources")):
+        p = test_pipeline_factory() if test_pipeline_factory else beam.Pipeline(
+            runner=local_runner(options), options=options)
+        build_job(p, out_dir, base, spec, cfg, jid, manifest, overrides, workers)
+        p.run().wait_until_finish()
+    from mmcurate.pipelines.checkpoints import WORK_DIR
+    from mmcurate.transforms.commit import join
+
+    remove_tree(join(out_dir, WORK_DIR, jid))  # only the marks are there

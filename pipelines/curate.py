@@ -148,8 +148,11 @@ def build(p: beam.Pipeline, inputs: list[str], output: str, cfg: CurateConfig, r
     from mmcurate.transforms.sink import WriteTables
 
     specs = resolve(cfg.stages)
+    from mmcurate.pipelines.progress import progress_dir
+
     ctx = BuildContext(p, inputs, output, cfg, run_id, [s.name for s in specs], overrides or {},
-                       workers=workers, step_checkpoints=cfg.output.checkpoints)
+                       workers=workers, step_checkpoints=cfg.output.checkpoints,
+                       progress=progress_dir(output, run_id))
     streams: dict = {}
     tables: dict = {}
     rejected, stats = [], []
@@ -186,10 +189,16 @@ def build_stages(ctx, specs: list, streams: dict, tables: dict, rejected: list, 
     """Wire `specs` in order on context `ctx`: each stage reads `streams` and adds its streams
     and tables to them; its tables also go into `tables`, its ledger rows into `rejected` and
     its (key, number) stats into `stats` (summed into manifest["stats"])."""
+    from mmcurate.pipelines.progress import mark_step
     from mmcurate.pipelines.stages import REGISTRY
 
     for spec in specs:
+        handed = [streams[r] for r in spec.requires[:1] if r in streams]
         out = REGISTRY[spec.name].build(ctx, streams)
+        if ctx.progress:  # the sources it was handed and those it put out rows or ledger rows for
+            made = [out[t] for t in spec.produces] + [out["rejected"]] if spec.produces else \
+                [out[s] for s in spec.streams]
+            mark_step(ctx.progress, spec.name, handed, made)
         rejected.append(out.pop("rejected"))
         if "stats" in out:
             stats.append(out.pop("stats"))
@@ -333,7 +342,11 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
     from mmcurate.pipelines.lock import output_lock
 
     with output_lock(output, run_id):
-        log.info("run %s: %d input(s) -> %s (stages: %s)", run_id, len(inputs), printable(output), ",".join(cfg.stages))
+        from mmcurate.pipelines.logs import open_debug_log
+
+        debug_log = open_debug_log(output)  # the CLI's log of every record, once the output is ours
+        log.info("run %s: %d input(s) -> %s (stages: %s)%s", run_id, len(inputs), printable(output),
+                 ",".join(cfg.stages), f"; full log: {printable(debug_log)}" if debug_log else "")
         from mmcurate.pipelines.balance import local_workers
 
         if test_pipeline is None:
@@ -346,10 +359,17 @@ def run(inputs: list[str], output: str, cfg: CurateConfig | None = None,
             if found:
                 log.info("%d source(s) finished by an earlier attempt of this run: their "
                          "checkpoints under %s are reused", found, printable(directory))
-        p = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
-        build(p, inputs, output, cfg, run_id, manifest, overrides, workers=local_workers(options))
-        result = p.run()
-        result.wait_until_finish()
+        from mmcurate.pipelines import progress
+        from mmcurate.transforms.commit import remove_tree
+
+        marks = progress.progress_dir(output, run_id)
+        remove_tree(marks)  # an earlier attempt's
+        with progress.Reporter(marks, [s.name for s in resolve(cfg.stages)]):
+            p = test_pipeline or beam.Pipeline(runner=local_runner(options), options=options)
+            build(p, inputs, output, cfg, run_id, manifest, overrides, workers=local_workers(options))
+            result = p.run()
+            result.wait_until_finish()
+        remove_tree(marks)
         checkpoints.remove_other_runs(output, run_id)
     from mmcurate.transforms.read import read_manifest
 

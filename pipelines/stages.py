@@ -35,6 +35,9 @@ class BuildContext:
     workers: int = 1
     # keep each model step's results under OUT/_work/<run_id>/steps/ (checkpoints.CachedModelHandler)
     step_checkpoints: bool = False
+    # where each stage marks the sources it was handed and put out (mmcurate.pipelines.progress;
+    # None: no marks)
+    progress: str | None = None
     # what a stage does once the run's manifest is committed: each is called with the committed
     # manifest (a PCollection of one dict) and applies its labelled steps to it (dedup publishes
     # its cross-run index partition there, so a run that never commits never publishes)

@@ -1,6 +1,7 @@
 """The Airflow DAG (mmcurate.orchestration): it imports, its shape, the partition convention and
-command lines, and `dag.test()` end to end on real media with the audit gate: passing, a planted
-violation failing the run, and a re-triggered partition leaving one generation of shards.
+command lines, and one partition end to end on real media: the README's `airflow dags test`
+recipe as written with the default gates passing, a re-triggered partition (`dag.test()`)
+leaving one generation of shards, and a planted violation failing the run with the check's name.
 
 Airflow runs from a temporary AIRFLOW_HOME with a SQLite metadata DB (set before Airflow is
 imported); nothing touches the network."""
@@ -11,6 +12,7 @@ import atexit
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,6 +64,8 @@ def test_dagbag_imports_without_errors(airflow_db):
     assert dag.schedule == "@daily"
     assert {"partition", "input", "inputs_root", "output_root", "runner", "beam_options",
             "launcher", "corpus_stages", "gates"} <= set(dag.params)
+    # dedup only when the run did not; rephrasing opt-in, as in `mmcurate run`
+    assert dag.params["corpus_stages"] == "auto"
 
 
 def test_task_graph_shape(airflow_db):
@@ -128,6 +132,12 @@ def test_plan_command_lines():
                              "--runner=DirectRunner", "--direct_running_mode=multi_processing",
                              "--direct_num_workers=2", "--save_main_session"]
     assert p.audit_argv == ["audit", "/out/2026-11-22", "--check", "/g.yaml", "--json"]
+    auto = commands.make_plan("p", "i", "o", corpus_stages="auto")
+    assert auto.corpus_auto and auto.corpus_argv[:4] == ["corpus", "o", "--stages", "dedup"]
+    assert not p.corpus_auto
+    ran = lambda *stages: {"config": json.dumps({"stages": list(stages)})}  # noqa: E731
+    assert commands.corpus_todo(auto.corpus_argv, ran("vad", "speech", "dedup")) == []
+    assert commands.corpus_todo(auto.corpus_argv, ran("vad", "speech")) == ["dedup"]
     assert commands.make_plan("p", "i", "o", corpus_stages="").corpus_argv is None
     assert commands.make_plan("p", "i", "o", corpus_stages=None).corpus_argv is None
     df = commands.make_plan("2026-11-22", "gs://b/in.jsonl", "gs://b/out/2026-11-22",
@@ -165,41 +175,29 @@ def test_operator_launcher_hands_the_cli_its_input(monkeypatch):
 
 # ------------------------------------------------------------------ dag.test() end to end
 
-GATES_PASS = """\
-checks:
-  - name: the output is consistent (manifest, shards, row counts, nothing lost)
-    metric: problems
-    op: "=="
-    value: []
-  - name: every input is a source or a ledger row
-    metric: invariant_ok
-    op: "=="
-    value: true
-  - name: both inputs are sources
-    sql: SELECT count(*) FROM sources
-    op: "=="
-    value: 2
-  - name: the speech was transcribed
-    sql: SELECT count(*) FROM transcripts WHERE trim(text) <> ''
-    op: ">="
-    value: 1
-  - name: the video has its document
-    sql: SELECT count(*) FROM documents
-    op: "=="
-    value: 1
-"""
-
 GATES_PLANTED = """\
 checks:
   - name: the output is consistent
     metric: problems
     op: "=="
     value: []
-  - name: a planted violation (two inputs can never make 1000 sources)
+  - name: a planted violation (one input can never make 1000 sources)
     sql: SELECT count(*) FROM sources
     op: ">="
     value: 1000
 """
+
+README = ROOT / "README.md"
+RECIPE_HEADING = "**Run one partition locally, without a scheduler.**"
+# the scratch paths of the README's recipe, swapped for the test's own
+RECIPE_PATHS = ("/tmp/mmcurate-airflow", "/tmp/mmcurate-incoming", "/tmp/mmcurate-curated")
+
+
+def readme_recipe() -> str:
+    """The bash block that follows RECIPE_HEADING in README.md, as written there."""
+    text = README.read_text()
+    after = text[text.index(RECIPE_HEADING):]
+    return after.split("```bash\n", 1)[1].split("```", 1)[0]
 
 
 def _states(dr) -> dict:
@@ -213,52 +211,65 @@ def _committed(out: Path) -> tuple[dict, set]:
 
 
 @pytest.mark.slow
-def test_dag_end_to_end_gate_retrigger_and_planted_violation(airflow_db, tmp_path):
-    """One partition (jfk.wav + a 19 s video without speech): curate -> corpus (skipped: no
-    corpus stage selected) -> gate passes. The same partition triggered again replaces its
-    output (one generation of shards, same ids). A gate file that cannot pass fails the run."""
+def test_dag_end_to_end_readme_recipe_retrigger_and_planted_violation(airflow_db, tmp_path, capfd):
+    """A partition of one 11 s file (jfk.wav), all defaults (stages, gates, corpus_stages), run
+    by the README's recipe as written (`airflow db migrate`, `dags reserialize`, `dags list`,
+    `dags test`, in a child process with its own Airflow home): curate -> corpus (skipped: the
+    run deduplicated already) -> the default gates pass. The same partition triggered again
+    replaces its output (one generation of shards, same ids). A gate file that cannot pass fails
+    the run, and the task's error names the failed check."""
+    import subprocess
+
     from mmcurate.orchestration.dag import build_dag
 
-    inputs, outputs = tmp_path / "incoming", tmp_path / "curated"
-    inputs.mkdir()
-    (inputs / "2026-11-20.jsonl").write_text(
-        json.dumps({"uri": str(MEDIA / "speech" / "jfk.wav")}) + "\n"
-        + json.dumps({"uri": str(MEDIA / "neardup" / "chair-19-sd-bar.mp4")}) + "\n")
-    (tmp_path / "pass.yaml").write_text(GATES_PASS)
-    (tmp_path / "planted.yaml").write_text(GATES_PLANTED)
-    conf = {"inputs_root": str(inputs), "output_root": str(outputs), "stages": "vad,speech,video",
-            "sets": ["asr.model=whisper-tiny.en"], "corpus_stages": "",
-            "gates": str(tmp_path / "pass.yaml")}
+    home, inputs, outputs = tmp_path / "airflow", tmp_path / "incoming", tmp_path / "curated"
+    recipe = readme_recipe()
+    for placeholder, mine in zip(RECIPE_PATHS, (home, inputs, outputs)):
+        assert placeholder in recipe, placeholder
+        recipe = recipe.replace(placeholder, str(mine))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}  # the recipe's own
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", recipe], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-6000:]
+    assert "mmcurate_curate" in r.stdout  # `dags list` after `reserialize`
+    assert "corpus_stages auto: the run ran dedup itself" in log, log[-6000:]
+    assert re.search(r"Marking run <DagRun mmcurate_curate @ 2026-11-20[^>]*> successful", log), log[-6000:]
+    assert log.count("PASS  ") >= 8 and "FAIL  " not in log, log[-6000:]
+    out = outputs / "2026-11-20"
+    first, files_first = _committed(out)
+    assert first["tables"]["sources"] == 1
+    assert files_first == set(first["shards"])
+    ids_first = _ids(out)
+
+    # the same partition again, in this process (a re-trigger, as a retry would): one generation
+    conf = {"inputs_root": str(inputs), "output_root": str(outputs)}
     day = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
     dag = build_dag(retries=0)
-
     dr = dag.test(logical_date=day, run_conf=conf)
     states = _states(dr)
     assert states == {"plan": "success", "choose_launcher": "success", "curate": "success",
                       "curate_beam": "skipped", "corpus": "skipped", "audit_gate": "success"}, states
-    assert str(dr.state).endswith("success")
-    out = outputs / "2026-11-20"
-    first, files_first = _committed(out)
-    assert first["tables"]["sources"] == 2
-    assert files_first == set(first["shards"])
-    ids_first = _ids(out)
-
-    # the same partition again (a re-trigger, as a retry would): one generation, same rows
-    dr = dag.test(logical_date=day, run_conf=conf)
-    assert str(dr.state).endswith("success"), _states(dr)
     second, files_second = _committed(out)
-    assert files_second == set(second["shards"]), (first["run_id"], second["run_id"],
-                                                   sorted(files_second - set(second["shards"])))
-    assert set(second["shards"]) == set(first["shards"]), (first["run_id"], second["run_id"])
+    assert second["run_id"] == first["run_id"]
+    assert files_second == set(second["shards"]), sorted(files_second - set(second["shards"]))
+    assert set(second["shards"]) == set(first["shards"])
     assert second["tables"] == first["tables"]
     assert _ids(out) == ids_first
 
     # a planted violation: the gate (on the committed output; curate marked done) fails the run
+    (tmp_path / "planted.yaml").write_text(GATES_PLANTED)
+    capfd.readouterr()
     dr = dag.test(logical_date=day, run_conf={**conf, "gates": str(tmp_path / "planted.yaml")},
                   mark_success_pattern="^curate$")
     states = _states(dr)
     assert states["audit_gate"] == "failed", states
     assert str(dr.state).endswith("failed")
+    captured = capfd.readouterr()
+    task_log = captured.out + captured.err
+    assert ("AirflowFailException: mmcurate audit --check exited 1: 1 of 2 check(s) failed: "
+            "'a planted violation (one input can never make 1000 sources)' (measured 1, want >= 1000)"
+            in task_log), task_log[-6000:]
 
 
 def _ids(out: Path) -> dict:
@@ -345,6 +356,26 @@ def _fail_on_kind(rc: int) -> str:
     except AirflowException:
         return "retry"
     return "ok"
+
+
+def test_a_failed_gate_names_its_checks_in_the_tasks_error():
+    """The task's exception (what Airflow's UI and alerts show) names every failed check with
+    its measured and wanted values, not the tail of a JSON blob."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mmcurate.orchestration.dag import _fail_on
+
+    outcomes = [{"name": "the output is consistent", "passed": True, "measured": [], "op": "==", "value": []},
+                {"name": "at least 3 minutes of VAD speech", "passed": False, "measured": 0.0022,
+                 "op": ">=", "value": 0.05}]
+    stdout = "PASS ...\n" + json.dumps(outcomes * 40) + "\n"  # a long --json line
+    why = commands.failed_checks(outcomes)
+    assert why == ("1 of 2 check(s) failed: 'at least 3 minutes of VAD speech' (measured 0.0022, "
+                   "want >= 0.05)")
+    with pytest.raises(AirflowFailException) as e:
+        _fail_on(1, "mmcurate audit --check", stdout, why)
+    assert str(e.value) == f"mmcurate audit --check exited 1: {why}"
+    assert commands.failed_checks(outcomes[:1]) == ""
 
 
 def test_only_crashes_are_retried():

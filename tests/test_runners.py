@@ -138,7 +138,11 @@ def test_portable_runner_job_service_and_external_workers(in_process, tmp_path):
          _server(["apache_beam.runners.worker.worker_pool_main", f"--service_port={pool_port}"],
                  pool_port, tmp_path / "worker_pool.log"):
         out = tmp_path / "out"
-        manifest = _run(out, "--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
-                        "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}")
+        proc = _cli(out, "--runner=PortableRunner", f"--job_endpoint=localhost:{job_port}",
+                    "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}")
+        manifest = json.loads((out / "manifest.json").read_text())
     assert "Starting worker" in (tmp_path / "worker_pool.log").read_text()  # the pool ran the bundles
     _same(manifest, out, in_process)
+    # the driver tells the progress of bundles that ran in another process (from their marks)
+    progress = [line for line in proc.stderr.splitlines() if " mmcurate.progress: " in line]
+    assert any("| run: 2 source(s)" in line for line in progress), proc.stderr[-3000:]

@@ -136,6 +136,10 @@ class EmbeddedGenerator:
             p.cpuparams_batch.n_threads = threads
         p.sampling.seed = seed
         p.warmup = False
+        # llama.cpp writes its own log to stderr (20 lines a load, more per job: its server's
+        # start-up, slots, an API-key note for an HTTP server that is not started here); errors
+        # only, unless mmcurate logs at DEBUG (`mmcurate -v`)
+        p.verbosity = 3 if log.isEnabledFor(logging.DEBUG) else 1
         self._server = xlc.Server(p)
         log.info("rephrase: loaded %s (%s), %d slot(s)", self.model, path, p.n_parallel)
 
