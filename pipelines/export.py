@@ -117,7 +117,8 @@ Running the same command again skips the shards already written (a killed export
 
 def add_export_parser(sub, formatter) -> None:
     """The `export` subcommand's arguments (Beam options pass through, as for run)."""
-    formats = "\n".join(f"  {name:<8} {cls.help}" for name, cls in EXPORTERS.items())
+    width = max(len(name) for name in EXPORTERS)
+    formats = "\n".join(f"  {name:<{width}}  {cls.help}" for name, cls in EXPORTERS.items())
     e = sub.add_parser(
         "export",
         help=f"write the curated view in a training format ({', '.join(EXPORTERS)})",
