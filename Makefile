@@ -63,7 +63,15 @@ $(CHROMIUM):
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "make: $(CHROMIUM) missing and not root: the HTML report tests will skip"; fi
 
-test: $(VENV)/.installed | $(CHROMIUM)
+# datasets 5.2 (the reader of `mmcurate export --format hf` in tests/test_export.py) needs
+# huggingface-hub >= 1.31, outside the lock's pin: its own venv from a pinned file, no torch.
+HF_VENV      := .venv-hf
+$(HF_VENV)/.installed: tests/requirements-hf.txt | $(UV)
+	test -x $(HF_VENV)/bin/python || $(UV) venv -q --python $(PYTHON) $(HF_VENV)
+	$(UV) pip sync -q --compile-bytecode --python $(HF_VENV)/bin/python tests/requirements-hf.txt
+	touch $@
+
+test: $(VENV)/.installed $(HF_VENV)/.installed | $(CHROMIUM)
 	$(VENV)/bin/python -m pytest $(XDIST) $(PYTEST_ARGS)
 ifeq ($(AVX2_PASS),always)
 	$(AVX2_ISA_ENV) $(VENV)/bin/python -m pytest $(XDIST) -m model_score

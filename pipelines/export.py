@@ -24,7 +24,7 @@ class InconsistentOutput(ValueError):
     """The output's audit finds problems: nothing is exported from it."""
 
 
-def _write_shard_fn(exporter: Exporter, out_dir: str, to: str, total: int):
+def _write_shard_fn(exporter: Exporter, out_dir: str, to: str, totals: dict[str, int]):
     """The DoFn that writes shards (Beam is imported only by commands that run a pipeline)."""
     import apache_beam as beam
     from apache_beam.metrics import Metrics
@@ -39,8 +39,8 @@ def _write_shard_fn(exporter: Exporter, out_dir: str, to: str, total: int):
             exporter.write_shard(out_dir, to, shard)
             self._written.inc()
             self._items.inc(len(shard.ids))
-            log.info("export %s: shard %d of %d written (%d item(s), %.1f s)", exporter.name,
-                     shard.index + 1, total, len(shard.ids), time.perf_counter() - t0)
+            log.info("export %s: %s shard %d of %d written (%d item(s), %.1f s)", exporter.name, shard.kind,
+                     shard.index + 1, totals[shard.kind], len(shard.ids), time.perf_counter() - t0)
             yield shard.index
 
     return WriteShardFn()
@@ -74,9 +74,12 @@ def run_export(out_dir: str, fmt: str, to: str, shard_size: int | None = None,
     todo = [s for s in shards if not (exporter.shard_files(to, s)
                                       and all(os.path.exists(f) for f in exporter.shard_files(to, s)))]
     done = len(shards) - len(todo)
-    log.info("export %s: %d curated segment(s), %.3f h, in %d shard(s) -> %s%s", fmt,
-             exporter.stats["segments"], exporter.stats["hours"], len(shards), printable(to),
+    log.info("export %s: %d curated segment(s), %.3f h%s, in %d shard(s) -> %s%s", fmt,
+             exporter.stats["segments"], exporter.stats["hours"],
+             f", {exporter.stats['documents']} document(s)" if "documents" in exporter.stats else "",
+             len(shards), printable(to),
              f" ({done} already written, skipped)" if done else "")
+    totals = {k: sum(1 for s in shards if s.kind == k) for k in exporter.KINDS}
     if todo and exporter.shard_files(to, todo[0]):
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
@@ -86,7 +89,7 @@ def run_export(out_dir: str, fmt: str, to: str, shard_size: int | None = None,
         _ = (p
              | "Shards" >> beam.Create(todo)
              | "SpreadShards" >> beam.Reshuffle()
-             | "WriteShard" >> beam.ParDo(_write_shard_fn(exporter, out_dir, to, len(shards))))
+             | "WriteShard" >> beam.ParDo(_write_shard_fn(exporter, out_dir, to, totals)))
         p.run().wait_until_finish()
     con = connect(out_dir, read_only=True)
     try:
@@ -106,16 +109,19 @@ Examples:
   mmcurate export out/demo --format lhotse --to out/demo-lhotse
   mmcurate export out/demo --format shar --to out/demo-shar --shard-size 500
   mmcurate export out/demo --format nemo --to out/demo-nemo
+  mmcurate export out/demo --format webdataset --to out/demo-wds --shard-size 500
+  mmcurate export out/demo --format hf --to out/demo-hf
 Running the same command again skips the shards already written (a killed export resumes).
 """
 
 
 def add_export_parser(sub, formatter) -> None:
     """The `export` subcommand's arguments (Beam options pass through, as for run)."""
-    formats = "\n".join(f"  {name:<8} {cls.help}" for name, cls in EXPORTERS.items())
+    width = max(len(name) for name in EXPORTERS)
+    formats = "\n".join(f"  {name:<{width}}  {cls.help}" for name, cls in EXPORTERS.items())
     e = sub.add_parser(
         "export",
-        help="write the curated view in a training format (lhotse, shar, nemo)",
+        help=f"write the curated view in a training format ({', '.join(EXPORTERS)})",
         description="Write the curated rows of DIR (the audit's curated_* views) in a format a "
         "trainer reads, as one Beam job over shards.",
         epilog=EXPORT_EPILOG.format(formats=formats), formatter_class=formatter)
@@ -123,7 +129,7 @@ def add_export_parser(sub, formatter) -> None:
     e.add_argument("--format", required=True, choices=list(EXPORTERS), help="the format to write")
     e.add_argument("--to", required=True, metavar="OUTDIR", help="where to write it (local)")
     e.add_argument("--shard-size", type=int, metavar="N",
-                   help=f"segments per shard (default {DEFAULT_SHARD_SIZE})")
+                   help=f"segments (documents) per shard (default {DEFAULT_SHARD_SIZE})")
 
 
 def cmd_export(args, beam_args: list[str]) -> int:
@@ -143,7 +149,8 @@ def cmd_export(args, beam_args: list[str]) -> int:
         return EXIT_USAGE
     hours = summary["hours"]
     rate = hours * 60.0 / (summary["elapsed_s"] / 60.0) if summary["elapsed_s"] else 0.0
-    print(f"exported {summary['segments']} curated segment(s), {hours:.3f} h, as {args.format} in "
+    docs = f", {summary['documents']} document(s)" if "documents" in summary else ""
+    print(f"exported {summary['segments']} curated segment(s), {hours:.3f} h{docs}, as {args.format} in "
           f"{summary['elapsed_s']:.1f} s ({rate:.1f} curated min per min) -> {summary['to']}")
     for f in summary["files"][:10]:
         print(f"  {f}")

@@ -1,6 +1,8 @@
 """The curated view and its exports (`mmcurate export`), read back by their consumers: Lhotse
-(`load_manifest`, `validate`, `fix_manifests`, `CutSet.from_shar`) and a NeMo manifest reader
-written to NeMo's documented schema (NeMo itself does not install here).
+(`load_manifest`, `validate`, `fix_manifests`, `CutSet.from_shar`), a NeMo manifest reader
+written to NeMo's documented schema (NeMo itself does not install here), the `webdataset`
+library, and Hugging Face `datasets` 5.2 in its own venv (.venv-hf: its huggingface-hub pin is
+outside the lock's), through tests/hf_read_back.py.
 
 One real run over the shared media (jfk trio, LDC93S1, the chair pair and the doorknob clip, with
 segments.include_audio) is shared by the slow tests; the curated-view rules also have a fast test
@@ -8,10 +10,12 @@ on hand-made tables."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -245,3 +249,130 @@ def test_export_cli_refuses_what_it_cannot_export(run_out, tmp_path, capsys):
     assert "not consistent" in capsys.readouterr().err
     assert cli.main(["export", str(run_out), "--format", "nemo", "--to", str(tmp_path / "z")]) == 0
     assert "exported" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ webdataset, hf
+
+
+def test_webdataset_groups_a_document_and_its_images_into_one_sample(tmp_path):
+    """The tar layout alone: `<document_id>.json` and `<document_id>.<position>.jpg` are one
+    WebDataset sample whose JSON names its image members; the same members give the same bytes."""
+    import webdataset as wds
+    from PIL import Image
+
+    from mmcurate.transforms.export import _tar, document_json
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (8, 6), "red").save(jpeg, format="JPEG")
+    items = [{"position": 0, "modality": "image", "start": 0.0, "end": 1.0, "speaker": None, "text": None,
+              "num_words": None, "image_format": "jpeg", "keyframe_id": "s1-kf-00000", "image": jpeg.getvalue()},
+             {"position": 1, "modality": "text", "start": 0.0, "end": 1.0, "speaker": "s1-spk0", "text": "hi there",
+              "num_words": 2, "image_format": None, "keyframe_id": None}]
+    doc = {"document_id": "s1-doc", "source_id": "s1", "uri": "/m/a.mp4", "duration_s": 1.0, "speech_s": 1.0,
+           "language": "en", "items": items}
+    meta = document_json(doc)
+    assert (meta["texts"], meta["images"]) == ([None, "hi there"], ["00000.jpg", None])
+    assert (meta["num_images"], meta["num_texts"], meta["num_words"]) == (1, 1, 2)
+    members = [("s1-doc.json", json.dumps(meta).encode()), ("s1-doc.00000.jpg", jpeg.getvalue())]
+    _tar(str(tmp_path / "a.tar"), iter(members))
+    _tar(str(tmp_path / "b.tar"), iter(members))
+    assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    [sample] = list(wds.WebDataset(str(tmp_path / "a.tar"), shardshuffle=False).decode("pil"))
+    assert sample["__key__"] == "s1-doc" and sample["json"]["document_id"] == "s1-doc"
+    assert sample[meta["images"][0]].size == (8, 6)
+
+
+def _curated_documents(out: Path) -> dict[str, dict]:
+    """Each curated document's curated items, as the tables hold them."""
+    docs = {r["document_id"]: {"texts": [], "images": []} for r in
+            audit.query(str(out), "SELECT document_id FROM curated_documents").to_pylist()}
+    for it in audit.query(str(out), "SELECT document_id, modality, text, width, height FROM curated_interleaved "
+                                    "ORDER BY document_id, position").to_pylist():
+        docs[it["document_id"]]["texts"].append(it["text"] if it["modality"] == "text" else None)
+        docs[it["document_id"]]["images"].append((it["width"], it["height"]) if it["modality"] == "image" else None)
+    return docs
+
+
+@pytest.mark.slow
+def test_webdataset_export_reads_back_with_webdataset(run_out, tmp_path, monkeypatch):
+    import soundfile as sf
+    import webdataset as wds
+
+    from mmcurate.transforms import decode
+
+    def no_media(*_a, **_k):
+        raise AssertionError("the webdataset export decoded a source: the stored audio was not used")
+
+    monkeypatch.setattr(decode, "decode_audio", no_media)
+    first = _export(run_out, "webdataset", tmp_path / "a", shard_size=2)
+    want, want_docs = _curated_segments(run_out), _curated_documents(run_out)
+    assert first["documents"] == len(want_docs) == 2
+    seg_tars = sorted(str(p) for p in (tmp_path / "a").glob("segments-*.tar"))
+    doc_tars = sorted(str(p) for p in (tmp_path / "a").glob("documents-*.tar"))
+    assert len(seg_tars) == math.ceil(len(want) / 2) and len(doc_tars) == 1
+    got = list(wds.WebDataset(seg_tars, shardshuffle=False).decode())
+    assert sorted(s["__key__"] for s in got) == sorted(want)  # every curated segment, once
+    for sample in got:
+        seg, meta = want[sample["__key__"]], sample["json"]
+        assert (meta["text"], meta["speaker"], meta["language"]) == (
+            seg["text"].strip(), seg["speaker"], seg["language"])
+        assert (meta["start"], meta["end"]) == (seg["start"], seg["end"])
+        audio, sr = sf.read(io.BytesIO(sample["flac"]))
+        assert sr == 16000 and len(audio) / sr == pytest.approx(seg["end"] - seg["start"], abs=TOLERANCE_S)
+    got = list(wds.WebDataset(doc_tars, shardshuffle=False).decode("pil"))
+    assert sorted(s["__key__"] for s in got) == sorted(want_docs)  # every curated document, once
+    for sample in got:
+        doc, meta = want_docs[sample["__key__"]], sample["json"]
+        assert meta["texts"] == doc["texts"] and any(doc["images"])
+        assert [None if name is None else sample[name].size for name in meta["images"]] == doc["images"]
+    again = _export(run_out, "webdataset", tmp_path / "a", shard_size=2)  # resumes: nothing to redo
+    assert again["shards_skipped"] == again["shards"]
+    _export(run_out, "webdataset", tmp_path / "b", shard_size=2)
+    _same_bytes(tmp_path / "a", tmp_path / "b")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+HF_VENV = ROOT / ".venv-hf"
+HF_PYTHON = HF_VENV / "bin" / "python"
+
+
+def _hf_python() -> Path:
+    """.venv-hf's python (`make test` builds it first); made here when missing, skipped only if it
+    cannot be made."""
+    if not (HF_VENV / ".installed").exists():
+        made = subprocess.run(["make", "-s", ".venv-hf/.installed"], cwd=ROOT, capture_output=True, text=True)
+        if made.returncode or not HF_PYTHON.exists():
+            last = (made.stderr or made.stdout).strip().splitlines()[-1:] or ["no output"]
+            pytest.skip(f".venv-hf (datasets 5.2, tests/requirements-hf.txt) could not be created: {last[0]}")
+    return HF_PYTHON
+
+
+@pytest.mark.slow
+def test_hf_export_loads_with_datasets_audio_and_images_decoded(run_out, tmp_path):
+    python = _hf_python()
+    first = _export(run_out, "hf", tmp_path / "a", shard_size=2)
+    assert first["documents"] == 2
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache"),
+           "HF_HOME": str(tmp_path / "hf-home")}
+    proc = subprocess.run([str(python), str(ROOT / "tests" / "hf_read_back.py"), str(tmp_path / "a")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["version"] == "5.2.0"
+    want, want_docs = _curated_segments(run_out), _curated_documents(run_out)
+    assert sorted(r["segment_id"] for r in got["segments"]) == sorted(want)  # every curated segment, once
+    for r in got["segments"]:
+        seg = want[r["segment_id"]]
+        assert (r["text"], r["speaker"], r["language"]) == (seg["text"].strip(), seg["speaker"], seg["language"])
+        assert (r["start"], r["end"]) == (seg["start"], seg["end"]) and r["num_words"] > 0
+        assert r["sample_rate"] == 16000
+        assert r["samples"] / r["sample_rate"] == pytest.approx(seg["end"] - seg["start"], abs=TOLERANCE_S)
+    assert sorted(d["document_id"] for d in got["documents"]) == sorted(want_docs)
+    for d in got["documents"]:
+        doc = want_docs[d["document_id"]]
+        assert d["texts"] == doc["texts"]
+        # decoded by datasets to PIL images of the stored size
+        assert [None if im is None else tuple(im[1:]) for im in d["images"]] == doc["images"]
+        assert all(im is None or im[0].startswith("PIL.") for im in d["images"])
+    _export(run_out, "hf", tmp_path / "b", shard_size=2)
+    _same_bytes(tmp_path / "a", tmp_path / "b")

@@ -15,6 +15,15 @@ with no time stamps inside, so the same output gives the same bytes.
   cut from one decode of its source.
 * `nemo`: `manifest.json`, NeMo's ASR/TTS JSON lines (audio_filepath, offset, duration, text,
   speaker, lang): the stored audio as files under `audio/`, else the source media with offsets.
+* `webdataset`: tar shards of segments (`<segment_id>.flac` + `.json`) and of documents
+  (`<document_id>.json` with the texts/images order + one member per image), for the
+  `webdataset` library.
+* `hf`: Parquet shards under `segments/` and `documents/` whose schema carries the Hugging Face
+  features (`Audio`, `List(Image)`), and a `README.md` card naming the two configs, for
+  `datasets.load_dataset`.
+
+`webdataset` and `hf` hold segments and documents: a document is its curated items in reading
+order (`curated_interleaved`: an image or text item dedup dropped inside it is left out).
 """
 
 from __future__ import annotations
@@ -24,13 +33,14 @@ import io
 import json
 import logging
 import os
+import tarfile
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 log = logging.getLogger("mmcurate.export")
 
 SAMPLE_RATE = 16000  # what the run decodes to and stores (transforms/decode.py)
-DEFAULT_SHARD_SIZE = 1000  # segments per shard (Lhotse Shar's own default)
+DEFAULT_SHARD_SIZE = 1000  # segments (documents) per shard (Lhotse Shar's own default)
 
 # the curated segments with what every format needs of their source; no audio bytes
 SEGMENT_ROWS = """
@@ -58,10 +68,84 @@ def segment_rows(con, ids: list[str] | None = None, with_audio: bool = False) ->
     return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
+# a curated document's items in reading order; no image bytes unless asked for
+ITEM_ROWS = """
+    SELECT document_id, position, modality, start, "end", speaker, text, num_words, image_format,
+           width, height, keyframe_id{image}
+    FROM curated_interleaved WHERE document_id IN (SELECT unnest(?::VARCHAR[]))
+    ORDER BY document_id, position
+"""
+
+
+def document_rows(con, ids: list[str] | None = None, with_images: bool = False) -> list[dict]:
+    """Curated documents (ordered by id) as dicts, each with its curated `items` in reading
+    order; `ids`: only those; `with_images`: with the image items' bytes (`image`)."""
+    sql = "SELECT document_id, source_id, uri, duration_s, speech_s, language FROM curated_documents"
+    params: list = []
+    if ids is not None:
+        sql += " WHERE document_id IN (SELECT unnest(?::VARCHAR[]))"
+        params = [ids]
+    cur = con.execute(sql + " ORDER BY document_id", params)
+    names = [d[0] for d in cur.description]
+    docs = [dict(zip(names, row), items=[]) for row in cur.fetchall()]
+    by_id = {d["document_id"]: d for d in docs}
+    cur = con.execute(ITEM_ROWS.format(image=", image" if with_images else ""), [list(by_id)])
+    names = [d[0] for d in cur.description]
+    for row in cur.fetchall():
+        item = dict(zip(names, row))
+        by_id[item["document_id"]]["items"].append(item)
+    return docs
+
+
+def image_name(item: dict) -> str:
+    """An image item's file name, as the documents table names it (`{keyframe_id}.jpg|webp`)."""
+    ext = "jpg" if item["image_format"] == "jpeg" else item["image_format"]
+    return f"{item['keyframe_id']}.{ext}"
+
+
+def _read(out_dir: str, rows_of, ids: tuple[str, ...], **kw) -> list[dict]:
+    """A shard's curated rows, read on a worker from its own connection."""
+    from mmcurate.quality.audit import connect
+
+    con = connect(out_dir, read_only=True)
+    try:
+        return rows_of(con, list(ids), **kw)
+    finally:
+        con.close()
+
+
+def segment_audio(rows: list[dict]) -> Iterator[tuple[dict, bytes, str]]:
+    """Each segment row (`with_audio`) with its audio file's bytes and extension: the stored audio
+    (segments.include_audio: FLAC or Opus as configured), else FLAC 16 kHz mono cut from one
+    decode of its source (rows come ordered by source: one decode each)."""
+    from mmcurate.transforms.speech import encode_flac
+
+    decoded: dict[str, Any] = {}
+    for r in rows:
+        data = r["audio_bytes"]
+        if data is not None:
+            yield r, data, os.path.splitext(r["audio_path"] or ".flac")[1][1:]
+            continue
+        if r["source_id"] not in decoded:
+            from mmcurate.transforms.decode import decode_audio
+
+            decoded.clear()
+            decoded[r["source_id"]] = decode_audio(r["media_uri"], sample_rate=SAMPLE_RATE)
+        audio = decoded[r["source_id"]]
+        a, b = int(r["start"] * SAMPLE_RATE), int(round(r["end"] * SAMPLE_RATE))
+        yield r, encode_flac(audio[a:max(a, b)], SAMPLE_RATE), "flac"
+
+
 @dataclass(frozen=True)
 class ExportShard:
-    index: int
+    index: int  # its number among the shards of its kind
     ids: tuple[str, ...]  # the curated items it holds
+    kind: str = "segments"  # segments | documents
+
+
+def _cut(kind: str, ids: list[str], size: int) -> list[ExportShard]:
+    size = max(1, size)
+    return [ExportShard(k, tuple(ids[i : i + size]), kind) for k, i in enumerate(range(0, len(ids), size))]
 
 
 @dataclass
@@ -70,6 +154,7 @@ class Exporter:
 
     name: ClassVar[str]
     help: ClassVar[str]
+    KINDS: ClassVar[tuple[str, ...]] = ("segments",)  # what it exports: segments, documents
     shard_size: int = DEFAULT_SHARD_SIZE
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -78,8 +163,13 @@ class Exporter:
         ids = [r["segment_id"] for r in rows]
         self.stats = {"segments": len(rows), "hours": sum(r["end"] - r["start"] for r in rows) / 3600.0,
                       "stored_audio": sum(1 for r in rows if r["has_audio"])}
-        size = max(1, self.shard_size)
-        return [ExportShard(k, tuple(ids[i : i + size])) for k, i in enumerate(range(0, len(ids), size))]
+        shards = _cut("segments", ids, self.shard_size)
+        if "documents" in self.KINDS:
+            docs = [d for d, in con.execute(
+                "SELECT document_id FROM curated_documents ORDER BY document_id").fetchall()]
+            self.stats["documents"] = len(docs)
+            shards += _cut("documents", docs, self.shard_size)
+        return shards
 
     def shard_files(self, to: str, shard: ExportShard) -> list[str]:
         """The files a written shard leaves (all present: the shard is done)."""
@@ -180,30 +270,12 @@ class SharExporter(Exporter):
         from lhotse import MonoCut, Recording
         from lhotse.shar import SharWriter
 
-        from mmcurate.quality.audit import connect
-        from mmcurate.transforms.speech import encode_flac
-
-        con = connect(out_dir, read_only=True)
-        try:
-            rows = segment_rows(con, list(shard.ids), with_audio=True)
-        finally:
-            con.close()
-        decoded: dict[str, Any] = {}  # the shard's rows come by source: one decode each
+        rows = _read(out_dir, segment_rows, shard.ids, with_audio=True)
         tmp = tempfile.mkdtemp(prefix=f".shar-{shard.index:06d}-", dir=to)
         try:
             with SharWriter(tmp, fields={"recording": "flac"}, shard_size=len(rows) + 1,
                             shard_offset=shard.index) as writer:
-                for r in rows:
-                    data = r["audio_bytes"]
-                    if data is None:
-                        if r["source_id"] not in decoded:
-                            from mmcurate.transforms.decode import decode_audio
-
-                            decoded.clear()
-                            decoded[r["source_id"]] = decode_audio(r["media_uri"], sample_rate=SAMPLE_RATE)
-                        audio = decoded[r["source_id"]]
-                        a, b = int(r["start"] * SAMPLE_RATE), int(round(r["end"] * SAMPLE_RATE))
-                        data = encode_flac(audio[a:max(a, b)], SAMPLE_RATE)
+                for r, data, _ext in segment_audio(rows):
                     rec = Recording.from_bytes(data, recording_id=r["segment_id"])
                     sup = lhotse_supervision(r, rec.id, offset=r["start"])
                     writer.write(MonoCut(id=r["segment_id"], start=0.0, duration=rec.duration, channel=0,
@@ -261,4 +333,148 @@ def nemo_entry(r: dict) -> dict:
             "source_id": r["source_id"]}
 
 
-EXPORTERS: dict[str, type[Exporter]] = {e.name: e for e in (LhotseExporter, SharExporter, NemoExporter)}
+def _tar(path: str, members: Iterator[tuple[str, bytes]]) -> None:
+    """A tar of (name, bytes) members in the given order, with no time, owner or mode of this
+    machine inside (same members, same bytes), written beside `path` and renamed into place."""
+    tmp = path + ".tmp"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(tmp, "wb") as fh:
+        with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tar.addfile(info, io.BytesIO(data))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _json_bytes(item: dict) -> bytes:
+    return json.dumps(item, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+
+def segment_json(r: dict) -> dict:
+    """A segment's metadata beside its audio: times in the source recording (as in the tables),
+    the clip holds [start, end)."""
+    return {"segment_id": r["segment_id"], "source_id": r["source_id"], "start": r["start"], "end": r["end"],
+            "duration": round(r["end"] - r["start"], 6), "text": r["text"].strip(), "speaker": r["speaker"],
+            "language": r["language"], "words": r["words"] or [], "sample_rate": SAMPLE_RATE}
+
+
+def document_json(d: dict) -> dict:
+    """A document in the OBELICS layout (parallel lists, one entry per position: at an image
+    position `texts` is null and `images` names the image's member, at a text position the
+    reverse) with its metadata."""
+    items = d["items"]
+    texts = [it["text"] if it["modality"] == "text" else None for it in items]
+    return {"document_id": d["document_id"], "source_id": d["source_id"], "uri": d["uri"],
+            "duration_s": d["duration_s"], "speech_s": d["speech_s"], "language": d["language"],
+            "num_images": sum(1 for t in texts if t is None), "num_texts": sum(1 for t in texts if t is not None),
+            "num_words": sum(it["num_words"] or 0 for it in items if it["modality"] == "text"),
+            "texts": texts, "images": [_member_ext(it) if it["modality"] == "image" else None for it in items],
+            "speakers": [it["speaker"] for it in items], "starts": [it["start"] for it in items],
+            "ends": [it["end"] for it in items]}
+
+
+def _member_ext(item: dict) -> str:
+    """An image item's member in its document's sample: WebDataset keys a member by the name up
+    to the first dot, so `<document_id>.<position>.jpg` is the sample's `<position>.jpg`."""
+    return f"{item['position']:05d}.{image_name(item).rsplit('.', 1)[1]}"
+
+
+class WebDatasetExporter(Exporter):
+    name = "webdataset"
+    help = ("WebDataset tars: segments-NNNNNN.tar (<segment_id>.flac + .json) and documents-NNNNNN.tar "
+            "(<document_id>.json with the texts/images order + <document_id>.<position>.jpg|webp)")
+    KINDS = ("segments", "documents")
+
+    def shard_files(self, to, shard):
+        return [os.path.join(to, f"{shard.kind}-{shard.index:06d}.tar")]
+
+    def write_shard(self, out_dir, to, shard):
+        _tar(self.shard_files(to, shard)[0], self._members(out_dir, shard))
+
+    def _members(self, out_dir: str, shard: ExportShard) -> Iterator[tuple[str, bytes]]:
+        if shard.kind == "segments":
+            for r, data, ext in segment_audio(_read(out_dir, segment_rows, shard.ids, with_audio=True)):
+                yield f"{r['segment_id']}.json", _json_bytes(segment_json(r))
+                yield f"{r['segment_id']}.{ext}", data
+            return
+        for d in _read(out_dir, document_rows, shard.ids, with_images=True):
+            yield f"{d['document_id']}.json", _json_bytes(document_json(d))
+            for it in d["items"]:
+                if it["modality"] == "image":
+                    yield f"{d['document_id']}.{_member_ext(it)}", it["image"]
+
+
+# the hf export's columns: the tables' own fields and Hugging Face features
+HF_SEGMENT_COLUMNS = ("segment_id", "source_id", "start", "end", "speaker", "text", "language", "words", "audio")
+HF_DOCUMENT_COLUMNS = ("document_id", "source_id", "uri", "duration_s", "speech_s", "language", "num_images",
+                       "num_texts", "num_words", "images", "texts", "starts", "ends")
+HF_CONFIG = """- config_name: {kind}
+  data_files:
+  - split: train
+    path: {kind}/*.parquet
+"""
+HF_CARD = """---
+configs:
+{configs}---
+Curated speech segments (`segments`: 16 kHz audio as `Audio`, text, speaker, language, word
+timings) and interleaved image-text documents (`documents`: `images` as `List(Image)`, `texts`,
+one entry per position) written by `mmcurate export --format hf`. Times are seconds in the
+source recording.
+"""
+
+
+def _hf_columns(schema, names: tuple[str, ...]):
+    """These columns of a table's schema, with their Hugging Face features (schema metadata)."""
+    import pyarrow as pa
+
+    features = json.loads(schema.metadata[b"huggingface"])["info"]["features"]
+    return pa.schema([schema.field(n) for n in names], metadata={"huggingface": json.dumps(
+        {"info": {"features": {n: features[n] for n in names}}}, sort_keys=True)})
+
+
+class HuggingFaceExporter(Exporter):
+    name = "hf"
+    help = ("Hugging Face datasets Parquet: segments/ (audio as Audio) and documents/ (images as "
+            "List(Image)) with a README.md card naming both configs")
+    KINDS = ("segments", "documents")
+
+    def shard_files(self, to, shard):
+        return [os.path.join(to, shard.kind, f"{shard.kind}-{shard.index:06d}.parquet")]
+
+    def write_shard(self, out_dir, to, shard):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from mmcurate.schemas.tables import DOCUMENTS, SEGMENTS
+
+        if shard.kind == "segments":
+            rows = [{**{c: r[c] for c in HF_SEGMENT_COLUMNS if c != "audio"}, "text": r["text"].strip(),
+                     "audio": {"bytes": data, "path": f"{r['segment_id']}.{ext}"}}
+                    for r, data, ext in segment_audio(_read(out_dir, segment_rows, shard.ids, with_audio=True))]
+            table = pa.Table.from_pylist(rows, schema=_hf_columns(SEGMENTS, HF_SEGMENT_COLUMNS))
+        else:
+            rows = []
+            for d in _read(out_dir, document_rows, shard.ids, with_images=True):
+                doc = document_json(d)
+                doc["images"] = [{"bytes": it["image"], "path": image_name(it)} if it["modality"] == "image" else None
+                                 for it in d["items"]]
+                rows.append({c: doc[c] for c in HF_DOCUMENT_COLUMNS})
+            table = pa.Table.from_pylist(rows, schema=_hf_columns(DOCUMENTS, HF_DOCUMENT_COLUMNS))
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        write_atomic(self.shard_files(to, shard)[0], buf.getvalue())
+
+    def finish(self, con, to, shards):
+        """The dataset card: its YAML names a config per kind that has rows, so
+        `load_dataset(to, "segments")` finds the files."""
+        kinds = [k for k in self.KINDS if any(s.kind == k for s in shards)]
+        path = os.path.join(to, "README.md")
+        write_atomic(path, HF_CARD.format(configs="".join(HF_CONFIG.format(kind=k) for k in kinds)).encode("utf-8"))
+        return [path]
+
+
+EXPORTERS: dict[str, type[Exporter]] = {e.name: e for e in (LhotseExporter, SharExporter, NemoExporter,
+                                                            WebDatasetExporter, HuggingFaceExporter)}
