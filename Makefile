@@ -12,7 +12,7 @@ MEDIA        ?= ../shared/media
 OUT          ?= out/demo
 PYTEST_ARGS  ?=
 
-.PHONY: demo test test-fast lock bench bench-dedup clean
+.PHONY: demo test test-fast lock bench bench-dedup bench-vidsuite clean
 export PYANNOTE_METRICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 
@@ -97,6 +97,24 @@ bench: $(VENV)/.installed
 
 bench-dedup: $(VENV)/.installed .venv-datatrove/bin/python
 	$(VENV)/bin/python bench/bench_dedup.py --datatrove-python .venv-datatrove/bin/python
+
+# The video edit suite's reference hashes (PDQ, vPDQ: bench/requirements-videohash.txt) build from
+# source in their own venv: vpdq needs FFmpeg's development libraries (Debian's, installed when
+# missing and root, as for Chromium above). TMK (tmkpy) is not built here: bench/README.md.
+VIDEOHASH_APT := libavcodec-dev libavformat-dev libavdevice-dev libavutil-dev libswscale-dev \
+                 libswresample-dev libavfilter-dev pkg-config cmake
+.venv-videohash/bin/python: bench/requirements-videohash.txt | $(UV)
+	@pkg-config --exists libavcodec 2>/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(VIDEOHASH_APT); \
+	else echo "make: FFmpeg development libraries missing and not root: vpdq will not build"; fi; }
+	$(UV) venv -q --python $(PYTHON) .venv-videohash
+	grep -v '^vpdq==' bench/requirements-videohash.txt > .venv-videohash/base.txt
+	$(UV) pip install -q --python .venv-videohash/bin/python -r .venv-videohash/base.txt
+	$(UV) pip install -q --python .venv-videohash/bin/python $$(grep '^vpdq==' bench/requirements-videohash.txt) \
+	  || echo "make: vpdq did not build: bench-vidsuite runs without it"
+
+bench-vidsuite: $(VENV)/.installed .venv-videohash/bin/python
+	$(VENV)/bin/python bench/bench_vidsuite.py --ref-python .venv-videohash/bin/python
 
 # Re-resolve the lock (needs the package index); commit the result.
 lock: | $(UV)

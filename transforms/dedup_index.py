@@ -95,7 +95,9 @@ def index_settings(cfg) -> dict[str, dict[str, Any]]:
                                       f"{fp.AUDIO_HOP}, {fp.AUDIO_BANDS} bands "
                                       f"{fp.AUDIO_FMIN:g}-{fp.AUDIO_FMAX:g} Hz"}
         elif m == "video_fp":
-            s = {"dedup.video_step_s": cfg.video_step_s}
+            s = {"dedup.video_step_s": cfg.video_step_s,
+                 "video fingerprint": f"pHash of the picture inside black bars (luma > "
+                                      f"{fp.BAR_LUMA}) and of its centre {fp.CENTRE:g}"}
         elif m == "embedding":
             from mmcurate.transforms import embed
 

@@ -10,16 +10,25 @@ E(n, k) - E(n, k+1) - (E(n-1, k) - E(n-1, k+1)). Two fingerprints are compared a
 time offset (voted by equal sub-fingerprints); the similarity is 1 - bit error rate over the
 overlap (Haitsma & Kalker 2002: BER < 0.35 is the same recording; unrelated audio gives ~0.5).
 
-Video (`video_fingerprint`): a 64-bit DCT perceptual hash (`keyframes.phash`) of the luma of
-frames sampled every `step_s` seconds, with their times (a TMK/vPDQ-style frame-hash sequence).
+Video (`video_fingerprint`): two 64-bit DCT perceptual hashes (`keyframes.phash`) of the luma
+of frames sampled every `step_s` seconds, with their times (a TMK/vPDQ-style frame-hash
+sequence): one of the picture inside its black bars (`content_box`: letterbox, pillarbox and
+windowbox bars are cut, so a copy with other bars hashes the same picture), one of that
+picture's centre 90% x 90% (a copy cropped by up to ~10% hashes like the original's centre).
 Two sequences are compared at the best time shift (voted by close hash pairs); the similarity is
 the share of the shorter clip's sampled frames, over the overlap, whose hash is within
-`max_bits` of the other clip's frame at the shifted time. Resizing, re-encoding and recolouring
-move a pHash by a few bits; trimming is the shift.
+`max_bits` of the other clip's frame at the shifted time (picture with picture, or either's
+centre with the other's picture). Resizing, re-encoding and recolouring move a pHash by a few
+bits; trimming is the shift; a 5% speed change drifts 0.05 s per second from the best shift,
+so only the frames within ~+-5 s of it line up (or look alike): measured on 8 s excerpts only.
+On the edit suite (bench/bench_vidsuite.py, bench/README.md) a letterboxed copy's full-frame
+hash moved 20-24 bits and a 10% crop's 12-14; with the bar cut and the centre hash, 0-6.
 
 Both sequences are stored as little-endian bytes in `dedup_signatures.signature` (uint32 per
-audio frame; (float32 time, uint64 hash) per video sample), so a later run compares against them
-without the media.
+audio frame; VIDEO_MAGIC then (float32 time, uint64 picture hash, uint64 centre hash) per video
+sample), so a later run compares against them without the media. Video signatures written
+before the centre hash ((float32 time, uint64 hash) records, no magic) still read, and compare
+on the picture hash alone.
 """
 
 from __future__ import annotations
@@ -169,37 +178,88 @@ def audio_keys(fp: np.ndarray, k: int = 24) -> list[int]:
 # --------------------------------------------------------------------------------------- video
 
 
+# A NaN float32 where an old record's first time would be: no old signature starts with it
+VIDEO_MAGIC = b"\x00\x00\xc0\x7fVF2\x00"
+_VIDEO_REC = [("t", "<f4"), ("h", "<u8"), ("c", "<u8")]
+_VIDEO_REC_V1 = [("t", "<f4"), ("h", "<u8")]
+# Black bars: a line (row or column), from an edge inward, is a bar while fewer than BAR_SHARE of
+# its pixels are brighter than BAR_LUMA (black is 16 in limited-range video, x264's ringing at a
+# bar's edge stays below ~30; a logo or subtitle laid over a bar covers under 10% of its line).
+# A frame whose picture would keep less than BAR_MIN_KEEP of a side (a fade, a night scene)
+# keeps its whole frame.
+BAR_LUMA = 40
+BAR_SHARE = 0.1
+BAR_MIN_KEEP = 1 / 3
+CENTRE = 0.9  # the second hash: the picture's centre 90% x 90% (a 10% crop hashes like it)
+HASH_SIDE = 256  # the luma plane is point-subsampled to about this many pixels first
+
+
 @dataclass(frozen=True)
 class VideoPrint:
     times: np.ndarray  # float32 seconds
-    hashes: np.ndarray  # uint64 pHash per sampled frame
+    hashes: np.ndarray  # uint64 pHash of the picture (bars cut) per sampled frame
+    centres: np.ndarray | None = None  # uint64 pHash of its centre; None: an old signature
 
     def to_bytes(self) -> bytes:
-        rec = np.zeros(self.times.size, dtype=[("t", "<f4"), ("h", "<u8")])
+        rec = np.zeros(self.times.size, dtype=_VIDEO_REC)
         rec["t"], rec["h"] = self.times, self.hashes
-        return rec.tobytes()
+        rec["c"] = self.hashes if self.centres is None else self.centres
+        return VIDEO_MAGIC + rec.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "VideoPrint":
-        rec = np.frombuffer(data, dtype=[("t", "<f4"), ("h", "<u8")])
+        if data[:len(VIDEO_MAGIC)] == VIDEO_MAGIC:
+            rec = np.frombuffer(data[len(VIDEO_MAGIC):], dtype=_VIDEO_REC)
+            return cls(rec["t"].astype(np.float32), rec["h"].astype(np.uint64),
+                       rec["c"].astype(np.uint64))
+        rec = np.frombuffer(data, dtype=_VIDEO_REC_V1)
         return cls(rec["t"].astype(np.float32), rec["h"].astype(np.uint64))
 
 
-def video_fingerprint(media_uri: str, step_s: float = 0.25, max_s: float | None = None,
-                      side: int = 64) -> VideoPrint:
-    """pHash of the frame shown at every `step_s` seconds (the first decoded frame at or after
-    each tick), computed on the luma plane subsampled to about `side` pixels. Raises whatever
-    PyAV raises on a broken stream (the caller records it)."""
+def content_box(y: np.ndarray) -> tuple[slice, slice]:
+    """The rows and columns of a luma plane inside its black bars (the whole plane when the
+    bars would leave less than BAR_MIN_KEEP of a side)."""
+    bright = y > BAR_LUMA
+    rows = np.flatnonzero(bright.mean(axis=1) >= BAR_SHARE)
+    cols = np.flatnonzero(bright.mean(axis=0) >= BAR_SHARE)
+    h, w = y.shape
+    whole = (slice(0, h), slice(0, w))
+    if rows.size == 0 or cols.size == 0:
+        return whole
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if r1 - r0 < h * BAR_MIN_KEEP or c1 - c0 < w * BAR_MIN_KEEP:
+        return whole
+    return slice(r0, r1), slice(c0, c1)
+
+
+def frame_hashes(y: np.ndarray) -> tuple[int, int]:
+    """(pHash of the picture inside the bars, pHash of its centre) of a luma plane."""
+    from mmcurate.transforms.keyframes import phash
+
+    step = max(1, max(y.shape) // HASH_SIDE)
+    small = y[::step, ::step]
+    rs, cs = content_box(small)
+    pic = small[rs, cs].astype(np.float32)
+    ph, pw = pic.shape
+    dh, dw = int(round(ph * (1 - CENTRE) / 2)), int(round(pw * (1 - CENTRE) / 2))
+    return phash(pic), phash(pic[dh:ph - dh or None, dw:pw - dw or None])
+
+
+def video_fingerprint(media_uri: str, step_s: float = 0.25, max_s: float | None = None) -> VideoPrint:
+    """The hashes (`frame_hashes`) of the frame shown at every `step_s` seconds (the first
+    decoded frame at or after each tick). Raises whatever PyAV raises on a broken stream (the
+    caller records it)."""
     import av
 
     from mmcurate.transforms.decode import open_media
-    from mmcurate.transforms.keyframes import _plane, phash
+    from mmcurate.transforms.keyframes import _plane
 
     times: list[float] = []
     hashes: list[int] = []
+    centres: list[int] = []
     with open_media(media_uri) as src, av.open(src) as c:
         if not c.streams.video:
-            return VideoPrint(np.zeros(0, np.float32), np.zeros(0, np.uint64))
+            return VideoPrint(np.zeros(0, np.float32), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
         # frames no other frame references are not decoded (the next tick takes the next
@@ -219,11 +279,13 @@ def video_fingerprint(media_uri: str, step_s: float = 0.25, max_s: float | None 
                 y = _plane(frame.planes[0])
             else:
                 y = _plane(frame.reformat(format="gray").planes[0])
-            step = max(1, max(y.shape) // side)
+            h, ch = frame_hashes(y)
             times.append(t)
-            hashes.append(phash(y[::step, ::step].astype(np.float32)))
+            hashes.append(h)
+            centres.append(ch)
             next_t = (int(t / step_s) + 1) * step_s
-    return VideoPrint(np.asarray(times, np.float32), np.asarray(hashes, np.uint64))
+    return VideoPrint(np.asarray(times, np.float32), np.asarray(hashes, np.uint64),
+                      np.asarray(centres, np.uint64))
 
 
 def _popcount64(x: np.ndarray) -> np.ndarray:
@@ -231,12 +293,26 @@ def _popcount64(x: np.ndarray) -> np.ndarray:
     return _POPCOUNT8[b].sum(axis=1)
 
 
+def _hamming(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    z = x[:, None] ^ y[None, :]
+    return _popcount64(z.reshape(-1)).reshape(z.shape)
+
+
+def _distances(a: VideoPrint, b: VideoPrint) -> np.ndarray:
+    """Bits between every frame of `a` and every frame of `b`: picture with picture, or (where
+    both have them) either's centre with the other's picture, whichever is closest."""
+    dist = _hamming(a.hashes, b.hashes)
+    if a.centres is not None and b.centres is not None:
+        dist = np.minimum(dist, np.minimum(_hamming(a.centres, b.hashes), _hamming(a.hashes, b.centres)))
+    return dist
+
+
 def compare_video(a: VideoPrint, b: VideoPrint, max_bits: int = 10, min_overlap_s: float = 2.0,
                   step_s: float = 0.25, top_shifts: int = 5) -> Alignment | None:
     """Best time shift of two frame-hash sequences and the share of frames that match there.
     Shifts are voted by frame pairs within `max_bits`; at a shift, each frame of the shorter
     sequence inside the overlap matches when a frame of the other within +-step_s of its
-    shifted time is within `max_bits`."""
+    shifted time is within `max_bits` (`_distances`)."""
     if a.hashes.size == 0 or b.hashes.size == 0:
         return None
     if b.times.size < a.times.size:
@@ -244,8 +320,7 @@ def compare_video(a: VideoPrint, b: VideoPrint, max_bits: int = 10, min_overlap_
         swapped = True
     else:
         swapped = False
-    x = (a.hashes[:, None] ^ b.hashes[None, :])
-    dist = _popcount64(x.reshape(-1)).reshape(x.shape)
+    dist = _distances(a, b)
     ii, jj = np.nonzero(dist <= max_bits)
     if ii.size == 0:
         return None
@@ -268,11 +343,13 @@ def compare_video(a: VideoPrint, b: VideoPrint, max_bits: int = 10, min_overlap_
 
 def video_keys(vp: VideoPrint, k: int = 24) -> list[int]:
     """LSH keys of a frame-hash sequence: the bottom-k of a hash of its (band, 16-bit value)
-    tokens over 4 bands of each frame's pHash; near-identical frames share whole bands."""
+    tokens over 4 bands of each frame's pHashes (picture and centre); near-identical frames
+    share whole bands."""
     if vp.hashes.size == 0:
         return []
     toks = set()
-    for h in vp.hashes.tolist():
+    every = vp.hashes.tolist() + ([] if vp.centres is None else vp.centres.tolist())
+    for h in every:
         for band in range(4):
             toks.add((band << 16) | ((h >> (16 * band)) & 0xFFFF))
     arr = np.fromiter(toks, dtype=np.uint64)
@@ -281,4 +358,5 @@ def video_keys(vp: VideoPrint, k: int = 24) -> list[int]:
 
 
 __all__ = ["Alignment", "AudioFingerprinter", "VideoPrint", "audio_fingerprint", "audio_keys",
-           "compare_audio", "compare_video", "dataclasses", "video_fingerprint", "video_keys"]
+           "compare_audio", "compare_video", "content_box", "dataclasses", "frame_hashes",
+           "video_fingerprint", "video_keys"]
