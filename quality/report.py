@@ -62,7 +62,7 @@ table.rows tr[hidden] { display: none; }
   padding: 2px 10px; margin: 2px; font-size: 12px; cursor: pointer; }
 .chip.on { background: #2b6cb0; color: #fff; border-color: #2b6cb0; } .chip .k { opacity: .7; }
 input[type=search] { width: 320px; padding: 4px 8px; margin: 4px 0 8px; }
-details summary { cursor: pointer; color: #2b6cb0; } details p.text { max-width: 640px; }
+details summary { cursor: pointer; color: #2b6cb0; } p.facts { max-width: 640px; font-size: 12px; } details p.text { max-width: 640px; }
 .player { display: flex; align-items: center; gap: 8px; margin: 6px 0; }
 .thumbs { display: flex; flex-wrap: wrap; gap: 8px; } figure.thumb { margin: 0; background: #fff;
   border: 1px solid #e2e8f0; padding: 4px; font-size: 12px; color: #4a5568; }
@@ -392,9 +392,14 @@ def _cell(v: Any, kind: str, width: int = 90) -> str:
         return '<td data-v=""></td>'
     if kind == "num":
         return f'<td class="n" data-v="{float(v)!r}">{float(v):.3g}</td>'
-    text = ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
-    short = text if len(text) <= width else text[: width - 1] + "\u2026"
-    return f'<td title="{html.escape(text)}">{html.escape(short)}</td>'
+    text = _text(v)
+    if len(text) <= width:
+        return f"<td>{html.escape(text)}</td>"
+    return f"<td>{html.escape(text[: width - 1])}\u2026</td>"  # the whole text is in the detail
+
+
+def _text(v: Any) -> str:
+    return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def _datatable(tid: str, title: str, columns: list, rows: list[dict], total: int, facet: str,
@@ -434,6 +439,8 @@ def _segment_detail(clips: dict[str, dict]):
               ("curated", "yes" if r.get("curated") else "no")]
         kv += [(k, _n(r.get(k), 3)) for k in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "no_speech_prob",
                                               "compression_ratio", "num_words")]
+        long = r.get("text") or ""
+        long = long if len(long) > 90 else ""  # else the row shows it whole
         c = clips.get(sid)
         player = ""
         if c and c.get("src"):
@@ -445,16 +452,23 @@ def _segment_detail(clips: dict[str, dict]):
         elif c:
             player = f'<div class="meta">no audio: {html.escape(c["error"])}</div>'
         return (f'<details class="seg" data-segment="{html.escape(sid)}"><summary>open</summary>'
-                f'{player}<p class="text">{html.escape(r.get("text") or "")}</p>{_kv(kv)}</details>')
+                f'{player}<p class="text">{html.escape(long)}</p>{_facts(kv)}</details>')
     return detail
+
+
+def _facts(rows: list[tuple[str, str]]) -> str:
+    """A detail's key/value pairs, compact (a page holds thousands of them)."""
+    return '<p class="facts">' + " &middot; ".join(
+        f"<b>{html.escape(k)}</b> {html.escape(str(v))}" for k, v in rows) + "</p>"
 
 
 def _rejected_detail(r: dict) -> str:
     kv = [("rejection", r["rejection_id"]), ("stage / reason", r["stage_reason"]), ("uri", r["uri"]),
           ("source", r.get("source_id") or "-"), ("item", r.get("item_id") or "-"),
           ("seconds", _n(r.get("duration_s"), 2))]
-    return (f'<details><summary>open</summary><p class="text">{html.escape(r["detail"] or "")}</p>'
-            f"{_kv(kv)}</details>")
+    long = r["detail"] if len(r["detail"] or "") > 90 else ""  # else the row shows it whole
+    return (f'<details><summary>open</summary><p class="text">{html.escape(long)}</p>'
+            f"{_facts(kv)}</details>")
 
 
 def _tables(d: dict[str, Any]) -> str:

@@ -274,6 +274,96 @@ def test_console_errors_are_detected(tmp_path):
     assert any("undefinedFunction" in line for line in _console(r.stderr))
 
 
+def _rows_of(table: str, n: int, make) -> "pa.Table":
+    """n rows of a declared table: `make(i)` gives some columns, the rest are null, or zero /
+    false / empty where the schema needs a value."""
+    import pyarrow as pa
+
+    from mmcurate.schemas.tables import TABLES
+
+    schema = TABLES[table]
+    blank = {pa.types.is_string: "", pa.types.is_boolean: False, pa.types.is_list: [],
+             pa.types.is_floating: 0.0, pa.types.is_integer: 0, pa.types.is_map: []}
+    rows = []
+    for i in range(n):
+        row = make(i)
+        for f in schema:
+            if f.name not in row:
+                row[f.name] = None if f.nullable else next(v for t, v in blank.items() if t(f.type))
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+@pytest.mark.slow  # ~20 s: 40 clips decoded and encoded again
+def test_report_of_a_1000_source_output_stays_under_the_cap(out, tmp_path):
+    """1,000 more sources in the fixture's output (5,000 segments with stored audio, half of them
+    dropped for 10 reasons, 3,000 ledger rows with long details, 1,000 clusters): the page holds
+    the capped samples, says so, and stays under PAGE_CAP_BYTES."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from mmcurate.quality.report import report_data, write_report
+    from mmcurate.quality.report_tables import PAGE_CAP_BYTES, Caps
+    from mmcurate.transforms.speech import encode_opus
+
+    big = tmp_path / "big"
+    shutil.copytree(out, big)
+    manifest = json.loads((big / "manifest.json").read_text())
+    t = np.arange(12 * 16000) / 16000
+    opus = encode_opus((0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, 32000)
+    src = lambda i: f"{i:020x}"  # noqa: E731
+    seg = lambda i: f"{src(i // 5)}-seg-{i % 5:05d}"  # noqa: E731
+    reasons = ["hallucination_phrase", "repeated_ngrams", "outside_vad", "implausible_rate", "low_dnsmos",
+               "too_short", "too_long", "speaking_rate", "language_mismatch", "low_speech_ratio"]
+    tables = {
+        "sources": _rows_of("sources", 1000, lambda i: {
+            "source_id": src(i), "uri": f"/data/podcasts/episode-{i:04d}.mp3", "media_uri": f"/nowhere/{i}.mp3",
+            "media_kind": "audio", "duration_s": 600.0}),
+        "segments": _rows_of("segments", 5000, lambda i: {
+            "segment_id": seg(i), "source_id": src(i // 5), "start": 12.0 * (i % 5), "end": 12.0 * (i % 5) + 12,
+            "text": "a long enough sentence of words " * 6, "audio_uri": "x",
+            "audio": {"bytes": opus, "path": f"{seg(i)}.opus"}}),
+        "segment_quality": _rows_of("segment_quality", 5000, lambda i: {
+            "segment_id": seg(i), "source_id": src(i // 5), "start": 12.0 * (i % 5),
+            "end": 12.0 * (i % 5) + 12, "duration_s": 12.0, "keep": i % 2 == 0,
+            "reason": None if i % 2 == 0 else reasons[(i // 2) % 10],
+            "failed": [] if i % 2 == 0 else [reasons[(i // 2) % 10]], "dnsmos_ovrl": 3.0}),
+        "rejected": _rows_of("rejected", 3000, lambda i: {
+            "rejection_id": f"rej-{i:06d}", "stage": "quality", "reason": reasons[i % 10],
+            "detail": "scores " + "x" * 400, "uri": f"/data/podcasts/episode-{i % 1000:04d}.mp3",
+            "source_id": src(i % 1000), "item_id": seg(i)}),
+        "dedup_clusters": _rows_of("dedup_clusters", 2000, lambda i: {
+            "member_id": f"source:{src(i % 1000)}", "item_id": src(i % 1000), "kind": "source",
+            "source_id": src(i % 1000), "cluster_id": f"dc-{i // 2:06d}", "representative_id": src(i // 2 * 2 % 1000),
+            "is_representative": i % 2 == 0, "method": "audio_fp", "similarity": 0.97}),
+    }
+    for name, tbl in tables.items():
+        rel = f"{name}/part-big-0.parquet"
+        pq.write_table(tbl, big / rel)
+        manifest["shards"].append(rel)
+    (big / "manifest.json").write_text(json.dumps(manifest))
+
+    d = report_data(str(big))
+    caps = Caps()
+    # an equal quota per group, as many as fit: fewer than one row per group short of the cap
+    for name, total in (("segments", 5000), ("rejected", 3000)):
+        t = d["tables"][name]
+        assert t["total"] >= total and caps.rows - 20 < len(t["rows"]) <= caps.rows, (name, len(t["rows"]))
+    # every drop reason is in the sample, and has a player
+    verdicts = {r["verdict"] for r in d["tables"]["segments"]["rows"]}
+    assert set(reasons) <= verdicts
+    playing = [c for c in d["clips"].values() if c.get("src")]
+    assert len(playing) == caps.clips and all(c["from"] == "stored" for c in playing[:30])
+    path = write_report(str(big), str(tmp_path / "big.html"), d)
+    size = os.path.getsize(path)
+    assert size < PAGE_CAP_BYTES, size
+    page = Path(path).read_text()
+    assert f"a sample of {len(d['tables']['rejected']['rows'])} of " in page and "the same number from each stage/reason" in page
+    # a smaller cap is met by sampling again with halved caps
+    small = write_report(str(big), str(tmp_path / "small.html"), caps=Caps(clips=2), page_cap=size // 2)
+    assert os.path.getsize(small) < size // 2
+
+
 # --------------------------------------------------------------------------- gates
 
 
