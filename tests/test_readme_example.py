@@ -1,0 +1,49 @@
+"""The README's worked example shows the counts of a real `make demo` run
+(tests/readme_example.py): the check reads every count the README shows, finds a planted drift,
+rewrites the README's counts, and holds on `make demo`'s output when there is one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import readme_example as rx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_check_reads_every_count_and_finds_a_drift():
+    text = rx.README.read_text(encoding="utf-8")
+    shown = rx.claims(text)
+    assert {"sources", "segments", "rejected"} <= set(shown["tables"])
+    assert set(shown["inputs"]) == {"inputs", "sources", "source-level rejected"}
+    assert shown["inputs"]["inputs"] == shown["inputs"]["sources"] + shown["inputs"]["source-level rejected"]
+    assert "ingest/unsupported_extension" in shown["rejected"]
+    real = {k: dict(v) for k, v in shown.items()}
+    assert rx.drift(shown, real) == []
+    real["tables"]["segments"] += 1
+    real["tables"]["segment_quality"] = 70
+    real["rejected"]["quality/low_dnsmos"] = 3  # not shown: the README's "..." leaves rows out
+    assert rx.drift(shown, real) == [
+        f"tables segments: README {shown['tables']['segments']}, run {shown['tables']['segments'] + 1}",
+        "tables segment_quality: 70 rows in the run, not in the README"]
+    # --write makes the README say what the run gives, nothing else changes
+    fixed = rx.rewrite(text, real)
+    assert rx.drift(rx.claims(fixed), real) == []
+    assert "  segment_quality       70 rows" in fixed
+    assert len(fixed.splitlines()) == len(text.splitlines()) + 1
+
+
+DEMO = Path(os.environ.get("MMCURATE_DEMO_OUTPUT", ROOT / "out" / "demo"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEMO / "manifest.json").exists(),
+                    reason=f"no make demo output at {DEMO} (MMCURATE_DEMO_OUTPUT names another)")
+def test_readme_worked_example_matches_make_demo():
+    """After `make demo` (MEDIA=../shared/media): fix a drift with
+    `python tests/readme_example.py out/demo --write`."""
+    lines = rx.drift(rx.claims(rx.README.read_text(encoding="utf-8")), rx.measured(str(DEMO)))
+    assert lines == [], "\n".join(lines)
