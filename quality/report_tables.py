@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mmcurate.transforms.audio_codec import encode_opus
+
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # what the run decodes to and stores (transforms/decode.py)
@@ -224,32 +226,10 @@ def clips(con, segment_ids: list[str], caps: Caps) -> dict[str, dict[str, Any]]:
                 c.clear()
                 c["error"] = "no audio samples at the segment's times"
                 continue
-            data = encode_opus(samples, caps.opus_bps)
+            data = encode_opus(samples, SAMPLE_RATE, caps.opus_bps, compression_level=5)
             c["src"] = "data:audio/ogg;base64," + base64.b64encode(data).decode("ascii")
             c["seconds"] = round(samples.shape[0] / SAMPLE_RATE, 2)
     return out
-
-
-def encode_opus(samples, bit_rate: int) -> bytes:
-    """Mono 16 kHz float32 samples as a small Ogg Opus file. As
-    `mmcurate.transforms.speech.encode_opus`, which the audit does not import (it loads Beam's
-    model runtime, ~10 s), at libopus' complexity 5: a third of the time of the default 10 for
-    a clip nobody trains on."""
-    import av
-    import numpy as np
-
-    pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="ogg") as out:
-        stream = out.add_stream("libopus", rate=SAMPLE_RATE, layout="mono", options={"compression_level": "5"})
-        stream.bit_rate = bit_rate
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- keyframes

@@ -118,7 +118,7 @@ def segment_audio(rows: list[dict]) -> Iterator[tuple[dict, bytes, str]]:
     """Each segment row (`with_audio`) with its audio file's bytes and extension: the stored audio
     (segments.include_audio: FLAC or Opus as configured), else FLAC 16 kHz mono cut from one
     decode of its source (rows come ordered by source: one decode each)."""
-    from mmcurate.transforms.speech import encode_flac
+    from mmcurate.transforms.audio_codec import encode_flac
 
     decoded: dict[str, Any] = {}
     for r in rows:

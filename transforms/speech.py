@@ -38,7 +38,6 @@ The `turns` table holds the diarizer's own overlap-aware turns with the same spe
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from mmcurate.schemas.records import (
 )
 from mmcurate.transforms.asr import AsrConfig, AsrModelHandler, AsrRequest
 from mmcurate.transforms.attribute import SegmentsConfig, Utterance, cut_utterances
+from mmcurate.transforms.audio_codec import encode_flac, encode_opus  # noqa: F401 (tests, exports)
 from mmcurate.transforms.diarize import DiarizationConfig, DiarizationModelHandler, DiarizeRequest
 from mmcurate.transforms.vad import SpeechInput
 
@@ -528,41 +528,6 @@ def _log_source(source_id: str, asr: AsrOutcome, diar: DiarizeOutcome | None,
         source_id, asr.audio_s, asr.elapsed_s, asr.elapsed_s / a, diar_part, len(utts),
         n_speakers, asr.result.language,
     )
-
-
-def encode_flac(samples, sample_rate: int) -> bytes:
-    """Mono float32 samples in [-1, 1] as FLAC file bytes (16-bit), with PyAV's FFmpeg."""
-    return _encode(samples, sample_rate, "flac", "flac")
-
-
-def encode_opus(samples, sample_rate: int, bit_rate: int) -> bytes:
-    """Mono float32 samples in [-1, 1] as an Ogg Opus file at `bit_rate` bit/s (libopus keeps
-    8/12/16/24/48 kHz as is; decoders give back the input's length)."""
-    return _encode(samples, sample_rate, "ogg", "libopus", bit_rate)
-
-
-def _encode(samples, sample_rate: int, container: str, codec: str, bit_rate: int | None = None) -> bytes:
-    import av
-    import numpy as np
-
-    pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format=container) as out:
-        stream = out.add_stream(codec, rate=sample_rate, layout="mono")
-        if bit_rate:
-            stream.bit_rate = bit_rate
-        step = 1 << 14
-        for i in range(0, max(pcm.shape[0], 1), step):
-            chunk = pcm[i : i + step]
-            if chunk.shape[0] == 0:
-                break
-            frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = sample_rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buf.getvalue()
 
 
 class TranscribeSpeech(beam.PTransform):
