@@ -224,7 +224,7 @@ def test_pipeline_writes_segment_quality_and_the_kept_view(tmp_path):
 def test_retuning_in_duckdb_selects_what_a_rerun_keeps(tmp_path):
     """Re-tuning a DNSMOS OVRL minimum over the stored scores selects exactly the segments a
     re-run with that quality.min_dnsmos_ovrl keeps (real DNSMOS, real VAD, fake ASR text). The
-    minimum is the median of the first run's scores (2.857 here: they span 2.37-3.03), so that it
+    minimum is the median of the first run's scores (2.948 here: they span 2.84-3.18), so that it
     surely splits them."""
     import duckdb
 

@@ -86,10 +86,11 @@ class QualityConfig:
     min_text_language_probability: float = 0.9
     min_text_language_chars: int = 30
     language_flags: str = "flag"  # flag: columns only | drop: a flagged row is dropped
-    # DNSMOS P.835 (mmcurate.quality.dnsmos): scored and kept for every segment; no minimum by
-    # default. It rates recording quality, not whether there is speech: real segments here
-    # scored OVRL 1.15-3.45 (the lowest: overlapped meeting speech and sub-second words), so
-    # any floor drops real words (1.5: 14 of 611, 1.8: 29, 3.0 as in Emilia's TTS data: 269).
+    # DNSMOS P.835 (mmcurate.quality.dnsmos): scored and kept for every segment (the windows of
+    # contiguous speech it overlaps, `segment_dnsmos`); no minimum by default. It rates
+    # recording quality, not whether there is speech: real segments here scored OVRL 1.15-3.45
+    # when each was scored alone (the lowest: overlapped meeting speech and sub-second words),
+    # so any floor drops real words (1.5: 14 of 611, 1.8: 29, 3.0 as in Emilia's TTS data: 269).
     # Set one for a clean subset, or re-tune over the kept scores in DuckDB.
     dnsmos: bool = True
     min_dnsmos_ovrl: float | None = None
