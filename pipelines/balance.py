@@ -82,8 +82,7 @@ def assign_buckets(items: list, n: int, cost: Callable[[Any], float],
 class SpreadByCost(beam.PTransform):
     """PCollection[MediaRef] (or anything `cost` and `key` read) -> the same, shuffled so that
     worker k of the local runner's N gets the k-th of N cost-balanced shares (module
-    docstring). The quality stage spreads its DNSMOS requests the same way, in pieces
-    (`mmcurate.transforms.quality.dnsmos_pieces`)."""
+    docstring)."""
 
     def __init__(self, workers: int, cost: Callable[[Any], float] = estimated_cost_s,
                  key: Callable[[Any], Any] = lambda m: (m.source_id, m.uri), what: str = "s of media"):
@@ -116,9 +115,3 @@ class Spread:
 
     def __call__(self, **kwargs) -> SpreadByCost | None:
         return SpreadByCost(self.workers, **kwargs) if self.workers > 1 else None
-
-    @property
-    def dnsmos_pieces(self) -> int:
-        """Pieces a source's DNSMOS work may be cut into: two per local worker when there are
-        several, else one (a source is one request)."""
-        return 2 * self.workers if self.workers > 1 else 1

@@ -119,8 +119,19 @@ def _speech_transform(cfg: CurateConfig, run_id: str, overrides: dict | None = N
                             diarization_handler=o.get("diarization_handler"))
 
 
+def _dnsmos_handler(cfg: CurateConfig, overrides: dict | None = None):
+    from mmcurate.transforms.quality import DnsmosModelHandler
+
+    return (overrides or {}).get("dnsmos_handler") or DnsmosModelHandler(
+        cfg.quality.dnsmos_threads, cfg.decode.sample_rate, batch=cfg.quality.dnsmos_batch)
+
+
 def _build_speech(ctx: BuildContext, streams: dict) -> dict:
     t = _speech_transform(ctx.cfg, ctx.run_id, ctx.overrides)
+    # the quality stage's DNSMOS reads the samples this stage holds (no second decode): its
+    # windows reach it on the transcript rows
+    if "quality" in ctx.stages and ctx.cfg.quality.dnsmos:
+        t.dnsmos_handler = _dnsmos_handler(ctx.cfg, ctx.overrides)
     # the two expensive steps keep their results as they come (a kill during ASR keeps the
     # transcripts made so far; mmcurate.pipelines.checkpoints)
     t.asr_handler = ctx.cached(t.asr_handler, "asr")
@@ -160,24 +171,18 @@ def _check_speech(cfg: CurateConfig) -> list[str]:
 # --------------------------------------------------------------------------- quality
 
 
-def _quality_transform(cfg: CurateConfig, run_id: str, overrides: dict | None = None, spread=None):
+def _build_quality(ctx: BuildContext, streams: dict) -> dict:
     from mmcurate.transforms.quality import JudgeQuality
 
-    return JudgeQuality(cfg.quality, run_id, dnsmos_handler=(overrides or {}).get("dnsmos_handler"),
-                        sample_rate=cfg.decode.sample_rate, spread=spread,
-                        dnsmos_pieces=spread.dnsmos_pieces if spread is not None else 1)
-
-
-def _build_quality(ctx: BuildContext, streams: dict) -> dict:
-    inputs = {k: streams[k] for k in ("segments", "sources", "speech_regions")}
-    out = inputs | "Quality" >> _quality_transform(ctx.cfg, ctx.run_id, ctx.overrides, ctx.spread)
+    inputs = {k: streams[k] for k in ("segments", "sources", "speech_regions", "transcripts")}
+    out = inputs | "Quality" >> JudgeQuality(ctx.cfg.quality, ctx.run_id)
     return {"segment_quality": out["segment_quality"], "kept_segments": out["kept_segments"],
             "rejected": out["rejected"]}
 
 
 def _quality_handlers(cfg: CurateConfig) -> list:
-    h = _quality_transform(cfg, "").dnsmos_handler
-    return [h] if h is not None else []
+    # DNSMOS runs in the speech stage's step (`_build_speech`) but is this stage's model
+    return [_dnsmos_handler(cfg)] if cfg.quality.dnsmos else []
 
 
 # --------------------------------------------------------------------------- video

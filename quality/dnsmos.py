@@ -1,4 +1,4 @@
-"""DNSMOS P.835: non-intrusive speech quality (SIG, BAK, OVRL on a 1-5 MOS scale) per segment.
+"""DNSMOS P.835: non-intrusive speech quality (SIG, BAK, OVRL on a 1-5 MOS scale).
 
 Model: Microsoft's DNSMOS P.835 ONNX network (`sig_bak_ovr.onnx`, Reddy et al., "DNSMOS P.835:
 A non-intrusive perceptual objective speech quality metric to evaluate noise suppressors",
@@ -14,6 +14,14 @@ and OVRL of each window are mapped through the published third-order polynomials
 non-personalised ones) and averaged over the windows. The windows go to the network
 `batch` at a time (default 1: see `Dnsmos`). The P.808 head (`model_v8.onnx`, which needs a librosa mel spectrogram)
 is not used: P.835's three scores are what the filters read.
+
+The pipeline scores contiguous speech, not segments (`stretch_windows`): a stretch is cut into
+9.01 s windows, each run once (the last one ends at the stretch's end; a stretch shorter than a
+window is tiled to one as the reference tiles a clip), so the cost is about one network run per
+9 s of speech; a segment gets the duration-weighted scores of the windows it overlaps
+(`mmcurate.transforms.quality.segment_dnsmos`). A window's score is the reference
+implementation's score of those 9.01 s, so a segment that is exactly one window keeps the
+reference's numbers.
 
 One ONNX session is shared by every thread of a process (onnxruntime's `run` is thread-safe);
 `quality.dnsmos_threads` sets its threads (0: cores / workers on the local runner).
@@ -113,6 +121,34 @@ def windows(audio: np.ndarray) -> np.ndarray:
     return np.stack([x[s : s + WINDOW] for s in starts])
 
 
+def stretch_windows(length: int) -> list[tuple[int, int, int]]:
+    """The windows a stretch of `length` contiguous samples is scored in, as (first sample the
+    network reads, first and end sample the score stands for), relative to the stretch. Every
+    sample stands under exactly one window: windows of 9.01 s from the start; the last one ends
+    at the stretch's end, reads the samples before its own part too and stands for the rest (so
+    it overlaps the one before); a stretch shorter than a window is one window, tiled
+    (`stretch_window`)."""
+    if length <= 0:
+        return []
+    if length <= WINDOW:
+        return [(0, 0, length)]
+    n = -(-length // WINDOW)
+    out = [(k * WINDOW, k * WINDOW, (k + 1) * WINDOW) for k in range(n - 1)]
+    return out + [(length - WINDOW, (n - 1) * WINDOW, length)]
+
+
+def stretch_window(stretch: np.ndarray, first: int) -> np.ndarray:
+    """The WINDOW samples the network reads for the window of `stretch` starting at `first`
+    (`stretch_windows`); a stretch shorter than a window is doubled until it is one, as the
+    reference does (its first window)."""
+    x = np.asarray(stretch, dtype=np.float32).reshape(-1)
+    if x.shape[0] == 0:
+        raise ValueError("DNSMOS needs at least one sample")
+    while x.shape[0] < WINDOW:
+        x = np.concatenate([x, x])
+    return x[first : first + WINDOW]
+
+
 class Dnsmos:
     """The DNSMOS P.835 network in one onnxruntime session."""
 
@@ -135,6 +171,16 @@ class Dnsmos:
         self._session = ort.InferenceSession(self.model_path, sess_options=opts,
                                              providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+
+    def score_windows(self, windows: np.ndarray) -> list[DnsmosScore]:
+        """SIG/BAK/OVRL of each 9.01 s window (shape (n, WINDOW)), `batch` per onnxruntime call:
+        each is the reference's score of a clip that is exactly that window."""
+        x = np.asarray(windows, dtype=np.float32).reshape(-1, WINDOW)
+        if x.shape[0] == 0:
+            return []
+        raw = np.concatenate([self._session.run(None, {self._input: x[i : i + self.batch]})[0]
+                              for i in range(0, x.shape[0], self.batch)]).astype(np.float64)
+        return [DnsmosScore(float(_P_SIG(r[0])), float(_P_BAK(r[1])), float(_P_OVR(r[2]))) for r in raw]
 
     def score(self, audio: np.ndarray) -> DnsmosScore:
         """SIG/BAK/OVRL of one clip of 16 kHz mono samples in [-1, 1]."""

@@ -39,6 +39,9 @@ class _Row:
             values["metadata"] = dict(values["metadata"])
         if "words" in values and values["words"] is not None:
             values["words"] = [w if isinstance(w, Word) else Word(**w) for w in values["words"]]
+        if values.get("dnsmos_windows") is not None:
+            values["dnsmos_windows"] = [w if isinstance(w, DnsmosWindow) else DnsmosWindow(**w)
+                                        for w in values["dnsmos_windows"]]
         return cls(**{f.name: values.get(f.name) for f in dataclasses.fields(cls)})
 
 
@@ -113,6 +116,18 @@ class Word:
 
 
 @dataclass(frozen=True)
+class DnsmosWindow:
+    """DNSMOS P.835 of one 9.01 s window of contiguous speech; [start, end) is the part of the
+    source its score stands for (`mmcurate.schemas.tables.DNSMOS_WINDOW`)."""
+
+    start: float
+    end: float
+    sig: float
+    bak: float
+    ovrl: float
+
+
+@dataclass(frozen=True)
 class Segment(_Row):
     TABLE: ClassVar[str] = "segments"
     segment_id: str
@@ -149,6 +164,7 @@ class Transcript(_Row):
     asr_model: str | None
     diarization_model: str | None
     run_id: str
+    dnsmos_windows: list[DnsmosWindow] | None = None
 
 
 @dataclass(frozen=True)
@@ -402,6 +418,8 @@ def check_records() -> None:
     word_fields = [f.name for f in dataclasses.fields(Word)]
     if word_fields != [f.name for f in tables.WORD]:
         raise TypeError("Word record does not match mmcurate.schemas.tables.WORD")
+    if [f.name for f in dataclasses.fields(DnsmosWindow)] != [f.name for f in tables.DNSMOS_WINDOW]:
+        raise TypeError("DnsmosWindow record does not match mmcurate.schemas.tables.DNSMOS_WINDOW")
 
 
 def to_table(name: str, records: list[Any]) -> pa.Table:

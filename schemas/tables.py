@@ -72,6 +72,21 @@ WORD = pa.struct(
 )
 
 
+# DNSMOS P.835 (1-5) of one 9.01 s window of a source's contiguous speech, and the part of the
+# source [start, end) its score stands for (mmcurate.quality.dnsmos.stretch_windows): the speech
+# stage scores each window once; a segment's dnsmos_* are the duration-weighted mean of the
+# windows it overlaps
+DNSMOS_WINDOW = pa.struct(
+    [
+        pa.field("start", pa.float64()),
+        pa.field("end", pa.float64()),
+        pa.field("sig", pa.float64()),
+        pa.field("bak", pa.float64()),
+        pa.field("ovrl", pa.float64()),
+    ]
+)
+
+
 def _hf_features(fields: list[pa.Field], media: dict[str, str]) -> dict:
     """The `datasets` Features (as its JSON) for these columns, `media` naming the columns (or
     list columns) of `HF_IMAGE`/`HF_AUDIO` structs and their feature ("Image" | "Audio"), so
@@ -133,6 +148,9 @@ TRANSCRIPTS = pa.schema(
         pa.field("asr_model", pa.string()),
         pa.field("diarization_model", pa.string()),
         pa.field("run_id", pa.string(), nullable=False),
+        # the source's speech in DNSMOS windows, by start (null: the quality stage did not run,
+        # quality.dnsmos was off, or the model failed: a quality/dnsmos_error ledger row)
+        pa.field("dnsmos_windows", pa.list_(DNSMOS_WINDOW)),
     ]
 )
 
@@ -236,7 +254,12 @@ SEGMENT_QUALITY = pa.schema(
         pa.field("phrases", pa.list_(pa.string())),  # the stock phrases found
         pa.field("repeat_share", pa.float64()),  # of the words inside decoder loops
         pa.field("outside_vad_share", pa.float64()),  # of the words outside every VAD region
-        pa.field("dnsmos_sig", pa.float64()),  # DNSMOS P.835, 1-5
+        # DNSMOS P.835, 1-5: the duration-weighted mean of the scores of the 9.01 s windows of
+        # the source's speech the segment overlaps (transcripts.dnsmos_windows); a segment inside
+        # one window has that window's score (exactly a window: the reference implementation's
+        # score of those samples). Null: not scored (quality.dnsmos off, the model failed, or
+        # the segment lies outside every window)
+        pa.field("dnsmos_sig", pa.float64()),
         pa.field("dnsmos_bak", pa.float64()),
         pa.field("dnsmos_ovrl", pa.float64()),
         pa.field("rate_q1", pa.float64()),  # chars_per_s quartiles of this language in the run

@@ -46,16 +46,23 @@ class TextTranscriber:
 class LoudnessDnsmos:
     """OVRL = 1 + 10 x RMS of the samples (clipped to 5); SIG = OVRL + 0.5, BAK = OVRL + 1."""
 
+    def __init__(self):
+        self.network_runs = 0  # what the real network would run on: a window per call here
+
     def score(self, audio):
         rms = float(np.sqrt(np.mean(np.square(np.asarray(audio, dtype=np.float64)))))
         ovrl = min(5.0, 1.0 + 10.0 * rms)
         return DnsmosScore(min(5.0, ovrl + 0.5), min(5.0, ovrl + 1.0), ovrl)
 
+    def score_windows(self, windows):
+        self.network_runs += len(windows)
+        return [self.score(w) for w in windows]
+
 
 def fake_run(media: list[str], out: str, *, quality: dict | None = None, texts: list[str] | None = None,
-             real_dnsmos: bool = False, stages=("vad", "speech", "quality")):
+             real_dnsmos: bool = False, stages=("vad", "speech", "quality"), dnsmos_loader=LoudnessDnsmos):
     """Run the real pipeline (real VAD, decode, sink, manifest) with the fake transcriber,
-    diarization off and the fake (or the real) DNSMOS; returns the manifest."""
+    diarization off and the fake (`dnsmos_loader`, or the real) DNSMOS; returns the manifest."""
     from mmcurate.pipelines import curate
     from mmcurate.pipelines.config import CurateConfig
     from mmcurate.transforms.asr import AsrModelHandler
@@ -66,5 +73,5 @@ def fake_run(media: list[str], out: str, *, quality: dict | None = None, texts: 
     tr = TextTranscriber(texts)
     overrides = {"asr_handler": AsrModelHandler(cfg.asr, loader=lambda _cfg: tr)}
     if not real_dnsmos:
-        overrides["dnsmos_handler"] = DnsmosModelHandler(loader=LoudnessDnsmos)
+        overrides["dnsmos_handler"] = DnsmosModelHandler(loader=dnsmos_loader)
     return curate.run(media, out, cfg, overrides=overrides)

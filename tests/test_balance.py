@@ -65,7 +65,6 @@ def test_the_spread_deals_by_cost_only_on_several_local_workers():
     (the stage's runner-neutral default) for one worker or a runner that rebalances itself."""
     assert isinstance(Spread(2)(cost=len), SpreadByCost) and Spread(2)(cost=len).workers == 2
     assert Spread(1)(cost=len) is None and Spread(0)(cost=len) is None
-    assert (Spread(0).dnsmos_pieces, Spread(1).dnsmos_pieces, Spread(3).dnsmos_pieces) == (1, 1, 6)
 
 
 def test_no_stage_reads_runner_options_or_internals():
@@ -118,73 +117,6 @@ def test_each_local_worker_runs_one_balanced_share():
     with beam.Pipeline(runner=local_runner(options), options=options) as p:
         shares = (p | beam.Create(refs) | SpreadByCost(2, cost) | beam.ParDo(_BundleContents()))
         assert_that(shares, equal_to([tuple(sorted(v)) for v in expected.values()]))
-
-
-def _scores(sid, durations, gap=1.0):
-    """SourceScores whose segments last `durations` (DNSMOS cost reads their times only)."""
-    from types import SimpleNamespace
-
-    from mmcurate.transforms.quality import SourceScores
-
-    segs, t = [], 0.0
-    for i, d in enumerate(durations):
-        segs.append(SimpleNamespace(segment_id=f"{sid}-{i}", start=t + gap, end=t + gap + d))
-        t += gap + d
-    return SourceScores(source=SimpleNamespace(source_id=sid, uri=f"/m/{sid}", media_uri=f"/m/{sid}"),
-                        rows=[], segments=segs)
-
-
-def test_a_sources_dnsmos_work_is_cut_into_pieces_of_consecutive_spans():
-    from mmcurate.transforms.quality import PIECE_WINDOWS, dnsmos_cost, dnsmos_pieces, span_windows
-
-    # the network's windows, not seconds: 29 s and 12 s spans are scored on 7 and 3 windows
-    # (the reference skips the windows its float slicing cuts one sample short); a 2 s span
-    # is tiled to 16 s, whose 7 windows hold 2 distinct ones
-    assert [span_windows(0.0, d) for d in (29.0, 12.0, 9.5, 3.0, 2.0)] == [7, 3, 1, 3, 2]
-    talk = _scores("talk", [2.0] * 40 + [29.0, 3.0, 12.0])
-    assert dnsmos_cost(talk) == 2 * 40 + 7 + 3 + 3
-    assert [len(r.spans) for _e, r in dnsmos_pieces(talk)] == [43]  # one worker: the source whole
-    for cap in (2, 4, 6):
-        pieces = dnsmos_pieces(talk, cap)
-        spans = [sp for _e, r in pieces for sp in r.spans]
-        assert spans == sorted(spans, key=lambda t: t[1]) and len(spans) == 43  # each span once, in order
-        assert len(pieces) == min(cap, -(-dnsmos_cost(talk) // PIECE_WINDOWS))
-        assert all(e is talk and r.media_uri == "/m/talk" for e, r in pieces)
-    costs = [sum(span_windows(a, b) for _, a, b in r.spans) for _e, r in dnsmos_pieces(talk, 4)]
-    assert costs == [24, 24, 22, 23]  # a new piece once the running cost passes each quarter share
-    assert len(dnsmos_pieces(_scores("jfk", [3.0, 2.0, 4.0]), 4)) == 1  # 9 windows: not worth a cut
-
-
-def test_dnsmos_pieces_are_spread_by_their_windows_on_local_workers():
-    """The quality stage deals DNSMOS pieces to the local runner's workers in cost-balanced
-    shares (the round-robin deal left one merge worker 11.5 s alone; whole sources, 1.6-1.9 s),
-    the cost being DNSMOS windows; one worker and other runners keep the plain path."""
-    from mmcurate.transforms.quality import _piece_cost, _piece_key, dnsmos_pieces
-
-    def _spread_dnsmos(pieces, workers=2):
-        spread = Spread(workers)(cost=_piece_cost, key=_piece_key, what="DNSMOS windows")
-        return pieces if spread is None else pieces | spread
-
-    items = [p for e in (_scores("talk", [2.0] * 40), _scores("meet", [3.0] * 12), _scores("a", [1.0] * 10),
-                         _scores("b", [12.0] * 3), _scores("c", [4.0]))
-             for p in dnsmos_pieces(e, 4)]
-    expected: dict = {}
-    for b, piece in assign_buckets(items, 2, _piece_cost, key=_piece_key):
-        expected.setdefault(b, []).append(_piece_key(piece)[2])
-    loads = {b: sum(_piece_cost(p) for p in items if _piece_key(p)[2] in ids) for b, ids in expected.items()}
-    # windows: talk 80 in 4 pieces, meet 36 in 2, a 10, b 9, c 4 (139): 71 / 68, where whole
-    # sources could do no better than 80 / 59
-    assert sorted(loads.values()) == [68, 71]
-    from mmcurate.pipelines.curate import local_runner
-
-    options = PipelineOptions(["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
-    with beam.Pipeline(runner=local_runner(options), options=options) as p:
-        shares = (_spread_dnsmos(p | beam.Create(items)) | beam.Map(lambda piece: Ref(piece[1].spans[0][0], "", "", 0))
-                  | beam.ParDo(_BundleContents()))
-        assert_that(shares, equal_to([tuple(sorted(v)) for v in expected.values()]))
-    one = beam.Pipeline(options=PipelineOptions([]))
-    plain = one | beam.Create(items)
-    assert _spread_dnsmos(plain, workers=1) is plain
 
 
 def test_sources_are_spread_by_fingerprinting_cost_before_dedup_fingerprints_them():

@@ -1,5 +1,6 @@
 """The Beam quality stage (JudgeQuality): a fake DNSMOS model for the graph, the verdicts and the
-ledger; the real pipeline for the table, the kept_segments view and re-tuning in DuckDB."""
+ledger; DNSMOS in windows of contiguous speech (scored once, in the speech stage, from the decode
+the models read); the real pipeline for the table, the kept_segments view and re-tuning in DuckDB."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from mmcurate.schemas.records import Segment, SourceRecord, SpeechRegion, Word, to_table
-from mmcurate.transforms.quality import DnsmosModelHandler, JudgeQuality, QualityConfig, keep_sql
+from mmcurate.schemas.records import DnsmosWindow, Segment, SourceRecord, SpeechRegion, Transcript, Word, to_table
+from mmcurate.transforms.quality import JudgeQuality, QualityConfig, keep_sql
 
 from quality_fakes import LoudnessDnsmos, fake_run
 
@@ -55,7 +56,20 @@ ENGLISH = ["we measured the signal again and wrote down the numbers",
            "so we fixed the sensor and measured everything once more"]
 
 
-def _run(inputs: dict, cfg: QualityConfig, handler=None, args: list[str] | None = None):
+def _transcript(sid: str, windows: list[DnsmosWindow] | None) -> Transcript:
+    return Transcript(sid, "", "en", 0.97, 1, 1, 1, 1.0, "fake-asr", None, RUN, windows)
+
+
+def _windows(path: Path, regions: list[SpeechRegion]) -> list[DnsmosWindow]:
+    """What the speech stage's DNSMOS step gives a source (the fake model over its samples)."""
+    from mmcurate.transforms.decode import decode_audio
+    from mmcurate.transforms.quality import score_stretches, speech_stretches
+
+    return score_stretches(LoudnessDnsmos(), decode_audio(str(path)),
+                           speech_stretches([(r.start, r.end) for r in regions]))
+
+
+def _run(inputs: dict, cfg: QualityConfig, args: list[str] | None = None):
     if args:  # the local runner with these worker options
         from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -66,7 +80,7 @@ def _run(inputs: dict, cfg: QualityConfig, handler=None, args: list[str] | None 
     else:
         p = TestPipeline()
     pcolls = {k: p | f"Create{k}" >> beam.Create(v) for k, v in inputs.items()}
-    out = pcolls | JudgeQuality(cfg, RUN, dnsmos_handler=handler or DnsmosModelHandler(loader=LoudnessDnsmos))
+    out = pcolls | JudgeQuality(cfg, RUN)
     names = ("segment_quality", "kept_segments", "rejected")
     got = {}
     with tempfile.TemporaryDirectory() as d:
@@ -107,9 +121,13 @@ def judged(tmp_path_factory):
                for k, (s, e) in enumerate([(0.5, 13.5), (13.9, 19.2)])]
     regions += [SpeechRegion("srcB-vad-00000", "srcB", 0.5, 9.0, RUN),
                 SpeechRegion("srcC-vad-00000", "srcC", 0.5, 4.0, RUN)]
+    # srcC: DNSMOS failed in the speech stage (its transcript has no windows)
+    transcripts = [_transcript("srcA", _windows(loud, regions[:2])), _transcript("srcB", _windows(quiet, regions[2:3])),
+                   _transcript("srcC", None)]
     cfg = QualityConfig(languages=("en",), min_dnsmos_ovrl=1.8, rate_min_segments=4,
                         min_source_speech_ratio=0.2)
-    got, counters = _run({"segments": segs, "sources": [a, b, gone], "speech_regions": regions}, cfg)
+    got, counters = _run({"segments": segs, "sources": [a, b, gone], "speech_regions": regions,
+                          "transcripts": transcripts}, cfg)
     return segs, got, counters
 
 
@@ -126,7 +144,7 @@ def test_one_row_per_segment_kept_or_dropped(judged):
         # German, quiet (fake OVRL 1.35) and from a source with speech ratio 0.1: all listed
         "srcB-seg-00000": "language_not_allowed",
         "srcB-seg-00001": "language_not_allowed",
-        "srcC-seg-00000": None,  # DNSMOS could not decode it: judged without DNSMOS
+        "srcC-seg-00000": None,  # no DNSMOS windows: judged without DNSMOS
     }
     assert rows["srcB-seg-00000"].failed == ["language_not_allowed", "low_dnsmos", "low_speech_ratio"]
     assert all(r.keep == (r.reason is None) and r.keep == (not r.failed) for r in rows.values())
@@ -149,7 +167,7 @@ def test_kept_stream_and_ledger(judged):
     kept = sorted(s.segment_id for s in got["kept_segments"])
     assert kept == sorted(r.segment_id for r in got["segment_quality"] if r.keep)
     assert all(isinstance(s, Segment) for s in got["kept_segments"])
-    drops = [r for r in got["rejected"] if r.reason != "dnsmos_error"]
+    drops = got["rejected"]
     assert sorted(r.item_id for r in drops) == sorted(r.segment_id for r in got["segment_quality"]
                                                         if not r.keep)
     for r in drops:
@@ -158,45 +176,16 @@ def test_kept_stream_and_ledger(judged):
     phrase = next(r for r in drops if r.item_id == "srcA-seg-00005")
     assert phrase.reason == "hallucination_phrase" and "Thanks for watching" in phrase.detail
     assert json.loads(phrase.detail.split("scores ", 1)[1])["phrase_share"] == 1.0
-    (err,) = [r for r in got["rejected"] if r.reason == "dnsmos_error"]
-    assert err.item_id == "srcC" and "judged without DNSMOS" in err.detail
     assert counters["quality.segments"] == len(segs)
-    assert counters["quality.kept"] == len(kept) and counters["quality.dnsmos_error"] == 1
-
-
-@pytest.mark.slow  # seconds: out of the fast tier
-def test_dnsmos_cut_into_pieces_on_several_workers_gives_the_same_rows(tmp_path):
-    """On several local workers a source's DNSMOS spans are cut into pieces dealt by cost and
-    put back together by source: the rows and the ledger are those of one request per source,
-    and a source whose pieces all fail still gets one dnsmos_error row."""
-    from mmcurate.transforms.quality import SourceScores, dnsmos_pieces
-
-    loud = _wav(tmp_path / "loud.wav", 60.0, 0.3)
-    a, gone = _source(loud, "srcA"), _source(tmp_path / "gone.wav", "srcC")
-    text = "we measured the signal again and wrote down the numbers"
-    segs = [_seg("srcA", i, 1.0 + 4.5 * i, 5.0 + 4.5 * i, text) for i in range(12)]
-    segs += [_seg("srcC", i, 1.0 + 4.5 * i, 5.0 + 4.5 * i, text) for i in range(10)]
-    regions = [SpeechRegion("srcA-vad-00000", "srcA", 0.5, 59.0, RUN), SpeechRegion("srcC-vad-00000", "srcC", 0.5, 50.0, RUN)]
-    inputs = {"segments": segs, "sources": [a, gone], "speech_regions": regions}
-    assert len(dnsmos_pieces(SourceScores(a, segs[:12], []), 4)) == 2  # 48 windows: 2 pieces here
-    cfg = QualityConfig(languages=("en",), min_dnsmos_ovrl=1.8)
-    whole, _ = _run(inputs, cfg)
-    cut, counters = _run(inputs, cfg, args=["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
-
-    def rows(got, name):
-        return sorted(got[name], key=lambda r: (r.item_id if name == "rejected" else r.segment_id))
-
-    assert rows(cut, "segment_quality") == rows(whole, "segment_quality")
-    assert [r.dnsmos_ovrl is not None for r in rows(cut, "segment_quality")] == [True] * 12 + [False] * 10
-    assert rows(cut, "rejected") == rows(whole, "rejected")
-    assert [r.item_id for r in cut["rejected"] if r.reason == "dnsmos_error"] == ["srcC"]
-    assert counters["quality.dnsmos_error"] == 1
+    assert counters["quality.kept"] == len(kept)
 
 
 def test_dnsmos_off_leaves_scores_null(tmp_path):
     src = _source(_wav(tmp_path / "a.wav", 5.0, 0.01), "srcA")
     segs = [_seg("srcA", 0, 1.0, 3.0, ENGLISH[0])]
-    got, _ = _run({"segments": segs, "sources": [src], "speech_regions": []},
+    windows = [DnsmosWindow(0.0, 5.0, 1.5, 1.5, 1.0)]
+    got, _ = _run({"segments": segs, "sources": [src], "speech_regions": [],
+                   "transcripts": [_transcript("srcA", windows)]},
                   QualityConfig(dnsmos=False, min_dnsmos_ovrl=4.0))
     (row,) = got["segment_quality"]
     assert row.dnsmos_ovrl is None and row.keep and row.outside_vad_share is None  # regions unknown
@@ -235,7 +224,7 @@ def test_pipeline_writes_segment_quality_and_the_kept_view(tmp_path):
 def test_retuning_in_duckdb_selects_what_a_rerun_keeps(tmp_path):
     """Re-tuning a DNSMOS OVRL minimum over the stored scores selects exactly the segments a
     re-run with that quality.min_dnsmos_ovrl keeps (real DNSMOS, real VAD, fake ASR text). The
-    minimum is the median of the first run's scores (2.857 here: they span 2.37-3.03), so that it
+    minimum is the median of the first run's scores (2.948 here: they span 2.84-3.18), so that it
     surely splits them."""
     import duckdb
 
@@ -265,3 +254,142 @@ def test_retuning_in_duckdb_selects_what_a_rerun_keeps(tmp_path):
           f"{len(rerun)} at >= {t}")
     assert by_hand == by_sql == rerun
     assert 0 < len(rerun) < len(before)  # the threshold bites: some segments go, some stay
+
+
+# --------------------------------------------------------------------------- DNSMOS windows
+
+
+def test_contiguous_speech_is_cut_into_windows_each_sample_under_one():
+    """Regions closer than 1 s are one stretch; a stretch is cut into 9.01 s windows from its
+    start, the last one ending at its end (and standing for the rest only); a stretch shorter
+    than a window is one (tiled) window. Each sample stands under exactly one window."""
+    from mmcurate.quality.dnsmos import WINDOW, stretch_window, stretch_windows
+    from mmcurate.transforms.quality import speech_stretches
+
+    assert speech_stretches([(5.0, 6.0), (0.5, 2.0), (2.5, 3.0), (4.0, 4.5)]) == [(0.5, 3.0), (4.0, 6.0)]
+    assert stretch_windows(0) == [] and stretch_windows(WINDOW) == [(0, 0, WINDOW)]
+    assert stretch_windows(3 * 16000) == [(0, 0, 3 * 16000)]
+    n = 2 * WINDOW + 5 * 16000  # 23.02 s: 3 windows, the last reading 9.01 s back from the end
+    assert stretch_windows(n) == [(0, 0, WINDOW), (WINDOW, WINDOW, 2 * WINDOW), (n - WINDOW, 2 * WINDOW, n)]
+    for length in (1, 16000, WINDOW - 1, WINDOW + 1, 5 * WINDOW, 5 * WINDOW + 7, 123457):
+        ws = stretch_windows(length)
+        assert [(a, b) for _f, a, b in ws] == list(zip([0] + [b for _f, _a, b in ws[:-1]], [b for _f, _a, b in ws]))
+        assert ws[-1][2] == length and all(f + WINDOW <= max(length, WINDOW) for f, _a, _b in ws)
+    x = np.arange(3 * 16000, dtype=np.float32)
+    w = stretch_window(x, 0)  # tiled as the reference tiles a short clip: 3 s -> 6 s -> 12 s
+    assert w.shape == (WINDOW,) and np.array_equal(w[: 3 * 16000], x) and np.array_equal(w[3 * 16000 : 6 * 16000], x)
+
+
+def test_a_segment_gets_the_duration_weighted_scores_of_the_windows_it_overlaps():
+    from mmcurate.transforms.quality import segment_dnsmos
+
+    ws = [DnsmosWindow(0.0, 9.01, 3.0, 4.0, 2.0), DnsmosWindow(9.01, 18.02, 2.0, 3.0, 1.0),
+          DnsmosWindow(20.0, 22.0, 4.0, 4.0, 4.0)]
+    assert segment_dnsmos(1.0, 5.0, ws) == (3.0, 4.0, 2.0)  # inside one window: its scores as they are
+    assert segment_dnsmos(0.0, 9.01, ws) == (3.0, 4.0, 2.0)  # exactly one window
+    sig, bak, ovrl = segment_dnsmos(8.01, 11.01, ws)  # 1 s in the first, 2 s in the second
+    assert (sig, bak, ovrl) == pytest.approx((7 / 3, 10 / 3, 4 / 3))
+    # across a pause between stretches: only the seconds under windows count
+    assert segment_dnsmos(17.02, 21.0, ws) == pytest.approx((3.0, 3.5, 2.5))
+    assert segment_dnsmos(21.0, 21.0, ws) == (4.0, 4.0, 4.0)  # no length: the window it lies in
+    assert segment_dnsmos(18.5, 19.5, ws) is None  # outside every window: not scored
+
+
+@pytest.mark.slow  # the real network: about a second
+def test_a_segment_that_is_exactly_one_window_keeps_the_reference_score():
+    """The windows are the reference implementation's: a segment that is exactly one window
+    (a 9.01 s stretch, or the first 9.01 s of a longer one) has `Dnsmos.score` of its samples,
+    bit for bit (Dnsmos.score follows DNS-Challenge dnsmos_local.py, tests/test_quality_filters.py)."""
+    from mmcurate.quality.dnsmos import WINDOW, Dnsmos
+    from mmcurate.transforms.decode import decode_audio
+    from mmcurate.transforms.quality import score_stretches, segment_dnsmos
+
+    audio = decode_audio(str(MEDIA / "diarization" / "sample.wav"))
+    model = Dnsmos()
+    one = 9.01
+    windows = score_stretches(model, audio, [(1.0, 1.0 + one), (12.0, 12.0 + one + 5.0)])
+    assert [(round(w.start, 3), round(w.end, 3)) for w in windows] == [(1.0, 10.01), (12.0, 21.01), (21.01, 26.01)]
+    for start in (1.0, 12.0):
+        a = int(round(start * SR))
+        ref = model.score(audio[a : a + WINDOW])
+        assert segment_dnsmos(start, start + one, windows) == (ref.sig, ref.bak, ref.ovrl), start
+    # the last window reads the 9.01 s that end the stretch and stands for what is left of it
+    ref = model.score(audio[int(round(26.01 * SR)) - WINDOW : int(round(26.01 * SR))])
+    assert segment_dnsmos(22.0, 26.0, windows) == (ref.sig, ref.bak, ref.ovrl)
+
+
+def _counting_decodes(monkeypatch) -> dict:
+    """Counts the times each media file's audio is decoded (opened for probing is not)."""
+    from mmcurate.transforms import decode
+
+    decoded: dict = {}
+    real = decode._iter_container
+
+    def counted(c, *a, **k):
+        name = os.path.basename(str(c.name))
+        decoded[name] = decoded.get(name, 0) + 1
+        return real(c, *a, **k)
+
+    monkeypatch.setattr(decode, "_iter_container", counted)
+    return decoded
+
+
+class _CountingDnsmos(LoudnessDnsmos):
+    runs: list = []
+
+    def score(self, audio):
+        # the old per-segment path: what the real network runs on for a clip of this length
+        from mmcurate.quality.dnsmos import network_runs
+
+        _CountingDnsmos.runs.append(network_runs(len(audio)))
+        return super().score(audio)
+
+    def score_windows(self, windows):
+        _CountingDnsmos.runs.append(len(windows))
+        return [LoudnessDnsmos.score(self, w) for w in windows]
+
+
+def test_dnsmos_costs_a_window_per_9_s_of_speech_and_no_second_decode(tmp_path, monkeypatch):
+    """A vad,speech,quality run decodes each source once (DNSMOS reads the samples the speech
+    models read) and runs the network on about one window per 9 s of contiguous speech,
+    however the segments cut it (scored per segment, a 2 s segment costs 2 windows, a 4 s one
+    4); every segment gets a score."""
+    from mmcurate.quality import audit
+
+    opened = _counting_decodes(monkeypatch)
+    _CountingDnsmos.runs = []
+    out = str(tmp_path / "out")
+    media = [MEDIA / "diarization" / "sample.wav", MEDIA / "speech" / "jfk.wav"]
+    m = fake_run([str(p) for p in media], out, texts=[". ".join(ENGLISH) + "."], dnsmos_loader=_CountingDnsmos)
+    assert opened == {p.name: 1 for p in media}
+    con = audit.connect(out, read_only=True)
+    (speech_s,) = con.execute("SELECT sum(\"end\" - start) FROM speech_regions").fetchone()
+    (stretches,) = con.execute("SELECT sum(len(dnsmos_windows)) FROM transcripts").fetchone()
+    assert sum(_CountingDnsmos.runs) == stretches <= speech_s / 9.01 + 2 * len(media)
+    assert m["tables"]["segments"] > sum(_CountingDnsmos.runs)  # fewer windows than segments
+    assert con.execute("SELECT count(*) FROM segment_quality WHERE dnsmos_ovrl IS NULL").fetchone() == (0,)
+
+
+class _BrokenDnsmos(LoudnessDnsmos):
+    def score_windows(self, windows):
+        raise RuntimeError("onnxruntime: out of memory")
+
+    def score(self, audio):
+        raise RuntimeError("onnxruntime: out of memory")
+
+
+def test_a_dnsmos_failure_is_one_ledger_row_and_the_segments_are_judged_without_it(tmp_path):
+    from mmcurate.quality import audit
+
+    out = str(tmp_path / "out")
+    m = fake_run([str(MEDIA / "speech" / "jfk.wav")], out, dnsmos_loader=_BrokenDnsmos,
+                 quality={"min_dnsmos_ovrl": 4.5})
+    con = audit.connect(out, read_only=True)
+    rows = con.execute("SELECT stage, reason, item_id, detail FROM rejected").fetchall()
+    assert [(st, r) for st, r, _i, _d in rows] == [("quality", "dnsmos_error")]
+    assert rows[0][2] == con.execute("SELECT source_id FROM sources").fetchone()[0]
+    assert rows[0][3].startswith("segments judged without DNSMOS: ") and "onnxruntime: out of memory" in rows[0][3]
+    assert m["tables"]["segment_quality"] == m["tables"]["segments"] > 0
+    assert con.execute("SELECT count(*) FROM segment_quality WHERE dnsmos_ovrl IS NOT NULL OR NOT keep"
+                       ).fetchone() == (0,)
+    assert con.execute("SELECT dnsmos_windows FROM transcripts").fetchone() == (None,)

@@ -1,27 +1,24 @@
 """The quality stage: score every segment, keep every score, keep or drop it with a reason.
 
-    segments, sources, speech_regions
+    segments, sources, speech_regions, transcripts (with the DNSMOS windows)
       | "Key*" -> "JoinBySource" (CoGroupByKey on source_id)
       | "ScoreText"      per source: transcript language; per segment: text language,
-      |                  stock phrases, decoder loops, words outside the VAD, duration, rate
-      | "DnsmosRequests" -> "Dnsmos" (RunInference: decodes the source once, DNSMOS P.835 per
-      |                  segment; on several local workers a source's spans are cut into
-      |                  pieces dealt by cost) -> "PiecesBySource" -> "WithDnsmos"
-      |                                                     (quality.dnsmos = false: skipped)
+      |                  stock phrases, decoder loops, words outside the VAD, duration, rate,
+      |                  DNSMOS from the source's windows (`segment_dnsmos`)
       | "RateByLanguage" (characters/s quartiles per spoken language over the run) -> side input
       | "Judge"          the filters of mmcurate.quality.filters, in order
       -> segment_quality (every segment, kept or dropped, with its scores and verdict)
          kept_segments   (stream: the Segment records that passed, for later stages)
          rejected        (one ledger row per dropped segment: stage "quality", the first failing
-                          filter's reason, item_id = segment_id, the scores in the detail;
-                          "dnsmos_error" annotation rows, item_id = source_id, when decoding or
-                          the model failed on a source: its segments are judged without DNSMOS)
+                          filter's reason, item_id = segment_id, the scores in the detail)
 
-Audio: the segments exist only after the speech stage's join, where the samples it decoded no
-longer travel (only results cross a shuffle). So DNSMOS decodes each source that has segments
-once more, streaming, and keeps only the samples of its segments until each is scored. Decoding
-runs at about 2000x real time here, a few percent of DNSMOS's own cost. The same stage can so
-also run over a stored output (`ReadTables`) without the speech stage.
+DNSMOS runs where the decoded samples are: in the speech stage, beside ASR and diarization
+(`DnsmosModelHandler`, wired when this stage runs), over contiguous speech (VAD regions merged
+across pauses < 1 s) in 9.01 s windows, each run once: about one network run per 9 s of speech,
+whatever the segments. The windows travel on the `transcripts` rows (`dnsmos_windows`); a
+segment's DNSMOS is the duration-weighted mean of the windows it overlaps. When the model fails
+on a source the speech stage writes a "dnsmos_error" row (stage "quality", item_id = source_id)
+and its segments are judged without DNSMOS.
 
 The `segments` table stays as the speech stage wrote it (every segment ASR kept): re-tuning a
 threshold is a query over `segment_quality` (`mmcurate.quality.filters.keep_sql`), and the
@@ -34,8 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable
 
@@ -43,13 +38,14 @@ import apache_beam as beam
 import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from mmcurate.quality import filters as qf
 from mmcurate.quality.hallucination import default_matcher, outside_vad_share, repeat_share, tokens
 from mmcurate.schemas.params import Rule, non_negative, positive, unit_interval
 from mmcurate.schemas.printable import printable
-from mmcurate.schemas.records import Rejection, Segment, SegmentQuality, SourceRecord
+from mmcurate.schemas.records import DnsmosWindow, Rejection, Segment, SegmentQuality, SourceRecord
+from mmcurate.transforms.attribute import LONG_PAUSE_S
 
 log = logging.getLogger("mmcurate.quality")
 
@@ -90,10 +86,11 @@ class QualityConfig:
     min_text_language_probability: float = 0.9
     min_text_language_chars: int = 30
     language_flags: str = "flag"  # flag: columns only | drop: a flagged row is dropped
-    # DNSMOS P.835 (mmcurate.quality.dnsmos): scored and kept for every segment; no minimum by
-    # default. It rates recording quality, not whether there is speech: real segments here
-    # scored OVRL 1.15-3.45 (the lowest: overlapped meeting speech and sub-second words), so
-    # any floor drops real words (1.5: 14 of 611, 1.8: 29, 3.0 as in Emilia's TTS data: 269).
+    # DNSMOS P.835 (mmcurate.quality.dnsmos): scored and kept for every segment (the windows of
+    # contiguous speech it overlaps, `segment_dnsmos`); no minimum by default. It rates
+    # recording quality, not whether there is speech: real segments here scored OVRL 1.15-3.45
+    # when each was scored alone (the lowest: overlapped meeting speech and sub-second words),
+    # so any floor drops real words (1.5: 14 of 611, 1.8: 29, 3.0 as in Emilia's TTS data: 269).
     # Set one for a clean subset, or re-tune over the kept scores in DuckDB.
     dnsmos: bool = True
     min_dnsmos_ovrl: float | None = None
@@ -222,9 +219,14 @@ class SourceScores:
 
 
 class _ScoreTextFn(beam.DoFn):
-    def __init__(self, run_id: str):
+    """Joined (source_id, {segments, sources, regions, transcripts}) -> SourceScores: the text
+    scores and, when DNSMOS ran on the source, each segment's DNSMOS (`segment_dnsmos`)."""
+
+    def __init__(self, run_id: str, dnsmos: bool = True):
         self._run_id = run_id
+        self._dnsmos = dnsmos
         self._segments = Metrics.counter(NS, "quality.segments")
+        self._unscored = Metrics.counter(NS, "quality.dnsmos_unscored_segments")
 
     def setup(self):
         from mmcurate.quality.language import factory
@@ -245,68 +247,107 @@ class _ScoreTextFn(beam.DoFn):
             transcript = detect(" ".join(s.text for s in segments))
             rows = [score_segment(s, regions, transcript, source.speech_ratio, self._run_id)
                     for s in segments]
+            transcripts = list(groups.get("transcripts", []))
+            windows = transcripts[0].dnsmos_windows if transcripts and self._dnsmos else None
+            if windows is not None:
+                rows = [self._with_dnsmos(row, windows) for row in rows]
             self._segments.inc(len(rows))
             yield SourceScores(source, segments, rows)
+
+    def _with_dnsmos(self, row: SegmentQuality, windows: list[DnsmosWindow]) -> SegmentQuality:
+        s = segment_dnsmos(row.start, row.end, windows)
+        if s is None:
+            self._unscored.inc()
+            return row
+        Metrics.distribution(NS, "quality.dnsmos_ovrl_x100").update(int(round(100 * s[2])))
+        return dataclasses.replace(row, dnsmos_sig=s[0], dnsmos_bak=s[1], dnsmos_ovrl=s[2])
 
 
 # --------------------------------------------------------------------------- DNSMOS
 
+# VAD regions closer than this are one stretch of speech for DNSMOS, the pause between them
+# included: it is the pause that always ends an utterance (`attribute.LONG_PAUSE_S`), so a
+# segment lies inside one stretch, and short regions share windows instead of each being tiled
+# to a whole one
+STRETCH_GAP_S = LONG_PAUSE_S
+# windows per `score_windows` call: bounds the samples copied out at once (~0.6 MB a window)
+WINDOWS_PER_CALL = 8
+
+
+def speech_stretches(regions: Iterable[tuple[float, float]], gap_s: float = STRETCH_GAP_S
+                     ) -> list[tuple[float, float]]:
+    """Contiguous speech: (start, end) regions merged across pauses shorter than `gap_s`."""
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(regions):
+        if out and a - out[-1][1] < gap_s:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
 
 @dataclass(frozen=True)
 class DnsmosRequest:
-    """Score these spans (segment_id, start, end in seconds) of one source's audio."""
+    """Score these stretches of speech (start, end in seconds) of one source's decoded samples."""
 
-    media_uri: str
-    spans: list[tuple[str, float, float]]
-
-
-@dataclass(frozen=True)
-class DnsmosResult:
-    scores: dict[str, tuple[float, float, float] | None]  # segment_id -> (sig, bak, ovrl)
-    audio_s: float  # seconds decoded
-    elapsed_s: float
+    audio: np.ndarray
+    stretches: list[tuple[float, float]]
 
 
-def score_spans(model, chunks: Iterable[np.ndarray], spans: list[tuple[str, float, float]],
-                sample_rate: int = 16000) -> tuple[dict[str, tuple[float, float, float] | None], int]:
-    """DNSMOS of each span, streaming: only the samples of spans not yet scored are kept;
-    decoding stops after the last span."""
-    todo = sorted(((int(round(s * sample_rate)), int(round(e * sample_rate)), sid)
-                   for sid, s, e in spans), key=lambda t: (t[0], t[1], t[2]))
-    parts: dict[str, list[np.ndarray]] = {sid: [] for _, _, sid in todo}
-    out: dict[str, tuple[float, float, float] | None] = {}
-    pos = 0
+def score_stretches(model, audio: np.ndarray, stretches: list[tuple[float, float]],
+                    sample_rate: int = 16000) -> list[DnsmosWindow]:
+    """DNSMOS of each stretch in 9.01 s windows (`mmcurate.quality.dnsmos.stretch_windows`),
+    each run once: one row per window, with the part of the source its score stands for."""
+    from mmcurate.quality.dnsmos import stretch_window, stretch_windows
 
-    def finish(a: int, b: int, sid: str):
-        samples = np.concatenate(parts.pop(sid)) if parts.get(sid) else np.zeros(0, np.float32)
-        if samples.shape[0] == 0:
-            out[sid] = None  # the span lies past the decoded audio
-            return
-        s = model.score(np.clip(samples, -1.0, 1.0))
-        out[sid] = (s.sig, s.bak, s.ovrl)
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    out: list[DnsmosWindow] = []
+    spans: list[tuple[float, float]] = []
+    pending: list[np.ndarray] = []
 
-    for chunk in chunks:
-        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
-        end = pos + chunk.shape[0]
-        for a, b, sid in todo:
-            if a < end and b > pos:
-                parts[sid].append(chunk[max(a, pos) - pos : min(b, end) - pos])
-        done = [t for t in todo if t[1] <= end]
-        todo = [t for t in todo if t[1] > end]
-        for a, b, sid in done:
-            finish(a, b, sid)
-        pos = end
-        if not todo:
-            break
-    for a, b, sid in todo:
-        finish(a, b, sid)
-    return out, pos
+    def flush():
+        for (a, b), s in zip(spans, model.score_windows(np.stack(pending))):
+            out.append(DnsmosWindow(a, b, s.sig, s.bak, s.ovrl))
+        spans.clear()
+        pending.clear()
+
+    for start, end in stretches:
+        i = max(0, int(round(start * sample_rate)))
+        j = min(audio.shape[0], int(round(end * sample_rate)))
+        stretch = np.clip(audio[i:j], -1.0, 1.0)
+        for first, own_a, own_b in stretch_windows(j - i):
+            pending.append(stretch_window(stretch, first))
+            spans.append(((i + own_a) / sample_rate, (i + own_b) / sample_rate))
+            if len(pending) == WINDOWS_PER_CALL:
+                flush()
+    if pending:
+        flush()
+    return out
+
+
+def segment_dnsmos(start: float, end: float, windows: list[DnsmosWindow]
+                   ) -> tuple[float, float, float] | None:
+    """A segment's (sig, bak, ovrl): the scores of the windows whose part of the source it
+    overlaps, weighted by the seconds of overlap (a segment inside one window: that window's
+    scores as they are, so one that is exactly a window has the reference's numbers). A
+    segment of no length takes the window it lies in; one outside every window has none."""
+    parts = [(min(end, w.end) - max(start, w.start), w) for w in windows]
+    parts = [(ov, w) for ov, w in parts if ov > 0]
+    if len(parts) == 1:
+        w = parts[0][1]
+        return w.sig, w.bak, w.ovrl
+    if parts:
+        total = sum(ov for ov, _ in parts)
+        return tuple(sum(ov * getattr(w, k) for ov, w in parts) / total for k in ("sig", "bak", "ovrl"))
+    inside = [w for w in windows if w.start <= start <= w.end]
+    return (inside[0].sig, inside[0].bak, inside[0].ovrl) if inside else None
 
 
 class DnsmosModelHandler(ModelHandler):
-    """DNSMOS P.835 for `RunInference`: example = `DnsmosRequest` (one source), inference =
-    `DnsmosResult`, model = `mmcurate.quality.dnsmos.Dnsmos` (one ONNX session per worker
-    process, shared by its threads). The source is decoded here, once, streaming."""
+    """DNSMOS P.835 for `RunInference`: example = `DnsmosRequest` (one source's samples, as the
+    speech stage holds them, and its stretches of speech), inference = its `DnsmosWindow`s,
+    model = `mmcurate.quality.dnsmos.Dnsmos` (one ONNX session per worker process, shared by
+    its threads)."""
 
     def __init__(self, threads: int = 1, sample_rate: int = 16000, loader=None, batch: int = 1):
         super().__init__()
@@ -325,13 +366,8 @@ class DnsmosModelHandler(ModelHandler):
         return Dnsmos(intra_op_threads=self._threads, batch=self._batch)
 
     def run_inference(self, batch, model, inference_args=None):
-        from mmcurate.transforms.decode import iter_audio
-
         for req in batch:
-            t0 = time.perf_counter()
-            scores, n = score_spans(model, iter_audio(req.media_uri, self._sr), req.spans, self._sr)
-            yield PredictionResult(req, DnsmosResult(scores, n / self._sr, time.perf_counter() - t0),
-                                   "dnsmos")
+            yield PredictionResult(req, score_stretches(model, req.audio, req.stretches, self._sr), "dnsmos")
 
     def batch_elements_kwargs(self) -> dict:
         return {"min_batch_size": 1, "max_batch_size": 1}  # one source is one call
@@ -343,114 +379,6 @@ class DnsmosModelHandler(ModelHandler):
         from mmcurate.quality.dnsmos import model_info
 
         return [model_info()]
-
-
-def span_windows(start: float, end: float, sample_rate: int = 16000) -> int:
-    """Windows the DNSMOS network runs on for a span (`mmcurate.quality.dnsmos.network_runs`
-    of its samples, cut as `score_spans` cuts them): its cost, ~0.15 s each on one thread.
-    Exact, not its duration: a 4 s segment takes 4 (tiled to 16 s), a 12 s one 3, a 29 s one 7."""
-    from mmcurate.quality.dnsmos import network_runs
-
-    return max(1, network_runs(int(round(end * sample_rate)) - int(round(start * sample_rate))))
-
-
-def dnsmos_cost(e: SourceScores) -> float:
-    """DNSMOS windows a source's segments take (`span_windows` summed)."""
-    return sum(span_windows(s.start, s.end) for s in e.segments)
-
-
-# a source's DNSMOS work is cut into pieces of about this many windows (~3.5 s on one thread)
-# when the local runner spreads it over workers: dealt whole, the talk and the meeting left
-# one worker of a 2-worker merge 1.6-1.9 s alone at the end (bench/README.md, bench_orchestration.py)
-PIECE_WINDOWS = 24.0
-
-
-def dnsmos_pieces(e: SourceScores, max_pieces: int = 1) -> list[tuple[SourceScores, DnsmosRequest]]:
-    """`e`'s DNSMOS requests: its spans in time order, cut into at most `max_pieces` runs of
-    about equal windows (about PIECE_WINDOWS each; one piece when max_pieces is 1). Each piece
-    decodes the source from its start to its last span, so the cap bounds the extra decoding
-    (~2000x real time) a long source costs."""
-    spans = [(s.segment_id, float(s.start), float(s.end)) for s in e.segments]
-    total = dnsmos_cost(e)
-    n = max(1, min(max_pieces, len(spans), math.ceil(total / PIECE_WINDOWS)))
-    pieces: list[list[tuple[str, float, float]]] = [[]]
-    done = 0.0
-    for span in sorted(spans, key=lambda t: (t[1], t[2], t[0])):
-        if pieces[-1] and len(pieces) < n and done >= total * len(pieces) / n:
-            pieces.append([])
-        pieces[-1].append(span)
-        done += span_windows(span[1], span[2])
-    return [(e, DnsmosRequest(e.source.media_uri, piece)) for piece in pieces]
-
-
-def _piece_cost(piece: tuple[SourceScores, DnsmosRequest]) -> float:
-    return sum(span_windows(a, b) for _, a, b in piece[1].spans)
-
-
-def _piece_key(piece: tuple[SourceScores, DnsmosRequest]):
-    return (piece[0].source.source_id, piece[0].source.uri, piece[1].spans[0][0] if piece[1].spans else "")
-
-
-def _scored_piece(keyed):
-    e, prediction = keyed
-    return e.source.source_id, (e, prediction.inference, None)
-
-
-def _failed_pieces(dead_letter):
-    batch, error = dead_letter
-    why = _dead_letter_text(error)
-    for e, _req in batch:
-        yield e.source.source_id, (e, None, why)
-
-
-class _WithDnsmosFn(beam.DoFn):
-    """A source's DNSMOS pieces -> its SourceScores with the scores. When any piece failed,
-    every segment of the source is judged without DNSMOS (no score is no evidence; the same
-    verdicts whatever the pieces) and the ledger gets one "dnsmos_error" annotation row."""
-
-    def __init__(self, run_id: str):
-        self._run_id = run_id
-
-    def process(self, element):
-        _source_id, parts = element
-        parts = list(parts)
-        e: SourceScores = parts[0][0]
-        errors = sorted(why for _e, _r, why in parts if why is not None)
-        if errors:
-            Metrics.counter(NS, "quality.dnsmos_error").inc()
-            log.warning("%s: DNSMOS failed: %s", printable(e.source.uri), printable(errors[0]))
-            yield pvalue.TaggedOutput(REJECTED, Rejection.make(
-                stage="quality", reason="dnsmos_error",
-                detail=f"segments judged without DNSMOS: {errors[0]}", uri=e.source.uri,
-                run_id=self._run_id, source_id=e.source.source_id, item_id=e.source.source_id))
-            yield e
-            return
-        results: list[DnsmosResult] = [r for _e, r, _why in parts]
-        scores = {k: v for r in results for k, v in r.scores.items()}
-        elapsed = sum(r.elapsed_s for r in results)
-        audio_s = max(r.audio_s for r in results)
-        rows = []
-        for row in e.rows:
-            s = scores.get(row.segment_id)
-            if s is not None:
-                row = dataclasses.replace(row, dnsmos_sig=s[0], dnsmos_bak=s[1], dnsmos_ovrl=s[2])
-                Metrics.distribution(NS, "quality.dnsmos_ovrl_x100").update(int(round(100 * s[2])))
-            rows.append(row)
-        if audio_s > 0:
-            Metrics.distribution(NS, "quality.dnsmos_rtf_x1000").update(int(round(1000 * elapsed / audio_s)))
-        log.info("quality: %s: DNSMOS of %d segment(s) in %.1f s (%d piece(s))", printable(e.source.uri), len(rows),
-                 elapsed, len(results))
-        yield dataclasses.replace(e, rows=rows)
-
-
-def _dead_letter_text(error: Any) -> str:
-    if isinstance(error, BaseException):
-        text = f"{type(error).__name__}: {error}"
-    elif isinstance(error, tuple) and len(error) >= 2:
-        text = str(error[1])
-    else:
-        text = str(error)
-    return text if len(text) <= 500 else text[:497] + "..."
 
 
 # --------------------------------------------------------------------------- rate, verdict
@@ -535,24 +463,15 @@ class _JudgeFn(beam.DoFn):
 
 
 class JudgeQuality(beam.PTransform):
-    """{"segments", "sources", "speech_regions"} -> {"segment_quality", "kept_segments",
-    "rejected"}. `dnsmos_handler` lets tests pass a handler with a fake model.
+    """{"segments", "sources", "speech_regions", "transcripts"} -> {"segment_quality",
+    "kept_segments", "rejected"}. The DNSMOS windows come on the transcripts (scored by the
+    speech stage, `DnsmosModelHandler`); without transcripts, or with quality.dnsmos off, the
+    DNSMOS columns stay null."""
 
-    `spread(cost=..., key=..., what=...)`: how the pipeline layer deals DNSMOS work to its
-    workers (a PTransform, or None to leave the requests where they are); `dnsmos_pieces`:
-    how many pieces a source's DNSMOS spans may be cut into for that (`dnsmos_pieces`; 1: a
-    source is one request). Both are the pipeline layer's choice: the stage knows nothing of
-    the runner."""
-
-    def __init__(self, cfg: QualityConfig, run_id: str, *, dnsmos_handler: ModelHandler | None = None,
-                 sample_rate: int = 16000, spread=None, dnsmos_pieces: int = 1):
+    def __init__(self, cfg: QualityConfig, run_id: str):
         super().__init__()
-        self._spread, self._pieces = spread, max(1, dnsmos_pieces)
         self._cfg = cfg
         self._run_id = run_id
-        self.dnsmos_handler = (
-            dnsmos_handler or DnsmosModelHandler(cfg.dnsmos_threads, sample_rate, batch=cfg.dnsmos_batch)
-            if cfg.dnsmos else None)
 
     def expand(self, inputs: dict):
         run_id = self._run_id
@@ -561,29 +480,11 @@ class JudgeQuality(beam.PTransform):
             "sources": inputs["sources"] | "KeySources" >> beam.Map(lambda s: (s.source_id, s)),
             "regions": inputs["speech_regions"] | "KeyRegions" >> beam.Map(lambda r: (r.source_id, r)),
         }
+        if "transcripts" in inputs:
+            keyed["transcripts"] = inputs["transcripts"] | "KeyTranscripts" >> beam.Map(lambda t: (t.source_id, t))
         scored = (keyed
                   | "JoinBySource" >> beam.CoGroupByKey()
-                  | "ScoreText" >> beam.ParDo(_ScoreTextFn(run_id)))
-        rejected = []
-        if self.dnsmos_handler is not None:
-            pieces = scored | "DnsmosRequests" >> beam.FlatMap(dnsmos_pieces, self._pieces)
-            # dealt by the windows the network runs: dealt whole, the talk and the meeting left
-            # one worker of a 2-worker merge 11.5 s alone at the end (bench/README.md, bench_orchestration.py)
-            spread = self._spread and self._spread(cost=_piece_cost, key=_piece_key, what="DNSMOS windows")
-            if spread is not None:
-                pieces = pieces | "SpreadDnsmos" >> spread
-            results, failed = (
-                pieces
-                | "Dnsmos" >> RunInference(KeyedModelHandler(self.dnsmos_handler)).with_exception_handling()
-            )
-            with_scores = (
-                (results | "ScoredPieces" >> beam.Map(_scored_piece),
-                 failed.failed_inferences | "FailedPieces" >> beam.FlatMap(_failed_pieces))
-                | "AllPieces" >> beam.Flatten()
-                | "PiecesBySource" >> beam.GroupByKey()
-                | "WithDnsmos" >> beam.ParDo(_WithDnsmosFn(run_id)).with_outputs(REJECTED, main="sources"))
-            rejected.append(with_scores[REJECTED])
-            scored = with_scores.sources
+                  | "ScoreText" >> beam.ParDo(_ScoreTextFn(run_id, self._cfg.dnsmos)))
         min_s = self._cfg.rate_min_duration_s
         rates = (scored
                  | "RatePerSegment" >> beam.FlatMap(
@@ -592,9 +493,8 @@ class JudgeQuality(beam.PTransform):
                  | "RateByLanguage" >> beam.CombinePerKey(_QuartilesFn(self._cfg.rate_min_segments)))
         judged = scored | "Judge" >> beam.ParDo(
             _JudgeFn(self._cfg, run_id), pvalue.AsDict(rates)).with_outputs("kept", REJECTED, main="rows")
-        rejected.append(judged[REJECTED])
         return {
             "segment_quality": judged.rows,
             "kept_segments": judged.kept,
-            "rejected": rejected | "FlattenQualityRejections" >> beam.Flatten(),
+            "rejected": judged[REJECTED],
         }

@@ -4,7 +4,8 @@
       | "DecodeOnce"  (only when the VAD step did not keep the samples)
       +-- "PrepareAsr" -> "Transcribe" (RunInference, ASR model) -> "AsrOutcomes" ---------+
       +-- "PrepareDiarization" -> "Diarize" (RunInference, diarizer) -> "DiarizeOutcomes" -+-- "JoinAsrAndTurns"
-      +-- "KeySources" --------------------------------------------------------------------+    (CoGroupByKey)
+      +-- "PrepareDnsmos" -> "Dnsmos" (RunInference, DNSMOS P.835) -> "DnsmosOutcomes" ----+    (CoGroupByKey)
+      +-- "KeySources" --------------------------------------------------------------------+
                                                                                                  |
                                                         "AttributeSpeakers" -> segments, transcripts, turns
 
@@ -12,8 +13,9 @@ The two model steps are `RunInference` transforms with stable labels, so a runne
 them apart (ASR on GPU workers, diarization elsewhere; resource hints come from the model
 handlers). Each worker process loads each model once and shares it across its threads. The
 decoded samples travel only between fused steps (DetectSpeech -> Transcribe/Diarize, no
-shuffle in between), so a source is decoded once for VAD, ASR and diarization; only results
-go through the join.
+shuffle in between), so a source is decoded once for VAD, ASR, diarization and, when the
+quality stage runs, DNSMOS (its windows of contiguous speech, `mmcurate.transforms.quality`,
+reach the quality stage on the transcript row); only results go through the join.
 
 Ledger rules (nothing is lost):
 * ASR yields no segment for a source (music or noise that slipped past VAD, or a source with
@@ -30,6 +32,9 @@ Ledger rules (nothing is lost):
   -> Rejection(stage "asr", reason "hallucination", item_id f"{source_id}-asr-{start:.3f}",
   the rule, scores and text in the detail).
 * diarization.backend == "none": no "Diarize" step; every word is speaker 0; no turns rows.
+* DNSMOS raising on one source -> Rejection(stage "quality", reason "dnsmos_error",
+  item_id = source_id); its transcript has no windows and the quality stage judges its
+  segments without DNSMOS.
 
 The `turns` table holds the diarizer's own overlap-aware turns with the same speaker labels as
 `segments` (f"{source_id}-spk{k}"), written whenever diarization succeeded on a source.
@@ -365,6 +370,37 @@ def turn_rows(source_id: str, turns: list[Turn], labels: dict[int, int], model: 
     ]
 
 
+def _dnsmos_requests(sample_rate: int):
+    def requests(element: SpeechInput):
+        from mmcurate.transforms.quality import DnsmosRequest, speech_stretches
+
+        # no region: no segment to score
+        if element.regions is None or element.regions:
+            spans = ([(0.0, element.audio.shape[0] / sample_rate)] if element.regions is None
+                     else [(r.start, r.end) for r in element.regions])
+            yield element.source, DnsmosRequest(element.audio, speech_stretches(spans))
+    return requests
+
+
+def _dnsmos_outcome(keyed):
+    source, prediction = keyed
+    Metrics.counter(NS, "quality.dnsmos_windows").inc(len(prediction.inference))
+    return source.source_id, list(prediction.inference)
+
+
+def _dnsmos_failures(run_id: str):
+    def rows(dead_letter):
+        batch, error = dead_letter
+        for source, _req in batch:
+            Metrics.counter(NS, "quality.dnsmos_error").inc()
+            log.warning("%s: DNSMOS failed: %s", source.source_id, printable(_dead_letter_text(error)))
+            yield Rejection.make(
+                stage="quality", reason="dnsmos_error",
+                detail=f"segments judged without DNSMOS: {_dead_letter_text(error)}",
+                uri=source.uri, run_id=run_id, source_id=source.source_id, item_id=source.source_id)
+    return rows
+
+
 class _AttributeFn(beam.DoFn):
     """Joined (source_id, {source, asr, turns}) -> Segment rows + one Transcript row + turns."""
 
@@ -385,6 +421,7 @@ class _AttributeFn(beam.DoFn):
         sources = list(groups["source"])
         asrs = list(groups["asr"])
         diar: DiarizeOutcome | None = next(iter(groups.get("turns", [])), None)
+        dnsmos = next(iter(groups.get("dnsmos", [])), None)
         if not sources:
             return
         source: SourceRecord = sources[0]
@@ -469,6 +506,7 @@ class _AttributeFn(beam.DoFn):
             asr_model=res.model,
             diarization_model=diarization_model,
             run_id=self._run_id,
+            dnsmos_windows=dnsmos,
         ))
         _log_source(source_id, asr, diar if self._diarize else None, utts, n_speakers)
 
@@ -534,7 +572,9 @@ class TranscribeSpeech(beam.PTransform):
     """PCollection[SpeechInput] -> {"segments", "transcripts", "turns", "rejected"}.
 
     The models are `RunInference` model handlers (defaults: `AsrModelHandler(asr)`,
-    `DiarizationModelHandler(diarization)`); tests pass handlers with fake loaders. Regions
+    `DiarizationModelHandler(diarization)`); tests pass handlers with fake loaders.
+    `dnsmos_handler` (`mmcurate.transforms.quality.DnsmosModelHandler`, when the quality stage
+    runs) scores the same samples for DNSMOS; None: no DNSMOS step. Regions
     None in a SpeechInput means "transcribe the whole source" (no VAD ran); audio None means
     the samples were not kept upstream and are decoded here, once for both models.
     """
@@ -542,8 +582,10 @@ class TranscribeSpeech(beam.PTransform):
     def __init__(self, asr: AsrConfig, diarization: DiarizationConfig, segments: SegmentsConfig,
                  run_id: str, *, sample_rate: int = 16000,
                  asr_handler: ModelHandler | None = None,
-                 diarization_handler: ModelHandler | None = None):
+                 diarization_handler: ModelHandler | None = None,
+                 dnsmos_handler: ModelHandler | None = None):
         super().__init__()
+        self.dnsmos_handler = dnsmos_handler
         self._asr = asr
         self._diar = diarization
         self._segments = segments
@@ -590,6 +632,15 @@ class TranscribeSpeech(beam.PTransform):
             groups["turns"] = diar_results | "DiarizeOutcomes" >> beam.Map(_diarize_outcome)
             rejected.append(diar_failed.failed_inferences
                             | "DiarizationFailures" >> beam.FlatMap(_diarize_failures(run_id)))
+        if self.dnsmos_handler is not None:
+            dnsmos_results, dnsmos_failed = (
+                speech
+                | "PrepareDnsmos" >> beam.FlatMap(_dnsmos_requests(self._sr))
+                | "Dnsmos" >> RunInference(KeyedModelHandler(self.dnsmos_handler)).with_exception_handling()
+            )
+            groups["dnsmos"] = dnsmos_results | "DnsmosOutcomes" >> beam.Map(_dnsmos_outcome)
+            rejected.append(dnsmos_failed.failed_inferences
+                            | "DnsmosFailures" >> beam.FlatMap(_dnsmos_failures(run_id)))
         attributed = (
             groups
             | "JoinAsrAndTurns" >> beam.CoGroupByKey()
