@@ -167,13 +167,14 @@ def main(argv=None):
         embed(sets, cache)
         return
     from mmcurate.pipelines.config import DiarizationConfig
-    from mmcurate.transforms.diarize import EmbeddedDiarizer
+    from mmcurate.transforms import diarize_core as core
 
     cfg = DiarizationConfig()
     for kv in args.set:
         key, value = kv.split("=", 1)
-        setattr(cfg, key, type(getattr(cfg, key))(value))
-    params = EmbeddedDiarizer.params_of(cfg)
+        setattr(cfg, key, None if value in ("null", "none") else
+                int(value) if key == "min_cluster_size" else float(value))
+    params = core.Params(cfg.clustering_threshold, cfg.min_cluster_size, distinct_below=cfg.distinct_below)
     for s in sets:
         names = [n for n, _ in recordings([s])]
         results = run(names, cache, params)

@@ -102,6 +102,11 @@ TRANSCRIPTS = pa.schema(
         pa.field("asr_model", pa.string()),
         pa.field("diarization_model", pa.string()),
         pa.field("run_id", pa.string(), nullable=False),
+        # how sure the diarizer is of the source's speaker count, 0..1: the smallest relative
+        # change of its clustering threshold that gives another count, over 15 %
+        # (transforms/diarize_core.count_margin); null: no diarization, the count given by
+        # hints, or a backend that reports none. `mmcurate audit` lists the sources under 0.5
+        pa.field("diarization_confidence", pa.float64()),
     ]
 )
 
@@ -119,6 +124,7 @@ TURNS = pa.schema(
         pa.field("overlapped", pa.bool_(), nullable=False),  # another speaker talks during it
         pa.field("diarization_model", pa.string()),
         pa.field("run_id", pa.string(), nullable=False),
+        pa.field("diarization_confidence", pa.float64()),  # the source's, as in transcripts
     ]
 )
 
