@@ -8,7 +8,7 @@ cached arrays in seconds (`diarize_core.turns`, the code the diarizer runs).
 
     .venv/bin/python bench/bench_diarization_count.py embed [--sets fit,test,long,shared]
     .venv/bin/python bench/bench_diarization_count.py table [--sets ...] [--set clustering_threshold=0.6 ...]
-    .venv/bin/python bench/bench_diarization_count.py sweep --sets fit
+    .venv/bin/python bench/bench_diarization_count.py table --sets fit --oracle
 
 Speaker confusion and DER come from pyannote.metrics (no collar, overlap scored; each label's
 tracks merged with `.support()`). `table` prints, per speaker count, conversations, exact
@@ -117,17 +117,72 @@ def score(ref, hyp) -> dict:
             "missed": d["missed detection"], "false_alarm": d["false alarm"]}
 
 
-def run(names, cache: Path, params, **hints):
+def oracle_turns(c, ref):
+    """Each (window, local speaker) given the reference speaker it covers most, then the same
+    reconstruction: the turns of a perfect clustering of these segmentations, i.e. the least
+    confusion any clustering choice can reach with this front end."""
+    from mmcurate.transforms import diarize_core as core
+
+    labels = sorted({lab for _, _, lab in ref})
+    num_chunks, num_frames, num_local = c.binarized.shape
+    hard = np.full((num_chunks, num_local), -2)
+    offsets = np.arange(num_frames) * core.FRAME_STEP_S + core.FRAME_DURATION_S / 2
+    for i in range(num_chunks):
+        t = i * c.step + offsets
+        for j in range(num_local):
+            at = t[c.binarized[i, :, j] > 0]
+            if at.size:
+                hits = np.zeros(len(labels))
+                for s, e, lab in ref:
+                    hits[labels.index(lab)] += np.sum((at >= s) & (at < e))
+                hard[i, j] = int(np.argmax(hits))
+    frames = core.Frames(core.FRAME_DURATION_S, core.FRAME_STEP_S)
+    return core.to_turns(core.reconstruct(c.binarized, hard, c.count.astype(np.int8), c.step, frames), frames)
+
+
+def run(names, cache: Path, params, oracle: bool = False, **hints):
     """name -> (true count, found count, score) with `params` (diarize_core.Params)."""
     from mmcurate.transforms import diarize_core as core
 
     out = {}
     for name in names:
         c, ref = load(name, cache)
-        regular, _, confidence = core.turns(c, params, **hints)
+        regular, _, confidence = (oracle_turns(c, ref), None, None) if oracle else core.turns(c, params, **hints)
         found = len({k for _, _, k in regular})
         out[name] = (len({lab for _, _, lab in ref}), found, {**score(ref, regular), "confidence": confidence})
     return out
+
+
+def labels_over_time(name: str, cache: Path, params, slice_s: float = 300.0) -> list[str]:
+    """Per reference speaker: the hypothesis label holding most of their speech in each
+    `slice_s` slice, e.g. for the 30-minute file: one label per person across the file, and
+    every person a label of their own."""
+    from mmcurate.transforms import diarize_core as core
+
+    c, ref = load(name, cache)
+    hyp, _, _ = core.turns(c, params)
+    step = 0.01
+    n = int(max(e for _, e, _ in ref) / step) + 1
+    frames = np.arange(n) * step
+
+    def active(turns, label):
+        a = np.zeros(n, bool)
+        for s, e, lab in turns:
+            if lab == label:
+                a[(frames >= s) & (frames < e)] = True
+        return a
+
+    hyp_active = {k: active(hyp, k) for k in sorted({k for _, _, k in hyp})}
+    lines = []
+    for person in sorted({lab for _, _, lab in ref}):
+        mine = active(ref, person)
+        held = []
+        for t0 in np.arange(0.0, n * step, slice_s):
+            part = mine & (frames >= t0) & (frames < t0 + slice_s)
+            overlap = {k: int(np.sum(part & a)) for k, a in hyp_active.items()}
+            held.append(str(max(overlap, key=overlap.get)) if part.any() else "-")
+        lines.append(f"{person}: {' '.join(held)}")
+    return lines
 
 
 def table(results) -> str:
@@ -160,6 +215,7 @@ def main(argv=None):
     ap.add_argument("--cache", default=str(CACHE))
     ap.add_argument("--set", action="append", default=[], help="clustering setting, e.g. clustering_threshold=0.6")
     ap.add_argument("--detail", action="store_true", help="one line per recording")
+    ap.add_argument("--oracle", action="store_true", help="a perfect clustering instead (see oracle_turns)")
     args = ap.parse_args(argv)
     sets = args.sets.split(",")
     cache = Path(args.cache)
@@ -177,11 +233,19 @@ def main(argv=None):
     params = core.Params(cfg.clustering_threshold, cfg.min_cluster_size, distinct_below=cfg.distinct_below)
     for s in sets:
         names = [n for n, _ in recordings([s])]
-        results = run(names, cache, params)
-        print(f"\n{s} ({', '.join(args.set) or 'defaults'}):\n{table(results)}")
+        names = [n for n in names if (cache / f"{n}.npz").exists()]
+        results = run(names, cache, params, oracle=args.oracle)
+        what = "oracle clustering" if args.oracle else (", ".join(args.set) or "defaults")
+        print(f"\n{s} ({what}):\n{table(results)}")
+        if args.detail and not args.oracle and s == "long":
+            print("  label holding most of each person's speech, per 5 minutes:")
+            for line in labels_over_time(names[0], cache, params):
+                print(f"    {line}")
         if args.detail:
             for n, (t, f, sc) in results.items():
-                print(f"  {n}: {t} -> {f}, confusion {100 * sc['confusion'] / sc['total']:.1f} %, DER {100 * sc['der']:.1f} %")
+                conf = sc["confidence"]
+                print(f"  {n}: {t} -> {f}, confusion {100 * sc['confusion'] / sc['total']:.1f} %, "
+                      f"DER {100 * sc['der']:.1f} %, confidence {'-' if conf is None else f'{conf:.2f}'}")
 
 
 if __name__ == "__main__":
