@@ -165,6 +165,7 @@ class Transcript(_Row):
     diarization_model: str | None
     run_id: str
     dnsmos_windows: list[DnsmosWindow] | None = None
+    diarization_confidence: float | None = None  # of the speaker count (tables.TRANSCRIPTS)
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class TurnRow(_Row):
     overlapped: bool
     diarization_model: str | None
     run_id: str
+    diarization_confidence: float | None = None  # the source's, as in transcripts
 
 
 @dataclass(frozen=True)
@@ -372,6 +374,7 @@ class DiarizationResult:
     exclusive: list[Turn] | None = None
     model: str | None = None
     elapsed_s: float = 0.0
+    confidence: float | None = None  # of the speaker count, 0..1 (tables.TRANSCRIPTS)
 
 
 @dataclass(frozen=True)

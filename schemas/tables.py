@@ -151,6 +151,11 @@ TRANSCRIPTS = pa.schema(
         # the source's speech in DNSMOS windows, by start (null: the quality stage did not run,
         # quality.dnsmos was off, or the model failed: a quality/dnsmos_error ledger row)
         pa.field("dnsmos_windows", pa.list_(DNSMOS_WINDOW)),
+        # how sure the diarizer is of the source's speaker count, 0..1: the smallest relative
+        # change of its clustering threshold that gives another count, over 15 %
+        # (transforms/diarize_core.count_margin); null: no diarization, the count given by
+        # hints, or a backend that reports none. `mmcurate audit` lists the sources under 0.5
+        pa.field("diarization_confidence", pa.float64()),
     ]
 )
 
@@ -168,6 +173,7 @@ TURNS = pa.schema(
         pa.field("overlapped", pa.bool_(), nullable=False),  # another speaker talks during it
         pa.field("diarization_model", pa.string()),
         pa.field("run_id", pa.string(), nullable=False),
+        pa.field("diarization_confidence", pa.float64()),  # the source's, as in transcripts
     ]
 )
 

@@ -568,3 +568,27 @@ def test_gpu_model_steps_carry_accelerator_resource_hints():
     assert asr_steps and all(DEFAULT_GPU_HINT.encode() in h[k] for h in asr_steps for k in h)
     assert diar_steps and all(b"nvidia-tesla-t4" in h[k] for h in diar_steps for k in h)
     assert not any(label.startswith("Speech/AttributeSpeakers") for label in hints)
+
+
+class _SureOfTwoDiarizer(FakeDiarizer):
+    """The fake diarizer's turns, with a speaker-count confidence as the embedded one reports it."""
+
+    def diarize_full(self, audio, sample_rate=16000, **hints):
+        from mmcurate.schemas.records import DiarizationResult
+
+        return DiarizationResult(self.diarize(audio, sample_rate, **hints), None, confidence=0.25)
+
+
+def test_diarization_confidence_reaches_turns_and_transcripts(tmp_path, fake_run):
+    """The diarizer's per-source confidence is a column of `turns` and `transcripts`; a diarizer
+    that reports none (the plain fake) leaves it null."""
+    inputs = [source_of(write_wav(tmp_path / "two.wav", 5.0))]
+    turns: list = []
+    _, transcripts, rejected, _, _ = run_stage(inputs, diarizer=lambda _: _SureOfTwoDiarizer(), turns=turns)
+    assert rejected == [] and len(turns) == 2
+    assert {t.diarization_confidence for t in turns} == {0.25}
+    assert transcripts["srctwo"].diarization_confidence == 0.25
+    assert to_table("turns", turns).column("diarization_confidence").to_pylist() == [0.25, 0.25]
+    _, (_, transcripts, _, _, _), turns = fake_run
+    assert {t.diarization_confidence for t in turns} == {None}
+    assert {t.diarization_confidence for t in transcripts.values()} == {None}

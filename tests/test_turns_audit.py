@@ -462,3 +462,27 @@ def test_real_diarizer_der_matches_scorer(sample_turns, tmp_path: Path, capsys) 
     assert f"{theirs['der'] * 100:.2f}%" in text and "sample.rttm#sample" in text
     s = audit.summarize(str(out))["turns"]
     assert s["overlapped_s"] > 0 and 0 < s["overlapped_speech_share"] < 0.5
+
+
+def test_summary_lists_sources_to_review_by_diarization_confidence(tmp_path: Path) -> None:
+    """The per-source speaker-count confidence: min / mean over sources that have one, and the
+    sources under the review level, least sure first; turns of older runs (no value) count in
+    neither."""
+    import dataclasses
+
+    from mmcurate.quality.turns import REVIEW_BELOW
+
+    out = tmp_path / "out"
+
+    def rows(sid, confidence):
+        return [dataclasses.replace(r, diarization_confidence=confidence)
+                for r in turn_rows(sid, [(0.0, 2.0, "A"), (2.0, 4.0, "B")])]
+
+    _write(out, "turns", rows("sure", 1.0) + rows("unsure", 0.1) + rows("shaky", 0.3) + rows("old", None))
+    c = audit.summarize(str(out))["turns"]["confidence"]
+    assert c["sources"] == 3 and c["min"] == pytest.approx(0.1) and c["mean"] == pytest.approx(1.4 / 3)
+    assert c["review_below"] == REVIEW_BELOW
+    assert c["review"] == [{"source_id": "unsure", "confidence": 0.1}, {"source_id": "shaky", "confidence": 0.3}]
+    text = audit.format_summary(audit.summarize(str(out)))
+    assert f"sources to review (confidence < {REVIEW_BELOW:g})" in text and "2: unsure, shaky" in text
+    assert "speaker-count confidence min / mean" in text and "0.10 / 0.47" in text

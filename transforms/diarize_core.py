@@ -59,6 +59,10 @@ class Params:
     min_cluster_size: int  # clustering.min_cluster_size
     min_duration_off: float = 0.0  # segmentation.min_duration_off
     exclude_overlap: bool = True  # embedding_exclude_overlap
+    # a cluster under min_cluster_size (of at least 2 embeddings) whose mean direction has a
+    # cosine similarity below this with every large cluster's is kept as a speaker of its own
+    # (someone who says little), not merged into the closest large cluster. None: pyannote's rule
+    distinct_below: float | None = None
 
 
 class Frames:
@@ -192,28 +196,74 @@ def _num_clusters(num_embeddings, num_clusters, min_clusters, max_clusters):
     return num_clusters, min_clusters, max_clusters
 
 
+def _distinct(emb, clusters, large, small, small_sizes, below: float, room: int) -> np.ndarray:
+    """Which small clusters are far enough from every large one to be speakers of their own
+    (at most `room` of them, the farthest first)."""
+    def direction(k):
+        d = np.sum(emb[clusters == k], axis=0)
+        return d / np.linalg.norm(d)
+
+    keep = np.zeros(len(small), dtype=bool)
+    if room <= 0:
+        return keep
+    large_dirs = np.vstack([direction(k) for k in large])
+    nearest = np.array([np.max(large_dirs @ direction(k)) for k in small])
+    order = [i for i in np.argsort(nearest) if nearest[i] < below and small_sizes[i] >= 2]
+    keep[order[:room]] = True
+    return keep
+
+
+def _num_large(clusters: np.ndarray, min_cluster_size: int) -> int:
+    return int(np.sum(np.unique(clusters, return_counts=True)[1] >= min_cluster_size))
+
+
+# the speaker count is called sure (confidence 1.0) when no linkage threshold within this
+# relative distance of the one in use gives another number of large clusters
+CONFIDENCE_SPAN = 0.15
+
+
+def count_margin(count_at: Callable[[float], int], threshold: float, steps: int = 100) -> float:
+    """0..1: the smallest relative change of `threshold`, up or down, that changes
+    `count_at(threshold)` (the number of clusters), over CONFIDENCE_SPAN, in `steps` steps: 0.0
+    when the first step already does, 1.0 when no change within the span does."""
+    found = count_at(threshold)
+    for i in range(1, steps + 1):
+        change = threshold * CONFIDENCE_SPAN * i / steps
+        if count_at(threshold - change) != found or count_at(threshold + change) != found:
+            return (i - 1) / steps
+    return 1.0
+
+
 def _agglomerative(emb: np.ndarray, params: Params, min_clusters: int, max_clusters: int,
-                   num_clusters: int | None) -> np.ndarray:
-    """``AgglomerativeClustering.cluster`` (method "centroid", metric "cosine")."""
+                   num_clusters: int | None) -> tuple[np.ndarray, float | None]:
+    """``AgglomerativeClustering.cluster`` (method "centroid", metric "cosine"), keeping
+    `params.distinct_below` small clusters apart when set: (clusters, confidence of their number
+    (`count_margin`), None when the hints decided it)."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import cdist
 
     num_embeddings = emb.shape[0]
     min_cluster_size = min(params.min_cluster_size, max(1, round(0.1 * num_embeddings)))
     if num_embeddings == 1:
-        return np.zeros((1,), dtype=np.uint8)
+        return np.zeros((1,), dtype=np.uint8), None
     with np.errstate(divide="ignore", invalid="ignore"):
         emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
     dendrogram = linkage(emb, method="centroid", metric="euclidean")
+
     clusters = fcluster(dendrogram, params.threshold, criterion="distance") - 1
     cluster_unique, cluster_counts = np.unique(clusters, return_counts=True)
     large_clusters = cluster_unique[cluster_counts >= min_cluster_size]
     num_large_clusters = len(large_clusters)
+    confidence = None
+    if num_clusters is None and min_clusters <= num_large_clusters <= max_clusters:
+        confidence = count_margin(
+            lambda t: _num_large(fcluster(dendrogram, t, criterion="distance"), min_cluster_size), params.threshold)
     if num_large_clusters < min_clusters:
         num_clusters = min_clusters
     elif num_large_clusters > max_clusters:
         num_clusters = max_clusters
     if num_clusters is not None and num_large_clusters != num_clusters:
+        # the bounds decide: pyannote's search of the dendrogram for that many large clusters
         _dendrogram = np.copy(dendrogram)
         _dendrogram[:, 2] = np.arange(num_embeddings - 1)
         best_iteration, best_num_large_clusters = num_embeddings - 1, 1
@@ -237,21 +287,29 @@ def _agglomerative(emb: np.ndarray, params: Params, min_clusters: int, max_clust
                      num_large_clusters, min_cluster_size)
     if num_large_clusters == 0:
         clusters[:] = 0
-        return clusters
+        return clusters, confidence
     small_clusters = cluster_unique[cluster_counts < min_cluster_size]
+    if params.distinct_below is not None and len(small_clusters) and num_clusters is None:
+        keep = _distinct(emb, clusters, large_clusters, small_clusters, cluster_counts[cluster_counts < min_cluster_size],
+                         params.distinct_below, max_clusters - len(large_clusters))
+        large_clusters = np.concatenate([large_clusters, small_clusters[keep]])
+        small_clusters = small_clusters[~keep]
     if len(small_clusters) == 0:
-        return clusters
+        _, clusters = np.unique(clusters, return_inverse=True)
+        return clusters, confidence
     large_centroids = np.vstack([np.mean(emb[clusters == k], axis=0) for k in large_clusters])
     small_centroids = np.vstack([np.mean(emb[clusters == k], axis=0) for k in small_clusters])
     for small_k, large_k in enumerate(np.argmin(cdist(large_centroids, small_centroids, metric="cosine"), axis=0)):
         clusters[clusters == small_clusters[small_k]] = large_clusters[large_k]
     _, clusters = np.unique(clusters, return_inverse=True)
-    return clusters
+    return clusters, confidence
 
 
 def cluster(embeddings: np.ndarray, binarized: np.ndarray, params: Params, num_clusters=None,
-            min_clusters=None, max_clusters=None) -> np.ndarray:
-    """``BaseClustering.__call__``: (num_chunks, 3) hard cluster of each (window, speaker)."""
+            min_clusters=None, max_clusters=None) -> tuple[np.ndarray, float | None]:
+    """``BaseClustering.__call__``: (num_chunks, 3) hard cluster of each (window, speaker), and
+    the confidence of their number (`count_margin`; None: given or bounded by the hints, or
+    fewer than two embeddings to cluster)."""
     from scipy.spatial.distance import cdist
 
     num_chunks, num_frames, num_speakers = binarized.shape
@@ -263,13 +321,13 @@ def cluster(embeddings: np.ndarray, binarized: np.ndarray, params: Params, num_c
     num_clusters, min_clusters, max_clusters = _num_clusters(train.shape[0], num_clusters, min_clusters,
                                                              max_clusters)
     if max_clusters < 2:
-        return np.zeros((num_chunks, num_speakers), dtype=np.int8)
-    train_clusters = _agglomerative(train, params, min_clusters, max_clusters, num_clusters)
+        return np.zeros((num_chunks, num_speakers), dtype=np.int8), None
+    train_clusters, confidence = _agglomerative(train, params, min_clusters, max_clusters, num_clusters)
     k = np.max(train_clusters) + 1
     train = embeddings[chunk_idx, speaker_idx]  # not normalized (assign_embeddings)
     centroids = np.vstack([np.mean(train[train_clusters == i], axis=0) for i in range(k)])
     distance = cdist(embeddings.reshape(num_chunks * num_speakers, -1), centroids, metric="cosine")
-    return np.argmax((2 - distance).reshape(num_chunks, num_speakers, k), axis=2)
+    return np.argmax((2 - distance).reshape(num_chunks, num_speakers, k), axis=2), confidence
 
 
 # -------------------------------------------------------------------------- 5. reconstruction
@@ -340,10 +398,19 @@ def to_turns(binary: np.ndarray, frames: Frames, min_duration_off: float = 0.0) 
 # ------------------------------------------------------------------------------- the pipeline
 
 
-def diarize(audio: np.ndarray, forward: Callable, embed: Callable, params: Params, *, step: float,
-            min_num_samples: int, dimension: int, batch_size: int = 1, num_speakers=None, min_speakers=None,
-            max_speakers=None, hook: Callable | None = None):
-    """(regular, exclusive) turns as (start, end, cluster) lists; `step` in seconds."""
+@dataclass(frozen=True)
+class Chunks:
+    """What the models say about a recording, before any clustering choice: segmentation
+    (num_chunks, 589, 3) 0/1, instantaneous speaker count (num_frames, 1) and one embedding per
+    (window, local speaker) (num_chunks, 3, dimension); `step` in seconds."""
+
+    binarized: np.ndarray
+    count: np.ndarray
+    embeddings: np.ndarray
+    step: float
+
+
+def _speaker_bounds(num_speakers, min_speakers, max_speakers):
     min_speakers = num_speakers or min_speakers or 1
     max_speakers = num_speakers or max_speakers or np.inf
     if min_speakers > max_speakers:
@@ -351,6 +418,13 @@ def diarize(audio: np.ndarray, forward: Callable, embed: Callable, params: Param
                          f"(here: min_speakers={min_speakers:g} and max_speakers={max_speakers:g}).")
     if min_speakers == max_speakers:
         num_speakers = min_speakers
+    return num_speakers, min_speakers, max_speakers
+
+
+def chunks(audio: np.ndarray, forward: Callable, embed: Callable, params: Params, *, step: float,
+           min_num_samples: int, dimension: int, batch_size: int = 1, hook: Callable | None = None
+           ) -> Chunks | None:
+    """Steps 1-3 (the models); None when nobody speaks."""
 
     def step_hook(name):
         return None if hook is None else (lambda **kw: hook(name, None, **kw))
@@ -359,17 +433,38 @@ def diarize(audio: np.ndarray, forward: Callable, embed: Callable, params: Param
     binarized = segment(audio, forward, step, batch_size, step_hook("segmentation"))
     count = speaker_count(binarized, step, frames)
     if np.nanmax(count) == 0.0:
-        return [], []
+        return None
     emb = embeddings(audio, binarized, step, embed, min_num_samples, dimension, params.exclude_overlap,
                      step_hook("embeddings"))
-    hard = cluster(emb, binarized, params, num_speakers, min_speakers, max_speakers)
+    return Chunks(binarized, count, emb, step)
+
+
+def turns(c: Chunks, params: Params, num_speakers=None, min_speakers=None, max_speakers=None):
+    """Steps 4-5 (clustering, reconstruction): (regular, exclusive, confidence), turns as
+    (start, end, cluster); confidence as `cluster` gives it."""
+    num_speakers, min_speakers, max_speakers = _speaker_bounds(num_speakers, min_speakers, max_speakers)
+    frames = Frames(FRAME_DURATION_S, FRAME_STEP_S)
+    hard, confidence = cluster(np.copy(c.embeddings), c.binarized, params, num_speakers, min_speakers, max_speakers)
     found = np.max(hard) + 1
     if found < min_speakers or found > max_speakers:
         warnings.warn(f"The detected number of speakers ({found}) is outside the given bounds "
                       f"[{min_speakers}, {max_speakers}].")
-    count = np.minimum(count, max_speakers).astype(np.int8)
-    hard[np.sum(binarized, axis=1) == 0] = -2
-    regular = to_turns(reconstruct(binarized, hard, count, step, frames), frames, params.min_duration_off)
+    count = np.minimum(c.count, max_speakers).astype(np.int8)
+    hard[np.sum(c.binarized, axis=1) == 0] = -2
+    regular = to_turns(reconstruct(c.binarized, hard, count, c.step, frames), frames, params.min_duration_off)
     count = np.minimum(count, 1).astype(np.int8)
-    exclusive = to_turns(reconstruct(binarized, hard, count, step, frames), frames, params.min_duration_off)
-    return regular, exclusive
+    exclusive = to_turns(reconstruct(c.binarized, hard, count, c.step, frames), frames, params.min_duration_off)
+    return regular, exclusive, confidence
+
+
+def diarize(audio: np.ndarray, forward: Callable, embed: Callable, params: Params, *, step: float,
+            min_num_samples: int, dimension: int, batch_size: int = 1, num_speakers=None, min_speakers=None,
+            max_speakers=None, hook: Callable | None = None):
+    """(regular, exclusive, confidence): turns as (start, end, cluster) lists (`turns`); `step`
+    in seconds."""
+    _speaker_bounds(num_speakers, min_speakers, max_speakers)  # bad hints fail before the models run
+    c = chunks(audio, forward, embed, params, step=step, min_num_samples=min_num_samples,
+               dimension=dimension, batch_size=batch_size, hook=hook)
+    if c is None:
+        return [], [], None
+    return turns(c, params, num_speakers, min_speakers, max_speakers)

@@ -111,6 +111,7 @@ class DiarizeOutcome:
     exclusive: list[Turn]  # one speaker at a time (the diarizer's own, or flattened by rule)
     model: str | None
     elapsed_s: float
+    confidence: float | None = None  # of the speaker count (DiarizationResult.confidence)
 
 
 def _exclusive(turns: list[Turn]) -> list[Turn]:
@@ -320,7 +321,7 @@ def _diarize_outcome(keyed):
     log.info("diarize: %s: %.1f s audio in %.1f s (rtf %.3f), %d speaker(s)", printable(source.uri),
              audio_s, result.elapsed_s, result.elapsed_s / max(audio_s, 1e-9),
              len({t.speaker for t in turns}))
-    return source.source_id, DiarizeOutcome(turns, exclusive, result.model, result.elapsed_s)
+    return source.source_id, DiarizeOutcome(turns, exclusive, result.model, result.elapsed_s, result.confidence)
 
 
 def _diarize_failures(run_id: str):
@@ -353,7 +354,7 @@ def overlapped_flags(turns: list[Turn]) -> list[bool]:
 
 
 def turn_rows(source_id: str, turns: list[Turn], labels: dict[int, int], model: str | None,
-              run_id: str) -> list[TurnRow]:
+              run_id: str, confidence: float | None = None) -> list[TurnRow]:
     """`turns` table rows; `labels` maps the diarizer's speaker ids to the segments' numbers
     (speakers without words are numbered after those, by first turn)."""
     labels = dict(labels)
@@ -365,7 +366,8 @@ def turn_rows(source_id: str, turns: list[Turn], labels: dict[int, int], model: 
     return [
         TurnRow(turn_id=f"{source_id}-turn-{n:05d}", source_id=source_id,
                 speaker=f"{source_id}-spk{labels[t.speaker]}", start=float(t.start), end=float(t.end),
-                overlapped=bool(f), diarization_model=model, run_id=run_id)
+                overlapped=bool(f), diarization_model=model, run_id=run_id,
+                diarization_confidence=confidence)
         for n, (t, f) in enumerate(ordered)
     ]
 
@@ -435,9 +437,10 @@ class _AttributeFn(beam.DoFn):
 
         turns: list[Turn] = []
         default_speaker: int | None = 0  # no diarization step: one speaker
-        diarization_model = None
+        diarization_model = confidence = None
         if self._diarize:
             diarization_model = diar.model if diar else None
+            confidence = diar.confidence if diar else None
             default_speaker = None  # diarization failed or found no turn: unknown speaker
             if diar is not None and diar.turns == []:
                 yield pvalue.TaggedOutput(REJECTED, Rejection.make(
@@ -507,11 +510,12 @@ class _AttributeFn(beam.DoFn):
             diarization_model=diarization_model,
             run_id=self._run_id,
             dnsmos_windows=dnsmos,
+            diarization_confidence=confidence,
         ))
         _log_source(source_id, asr, diar if self._diarize else None, utts, n_speakers)
 
     def _turn_rows(self, source_id: str, diar: DiarizeOutcome, labels: dict[int, int]):
-        rows = turn_rows(source_id, diar.turns, labels, diar.model, self._run_id)
+        rows = turn_rows(source_id, diar.turns, labels, diar.model, self._run_id, diar.confidence)
         self._turns.inc(len(rows))
         for row in rows:
             yield pvalue.TaggedOutput("turns", row)
