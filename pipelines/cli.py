@@ -761,7 +761,8 @@ def _unreachable(name: str, portable) -> list[str]:
     if (portable.environment_type or "").upper() == "EXTERNAL" and portable.environment_config:
         targets.append(("--environment_config", portable.environment_config,
                         "the SDK worker pool (python -m apache_beam.runners.worker.worker_pool_main "
-                        "--service_port PORT, started with a Python that has mmcurate)"))
+                        "--service_port PORT, started by the venv's Python with the venv's bin first on PATH: "
+                        "its SDK workers are `python` from PATH)"))
     for flag, address, what in targets:
         host, _, port = address.rpartition(":")
         try:
