@@ -122,6 +122,7 @@ class Reporter:
         self._started: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_text: str | None = None
 
     # ---------------------------------------------------------------- what the marks say
     def counts(self) -> dict[str, tuple[int, int]]:
@@ -182,9 +183,22 @@ class Reporter:
         return self
 
     def stop(self) -> None:
+        """Stops the thread and logs where the job stood, unless that line was the last one
+        logged: a job shorter than the thread's gaps still tells its counts once."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        try:
+            text = self.line(self.counts())
+        except Exception as e:  # noqa: BLE001 - progress must never fail the run
+            log.debug("progress: %s", e)
+            return
+        def _what(t: str | None) -> tuple:  # the line without its clock
+            parts = (t or "").split(" | ")
+            return parts[0], parts[-1]
+
+        if _what(text) != _what(self._last_text):
+            log.info("%s", text)
 
     def __enter__(self) -> "Reporter":
         return self.start()
@@ -205,4 +219,4 @@ class Reporter:
             # at least every every_s; sooner (not more than one line in 2 s) when a step begins
             if now - last_line >= self.every_s or (head != last_head and now - last_line >= 2.0):
                 log.info("%s", text)
-                last_line, last_head = now, head
+                last_line, last_head, self._last_text = now, head, text

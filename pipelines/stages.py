@@ -229,7 +229,10 @@ def _build_dedup(ctx: BuildContext, streams: dict) -> dict:
     # in-graph the job's media stream exists: this run's sources are fingerprinted from their
     # media; a corpus job re-uses the output's stored fingerprints and never opens old media
     corpus = "media" not in streams
-    partition = cfg.partition or default_partition(ctx.output)
+    # the partition names this run's part of the cross-run index, one per output directory;
+    # without an index it is the run id, so the same inputs and config give the same bytes in
+    # any output directory
+    partition = cfg.partition or (default_partition(ctx.output) if cfg.index_dir else ctx.run_id)
     inputs = {"sources": streams["sources"]}
     # text_mix: the rephrase stage runs first (declaration order), in-graph or as an earlier
     # corpus job of the same `mmcurate corpus` call

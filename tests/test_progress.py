@@ -91,6 +91,18 @@ def test_the_reporter_logs_at_least_every_interval(tmp_path, caplog):
     assert all("run: 1 source(s), elapsed" in line for line in lines), lines
 
 
+def test_a_job_shorter_than_the_interval_still_tells_its_counts_once(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="mmcurate.progress"):
+        with progress.Reporter(str(tmp_path), ["ingest", "vad"], every_s=60, poll_s=0.05):
+            _mark(tmp_path, "ingest", "out", "a", "b")
+            _mark(tmp_path, "vad", "in", "a", "b")
+            _mark(tmp_path, "vad", "out", "a", "b")
+            time.sleep(0.2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "mmcurate.progress"]
+    assert len(lines) == 1 and "| run: 2 source(s), elapsed" in lines[0], lines
+    assert lines[0].endswith("| vad 2/2"), lines
+
+
 def test_the_assembler_marks_each_source_once_per_step_and_side(tmp_path):
     """`mark_step` on real Beam PCollections: one empty file per source (rows of one source
     are one mark), the video step counting only videos."""

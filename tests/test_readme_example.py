@@ -24,15 +24,16 @@ def test_the_check_reads_every_count_and_finds_a_drift():
     real = {k: dict(v) for k, v in shown.items()}
     assert rx.drift(shown, real) == []
     real["tables"]["segments"] += 1
-    real["tables"]["segment_quality"] = 70
+    assert "text_mix" not in shown["tables"]  # rephrase is opt-in: make demo has no text_mix
+    real["tables"]["text_mix"] = 70
     real["rejected"]["quality/low_dnsmos"] = 3  # not shown: the README's "..." leaves rows out
     assert rx.drift(shown, real) == [
         f"tables segments: README {shown['tables']['segments']}, run {shown['tables']['segments'] + 1}",
-        "tables segment_quality: 70 rows in the run, not in the README"]
+        "tables text_mix: 70 rows in the run, not in the README"]
     # --write makes the README say what the run gives, nothing else changes
     fixed = rx.rewrite(text, real)
     assert rx.drift(rx.claims(fixed), real) == []
-    assert "  segment_quality       70 rows" in fixed
+    assert "  text_mix              70 rows" in fixed
     assert len(fixed.splitlines()) == len(text.splitlines()) + 1
 
 
