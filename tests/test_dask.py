@@ -72,9 +72,11 @@ class Cluster:
                 p.kill()
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One cluster for the module's two runs tests (the worker-kill test runs last and leaves it
+    with one worker)."""
+    c = Cluster(tmp_path_factory.mktemp("dask"))
     yield c
     c.close()
 
@@ -122,16 +124,23 @@ DEFAULT_INPUTS = [str(MEDIA / "speech" / n) for n in ("jfk.wav", "jfk.mp3", "LDC
     [str(MEDIA / "neardup" / n) for n in ("chair-19-sd-bar.mp4", "chair-orig-22-sd-bar.mp4")]
 
 
+@pytest.fixture(scope="module")
+def default_runs(tmp_path_factory, cluster) -> dict[str, Path]:
+    """A default run of DEFAULT_INPUTS on the DirectRunner and on the cluster, each to its own
+    output, with its log beside it."""
+    tmp = tmp_path_factory.mktemp("default")
+    outs = {"direct": ["--direct_running_mode=in_memory"], "dask": cluster.args}
+    for name, args in outs.items():
+        p = _run([*DEFAULT_INPUTS, "--output", str(tmp / name), "--no-audit", *args], tmp / f"{name}.log")
+        assert p.wait(timeout=900) == 0, (tmp / f"{name}.log").read_text()[-3000:]
+    return {name: tmp / name for name in outs}
+
+
 @pytest.mark.slow
-def test_default_run_on_dask_gives_the_direct_runners_rows_in_one_pipeline(tmp_path, cluster):
-    direct, dask = tmp_path / "direct", tmp_path / "dask"
-    p = _run([*DEFAULT_INPUTS, "--output", str(direct), "--no-audit", "--direct_running_mode=in_memory"],
-             tmp_path / "direct.log")
-    assert p.wait(timeout=900) == 0, (tmp_path / "direct.log").read_text()[-3000:]
-    p = _run([*DEFAULT_INPUTS, "--output", str(dask), "--no-audit", *cluster.args], tmp_path / "dask.log")
-    assert p.wait(timeout=900) == 0, (tmp_path / "dask.log").read_text()[-3000:]
-    for log in ("direct.log", "dask.log"):
-        assert (tmp_path / log).read_text().splitlines()[-1] == "PIPELINES=1", log
+def test_default_run_on_dask_gives_the_direct_runners_rows_in_one_pipeline(default_runs):
+    direct, dask = default_runs["direct"], default_runs["dask"]
+    for out in (direct, dask):
+        assert (out.parent / f"{out.name}.log").read_text().splitlines()[-1] == "PIPELINES=1", out.name
     m_d, m_k = (json.loads((o / "manifest.json").read_text()) for o in (direct, dask))
     assert m_k["run_id"] == m_d["run_id"] and m_k["tables"] == m_d["tables"]
     assert m_k["rejected"] == m_d["rejected"] and m_k["stats"] == m_d["stats"]
@@ -141,15 +150,12 @@ def test_default_run_on_dask_gives_the_direct_runners_rows_in_one_pipeline(tmp_p
 
 
 @pytest.mark.slow
-def test_a_killed_dask_worker_then_a_rerun_gives_the_same_output(tmp_path, cluster):
-    args = [str(MEDIA / "speech"), *(str(MEDIA / "speakers" / f"sb_spk{k}_snt1.wav") for k in (1, 2)),
-            "--stages", "vad,speech", "--no-audit"]
-    ref = tmp_path / "ref"
-    p = _run([*args, "--output", str(ref), *cluster.args], tmp_path / "ref.log")
-    assert p.wait(timeout=900) == 0, (tmp_path / "ref.log").read_text()[-3000:]
-
+def test_a_killed_dask_worker_then_a_rerun_gives_the_same_output(tmp_path, cluster, default_runs):
+    """The default run again on the cluster, one of its two workers SIGKILLed mid-run; then a
+    re-run into the same output: the uninterrupted Dask run's rows."""
+    args = [*DEFAULT_INPUTS, "--no-audit", *cluster.args]
     out = tmp_path / "out"
-    p = _run([*args, "--output", str(out), *cluster.args], tmp_path / "a.log")
+    p = _run([*args, "--output", str(out)], tmp_path / "a.log")
     time.sleep(8)  # the workers are loading models and transcribing
     assert p.poll() is None, "the run ended before a worker could be killed"
     cluster.workers[0].send_signal(signal.SIGKILL)
@@ -157,9 +163,9 @@ def test_a_killed_dask_worker_then_a_rerun_gives_the_same_output(tmp_path, clust
     text = (tmp_path / "a.log").read_text()
     if rc != 0:  # failed: with one clear line, not a wall of tracebacks only
         assert "mmcurate:" in text or "Error" in text.splitlines()[-2], text[-2000:]
-    p = _run([*args, "--output", str(out), *cluster.args], tmp_path / "b.log")
+    p = _run([*args, "--output", str(out)], tmp_path / "b.log")
     assert p.wait(timeout=900) == 0, (tmp_path / "b.log").read_text()[-3000:]
-    assert _tables(out) == _tables(ref)
+    assert _tables(out) == _tables(default_runs["dask"])
 
 
 # ---------------------------------------------------------------- the stock runner's gaps
