@@ -19,7 +19,7 @@ from nonspeech_fixtures import write_clips
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 HARD = [MEDIA / "diarization" / "ami" / f"{n}.wav" for n in ("dev01", "trn07")] + \
        [MEDIA / "video" / "autoeditor_example.mp4"]
-BACKWARDS = [MEDIA / "diarization" / "ami" / "dev00.wav", MEDIA / "speech" / "jfk.wav"]
+BACKWARDS = [MEDIA / "diarization" / "ami" / "dev00.wav"]
 
 
 @pytest.mark.slow
@@ -28,7 +28,7 @@ def test_the_same_run_twice_gives_identical_shards(tmp_path):
     inputs.mkdir()
     for f in HARD:
         shutil.copy(f, inputs / f.name)
-    write_clips(inputs, ["hum_a", "music_hum", "noise_white_0.3"])
+    write_clips(inputs, ["hum_a", "noise_white_0.3"])
     for f in BACKWARDS:
         audio = decode_audio(str(f))
         write_audio(str(inputs / f"{f.stem}_backwards.wav"), [audio[::-1].copy()], 16000)

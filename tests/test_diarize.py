@@ -296,7 +296,7 @@ def test_counts_the_people_of_generated_conversations(embedded, name, speakers):
 
 @pytest.mark.slow
 @pytest.mark.model_score
-@pytest.mark.parametrize("name,speakers", [("fit-4spk-1min", 4), ("fit-5spk-2min", 5)])
+@pytest.mark.parametrize("name,speakers", [("fit-4spk-1min", 4)])  # fit-5spk-2min: bench/bench_diarization_count.py
 def test_a_guest_who_says_little_is_counted(embedded, name, speakers):
     """One participant speaks 4-5 s in 2 minutes: their few embeddings form a cluster under
     min_cluster_size, which pyannote's rule merged into the closest speaker (3 of 4, 4 of 5)."""
@@ -503,8 +503,8 @@ def test_pyannote_production_backend_local_dir(tmp_path, sample):
     assert len({t.speaker for t in turns}) == 2 and score["der"] <= MAX_DER
     ex = full.exclusive
     assert ex and all(a.end <= b.start + 1e-9 for a, b in zip(ex, ex[1:]))
-    # speaker-count hints pass through (on the first 15 s: a forced count needs no more)
-    forced = diarizer.diarize(audio[:15 * SR], SR, num_speakers=3)
+    # speaker-count hints pass through
+    forced = diarizer.diarize(audio, SR, num_speakers=3)
     assert len({t.speaker for t in forced}) == 3
     info = diarizer.model_info()
     assert [m["role"] for m in info] == ["diarization-segmentation", "speaker-embedding"]
@@ -656,15 +656,16 @@ def test_embedded_diarizer_does_not_import_pyannote(embedded):
 @pytest.mark.slow
 def test_torch_path_matches_onnx(embedded, sample):
     """`diarization.onnx = false` (segmentation-3.0 and CAM++ on torch, e.g. for a GPU) runs the
-    same numpy pipeline: the same speakers and turns within 0.05 s of the ONNX path's."""
-    audio, ref = sample
+    same numpy pipeline: on the sample's first 20 s (both speakers), the same speakers and turns
+    within 0.05 s of the ONNX path's (whose DER the other tests hold)."""
+    audio = sample[0][:20 * SR]
     torch_path = load_diarizer(DiarizationConfig(onnx=False))
     assert torch_path.embedding.runner is None and torch_path.embedding.model is not None
     got, want = torch_path.diarize(audio, SR), embedded.diarize(audio, SR)
-    print(f"\n[torch path] {len(got)} turns, DER {der(ref, got)['der']:.4f}")
+    print(f"\n[torch path] {len(got)} turns, {len({t.speaker for t in got})} speakers")
+    assert len({t.speaker for t in want}) == 2 and len(got) == len(want)
     assert [t.speaker for t in got] == [t.speaker for t in want]
     assert max(max(abs(a.start - b.start), abs(a.end - b.end)) for a, b in zip(got, want)) <= 0.05
-    assert der(ref, got)["der"] <= SAMPLE_MAX_DER
 
 
 # ------------------------------------------- speaker counting (clustering on made-up embeddings)

@@ -118,7 +118,8 @@ def test_bad_inputs_multiprocessing_and_rerun(bad_inputs, tmp_path):
 
 # The demo's kinds of input, without the folders of many more of the same (speakers/, the AMI
 # excerpts): `make demo` runs the whole of ../shared/media; this test keeps the suite's time.
-DEMO_INPUTS = [MEDIA / "speech", MEDIA / "diarization" / "sample.wav", MEDIA / "video" / "laion_talk.mp4",
+# (a 42 s video with speech; the 123 s laion_talk has its own tests in test_video_stage.py)
+DEMO_INPUTS = [MEDIA / "speech", MEDIA / "diarization" / "sample.wav", MEDIA / "video" / "autoeditor_example.mp4",
                MEDIA / "neardup"]
 
 
@@ -135,7 +136,7 @@ def test_cli_full_run_on_shared_media(tmp_path, capsys):
     speech_files = {p.name for p in (MEDIA / "speech").glob("*") if p.suffix in (".wav", ".mp3", ".flac")}
     # jfk.wav/mp3/flac are different bytes, so three sources
     assert speech_files <= names, names
-    assert {"sample.wav", "laion_talk.mp4"} <= names
+    assert {"sample.wav", "autoeditor_example.mp4"} <= names
     regions = _read(out, "speech_regions")
     assert {r["source_id"] for r in regions} >= {s["source_id"] for s in sources if s["speech_s"] > 0}
     # the video stage keeps the voiceless neardup clips as sources (speech 0, no regions) for
