@@ -93,9 +93,10 @@ def pytest_runtest_makereport(item, call):
 # in collection order (`--dist loadfile --no-loadscope-reorder`): longest first, the short files
 # fill in at the end (xdist's own order, most tests first, left the two long quality-acceptance
 # tests for last). Without xdist only the order changes.
-LONGEST_FILES = ["test_diarize.py", "test_asr.py", "test_dask.py", "test_pipeline.py", "test_quality_acceptance.py",
-                 "test_video_stage.py", "test_rephrase.py", "test_resume.py", "test_dedup.py", "test_reliability.py",
-                 "test_quality_stage.py", "test_orchestration.py"]
+LONGEST_FILES = ["test_dask.py", "test_asr.py", "test_diarize.py", "test_quality_acceptance.py", "test_pipeline.py",
+                 "test_rephrase.py", "test_orchestration.py", "test_resume.py", "test_determinism.py",
+                 "test_dedup.py", "test_video_stage.py", "test_export.py", "test_quality_report.py",
+                 "test_reliability.py", "test_quality_stage.py"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -33,12 +33,19 @@ MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 BIN = Path(sys.executable).parent
 
 
+# Each process of a run (the DirectRunner reference, each Dask worker) runs its models on one
+# thread: the test's 2 workers and the suite's other pytest worker share 2 cores, and both sides
+# of a comparison must use the same thread count (DNSMOS and the embeddings differ in their last
+# float bits between counts)
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 class Cluster:
     """`dask scheduler` and N `dask worker` processes (no nanny: a killed worker stays dead)."""
 
     def __init__(self, tmp: Path, workers: int = 2):
         self.file = tmp / "scheduler.json"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **ONE_THREAD)
         self.scheduler = subprocess.Popen(
             [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
              "--scheduler-file", str(self.file)], stdout=(tmp / "scheduler.log").open("w"),
@@ -67,9 +74,10 @@ class Cluster:
                 p.terminate()
         for p in [*self.workers, self.scheduler]:
             try:
-                p.wait(timeout=30)
+                p.wait(timeout=5)  # a worker left alone after the kill test may not stop on TERM
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +113,7 @@ sys.exit(rc)
 
 
 def _run(args: list[str], log: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", MMCURATE_CODE_VERSION="test-dask")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MMCURATE_CODE_VERSION="test-dask", **ONE_THREAD)
     return subprocess.Popen([sys.executable, "-c", WRAPPER, "run", *args], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env=env)
 
