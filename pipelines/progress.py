@@ -107,6 +107,13 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def _state(text: str) -> tuple[str, str]:
+    """A `Reporter.line` without the run's clock: its head and its per-step counts (the middle
+    part holds the run's elapsed time and ETA)."""
+    parts = text.split(" | ")
+    return parts[0], parts[-1]
+
+
 class Reporter:
     """Logs the progress of a job from a thread until `stop()` (module docstring). `steps`: the
     step names in order. `total`: the job's number of sources when known up front (a corpus
@@ -193,11 +200,7 @@ class Reporter:
         except Exception as e:  # noqa: BLE001 - progress must never fail the run
             log.debug("progress: %s", e)
             return
-        def _what(t: str | None) -> tuple:  # the line without its clock
-            parts = (t or "").split(" | ")
-            return parts[0], parts[-1]
-
-        if _what(text) != _what(self._last_text):
+        if self._last_text is None or _state(text) != _state(self._last_text):
             log.info("%s", text)
 
     def __enter__(self) -> "Reporter":

@@ -318,7 +318,7 @@ DEDUP_SIGNATURES = pa.schema(
         pa.field("fidelity", pa.float64(), nullable=False),  # source sample rate x channels
         pa.field("bytes", pa.int64(), nullable=False),  # source bytes
         pa.field("length", pa.float64(), nullable=False),  # characters, pixels or seconds
-        pa.field("partition", pa.string(), nullable=False),  # the run's dedup partition
+        pa.field("partition", pa.string(), nullable=False),  # the run's index partition; no index: the run id
         pa.field("run_id", pa.string(), nullable=False),
     ]
 )
