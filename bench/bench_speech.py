@@ -132,7 +132,7 @@ def pipeline(media: Path, out: Path, cfg, beam_args: list[str] | None = None) ->
     return time.perf_counter() - t0, manifest
 
 
-# the speech stage and what it needs (decode + VAD): the figure issue 8 asks for; the other
+# the speech stage and what it needs (decode + VAD): the figure the speed goal is set on; the other
 # stages of the default run (quality, video, dedup) have their own benches
 SPEECH_STAGES = ("vad", "speech")
 

@@ -10,7 +10,7 @@ embedded diarization, batched Whisper base) on each in a fresh child process and
 child's peak RSS (VmHWM) and wall time. The children log at INFO, so the progress lines of the
 diarizer and the ASR (one per 5 minutes of audio) show on stderr.
 
-Must hold (issue 8): peak RSS(long) / peak RSS(short) <= 1.5, and x real time of the long file
+Must hold: peak RSS(long) / peak RSS(short) <= 1.5, and x real time of the long file
 within 20 % of the short file's (ratio 0.8 .. 1.25). Exit status 1 on FAIL.
 """
 

@@ -158,7 +158,8 @@ class Dnsmos:
         # windows per ONNX Runtime call. One 9.01 s window's activations fit the caches; a whole
         # clip's (7 windows of a 20 s clip) do not, and the network then waits on memory: 7 at
         # once took 4.0-10.0 s alone and 9.0-10.2 s with a second process doing the same on the
-        # other core; 1 at a time 2.3-2.4 s alone and in pairs (bench/README.md, issue 13). The
+        # other core; 1 at a time 2.3-2.4 s alone and in pairs (bench/README.md, "Models that
+        # wait on memory, a DNSMOS imbalance, and transformers"). The
         # scores are identical (max |difference| 0.0). A GPU provider wants large batches.
         self.batch = max(1, int(batch))
         self.model_path = os.path.abspath(model_path or default_model_path())

@@ -247,7 +247,7 @@ def test_batch_windows_pack_regions_and_cut_long_ones():
 @pytest.mark.parametrize("batched", [True, False])
 def test_jfk_wer_zero_batched_and_sequential(base, batched):
     """Batched decoding over VAD windows (asr.batched) keeps jfk at WER 0, like the sequential
-    path (issue 8 acceptance)."""
+    path (the speed work's acceptance)."""
     from mmcurate.transforms.vad import SileroVad
 
     model = load_transcriber(AsrConfig(batched=True)) if batched else base

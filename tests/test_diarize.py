@@ -34,7 +34,7 @@ SR = 16000
 
 # acceptance target for the default backend (brief): DER <= 20 %, no collar, overlap scored
 MAX_DER = 0.20
-# issue 8: the speed levers (segmentation step, ONNX Runtime) must keep sample.wav at <= 6 %
+# the speed levers (segmentation step, ONNX Runtime) must keep sample.wav at <= 6 %
 # (5.20 % before them; 5.53 % measured with them, bench/README.md)
 SAMPLE_MAX_DER = 0.06
 AMI = MEDIA / "diarization" / "ami"

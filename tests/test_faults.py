@@ -1,4 +1,4 @@
-"""Fault and load cases of a whole run (issue 13), each with the same check: nothing is lost,
+"""Fault and load cases of a whole run, each with the same check: nothing is lost,
 every input is a row of `sources` or a source-level ledger row, exactly once, and the run
 finishes (one pipeline with per-source checkpoints).
 

@@ -75,7 +75,7 @@ class AsrConfig:
     cpu_threads: int = 0  # 0: cores / workers on the local runner with several workers, else CTranslate2 default
     # CTranslate2 replicas that transcribe at the same time (faster-whisper's num_workers):
     # > 1 lets the worker threads of one process (multi-threading DirectRunner) each run a
-    # source, with cpu_threads each (bench/README.md, issue 8). 0: one per worker thread of the
+    # source, with cpu_threads each (bench/README.md, bench_speech.py). 0: one per worker thread of the
     # local runner, else 1 (mmcurate.pipelines.curate.local_parallelism)
     num_workers: int = 0
     # whisperx only

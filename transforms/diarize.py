@@ -67,7 +67,8 @@ class DiarizationConfig:
     # (SincNet over 160,000 samples) fit the CPU caches; 32 do not, and the model then waits
     # on memory, most of all beside a second worker: 60 s of AMI + sample.wav diarized in
     # 2.1 s alone either way, but in 3.8-4.7 s (32) against 2.2-2.3 s (1) with a second
-    # process doing the same on the other core. Same turns (bench/README.md, issue 13)
+    # process doing the same on the other core. Same turns (bench/README.md, "Models that wait
+    # on memory, a DNSMOS imbalance, and transformers")
     segmentation_batch_size: int = 1
     # run segmentation-3.0 and CAM++ with ONNX Runtime (exported from the packaged torch weights
     # at first use into onnx_cache_dir, checked against torch there); False: torch
@@ -454,11 +455,11 @@ def _ort_session(path: Path, threads: int, arena: bool = True):
     # arena=False for inputs of many shapes (CAM++: one length per masked selection): ORT's
     # arena keeps every block it ever grew by and RSS grows with the recording's length.
     # Fixed shapes (segmentation-3.0's 32 x 10 s batches) keep it: a stable ~400 MB that
-    # makes segmentation ~15 % faster than malloc (bench/README.md, issue 8)
+    # makes segmentation ~15 % faster than malloc (bench/README.md, "Located and fixed ... peak RSS 2 h / 10 min")
     so.enable_cpu_mem_arena = bool(arena)
     # no spin-waiting between ops: with 2+ threads, ORT's idle threads spun on cores that
     # CTranslate2 (the ASR) and the other session needed. One worker with 2 threads, vad,speech
-    # on the shared media: 72.0 s -> 62.4 s (bench/README.md, issue 13)
+    # on the shared media: 72.0 s -> 62.4 s (bench/README.md, "Re-measured with fixed 1-thread workers")
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 

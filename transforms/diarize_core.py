@@ -2,8 +2,9 @@
 agglomerative clustering, in numpy and scipy, without importing pyannote.audio.
 
 Why: importing pyannote.audio (lightning, torchmetrics, transformers behind them) took 6.0-6.3 s
-of the 9.4-9.8 s a chunk's model worker spent starting (py-spy, bench/README.md, issue 13), and
-every chunk pipeline of a run starts its workers anew. The embedded diarizer only needs the
+of the 9.4-9.8 s a chunk's model worker spent starting (py-spy, bench/README.md, "Models that
+wait on memory, a DNSMOS imbalance, and transformers"), and every chunk pipeline of a run
+starts its workers anew. The embedded diarizer only needs the
 steps below, each a transcription of pyannote's code with its array dtypes and float
 operations kept, so that the turns are the same: `tests/test_diarize.py::
 test_core_is_pyannote_apply` compares both on every shared recording, with and without speaker

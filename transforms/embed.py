@@ -10,8 +10,9 @@ normalisation, as sentence-transformers does for this model; max_seq_length 256)
 are checked against the sha256 pinned below before they are loaded; nothing is downloaded.
 
 Why not `transformers.BertModel`: importing it took 2.6 s alone and 6.6 s in each worker of a
-2-worker merge (py-spy, bench/README.md issue 13), paid by every worker process that runs dedup
-or rephrase, for 6 standard encoder layers. `_Bert` is that encoder, op for op as
+2-worker merge (py-spy, bench/README.md, "Models that wait on memory, a DNSMOS imbalance, and
+transformers"), paid by every worker process that runs dedup or rephrase, for 6 standard
+encoder layers. `_Bert` is that encoder, op for op as
 transformers 4.57's BertModel with SDPA attention computes it (embeddings: word + token type,
 then + position, LayerNorm; each layer: SDPA self-attention, dense, residual LayerNorm, GELU
 (erf) feed-forward, residual LayerNorm); tests/test_dedup.py compares the two.

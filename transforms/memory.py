@@ -6,7 +6,8 @@ size comes from the heap. A loop that allocates blocks of many different sizes (
 embeddings: one fbank per 10 s window, then a masked selection of it of any length) then
 leaves the heap fragmented: the memory is free but stays in RSS, and RSS grows with the
 length of the recording instead of staying flat. Measured on a 40-minute podcast
-(bench/README.md, issue 8): +374 MB of RSS kept by the embedding step, +11 MB with a trim
+(bench/README.md, "Located and fixed ... peak RSS 2 h / 10 min"): +374 MB of RSS kept by the
+embedding step, +11 MB with a trim
 after each embedding batch.
 
 `release_free_memory()` calls `malloc_trim(0)`, which hands every free page back (also pages

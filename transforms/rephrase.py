@@ -81,7 +81,7 @@ class RephraseConfig:
     """Rephrasing and mixing (mmcurate.transforms.rephrase). Defaults say where they come from."""
 
     # synthetic tokens / all tokens of the final text mix. ~1/3 synthetic with 2/3 natural reached
-    # a given loss 5-10x faster across >1000 trained models (the study behind issue 12); WRAP
+    # a given loss 5-10x faster across >1000 trained models (the data-mixing study this stage follows); WRAP
     # mixes real and rephrased text 1:1
     synthetic_ratio: float = 0.3
     seed: int = 0  # passage ranking and style choice: sha1(seed, passage id)

@@ -5,7 +5,7 @@ harness) that has loaded Whisper, ONNX Runtime and torch spends ~2.5 s after its
 finished in CPython's finalization: every module torn down, every native library's thread
 pools and allocators destroyed, all for a process that is about to vanish. The local runner
 stops its workers one after the other, so a run paid that once per worker and pipeline
-(bench/README.md, issue 13: 5.7 s of a 2-worker chunk's 50 s).
+(bench/README.md, "Workers after three levers": 5.7 s of a 2-worker chunk's 50 s).
 
 `exit_fast_after_harness()` (called by every model handler when its model loads in a worker:
 VAD, ASR, diarization, DNSMOS, rephrasing) adds an exit hook that flushes logging and the
