@@ -71,8 +71,8 @@ Examples:
 """ + EXIT_EPILOG.replace("{", "{{").replace("}", "}}")
 
 AUDIT_EPILOG = """\
-Views, one per table: sources, speech_regions, segments, transcripts, turns, interleaved,
-documents, segment_quality, rejected; kept_segments (segments the quality stage kept) and
+Views, one per table: sources, speech_regions, segments, transcripts, turns, turn_events,
+interleaved, documents, segment_quality, rejected; kept_segments (segments the quality stage kept) and
 curated_<table> (kept by quality, not dropped by dedup: what `mmcurate export` reads).
 Examples:
   mmcurate audit out/demo

@@ -25,11 +25,13 @@ from mmcurate.transforms.ingest import IngestConfig
 from mmcurate.transforms.quality import QualityConfig
 from mmcurate.transforms.rephrase import RephraseConfig
 from mmcurate.transforms.sink import OutputConfig
+from mmcurate.transforms.turn_events import TurnEventsConfig
 from mmcurate.transforms.vad import VadConfig
 from mmcurate.transforms.video import VideoConfig
 
 __all__ = ["AsrConfig", "ConfigError", "CurateConfig", "DecodeConfig", "DedupConfig", "DiarizationConfig", "IngestConfig",
-           "OutputConfig", "QualityConfig", "RephraseConfig", "SegmentsConfig", "VadConfig", "VideoConfig"]
+           "OutputConfig", "QualityConfig", "RephraseConfig", "SegmentsConfig", "TurnEventsConfig", "VadConfig",
+           "VideoConfig"]
 
 
 @dataclass
@@ -40,6 +42,7 @@ class CurateConfig:
     asr: AsrConfig = field(default_factory=AsrConfig)
     diarization: DiarizationConfig = field(default_factory=DiarizationConfig)
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
+    turn_events: TurnEventsConfig = field(default_factory=TurnEventsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)

@@ -113,7 +113,7 @@ def _speech_transform(cfg: CurateConfig, run_id: str, overrides: dict | None = N
     from mmcurate.transforms.speech import TranscribeSpeech
 
     o = overrides or {}
-    return TranscribeSpeech(cfg.asr, cfg.diarization, cfg.segments, run_id,
+    return TranscribeSpeech(cfg.asr, cfg.diarization, cfg.segments, run_id, events=cfg.turn_events,
                             sample_rate=cfg.decode.sample_rate,
                             asr_handler=o.get("asr_handler"),
                             diarization_handler=o.get("diarization_handler"))
@@ -138,7 +138,7 @@ def _build_speech(ctx: BuildContext, streams: dict) -> dict:
     t.diarization_handler = ctx.cached(t.diarization_handler, "diarization")
     out = streams["speech"] | "Speech" >> t
     return {"segments": out["segments"], "transcripts": out["transcripts"], "turns": out["turns"],
-            "rejected": out["rejected"]}
+            "turn_events": out["turn_events"], "rejected": out["rejected"]}
 
 
 def _speech_handlers(cfg: CurateConfig) -> list:

@@ -8,7 +8,7 @@ dedup. The one definition every consumer reads (the audit's views and counts, `m
 * a segment is curated when the quality stage kept it (`kept_segments`) and its transcript is
   curated: a duplicate's segments go with its source or its transcript, the representative's
   stay (a second reading of the same text is all in `kept_segments`);
-* turns and speech regions follow their source;
+* turns, turn events and speech regions follow their source;
 * a document is curated when its source is and dedup did not drop it (kind `document`); its
   row is the whole document, as written. `curated_interleaved` holds the items of curated
   documents less the duplicate images and text items dedup dropped inside them;
@@ -39,6 +39,8 @@ CURATED_VIEWS: dict[str, str] = {
     "curated_segments": (
         "SELECT * FROM kept_segments WHERE source_id IN (SELECT source_id FROM curated_transcripts)"),
     "curated_turns": "SELECT * FROM turns WHERE source_id IN (SELECT source_id FROM curated_sources)",
+    "curated_turn_events": (
+        "SELECT * FROM turn_events WHERE source_id IN (SELECT source_id FROM curated_sources)"),
     "curated_speech_regions": (
         "SELECT * FROM speech_regions WHERE source_id IN (SELECT source_id FROM curated_sources)"),
     "curated_documents": (

@@ -185,6 +185,27 @@ class TurnRow(_Row):
 
 
 @dataclass(frozen=True)
+class TurnEventRow(_Row):
+    """One row of the `turn_events` table (see mmcurate.schemas.tables.TURN_EVENTS)."""
+
+    TABLE: ClassVar[str] = "turn_events"
+    event_id: str
+    source_id: str
+    kind: str
+    start: float
+    end: float
+    speaker: str
+    other_speaker: str | None
+    offset_s: float | None
+    num_words: int | None
+    text: str | None
+    lexical: bool | None
+    diarization_model: str | None
+    run_id: str
+    diarization_confidence: float | None = None
+
+
+@dataclass(frozen=True)
 class InterleavedItem(_Row):
     """One item of an interleaved video document (see mmcurate.schemas.tables.INTERLEAVED)."""
 

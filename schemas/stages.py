@@ -52,9 +52,10 @@ STAGES: tuple[StageSpec, ...] = (
     ),
     StageSpec(
         name="speech",
-        summary="diarize + transcribe speech regions: speaker-attributed words and turns",
-        requires=("speech",), produces=("segments", "transcripts", "turns"), streams=(),
-        config=("asr", "diarization", "segments"), ledger=("asr", "diarize"),
+        summary="diarize + transcribe speech regions: speaker-attributed words, turns and "
+                "turn-taking events",
+        requires=("speech",), produces=("segments", "transcripts", "turns", "turn_events"), streams=(),
+        config=("asr", "diarization", "segments", "turn_events"), ledger=("asr", "diarize"),
         source_level=False, models=("asr", "diarization-segmentation", "speaker-embedding"),
     ),
     StageSpec(

@@ -177,6 +177,31 @@ TURNS = pa.schema(
     ]
 )
 
+# Turn-taking events derived from `turns` (transforms/turn_events.py says how): floor transfers
+# (gap, overlap, interruption) with their floor-transfer offsets, back-channels and pauses. What
+# turn-taking statistics, dialogue-data exports and temporal QA read.
+TURN_EVENTS = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),  # f"{source_id}-event-{n:05d}", by start
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # gap | overlap | interruption | backchannel | pause
+        # gap, pause: the silence; overlap, interruption: both talking; backchannel: the utterance
+        pa.field("start", pa.float64(), nullable=False),
+        pa.field("end", pa.float64(), nullable=False),
+        pa.field("speaker", pa.string(), nullable=False),  # who acts: newcomer, back-channeller, pauser
+        pa.field("other_speaker", pa.string()),  # the floor holder before (null for a pause)
+        # floor-transfer offset: the newcomer's onset minus the holder's end (< 0: overlap);
+        # a pause's length; null for a back-channel
+        pa.field("offset_s", pa.float64()),
+        pa.field("num_words", pa.int32()),  # back-channel: transcribed words (null: none)
+        pa.field("text", pa.string()),  # back-channel: its words
+        pa.field("lexical", pa.bool_()),  # back-channel: all its words on the language's list
+        pa.field("diarization_model", pa.string()),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("diarization_confidence", pa.float64()),  # the source's, as in transcripts
+    ]
+)
+
 # Videos as interleaved image-text documents (the video stage): one row per item, NeMo Curator's
 # (sample_id, position, modality, text | media) layout. Images are stored inline (JPEG/WebP at
 # video.max_side), so the table is readable without the source video. Image rows carry the
@@ -392,6 +417,7 @@ TABLES: dict[str, pa.Schema] = {
     "segments": SEGMENTS,
     "transcripts": TRANSCRIPTS,
     "turns": TURNS,
+    "turn_events": TURN_EVENTS,
     "interleaved": INTERLEAVED,
     "documents": DOCUMENTS,
     "segment_quality": SEGMENT_QUALITY,

@@ -72,6 +72,12 @@ class Style:
     backchannel_p: float = 0.15  # share of turns over 3 s with a back-channel inside
     backchannel: tuple[float, float] = (0.25, 0.7)
     level_db: float = 4.0  # each voice's level: -23 dBFS +- this
+    # share of overlapping turn changes where both talk on for `long_overlap` seconds (0: none;
+    # drawn only when > 0, so the conversations of the other styles stay what they were)
+    long_overlap_p: float = 0.0
+    long_overlap: tuple[float, float] = (1.4, 2.2)
+    # a back-channel lies this far inside its turn (at least 3 s turns get one)
+    backchannel_margin: float = 1.0
 
 
 @dataclass
@@ -81,6 +87,10 @@ class Conversation:
     reference: list[tuple[float, float, str]]  # (start, end, voice name), sorted
     voices: tuple[str, ...]
     reuse: dict[str, float] = field(default_factory=dict)  # speech used / the voice's own speech
+    # the turn-taking events as planted: (kind, start, end, voice, other voice, offset s), kinds
+    # and fields as in the turn_events table: gap (offset > 0), interruption (the holder stops
+    # within the overlap range), overlap (long_overlap), backchannel (start, end: its span)
+    events: list[tuple[str, float, float, str, str | None, float | None]] = field(default_factory=list)
 
     @property
     def duration(self) -> float:
@@ -195,6 +205,7 @@ def conversation(voices: tuple[str, ...], minutes: float, seed: int, style: Styl
     share = 0.7 * rng.dirichlet(np.full(k, 2.0)) + 0.3 / k
     total = minutes * 60.0
     placed: list[tuple[int, float, np.ndarray]] = []  # (voice index, start s, samples)
+    planted: list[tuple[str, float, float, int, int | None, float | None]] = []
 
     def pick(prev: int | None, n_turns: list[int]) -> int:
         if k == 1:  # a monologue: the same person after each pause
@@ -215,10 +226,18 @@ def conversation(voices: tuple[str, ...], minutes: float, seed: int, style: Styl
     while (t < total if turns is None else sum(n_turns) < turns) or (turns is None and min(n_turns) < 3):
         spk = pick(prev, n_turns)
         if prev is not None:
+            prev_end = t
             if spk != prev and rng.random() < style.overlap_p:  # nobody overlaps themself
-                t = max(prev_start + 0.5, t - float(rng.uniform(*style.overlap)))
+                long = style.long_overlap_p > 0 and rng.random() < style.long_overlap_p
+                t = max(prev_start + 0.5, t - float(rng.uniform(*(style.long_overlap if long else style.overlap))))
+                # named by the overlap it got (a short previous turn cuts it), "unclear" between
+                kind = ("overlap" if prev_end - t >= style.long_overlap[0] else
+                        "interruption" if prev_end - t <= style.overlap[1] else "unclear")
+                planted.append((kind, t, prev_end, spk, prev, t - prev_end))
             else:
                 t += float(rng.uniform(*style.gap))
+                planted.append(("gap" if spk != prev else "pause", prev_end, t, spk, None if spk == prev else prev,
+                                t - prev_end))
         length = float(np.clip(style.turn_median * np.exp(rng.normal(0.0, 0.6)), *style.turn_range))
         start, filled = t, 0.0
         while length - filled >= 0.3:
@@ -228,11 +247,13 @@ def conversation(voices: tuple[str, ...], minutes: float, seed: int, style: Styl
             filled += len(piece) / SR
             if length - filled >= 0.3:
                 t += float(rng.uniform(0.05, 0.25))
-        if t - start > 3.0 and k > 1 and rng.random() < style.backchannel_p:
+        m = style.backchannel_margin
+        if t - start > max(3.0, 2 * m + style.backchannel[1]) and k > 1 and rng.random() < style.backchannel_p:
             other = int(rng.choice([i for i in range(k) if i != spk]))
             bc = pools[other].onset(float(rng.uniform(*style.backchannel)))
-            at = float(rng.uniform(start + 1.0, t - 1.0 - len(bc) / SR))
+            at = float(rng.uniform(start + m, t - m - len(bc) / SR))
             placed.append((other, at, _fade(bc)))
+            planted.append(("backchannel", at, at + len(bc) / SR, other, spk, None))
         n_turns[spk] += 1
         prev, prev_start = spk, start
     end = max(s + len(x) / SR for _, s, x in placed) + 0.5
@@ -248,8 +269,10 @@ def conversation(voices: tuple[str, ...], minutes: float, seed: int, style: Styl
         audio *= 0.99 / peak
     reference.sort(key=lambda r: (r[0], r[1]))
     name = name or f"{k}spk-{minutes:g}min-s{seed}"
+    events = sorted((kind, round(a * SR) / SR, round(b * SR) / SR, voices[who], None if other is None else voices[other],
+                     None if off is None else round(off, 3)) for kind, a, b, who, other, off in planted)
     return Conversation(name, audio, reference, tuple(voices),
-                        {voices[i]: round(p.used / p.own, 2) for i, p in enumerate(pools)})
+                        {voices[i]: round(p.used / p.own, 2) for i, p in enumerate(pools)}, events)
 
 
 # ------------------------------------------------------------------------- the dev set
@@ -292,3 +315,11 @@ FEW_TURNS = Style(gap=(0.1, 0.6), backchannel_p=0.0)
 
 def few_turns(seed: int, voices: tuple[str, ...] = CLEAN_TEST_VOICES, turns: int = 19) -> Conversation:
     return conversation(voices, 0.0, seed, FEW_TURNS, name=f"clean-{len(voices)}spk-{turns}turns-s{seed}", turns=turns)
+
+
+# turn-taking with every kind of event, far enough apart to tell which is which (the turn-events
+# bench and tests): turns of at least 2.8 s, gaps of 0.2-1.0 s; of overlapping changes, half with the holder stopping
+# within 0.3-0.7 s (interruptions) and half talking on for 1.4-2.2 s (overlaps); back-channels
+# of 0.3-0.8 s at least 2.5 s inside a turn, in half of the turns long enough
+EVENTS = Style(turn_median=4.0, turn_range=(2.8, 15.0), gap=(0.2, 1.0), overlap_p=0.4, overlap=(0.3, 0.7), long_overlap_p=0.5,
+               long_overlap=(1.4, 2.2), backchannel_p=0.5, backchannel=(0.3, 0.8), backchannel_margin=2.5)

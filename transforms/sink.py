@@ -63,6 +63,7 @@ ID_COLUMN = {
     "segments": "segment_id",
     "transcripts": "source_id",
     "turns": "turn_id",
+    "turn_events": "event_id",
     "interleaved": "item_id",
     "documents": "document_id",
     "segment_quality": "segment_id",

@@ -68,6 +68,7 @@ from mmcurate.transforms.asr import AsrConfig, AsrModelHandler, AsrRequest
 from mmcurate.transforms.attribute import SegmentsConfig, Utterance, cut_utterances
 from mmcurate.transforms.audio_codec import encode_flac, encode_opus  # noqa: F401 (tests, exports)
 from mmcurate.transforms.diarize import DiarizationConfig, DiarizationModelHandler, DiarizeRequest
+from mmcurate.transforms.turn_events import TurnEventsConfig, detect, event_rows
 from mmcurate.transforms.vad import SpeechInput
 
 log = logging.getLogger("mmcurate.speech")
@@ -406,8 +407,10 @@ def _dnsmos_failures(run_id: str):
 class _AttributeFn(beam.DoFn):
     """Joined (source_id, {source, asr, turns}) -> Segment rows + one Transcript row + turns."""
 
-    def __init__(self, segments: SegmentsConfig, sample_rate: int, run_id: str, diarize: bool):
+    def __init__(self, segments: SegmentsConfig, sample_rate: int, run_id: str, diarize: bool,
+                 events: TurnEventsConfig):
         self._cfg = segments
+        self._events = events
         self._sr = sample_rate
         self._run_id = run_id
         self._diarize = diarize
@@ -415,6 +418,7 @@ class _AttributeFn(beam.DoFn):
         self._words = Metrics.counter(NS, "asr.words")
         self._unattributed = Metrics.counter(NS, "diarize.unattributed_segments")
         self._turns = Metrics.counter(NS, "diarize.turns")
+        self._n_events = Metrics.counter(NS, "diarize.turn_events")
         self._audio_bytes = Metrics.counter(NS, "segments.audio_bytes")
         self._redecoded = Metrics.counter(NS, "segments.audio_redecoded")
 
@@ -431,7 +435,7 @@ class _AttributeFn(beam.DoFn):
             # ASR rejected this source (its ledger row is written by the ASR steps); the
             # diarizer's turns are still real and auditable
             if diar is not None and diar.turns:
-                yield from self._turn_rows(source_id, diar, {})
+                yield from self._turn_rows(source_id, diar, {}, (), None)
             return
         asr: AsrOutcome = asrs[0]
 
@@ -455,10 +459,12 @@ class _AttributeFn(beam.DoFn):
             asr.result, turns, source_id=source_id,
             max_duration_s=self._cfg.max_duration_s, default_speaker=default_speaker,
         )
+        res = asr.result
         if diar is not None and diar.turns:
             labels = {u.raw_speaker: u.speaker for u in utts if u.raw_speaker is not None}
-            yield from self._turn_rows(source_id, diar, labels)
-        res = asr.result
+            words = [(f"{source_id}-spk{u.speaker}", w.start, w.end, w.word)
+                     for u in utts if u.speaker is not None for w in u.words]
+            yield from self._turn_rows(source_id, diar, labels, words, res.language)
         lines = []
         cut = _SegmentAudio(self._cfg, self._sr, asr.clips, source) if self._cfg.include_audio else None
         for u in utts:
@@ -514,11 +520,18 @@ class _AttributeFn(beam.DoFn):
         ))
         _log_source(source_id, asr, diar if self._diarize else None, utts, n_speakers)
 
-    def _turn_rows(self, source_id: str, diar: DiarizeOutcome, labels: dict[int, int]):
+    def _turn_rows(self, source_id: str, diar: DiarizeOutcome, labels: dict[int, int],
+                   words: list[tuple[str, float, float, str]], language: str | None):
+        """The `turns` rows and the turn-taking events derived from them (and the words, which
+        tell a back-channel's length in words)."""
         rows = turn_rows(source_id, diar.turns, labels, diar.model, self._run_id, diar.confidence)
         self._turns.inc(len(rows))
         for row in rows:
             yield pvalue.TaggedOutput("turns", row)
+        events = detect([(r.speaker, r.start, r.end) for r in rows], self._events, words, language)
+        self._n_events.inc(len(events))
+        for row in event_rows(source_id, events, self._run_id, diar.model, diar.confidence):
+            yield pvalue.TaggedOutput("turn_events", row)
 
 
 class _SegmentAudio:
@@ -573,7 +586,7 @@ def _log_source(source_id: str, asr: AsrOutcome, diar: DiarizeOutcome | None,
 
 
 class TranscribeSpeech(beam.PTransform):
-    """PCollection[SpeechInput] -> {"segments", "transcripts", "turns", "rejected"}.
+    """PCollection[SpeechInput] -> {"segments", "transcripts", "turns", "turn_events", "rejected"}.
 
     The models are `RunInference` model handlers (defaults: `AsrModelHandler(asr)`,
     `DiarizationModelHandler(diarization)`); tests pass handlers with fake loaders.
@@ -584,7 +597,7 @@ class TranscribeSpeech(beam.PTransform):
     """
 
     def __init__(self, asr: AsrConfig, diarization: DiarizationConfig, segments: SegmentsConfig,
-                 run_id: str, *, sample_rate: int = 16000,
+                 run_id: str, *, sample_rate: int = 16000, events: TurnEventsConfig | None = None,
                  asr_handler: ModelHandler | None = None,
                  diarization_handler: ModelHandler | None = None,
                  dnsmos_handler: ModelHandler | None = None):
@@ -593,6 +606,7 @@ class TranscribeSpeech(beam.PTransform):
         self._asr = asr
         self._diar = diarization
         self._segments = segments
+        self._events = events or TurnEventsConfig()
         self._run_id = run_id
         self._sr = sample_rate
         self.asr_handler = asr_handler or AsrModelHandler(asr)
@@ -649,13 +663,14 @@ class TranscribeSpeech(beam.PTransform):
             groups
             | "JoinAsrAndTurns" >> beam.CoGroupByKey()
             | "AttributeSpeakers" >> beam.ParDo(
-                _AttributeFn(self._segments, self._sr, run_id, self.diarize)).with_outputs(
-                "transcripts", "turns", REJECTED, main="segments")
+                _AttributeFn(self._segments, self._sr, run_id, self.diarize, self._events)).with_outputs(
+                "transcripts", "turns", "turn_events", REJECTED, main="segments")
         )
         rejected.append(attributed[REJECTED])
         return {
             "segments": attributed.segments,
             "transcripts": attributed.transcripts,
             "turns": attributed.turns,
+            "turn_events": attributed.turn_events,
             "rejected": rejected | "FlattenSpeechRejections" >> beam.Flatten(),
         }
