@@ -36,6 +36,7 @@ from mmcurate.schemas.tables import SOURCE_LEVEL_STAGES, TABLES
 # the turns table: RTTM export and DER in SQL (modules of their own, re-exported here)
 from mmcurate.quality.der_sql import der_from_turns, der_report, format_der_report  # noqa: F401
 from mmcurate.quality.turns import format_turns, sources_without_turns, turns_summary, write_rttm  # noqa: F401
+from mmcurate.quality.turn_taking import format_turn_taking, turn_taking_summary
 # the video stage's documents: figures and one document as HTML (`--show`)
 from mmcurate.quality.video_audit import format_video, video_summary, write_document_html  # noqa: F401
 # the quality stage's segment_quality table: figures, text lines and the kept_segments view
@@ -647,6 +648,7 @@ def _summarize(con: duckdb.DuckDBPyConnection, out_dir: str) -> dict[str, Any]:
 
     # ---- diarizer turns (overlap-aware): counts, speakers per source, overlapped speech share
     s["turns"] = turns_summary(con)
+    s["turn_taking"] = turn_taking_summary(con)
     s["video"] = video_summary(con)
     s["quality"] = quality_summary(con)
     s["dedup"] = dedup_summary(con)
@@ -787,6 +789,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         + [(f"{k} speakers", f"{v} sources") for k, v in sp["histogram"].items()]
     )
     L += format_turns(s.get("turns"))
+    L += format_turn_taking(s.get("turn_taking"))
     L += format_video(s.get("video"))
     L += format_quality(s.get("quality"))
     L += format_rephrase(s.get("rephrase"))

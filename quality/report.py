@@ -311,6 +311,22 @@ def _sections(s: dict[str, Any], out_dir: str) -> str:
             ("diarized speech (h)", f"{t['speech_s'] / 3600:.3f}"),
             ("overlapped speech", "-" if share is None else f"{_pct(share)} ({t['overlapped_s']:.1f} s)"),
             ("overlapped turns", str(t["overlapped_turns"]))]))
+    tt = s.get("turn_taking")
+    if tt and tt["per_source"]:
+        from mmcurate.quality.turn_taking import SOURCE_COLUMNS, source_line
+
+        fto = tt["fto_p10_p50_p90"]
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in SOURCE_COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in source_line(p)) + "</tr>"
+                       for p in tt["per_source"][:200])
+        out.append("<h2>Turn-taking</h2>" + _kv([
+            ("floor transfers", f"{tt['floor_transfers']} ({_n(tt['transfers_per_minute'], 1)} per minute)"),
+            ("events", ", ".join(f"{k} {v}" for k, v in sorted(tt["events"].items()))),
+            ("floor-transfer offset p10 / p50 / p90 (s)", "-" if not fto else " / ".join(_n(v) for v in fto)),
+            ("overlap / interruption rate", f"{_pct(tt['overlap_rate'])} / {_pct(tt['interruption_rate'])}"),
+            ("back-channels per minute", _n(tt["backchannels_per_minute"], 1)),
+            ("offset histogram (s)", ", ".join(f"{k}: {v}" for k, v in tt["fto_histogram"].items()))])
+            + f"<table><tr>{head}</tr>{body}</table>")
     w = s["words_per_minute"]
     pw = w["per_source"]
     out.append("<h2>Words per minute</h2>" + _kv([
