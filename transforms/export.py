@@ -536,9 +536,8 @@ class DuplexExporter(Exporter):
 
     def describe(self) -> str:
         s = self.stats
-        return (f"{s['sources']} dialogue source(s) (>= 2 speakers), {s['streams']} speaker stream(s), "
-                f"{s['hours']:.3f} h, {s['segments']} curated segment(s); {s['sources_skipped']} source(s) "
-                f"with fewer than 2 speakers skipped")
+        return (f"{s['sources']} dialogue source(s) (>= 2 speakers; {s['sources_skipped']} with fewer skipped), "
+                f"{s['streams']} speaker stream(s), {s['hours']:.3f} h")
 
     def shard_files(self, to, shard):
         # the frame rate is in the name: a re-run at another rate does not take these as done
