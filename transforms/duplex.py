@@ -25,8 +25,14 @@ What a stream is made of:
   its text (Whisper-style words carry their leading space and are concatenated, as segment text
   is: `mmcurate.transforms.attribute.join_words`).
 
-The exporter (`mmcurate.transforms.export.DuplexExporter`) writes one Parquet row per (source,
-speaker) with the columns of `DUPLEX_FIELDS`; see README.md, "Dialogue data".
+Layout (`mmcurate.transforms.export.DuplexExporter`): `OUT/dialogues-<rate>hz-NNNNNN.parquet`, shards
+of `--shard-size` sources (default 8), one row group per row, one row per (source, speaker), by
+source then speaker, with the columns of `DUPLEX_FIELDS`: source_id, speaker, speakers (all of
+the source's), sample_rate (16000), num_samples, audio ({bytes: 16-bit FLAC, path:
+"<speaker>.flac"}, marked as a Hugging Face Audio feature), turns (list<{start, end}>, merged),
+frame_rate, tokens (list<string>, one per frame), num_words, words_dropped, pad_share,
+sentences (list<{start, end, text}>). Sources whose curated turns have fewer than two speakers
+are not exported and are counted in the summary. README.md, "Dialogue data", has an example.
 """
 
 from __future__ import annotations
