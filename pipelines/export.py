@@ -134,7 +134,7 @@ def add_export_parser(sub, formatter) -> None:
 
 def cmd_export(args, beam_args: list[str]) -> int:
     """`mmcurate export`: 0 done, 1 the output is not consistent, 2 a bad DIR or option."""
-    from mmcurate.pipelines.cli import EXIT_OK, EXIT_USAGE, EXIT_VERDICT
+    from mmcurate.pipelines.exit_codes import EXIT_OK, EXIT_USAGE, EXIT_VERDICT
 
     if args.shard_size is not None and args.shard_size < 1:
         print(f"mmcurate: --shard-size: {args.shard_size} must be >= 1", file=sys.stderr)
