@@ -52,7 +52,8 @@ def run_export(out_dir: str, fmt: str, to: str, shard_size: int | None = None,
     has no committed manifest, ValueError for an unknown format, InconsistentOutput for an output
     whose audit finds problems."""
     from mmcurate.pipelines.curate import local_runner
-    from mmcurate.quality.audit import connect, output_problems
+    from mmcurate.quality.audit import output_problems
+    from mmcurate.quality.db import connect
     from mmcurate.transforms.read import read_manifest
 
     if fmt not in EXPORTERS:
