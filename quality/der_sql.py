@@ -1,7 +1,7 @@
 """Diarization error rate in DuckDB SQL, from a run's ``turns`` table against reference RTTMs.
 
-The same definition as :mod:`mmcurate.quality.der` (md-eval / pyannote.metrics), computed over
-the Parquet output instead of in-memory turns:
+The definition of md-eval and ``pyannote.metrics.diarization.DiarizationErrorRate`` (the tests'
+reference, tests/der_reference.py), computed over the Parquet output:
 
 * the reference RTTM is loaded into DuckDB (``SPEAKER <file> 1 <start> <duration> <NA> <NA>
   <speaker> ...``; end = start + duration) next to the ``turns`` view of
@@ -226,7 +226,7 @@ def der_from_turns(
 
     Returns {der, missed_s, false_alarm_s, confusion_s, total_s (reference speech, once per
     speaker), mapping (hypothesis speaker -> reference speaker), num_ref_speakers,
-    num_hyp_speakers, source_id, collar}; seconds as in :func:`mmcurate.quality.der.der`.
+    num_hyp_speakers, source_id, collar}; seconds.
     """
     from mmcurate.quality.db import connect
 
