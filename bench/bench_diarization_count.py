@@ -62,7 +62,7 @@ def _conv(c):
 
 
 def _shared(rel):
-    from mmcurate.quality.der import read_rttm
+    from der_reference import read_rttm
     from mmcurate.transforms.decode import decode_audio
 
     return decode_audio(str(conv.MEDIA / f"{rel}.wav")), read_rttm(conv.MEDIA / f"{rel}.rttm")

@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     import soundfile as sf
     from pyannote.audio import Model
 
-    from mmcurate.quality.der import der, read_rttm
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+    from der_reference import der, read_rttm
     from mmcurate.transforms import diarize as D
 
     D._offline_env()

@@ -56,7 +56,7 @@ def mmcurate(path: str, **kw) -> dict:
     import dataclasses
 
     from mmcurate.transforms.keyframes import extract_keyframes
-    from mmcurate.transforms.video import VideoConfig
+    from mmcurate.transforms.video_config import VideoConfig
 
     r = extract_keyframes(path, dataclasses.replace(VideoConfig(), **kw), "bench")
     st = r.stats

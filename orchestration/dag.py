@@ -112,7 +112,7 @@ def _fail_on(rc: int, what: str, stdout: str, why: str = "") -> None:
     failed checks of a gate), else the command's last lines."""
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-    from mmcurate.pipelines.cli import EXIT_OK, EXIT_USAGE, EXIT_VERDICT
+    from mmcurate.pipelines.exit_codes import EXIT_OK, EXIT_USAGE, EXIT_VERDICT
 
     if rc == EXIT_OK:
         return

@@ -27,7 +27,7 @@ from mmcurate.transforms.rephrase import RephraseConfig
 from mmcurate.transforms.sink import OutputConfig
 from mmcurate.transforms.turn_events import TurnEventsConfig
 from mmcurate.transforms.vad import VadConfig
-from mmcurate.transforms.video import VideoConfig
+from mmcurate.transforms.video_config import VideoConfig
 
 __all__ = ["AsrConfig", "ConfigError", "CurateConfig", "DecodeConfig", "DedupConfig", "DiarizationConfig", "IngestConfig",
            "OutputConfig", "QualityConfig", "RephraseConfig", "SegmentsConfig", "TurnEventsConfig", "VadConfig",

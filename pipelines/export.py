@@ -54,7 +54,8 @@ def run_export(out_dir: str, fmt: str, to: str, shard_size: int | None = None,
     has no committed manifest, ValueError for an unknown format or an option the format does not
     take (`frame_rate`: duplex only), InconsistentOutput for an output whose audit finds problems."""
     from mmcurate.pipelines.curate import local_runner
-    from mmcurate.quality.audit import connect, output_problems
+    from mmcurate.quality.audit import output_problems
+    from mmcurate.quality.db import connect
     from mmcurate.transforms.read import read_manifest
 
     if fmt not in EXPORTERS:
@@ -149,7 +150,7 @@ def add_export_parser(sub, formatter) -> None:
 
 def cmd_export(args, beam_args: list[str]) -> int:
     """`mmcurate export`: 0 done, 1 the output is not consistent, 2 a bad DIR or option."""
-    from mmcurate.pipelines.cli import EXIT_OK, EXIT_USAGE, EXIT_VERDICT
+    from mmcurate.pipelines.exit_codes import EXIT_OK, EXIT_USAGE, EXIT_VERDICT
 
     if args.shard_size is not None and args.shard_size < 1:
         print(f"mmcurate: --shard-size: {args.shard_size} must be >= 1", file=sys.stderr)

@@ -58,7 +58,7 @@ CURATED_VIEWS: dict[str, str] = {
 
 
 def create_curated_views(con) -> None:
-    """Register the `curated_*` views on an audit connection (`mmcurate.quality.audit.connect`),
+    """Register the `curated_*` views on an audit connection (`mmcurate.quality.db.connect`),
     which already has the table views and `kept_segments`."""
     for name, select in CURATED_VIEWS.items():
         con.execute(f"CREATE VIEW {name} AS {select}")

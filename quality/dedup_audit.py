@@ -1,5 +1,5 @@
 """Audit of the dedup stage: duplicate rate per kind and method, the largest clusters, and the
-query that lists one cluster's members (on the views `mmcurate.quality.audit.connect` makes).
+query that lists one cluster's members (on the views `mmcurate.quality.db.connect` makes).
 
 The summary prints that query for its largest cluster as a command to paste
 (`cluster_members_command`); for another cluster, CLUSTER_MEMBERS_SQL with the cluster id, or

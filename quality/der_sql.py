@@ -1,11 +1,11 @@
 """Diarization error rate in DuckDB SQL, from a run's ``turns`` table against reference RTTMs.
 
-The same definition as :mod:`mmcurate.quality.der` (md-eval / pyannote.metrics), computed over
-the Parquet output instead of in-memory turns:
+The definition of md-eval and ``pyannote.metrics.diarization.DiarizationErrorRate`` (the tests'
+reference, tests/der_reference.py), computed over the Parquet output:
 
 * the reference RTTM is loaded into DuckDB (``SPEAKER <file> 1 <start> <duration> <NA> <NA>
   <speaker> ...``; end = start + duration) next to the ``turns`` view of
-  :func:`mmcurate.quality.audit.connect`;
+  :func:`mmcurate.quality.db.connect`;
 * the elementary segments are the intervals between consecutive boundaries of both sides
   (plus, with a collar, the edges of the +-collar holes around every reference boundary,
   which are then left out of scoring: md-eval's convention, pyannote.metrics' ``collar`` is
@@ -226,9 +226,9 @@ def der_from_turns(
 
     Returns {der, missed_s, false_alarm_s, confusion_s, total_s (reference speech, once per
     speaker), mapping (hypothesis speaker -> reference speaker), num_ref_speakers,
-    num_hyp_speakers, source_id, collar}; seconds as in :func:`mmcurate.quality.der.der`.
+    num_hyp_speakers, source_id, collar}; seconds.
     """
-    from mmcurate.quality.audit import connect
+    from mmcurate.quality.db import connect
 
     con = connect(out_dir)
     try:
@@ -285,7 +285,7 @@ def der_report(out_dir: str, reference: str | Path, collar: float = 0.0) -> dict
     "overall": time-weighted totals over the scored sources, "unscored_sources": [ids without
     a reference], "unused_references": ["path#file_id", ...]}.
     """
-    from mmcurate.quality.audit import connect
+    from mmcurate.quality.db import connect
 
     ref = Path(reference)
     if ref.is_dir():

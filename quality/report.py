@@ -32,7 +32,8 @@ import urllib.parse
 from typing import Any
 
 from mmcurate.quality import report_tables, svgplot
-from mmcurate.quality.audit import connect, load_manifest, summarize
+from mmcurate.quality.audit import summarize
+from mmcurate.quality.db import connect, load_manifest
 from mmcurate.quality.dedup_audit import cluster_members_command
 from mmcurate.quality.report_tables import PAGE_CAP_BYTES, Caps
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 # The curated segments: every segment the quality stage did not drop (all of them when it did not
-# run). A view of the audit's connection (mmcurate.quality.audit.connect).
+# run). A view of the audit's connection (mmcurate.quality.db.connect).
 KEPT_SEGMENTS_VIEW = ("CREATE VIEW kept_segments AS SELECT * FROM segments WHERE segment_id NOT IN "
                       "(SELECT segment_id FROM segment_quality WHERE NOT keep)")
 

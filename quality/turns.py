@@ -59,9 +59,9 @@ _OVERLAP = """
 
 def sources_without_turns(con: duckdb.DuckDBPyConnection | str) -> list[str]:
     """Source ids of the ``sources`` view with no row in ``turns`` (a connection of
-    :func:`mmcurate.quality.audit.connect`, or a run output directory)."""
+    :func:`mmcurate.quality.db.connect`, or a run output directory)."""
     if isinstance(con, (str, os.PathLike)):
-        from mmcurate.quality.audit import connect
+        from mmcurate.quality.db import connect
 
         c = connect(os.fspath(con))
         try:
@@ -104,7 +104,7 @@ def write_rttm(out_dir: str, rttm_dir: str, name: str = "source_id") -> list[str
     Sources without turns get no file; they are logged (see :func:`sources_without_turns`).
     Turns with end <= start are skipped.
     """
-    from mmcurate.quality.audit import connect
+    from mmcurate.quality.db import connect
 
     if name not in RTTM_NAMES:
         raise ValueError(f"name must be one of {RTTM_NAMES}, not {name!r}")

@@ -1,5 +1,5 @@
 """Audit of the video stage's output: figures over the `interleaved` and `documents` tables
-(DuckDB, on the views `mmcurate.quality.audit.connect` makes), and one document rendered as a
+(DuckDB, on the views `mmcurate.quality.db.connect` makes), and one document rendered as a
 small HTML page the way a person would read it (`mmcurate audit DIR --show DOC_ID`)."""
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def document_html(con: duckdb.DuckDBPyConnection, key: str) -> tuple[str, str]:
 def write_document_html(out_dir: str, key: str, path: str | None = None) -> str:
     """Write the page of document `key` (see `resolve_document`) to `path` (default:
     ./<document_id>.html); returns the path written."""
-    from mmcurate.quality.audit import connect
+    from mmcurate.quality.db import connect
 
     con = connect(out_dir)
     try:

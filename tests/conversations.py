@@ -106,7 +106,7 @@ class Conversation:
 
 def _solo_regions(rttm: Path, label: str, min_s: float = 0.3) -> list[tuple[float, float]]:
     """Where `label` speaks and nobody else does, per the reference."""
-    from mmcurate.quality.der import read_rttm
+    from der_reference import read_rttm
 
     ref = read_rttm(rttm)
     own = [(s, e) for s, e, lab in ref if lab == label]

@@ -405,7 +405,7 @@ def test_an_extra_column_is_a_warning_and_a_clean_output_has_none(run_out: Path,
 
 
 def test_types_other_writers_choose_read_as_declared() -> None:
-    from mmcurate.quality.audit import _same_type
+    from mmcurate.quality.db import _same_type
 
     word = TABLES["segments"].field("words").type
     assert _same_type(pa.large_string(), pa.string())

@@ -111,7 +111,8 @@ def test_stage_interleaves_a_video_with_its_segments_and_skips_audio_sources(tmp
     """InterleaveVideo on a 3-slide video and hand-made segments: one document, images in
     order, words after the image on screen; an audio source gets nothing."""
     from video_fixtures import slides_video
-    from mmcurate.transforms.video import InterleaveVideo, VideoConfig
+    from mmcurate.transforms.video import InterleaveVideo
+    from mmcurate.transforms.video_config import VideoConfig
 
     video = slides_video(tmp_path / "s.mp4", 3, 2.0, gop=25)
     src = _source(video, "vid")
@@ -148,7 +149,8 @@ def test_stage_interleaves_a_video_with_its_segments_and_skips_audio_sources(tmp
 def test_stage_without_segments_gives_image_only_and_corrupt_video_a_ledger_row(tmp_path):
     from test_keyframes import garble
     from video_fixtures import slides_video, tone
-    from mmcurate.transforms.video import InterleaveVideo, VideoConfig
+    from mmcurate.transforms.video import InterleaveVideo
+    from mmcurate.transforms.video_config import VideoConfig
 
     good = slides_video(tmp_path / "s.mp4", 2, 2.0)
     bad = garble(slides_video(tmp_path / "b.mkv", 3, 2.0, audio=tone(6.0), fmt="matroska"),

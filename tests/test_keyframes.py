@@ -15,7 +15,7 @@ from PIL import Image
 
 from video_fixtures import blur, flat, noisy, slide, slides_video, still, tone, write_video
 from mmcurate.transforms import keyframes as K
-from mmcurate.transforms.video import VideoConfig
+from mmcurate.transforms.video_config import VideoConfig
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 LAION = MEDIA / "video" / "laion_talk.mp4"

@@ -3,7 +3,8 @@
 A native library compiled with, say, AVX-512 does not fail to load on a CPU without it: it
 loads, and the process dies with SIGILL (exit 132, no traceback, no Python exception) the first
 time the code runs. So whoever loads such a library checks the CPU flags first and turns a
-missing flag into an ordinary, catchable error with a clear message.
+missing flag into an ordinary, catchable error with a clear message (the diarizer's:
+`mmcurate.transforms.diarize.require_cpu_flags`).
 
 Flags are the lower-case names of the Linux kernel's /proc/cpuinfo "flags" line (avx2,
 avx512f, avx512bw, ...). On other operating systems `cpu_flags()` returns an empty set, i.e.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
 
 # Comma- or space-separated flag names that replace the detected set (e.g. "avx2,avx512f" on
 # an OS without /proc/cpuinfo, or "" to simulate a CPU with nothing). Set by the operator who
@@ -39,24 +39,3 @@ def cpu_flags() -> set[str]:
         pass
     return set()
 
-
-def require_cpu_flags(
-    what: str, flags: Iterable[str], hint: str = "use diarization.backend='embedded' (portable)"
-) -> None:
-    """Raise DiarizationError("unsupported_cpu", ...) unless this CPU has every flag in `flags`.
-
-    `what` names the thing that needs them (one line: what, the missing flags, `hint`).
-    """
-    need = sorted({f.lower() for f in flags})
-    have = cpu_flags()
-    missing = [f for f in need if f not in have]
-    if not missing:
-        return
-    from mmcurate.transforms.diarize import DiarizationError  # lazy: diarize imports this module
-
-    where = "this CPU" if ASSUME_ENV not in os.environ else f"this CPU ({ASSUME_ENV})"
-    raise DiarizationError(
-        "unsupported_cpu",
-        f"{what} needs CPU flags {', '.join(need)}; {where} lacks {', '.join(missing)} "
-        f"(running it would kill the process with SIGILL); {hint}",
-    )

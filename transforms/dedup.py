@@ -884,13 +884,6 @@ class SemanticPairs(beam.PTransform):
         )
 
 
-# ------------------------------------------------------------------------------ cross-run index
-
-
-def _bucket(key: str, n: int) -> int:
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") % n
-
-
 # ------------------------------------------------------------------------------------ the stage
 
 

@@ -58,6 +58,11 @@ FORMAT = 1  # of `_SUCCESS` and the parts; a partition of another format is refu
 PARTITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
 
 
+def _bucket(key: str, n: int) -> int:
+    """The index bucket (of `index_buckets`) a signature id is written to."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big") % n
+
+
 class DedupIndexError(ValueError):
     """The index cannot be used as it is (one line naming the file or setting)."""
 
@@ -155,8 +160,6 @@ class StageIndex(beam.PTransform):
         self.run_id, self.output = run_id, output
 
     def expand(self, rows):
-        from mmcurate.transforms.dedup import _bucket
-
         n = self.cfg.index_buckets
         staging = staging_dir(self.index_dir, self.partition, self.output, self.run_id)
         record = describe(self.cfg, self.partition, self.run_id, self.output, [])

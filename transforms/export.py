@@ -111,7 +111,7 @@ def image_name(item: dict) -> str:
 
 def _read(out_dir: str, rows_of, ids: tuple[str, ...], **kw) -> list[dict]:
     """A shard's curated rows, read on a worker from its own connection."""
-    from mmcurate.quality.audit import connect
+    from mmcurate.quality.db import connect
 
     con = connect(out_dir, read_only=True)
     try:
@@ -315,7 +315,7 @@ class NemoExporter(Exporter):
         return [os.path.join(to, "_parts", f"nemo.{shard.index:06d}.jsonl")]
 
     def write_shard(self, out_dir, to, shard):
-        from mmcurate.quality.audit import connect
+        from mmcurate.quality.db import connect
 
         con = connect(out_dir, read_only=True)
         try:

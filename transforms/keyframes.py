@@ -40,12 +40,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 
-if TYPE_CHECKING:  # the stage module imports this one
-    from mmcurate.transforms.video import VideoConfig
+from mmcurate.transforms.video_config import VideoConfig
 
 log = logging.getLogger("mmcurate.keyframes")
 
@@ -232,7 +231,7 @@ def hamming(a: int, b: int) -> int:
     return int(bin(a ^ b).count("1"))
 
 
-def quality_reason(s: FrameScores, cfg: "VideoConfig") -> tuple[str, str] | None:
+def quality_reason(s: FrameScores, cfg: VideoConfig) -> tuple[str, str] | None:
     """The first quality filter a frame fails, as (reason, rule), or None (HunyuanImage-style
     staged filtering: cheapest and most certain first)."""
     if s.luma_p99 <= cfg.black_max_luma:
@@ -343,7 +342,7 @@ def _origin_s(container, video) -> float:
     return 0.0
 
 
-def _decoded_frames(container, stream, cfg: "VideoConfig", stats: KeyframeStats) -> Iterator:
+def _decoded_frames(container, stream, cfg: VideoConfig, stats: KeyframeStats) -> Iterator:
     """Decoded frames of `stream` in display order, skipping non-reference frames and the
     frames of static stretches of a GOP (see the module docstring).
 
@@ -454,7 +453,7 @@ class _Window:
             self.best = a
 
 
-def _is_cut(frames: list[_Analysed], i: int, cfg: "VideoConfig") -> bool:
+def _is_cut(frames: list[_Analysed], i: int, cfg: VideoConfig) -> bool:
     d = frames[i].change
     if i == 0 or d < cfg.cut_threshold:
         return False
@@ -466,7 +465,7 @@ def _is_cut(frames: list[_Analysed], i: int, cfg: "VideoConfig") -> bool:
     return d >= cfg.cut_ratio * base
 
 
-def extract_keyframes(media_uri: str, cfg: "VideoConfig", source_id: str,
+def extract_keyframes(media_uri: str, cfg: VideoConfig, source_id: str,
                       duration_s: float | None = None) -> KeyframeResult:
     """Keyframes of the video stream of `media_uri` (see the module docstring).
 
@@ -574,7 +573,7 @@ def extract_keyframes(media_uri: str, cfg: "VideoConfig", source_id: str,
     return KeyframeResult(kept, dropped, stats, truncated, cuts)
 
 
-def _choose(w: _Window, end: float, source_id: str, cfg: "VideoConfig", stats: KeyframeStats,
+def _choose(w: _Window, end: float, source_id: str, cfg: VideoConfig, stats: KeyframeStats,
             kept: list[Keyframe], dropped: list[DroppedFrame]) -> None:
     """Keep the window's sharpest frame, or record why not. A near-duplicate of the last kept
     keyframe (pHash of the frame's luma, read from the decoder's plane) is dropped before any
