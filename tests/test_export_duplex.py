@@ -121,7 +121,7 @@ def write_output(out: Path, sources: list[tuple[str, Path, list[tuple[float, flo
 
 
 def read_rttm(path: Path) -> list[tuple[float, float, str]]:
-    from mmcurate.quality.der import read_rttm as read
+    from der_reference import read_rttm as read
 
     return [(float(s), float(e), str(lab)) for s, e, lab in read(path)]
 

@@ -44,7 +44,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from mmcurate.transforms.export import DEFAULT_FRAME_RATE  # noqa: F401 (12.5 Hz, Moshi's)
+DEFAULT_FRAME_RATE = 12.5  # Hz, the text streams' (Moshi's: its Mimi codec's frames)
 
 PAD = "<pad>"
 SENTENCE_PAUSE_S = 1.0  # a longer silence between two words of a speaker ends a sentence

@@ -42,11 +42,12 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
+from mmcurate.transforms.duplex import DEFAULT_FRAME_RATE  # 12.5 Hz (export reads duplex, not back)
+
 log = logging.getLogger("mmcurate.export")
 
 SAMPLE_RATE = 16000  # what the run decodes to and stores (transforms/decode.py)
 DEFAULT_SHARD_SIZE = 1000  # segments (documents) per shard (Lhotse Shar's own default)
-DEFAULT_FRAME_RATE = 12.5  # Hz, the duplex text streams' (Moshi's: its Mimi codec's frames)
 
 # the curated segments with what every format needs of their source; no audio bytes
 SEGMENT_ROWS = """
@@ -547,7 +548,7 @@ class DuplexExporter(Exporter):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from mmcurate.quality.audit import connect
+        from mmcurate.quality.db import connect
         from mmcurate.schemas.tables import _hf_schema
         from mmcurate.transforms import duplex
         from mmcurate.transforms.audio_codec import encode_flac
