@@ -41,10 +41,13 @@ MIN_SIZE = 0.2
 
 
 def conversations(split: str, n: int, minutes: float):
-    pool = [v.name for v in (conv.FIT_VOICES if split == "fit" else conv.TEST_VOICES)]
-    rng = np.random.default_rng([7, 0 if split == "fit" else 1])
+    """fit, test: the speaker-count splits' voices; clean: the held-out voices recorded alone
+    and close to the microphone (conversations.CLEAN_TEST_VOICES), no far-field meeting audio."""
+    pool = {"fit": [v.name for v in conv.FIT_VOICES], "test": [v.name for v in conv.TEST_VOICES],
+            "clean": list(conv.CLEAN_TEST_VOICES)}[split]
+    rng = np.random.default_rng([7, ("fit", "test", "clean").index(split)])
     for i in range(n):
-        k = 2 + i % 3
+        k = min(2 + i % 3, len(pool))
         voices = tuple(str(v) for v in rng.choice(pool, size=k, replace=False))
         seed = int(rng.integers(1 << 31))
         yield f"events-{split}-{k}spk-{i}", voices, seed
