@@ -9,13 +9,15 @@ place is skipped: re-running a killed export finishes it. `run_export` returns a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import sys
 import time
 
 from mmcurate.schemas.printable import printable
-from mmcurate.transforms.export import DEFAULT_SHARD_SIZE, EXPORTERS, ExportShard, Exporter
+from mmcurate.transforms.export import DEFAULT_FRAME_RATE, DEFAULT_SHARD_SIZE, DUPLEX_SHARD_SIZE, EXPORTERS, ExportShard, Exporter
 
 log = logging.getLogger("mmcurate.export")
 
@@ -47,18 +49,25 @@ def _write_shard_fn(exporter: Exporter, out_dir: str, to: str, totals: dict[str,
 
 
 def run_export(out_dir: str, fmt: str, to: str, shard_size: int | None = None,
-               beam_args: list[str] | None = None, test_pipeline=None) -> dict:
+               beam_args: list[str] | None = None, test_pipeline=None, frame_rate: float | None = None) -> dict:
     """Export the curated view of `out_dir` as `fmt` into `to`. FileNotFoundError when `out_dir`
-    has no committed manifest, ValueError for an unknown format, InconsistentOutput for an output
-    whose audit finds problems."""
+    has no committed manifest, ValueError for an unknown format or an option the format does not
+    take (`frame_rate`: duplex only), InconsistentOutput for an output whose audit finds problems."""
     from mmcurate.pipelines.curate import local_runner
     from mmcurate.quality.audit import connect, output_problems
     from mmcurate.transforms.read import read_manifest
 
     if fmt not in EXPORTERS:
         raise ValueError(f"unknown format {fmt!r}; known: {', '.join(EXPORTERS)}")
+    options: dict = {} if shard_size is None else {"shard_size": shard_size}
+    if frame_rate is not None:
+        if "frame_rate" not in {f.name for f in dataclasses.fields(EXPORTERS[fmt])}:
+            raise ValueError(f"--frame-rate applies to the duplex format, not {fmt}")
+        if not (math.isfinite(frame_rate) and frame_rate > 0):
+            raise ValueError(f"--frame-rate: {frame_rate} must be a positive number of Hz")
+        options["frame_rate"] = float(frame_rate)
     read_manifest(out_dir)  # FileNotFoundError: not a finished output
-    exporter = EXPORTERS[fmt]() if shard_size is None else EXPORTERS[fmt](shard_size=shard_size)
+    exporter = EXPORTERS[fmt](**options)
     t0 = time.perf_counter()
     con = connect(out_dir, read_only=True)
     try:
@@ -74,10 +83,7 @@ def run_export(out_dir: str, fmt: str, to: str, shard_size: int | None = None,
     todo = [s for s in shards if not (exporter.shard_files(to, s)
                                       and all(os.path.exists(f) for f in exporter.shard_files(to, s)))]
     done = len(shards) - len(todo)
-    log.info("export %s: %d curated segment(s), %.3f h%s, in %d shard(s) -> %s%s", fmt,
-             exporter.stats["segments"], exporter.stats["hours"],
-             f", {exporter.stats['documents']} document(s)" if "documents" in exporter.stats else "",
-             len(shards), printable(to),
+    log.info("export %s: %s, in %d shard(s) -> %s%s", fmt, exporter.describe(), len(shards), printable(to),
              f" ({done} already written, skipped)" if done else "")
     totals = {k: sum(1 for s in shards if s.kind == k) for k in exporter.KINDS}
     if todo and exporter.shard_files(to, todo[0]):
@@ -98,8 +104,12 @@ def run_export(out_dir: str, fmt: str, to: str, shard_size: int | None = None,
         con.close()
     files += [f for s in shards for f in exporter.shard_files(to, s) if "/_parts/" not in f]
     elapsed = time.perf_counter() - t0
+    report = exporter.report()
+    for line in report:
+        log.info("export %s: %s", fmt, line.strip())
     return {"format": fmt, "to": to, "shards": len(shards), "shards_skipped": done,
-            "files": sorted(files), "elapsed_s": elapsed, **exporter.stats}
+            "files": sorted(files), "elapsed_s": elapsed, "description": exporter.describe(),
+            "report": report, **exporter.stats}
 
 
 EXPORT_EPILOG = """\
@@ -111,6 +121,7 @@ Examples:
   mmcurate export out/demo --format nemo --to out/demo-nemo
   mmcurate export out/demo --format webdataset --to out/demo-wds --shard-size 500
   mmcurate export out/demo --format hf --to out/demo-hf
+  mmcurate export out/demo --format duplex --to out/demo-duplex --frame-rate 12.5
 Running the same command again skips the shards already written (a killed export resumes).
 """
 
@@ -129,7 +140,11 @@ def add_export_parser(sub, formatter) -> None:
     e.add_argument("--format", required=True, choices=list(EXPORTERS), help="the format to write")
     e.add_argument("--to", required=True, metavar="OUTDIR", help="where to write it (local)")
     e.add_argument("--shard-size", type=int, metavar="N",
-                   help=f"segments (documents) per shard (default {DEFAULT_SHARD_SIZE})")
+                   help=f"segments (documents; duplex: sources) per shard (default {DEFAULT_SHARD_SIZE}; "
+                   f"duplex {DUPLEX_SHARD_SIZE})")
+    e.add_argument("--frame-rate", type=float, metavar="HZ",
+                   help=f"duplex: frames per second of the text streams, one token each (default "
+                   f"{DEFAULT_FRAME_RATE:g}, Moshi's)")
 
 
 def cmd_export(args, beam_args: list[str]) -> int:
@@ -140,7 +155,8 @@ def cmd_export(args, beam_args: list[str]) -> int:
         print(f"mmcurate: --shard-size: {args.shard_size} must be >= 1", file=sys.stderr)
         return EXIT_USAGE
     try:
-        summary = run_export(args.output, args.format, args.to, args.shard_size, beam_args)
+        summary = run_export(args.output, args.format, args.to, args.shard_size, beam_args,
+                             frame_rate=args.frame_rate)
     except InconsistentOutput as e:
         print(f"mmcurate: {e}", file=sys.stderr)
         return EXIT_VERDICT
@@ -149,9 +165,10 @@ def cmd_export(args, beam_args: list[str]) -> int:
         return EXIT_USAGE
     hours = summary["hours"]
     rate = hours * 60.0 / (summary["elapsed_s"] / 60.0) if summary["elapsed_s"] else 0.0
-    docs = f", {summary['documents']} document(s)" if "documents" in summary else ""
-    print(f"exported {summary['segments']} curated segment(s), {hours:.3f} h{docs}, as {args.format} in "
+    print(f"exported {summary['description']}, as {args.format} in "
           f"{summary['elapsed_s']:.1f} s ({rate:.1f} curated min per min) -> {summary['to']}")
+    for line in summary["report"]:
+        print(line)
     for f in summary["files"][:10]:
         print(f"  {f}")
     if len(summary["files"]) > 10:

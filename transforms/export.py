@@ -21,6 +21,11 @@ with no time stamps inside, so the same output gives the same bytes.
 * `hf`: Parquet shards under `segments/` and `documents/` whose schema carries the Hugging Face
   features (`Audio`, `List(Image)`), and a `README.md` card naming the two configs, for
   `datasets.load_dataset`.
+* `duplex`: full-duplex dialogue data (Moshi / FLM-Audio style), `dialogues-<rate>hz-NNNNNN.parquet`:
+  per speaker of each curated source with two or more speakers in `turns`, one row with that
+  speaker's audio channel (the source inside its turns, silence elsewhere), a word-per-frame text
+  stream at `frame_rate` (default 12.5 Hz) and its sentences; sources with fewer speakers are
+  counted, not exported (`mmcurate.transforms.duplex` documents the streams).
 
 `webdataset` and `hf` hold segments and documents: a document is its curated items in reading
 order (`curated_interleaved`: an image or text item dedup dropped inside it is left out).
@@ -41,6 +46,7 @@ log = logging.getLogger("mmcurate.export")
 
 SAMPLE_RATE = 16000  # what the run decodes to and stores (transforms/decode.py)
 DEFAULT_SHARD_SIZE = 1000  # segments (documents) per shard (Lhotse Shar's own default)
+DEFAULT_FRAME_RATE = 12.5  # Hz, the duplex text streams' (Moshi's: its Mimi codec's frames)
 
 # the curated segments with what every format needs of their source; no audio bytes
 SEGMENT_ROWS = """
@@ -180,6 +186,15 @@ class Exporter:
 
     def finish(self, con, to: str, shards: list[ExportShard]) -> list[str]:
         """Write what spans shards (driver); the files written."""
+        return []
+
+    def describe(self) -> str:
+        """What the plan holds, for the log line and the CLI's summary."""
+        docs = f", {self.stats['documents']} document(s)" if "documents" in self.stats else ""
+        return f"{self.stats['segments']} curated segment(s), {self.stats['hours']:.3f} h{docs}"
+
+    def report(self) -> list[str]:
+        """Further lines for the log and the CLI's summary, after `finish`."""
         return []
 
 
@@ -476,5 +491,144 @@ class HuggingFaceExporter(Exporter):
         return [path]
 
 
+REPORT_STREAMS = 20  # streams listed one per line in the summary
+DUPLEX_SHARD_SIZE = 8  # sources per duplex shard: each holds its speakers' whole-source audio
+
+# the curated sources, with how many speakers their curated turns have
+DUPLEX_SOURCES = """
+    SELECT s.source_id, s.media_uri, s.duration_s,
+           (SELECT count(DISTINCT t.speaker) FROM curated_turns t
+            WHERE t.source_id = s.source_id AND t."end" > t.start) AS speakers
+    FROM curated_sources s ORDER BY s.source_id
+"""
+
+
+def _speaker_order(speaker: str) -> tuple[int, str]:
+    """spk2 before spk10 (labels share their source's prefix)."""
+    return len(speaker), speaker
+
+
+@dataclass
+class DuplexExporter(Exporter):
+    """Full-duplex dialogue streams: one Parquet row per (source, speaker) (`mmcurate.transforms.duplex`)."""
+
+    name: ClassVar[str] = "duplex"
+    help: ClassVar[str] = ("full-duplex dialogue Parquet: per speaker of each source with >= 2 speakers, its own "
+                           "audio channel (silence outside its turns), a word-per-frame text stream "
+                           "(--frame-rate, default 12.5 Hz) and its sentences")
+    KINDS: ClassVar[tuple[str, ...]] = ("sources",)
+    shard_size: int = DUPLEX_SHARD_SIZE
+    frame_rate: float = DEFAULT_FRAME_RATE
+
+    def plan(self, con) -> list[ExportShard]:
+        rows = con.execute(DUPLEX_SOURCES).fetchall()
+        ids = [sid for sid, _uri, _dur, n in rows if n >= 2]
+        segments, words, unassigned = con.execute("""
+            SELECT count(*), coalesce(sum(len(words)), 0),
+                   coalesce(sum(len(words)) FILTER (WHERE speaker IS NULL OR speaker NOT IN (
+                       SELECT speaker FROM curated_turns t WHERE t.source_id = g.source_id)), 0)
+            FROM curated_segments g WHERE source_id IN (SELECT unnest(?::VARCHAR[]))""", [ids]).fetchone()
+        self.stats = {"segments": int(segments), "hours": sum(d for sid, _u, d, n in rows if n >= 2) / 3600.0,
+                      "sources": len(ids), "sources_skipped": len(rows) - len(ids),
+                      "streams": sum(n for *_r, n in rows if n >= 2), "frame_rate": self.frame_rate,
+                      "words_without_stream": int(unassigned), "words": int(words)}
+        return _cut("sources", ids, self.shard_size)
+
+    def describe(self) -> str:
+        s = self.stats
+        return (f"{s['sources']} dialogue source(s) (>= 2 speakers; {s['sources_skipped']} with fewer skipped), "
+                f"{s['streams']} speaker stream(s), {s['hours']:.3f} h")
+
+    def shard_files(self, to, shard):
+        # the frame rate is in the name: a re-run at another rate does not take these as done
+        return [os.path.join(to, f"dialogues-{self.frame_rate:g}hz-{shard.index:06d}.parquet")]
+
+    def write_shard(self, out_dir, to, shard):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from mmcurate.quality.audit import connect
+        from mmcurate.schemas.tables import _hf_schema
+        from mmcurate.transforms import duplex
+        from mmcurate.transforms.audio_codec import encode_flac
+        from mmcurate.transforms.decode import decode_audio
+
+        schema = _hf_schema(duplex.DUPLEX_FIELDS, {"audio": "Audio"})
+        con = connect(out_dir, read_only=True)
+        try:
+            sources = con.execute("SELECT source_id, media_uri FROM curated_sources WHERE source_id IN "
+                                  "(SELECT unnest(?::VARCHAR[])) ORDER BY source_id", [list(shard.ids)]).fetchall()
+            turns = con.execute('SELECT source_id, speaker, start, "end" FROM curated_turns WHERE source_id IN '
+                                "(SELECT unnest(?::VARCHAR[])) ORDER BY source_id, start, \"end\", turn_id",
+                                [list(shard.ids)]).fetchall()
+            segs = con.execute("SELECT source_id, speaker, words FROM curated_segments WHERE source_id IN "
+                               "(SELECT unnest(?::VARCHAR[])) AND speaker IS NOT NULL "
+                               "ORDER BY source_id, start, segment_id", [list(shard.ids)]).fetchall()
+        finally:
+            con.close()
+        path = self.shard_files(to, shard)[0]
+        tmp = path + ".tmp"
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for sid, media_uri in sources:
+                spans: dict[str, list[tuple[float, float]]] = {}
+                for t_sid, spk, start, end in turns:
+                    if t_sid == sid and end > start:
+                        spans.setdefault(spk, []).append((start, end))
+                speakers = sorted(spans, key=_speaker_order)
+                audio = decode_audio(media_uri, sample_rate=SAMPLE_RATE)
+                frames = duplex.num_frames(audio.shape[0], self.frame_rate, SAMPLE_RATE)
+                for spk in speakers:
+                    own = duplex.merge_spans(spans[spk])
+                    words = [w for g_sid, g_spk, ws in segs if g_sid == sid and g_spk == spk for w in (ws or [])]
+                    text = duplex.text_stream(words, frames, self.frame_rate)
+                    row = {"source_id": sid, "speaker": spk, "speakers": speakers, "sample_rate": SAMPLE_RATE,
+                           "num_samples": int(audio.shape[0]),
+                           "audio": {"bytes": encode_flac(duplex.speaker_audio(audio, own, SAMPLE_RATE), SAMPLE_RATE),
+                                     "path": f"{spk}.flac"},
+                           "turns": [{"start": s, "end": e} for s, e in own], "frame_rate": float(self.frame_rate),
+                           "tokens": text.tokens, "num_words": text.num_words, "words_dropped": text.words_dropped,
+                           "pad_share": text.pad_share, "sentences": duplex.sentences(words)}
+                    writer.write_table(pa.Table.from_pylist([row], schema=schema))  # a row group per stream
+                del audio
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def finish(self, con, to, shards):
+        """The per-stream figures, read back from the shards (without their audio)."""
+        import pyarrow.parquet as pq
+
+        streams = []
+        for s in shards:
+            table = pq.read_table(self.shard_files(to, s)[0], columns=["source_id", "speaker", "tokens", "num_words",
+                                                                        "words_dropped", "pad_share"])
+            for r in table.to_pylist():
+                streams.append({"source_id": r["source_id"], "speaker": r["speaker"], "frames": len(r["tokens"]),
+                                "words": r["num_words"], "words_dropped": r["words_dropped"],
+                                "pad_share": r["pad_share"]})
+        frames = sum(s["frames"] for s in streams)
+        self.stats["pad_shares"] = streams
+        self.stats["pad_share"] = (sum(s["pad_share"] * s["frames"] for s in streams) / frames) if frames else None
+        self.stats["words_dropped"] = sum(s["words_dropped"] for s in streams)
+        return []
+
+    def report(self) -> list[str]:
+        s = self.stats
+        streams = s.get("pad_shares") or []
+        lines = [f"duplex: {len(streams)} speaker stream(s) of {s['sources']} source(s) at {s['frame_rate']:g} Hz, "
+                 + (f"pad share {s['pad_share']:.4f} of all frames (per stream "
+                    f"{min(x['pad_share'] for x in streams):.4f}-{max(x['pad_share'] for x in streams):.4f})"
+                    if streams else "no stream")
+                 + f"; {s['sources_skipped']} source(s) with fewer than 2 speakers skipped; "
+                 f"{s['words_dropped']} word(s) with no free frame, {s['words_without_stream']} word(s) of "
+                 "segments with no speaker in turns"]
+        lines += [f"  {x['speaker']}: {x['frames']} frames, {x['words']} words, pad share {x['pad_share']:.4f}"
+                  for x in streams[:REPORT_STREAMS]]
+        if len(streams) > REPORT_STREAMS:
+            lines.append(f"  ... {len(streams) - REPORT_STREAMS} more (each stream's pad_share is in its row)")
+        return lines
+
+
 EXPORTERS: dict[str, type[Exporter]] = {e.name: e for e in (LhotseExporter, SharExporter, NemoExporter,
-                                                            WebDatasetExporter, HuggingFaceExporter)}
+                                                            WebDatasetExporter, HuggingFaceExporter,
+                                                            DuplexExporter)}
