@@ -268,13 +268,15 @@ def source_items(source_id: str, duration_s: float, turns: list[Turn], events: l
         if not present:
             continue
         counts.clips += 1
-        made = _clip_items(source_id, k, a, b, present, turns, events, all_phrases, all_speakers, opts, counts)
+        clip_counts = Counts()  # overlapped drops: counted only where the source is not dropped whole
+        made = _clip_items(source_id, k, a, b, present, turns, events, all_phrases, all_speakers, opts, clip_counts)
         for it in made:
             it["diarization_confidence"] = confidence
         if low:
             for it in made:
                 counts.dropped_low_confidence[it["kind"]] = counts.dropped_low_confidence.get(it["kind"], 0) + 1
             continue
+        counts.add(clip_counts)
         for it in made:
             counts.items[it["kind"]] = counts.items.get(it["kind"], 0) + 1
         items += made
