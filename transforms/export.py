@@ -664,7 +664,7 @@ class QAExporter(Exporter):
     distractors: int = 3
     min_confidence: float = 0.5
 
-    def _options(self):
+    def qa_options(self):
         from mmcurate.transforms.qa import QAOptions
 
         return QAOptions(self.clip_s, self.distractors, self.min_confidence)
@@ -673,7 +673,7 @@ class QAExporter(Exporter):
         """The options' digest: a shard written with other options is not taken as done."""
         import hashlib
 
-        o = self._options()
+        o = self.qa_options()
         return hashlib.sha256(f"{o.clip_s!r}|{o.distractors}|{o.min_confidence!r}".encode()).hexdigest()[:10]
 
     def plan(self, con) -> list[ExportShard]:
@@ -728,7 +728,7 @@ class QAExporter(Exporter):
         items, counts = [], qa.Counts()
         for sid, duration, confidence in sources:
             got, c = qa.source_items(sid, float(duration or 0.0), by[sid]["turns"], by[sid]["events"],
-                                     by[sid]["segs"], confidence, self._options())
+                                     by[sid]["segs"], confidence, self.qa_options())
             items += got
             counts.add(c)
         counts_path, path = self.shard_files(to, shard)[1], self.shard_files(to, shard)[0]
