@@ -17,7 +17,9 @@ import sys
 import time
 
 from mmcurate.schemas.printable import printable
-from mmcurate.transforms.export import DEFAULT_FRAME_RATE, DEFAULT_SHARD_SIZE, DUPLEX_SHARD_SIZE, EXPORTERS, ExportShard, Exporter
+from mmcurate.transforms.export import (DEFAULT_FRAME_RATE, DEFAULT_SHARD_SIZE, DUPLEX_SHARD_SIZE, EXPORTERS,
+                                        QA_SHARD_SIZE, ExportShard, Exporter)
+from mmcurate.transforms.qa import DEFAULT_CLIP_S, DEFAULT_DISTRACTORS, DEFAULT_MIN_CONFIDENCE, DISTRACTORS_RANGE
 
 log = logging.getLogger("mmcurate.export")
 
@@ -48,11 +50,32 @@ def _write_shard_fn(exporter: Exporter, out_dir: str, to: str, totals: dict[str,
     return WriteShardFn()
 
 
+def _qa_options(fmt: str, clip_s, distractors, min_confidence) -> dict:
+    """The qa format's options, checked (ValueError: another format, or out of range)."""
+    given = {k: v for k, v in (("clip_s", clip_s), ("distractors", distractors),
+                               ("min_confidence", min_confidence)) if v is not None}
+    if not given:
+        return {}
+    if fmt != "qa":
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"{flags} apply to the qa format, not {fmt}")
+    if "clip_s" in given and not (math.isfinite(clip_s) and clip_s >= 1.0):
+        raise ValueError(f"--clip-s: {clip_s} must be at least 1 second")
+    if "distractors" in given and not DISTRACTORS_RANGE[0] <= distractors <= DISTRACTORS_RANGE[1]:
+        raise ValueError(f"--distractors: {distractors} must be {DISTRACTORS_RANGE[0]} to {DISTRACTORS_RANGE[1]}")
+    if "min_confidence" in given and not (math.isfinite(min_confidence) and 0.0 <= min_confidence <= 1.0):
+        raise ValueError(f"--min-confidence: {min_confidence} must be 0 to 1")
+    return {k: (float(v) if k != "distractors" else int(v)) for k, v in given.items()}
+
+
 def run_export(out_dir: str, fmt: str, to: str, shard_size: int | None = None,
-               beam_args: list[str] | None = None, test_pipeline=None, frame_rate: float | None = None) -> dict:
+               beam_args: list[str] | None = None, test_pipeline=None, frame_rate: float | None = None,
+               clip_s: float | None = None, distractors: int | None = None,
+               min_confidence: float | None = None) -> dict:
     """Export the curated view of `out_dir` as `fmt` into `to`. FileNotFoundError when `out_dir`
     has no committed manifest, ValueError for an unknown format or an option the format does not
-    take (`frame_rate`: duplex only), InconsistentOutput for an output whose audit finds problems."""
+    take (`frame_rate`: duplex only; `clip_s`, `distractors`, `min_confidence`: qa only) or a bad
+    value, InconsistentOutput for an output whose audit finds problems."""
     from mmcurate.pipelines.curate import local_runner
     from mmcurate.quality.audit import output_problems
     from mmcurate.quality.db import connect
@@ -67,6 +90,7 @@ def run_export(out_dir: str, fmt: str, to: str, shard_size: int | None = None,
         if not (math.isfinite(frame_rate) and frame_rate > 0):
             raise ValueError(f"--frame-rate: {frame_rate} must be a positive number of Hz")
         options["frame_rate"] = float(frame_rate)
+    options.update(_qa_options(fmt, clip_s, distractors, min_confidence))
     read_manifest(out_dir)  # FileNotFoundError: not a finished output
     exporter = EXPORTERS[fmt](**options)
     t0 = time.perf_counter()
@@ -123,6 +147,7 @@ Examples:
   mmcurate export out/demo --format webdataset --to out/demo-wds --shard-size 500
   mmcurate export out/demo --format hf --to out/demo-hf
   mmcurate export out/demo --format duplex --to out/demo-duplex --frame-rate 12.5
+  mmcurate export out/demo --format qa --to out/demo-qa --clip-s 30 --distractors 3
 Running the same command again skips the shards already written (a killed export resumes).
 """
 
@@ -141,11 +166,19 @@ def add_export_parser(sub, formatter) -> None:
     e.add_argument("--format", required=True, choices=list(EXPORTERS), help="the format to write")
     e.add_argument("--to", required=True, metavar="OUTDIR", help="where to write it (local)")
     e.add_argument("--shard-size", type=int, metavar="N",
-                   help=f"segments (documents; duplex: sources) per shard (default {DEFAULT_SHARD_SIZE}; "
-                   f"duplex {DUPLEX_SHARD_SIZE})")
+                   help=f"segments (documents; duplex, qa: sources) per shard (default {DEFAULT_SHARD_SIZE}; "
+                   f"duplex {DUPLEX_SHARD_SIZE}, qa {QA_SHARD_SIZE})")
     e.add_argument("--frame-rate", type=float, metavar="HZ",
                    help=f"duplex: frames per second of the text streams, one token each (default "
                    f"{DEFAULT_FRAME_RATE:g}, Moshi's)")
+    e.add_argument("--clip-s", type=float, metavar="S",
+                   help=f"qa: clip length in seconds, clips cut on the source timeline (default {DEFAULT_CLIP_S:g})")
+    e.add_argument("--distractors", type=int, metavar="N",
+                   help=f"qa: wrong options per multiple-choice item, {DISTRACTORS_RANGE[0]} to "
+                   f"{DISTRACTORS_RANGE[1]} (default {DEFAULT_DISTRACTORS})")
+    e.add_argument("--min-confidence", type=float, metavar="C",
+                   help="qa: drop (and count) the items of sources whose diarization_confidence is below "
+                   f"this (default {DEFAULT_MIN_CONFIDENCE:g})")
 
 
 def cmd_export(args, beam_args: list[str]) -> int:
@@ -157,7 +190,8 @@ def cmd_export(args, beam_args: list[str]) -> int:
         return EXIT_USAGE
     try:
         summary = run_export(args.output, args.format, args.to, args.shard_size, beam_args,
-                             frame_rate=args.frame_rate)
+                             frame_rate=args.frame_rate, clip_s=args.clip_s, distractors=args.distractors,
+                             min_confidence=args.min_confidence)
     except InconsistentOutput as e:
         print(f"mmcurate: {e}", file=sys.stderr)
         return EXIT_VERDICT

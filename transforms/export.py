@@ -26,6 +26,11 @@ with no time stamps inside, so the same output gives the same bytes.
   speaker's audio channel (the source inside its turns, silence elsewhere), a word-per-frame text
   stream at `frame_rate` (default 12.5 Hz) and its sentences; sources with fewer speakers are
   counted, not exported (`mmcurate.transforms.duplex` documents the streams).
+* `qa`: temporal and turn-taking question-answer items, `qa-NNNNNN.parquet` + `summary.json`: per
+  clip (default 30 s) of each curated source with two or more speakers, questions (count, first,
+  last, order, duration, interrupt, backchannel) whose answers are read off `turns`,
+  `turn_events` and `segments`; items of low-confidence diarizations are dropped and counted
+  (`mmcurate.transforms.qa` documents the kinds and the layout).
 
 `webdataset` and `hf` hold segments and documents: a document is its curated items in reading
 order (`curated_interleaved`: an image or text item dedup dropped inside it is left out).
@@ -630,6 +635,140 @@ class DuplexExporter(Exporter):
         return lines
 
 
+
+
+QA_SHARD_SIZE = 64  # sources per qa shard: items are small, a source gives ~10 per clip
+
+# the curated sources, their speaker count in curated turns and the diarizer's confidence
+QA_SOURCES = """
+    SELECT s.source_id, s.duration_s,
+           (SELECT count(DISTINCT t.speaker) FROM curated_turns t
+            WHERE t.source_id = s.source_id AND t."end" > t.start) AS speakers,
+           (SELECT max(x.diarization_confidence) FROM curated_transcripts x
+            WHERE x.source_id = s.source_id) AS confidence
+    FROM curated_sources s ORDER BY s.source_id
+"""
+
+
+@dataclass
+class QAExporter(Exporter):
+    """Temporal and turn-taking question-answer items about clips of curated conversations
+    (`mmcurate.transforms.qa` documents the kinds, the drops and the layout)."""
+
+    name: ClassVar[str] = "qa"
+    help: ClassVar[str] = ("temporal / turn-taking question-answer Parquet (count, first, last, order, duration, "
+                           "interrupt, backchannel) over --clip-s clips of sources with >= 2 speakers, "
+                           "answers from the tables")
+    KINDS: ClassVar[tuple[str, ...]] = ("sources",)
+    shard_size: int = QA_SHARD_SIZE
+    clip_s: float = 30.0
+    distractors: int = 3
+    min_confidence: float = 0.5
+
+    def qa_options(self):
+        from mmcurate.transforms.qa import QAOptions
+
+        return QAOptions(self.clip_s, self.distractors, self.min_confidence)
+
+    def _tag(self) -> str:
+        """The options' digest: a shard written with other options is not taken as done."""
+        import hashlib
+
+        o = self.qa_options()
+        return hashlib.sha256(f"{o.clip_s!r}|{o.distractors}|{o.min_confidence!r}".encode()).hexdigest()[:10]
+
+    def plan(self, con) -> list[ExportShard]:
+        rows = con.execute(QA_SOURCES).fetchall()
+        used = [r for r in rows if r[2] >= 2]
+        self.stats = {"segments": 0, "hours": sum(r[1] or 0.0 for r in used) / 3600.0, "sources": len(used),
+                      "sources_skipped": len(rows) - len(used),
+                      "options": {"clip_s": self.clip_s, "distractors": self.distractors,
+                                  "min_confidence": self.min_confidence}}
+        return _cut("sources", [r[0] for r in used], self.shard_size)
+
+    def describe(self) -> str:
+        s = self.stats
+        return (f"{s['sources']} conversation source(s) (>= 2 speakers; {s['sources_skipped']} with fewer "
+                f"skipped), {s['hours']:.3f} h in {self.clip_s:g} s clips")
+
+    def shard_files(self, to, shard):
+        return [os.path.join(to, f"qa-{shard.index:06d}.parquet"),
+                os.path.join(to, "_parts", f"qa-{self._tag()}-{shard.index:06d}.json")]
+
+    def write_shard(self, out_dir, to, shard):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from mmcurate.quality.audit import connect
+        from mmcurate.transforms import qa
+
+        ids = [list(shard.ids)]
+        con = connect(out_dir, read_only=True)
+        try:
+            sources = con.execute("""SELECT s.source_id, s.duration_s, (SELECT max(x.diarization_confidence)
+                                     FROM curated_transcripts x WHERE x.source_id = s.source_id)
+                                     FROM curated_sources s WHERE s.source_id IN (SELECT unnest(?::VARCHAR[]))
+                                     ORDER BY s.source_id""", ids).fetchall()
+            turns = con.execute('SELECT source_id, turn_id, speaker, start, "end", overlapped FROM curated_turns '
+                                "WHERE source_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY source_id, start, turn_id",
+                                ids).fetchall()
+            events = con.execute('SELECT source_id, event_id, kind, start, "end", speaker, other_speaker, offset_s '
+                                 "FROM curated_turn_events WHERE source_id IN (SELECT unnest(?::VARCHAR[])) "
+                                 "ORDER BY source_id, start, event_id", ids).fetchall()
+            segs = con.execute("SELECT source_id, segment_id, words FROM curated_segments WHERE source_id IN "
+                               "(SELECT unnest(?::VARCHAR[])) ORDER BY source_id, start, segment_id", ids).fetchall()
+        finally:
+            con.close()
+        by: dict[str, dict[str, list]] = {sid: {"turns": [], "events": [], "segs": []} for sid, _d, _c in sources}
+        for sid, *r in turns:
+            by[sid]["turns"].append(qa.Turn(r[0], r[1], float(r[2]), float(r[3]), bool(r[4])))
+        for sid, *r in events:
+            by[sid]["events"].append(qa.Event(*r))
+        for sid, seg_id, words in segs:
+            by[sid]["segs"].append((seg_id, words or []))
+        items, counts = [], qa.Counts()
+        for sid, duration, confidence in sources:
+            got, c = qa.source_items(sid, float(duration or 0.0), by[sid]["turns"], by[sid]["events"],
+                                     by[sid]["segs"], confidence, self.qa_options())
+            items += got
+            counts.add(c)
+        counts_path, path = self.shard_files(to, shard)[1], self.shard_files(to, shard)[0]
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(items, schema=qa.QA_SCHEMA), buf, compression="zstd")
+        os.makedirs(os.path.dirname(counts_path), exist_ok=True)
+        write_atomic(path, buf.getvalue())
+        write_atomic(counts_path, json.dumps(counts.to_dict(), sort_keys=True).encode("utf-8"))  # last: done
+
+    def finish(self, con, to, shards):
+        """The summary: items per kind, drops, sources, summed over the shards' counts."""
+        from mmcurate.transforms import qa
+
+        total = qa.Counts()
+        for s in shards:
+            with open(self.shard_files(to, s)[1], encoding="utf-8") as fh:
+                total.add(qa.Counts.from_dict(json.load(fh)))
+        d = total.to_dict()
+        self.stats.update({"items": d["items"], "dropped_low_confidence": d["dropped_low_confidence"],
+                           "dropped_overlapped": d["dropped_overlapped"],
+                           "sources_low_confidence": d["sources_low_confidence"], "clips": d["clips"]})
+        summary = {k: self.stats[k] for k in ("sources", "sources_skipped", "sources_low_confidence", "clips",
+                                              "items", "dropped_low_confidence", "dropped_overlapped", "options")}
+        path = os.path.join(to, "summary.json")
+        write_atomic(path, (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+        return [path]
+
+    def report(self) -> list[str]:
+        s = self.stats
+        items = s.get("items") or {}
+        per = lambda d: ", ".join(f"{k} {v}" for k, v in d.items()) or "none"  # noqa: E731
+        return [f"qa: {sum(items.values())} item(s) from {s.get('clips', 0)} clip(s) of {s['sources']} source(s) "
+                f"({per(items)}); {s['sources_skipped']} source(s) with fewer than 2 speakers skipped",
+                f"qa: dropped for diarization confidence < {self.min_confidence:g}: "
+                f"{sum((s.get('dropped_low_confidence') or {}).values())} item(s) of "
+                f"{s.get('sources_low_confidence', 0)} source(s) ({per(s.get('dropped_low_confidence') or {})}); "
+                f"dropped for an overlapped deciding turn: {per(s.get('dropped_overlapped') or {})}"]
+
+
 EXPORTERS: dict[str, type[Exporter]] = {e.name: e for e in (LhotseExporter, SharExporter, NemoExporter,
                                                             WebDatasetExporter, HuggingFaceExporter,
-                                                            DuplexExporter)}
+                                                            DuplexExporter, QAExporter)}
