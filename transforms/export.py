@@ -699,7 +699,7 @@ class QAExporter(Exporter):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from mmcurate.quality.audit import connect
+        from mmcurate.quality.db import connect
         from mmcurate.transforms import qa
 
         ids = [list(shard.ids)]
