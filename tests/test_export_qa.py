@@ -356,3 +356,24 @@ def test_clips_ids_and_bytes(built, tmp_path, capsys):
     _same_bytes(root / "qa", to)
     other = run_export(str(root / "out"), "qa", str(to), shard_size=1, clip_s=20.0)  # other options: all again
     assert other["shards_skipped"] == 0
+
+
+def test_voices_name_each_label_by_a_moment_it_talks_alone(built):
+    """A listener tells the labels apart by `voices`: at each speaker's `alone_at` the reference
+    has that voice and nobody else; questions about speakers carry the legend."""
+    _root, convs, known, _summary, items = built
+    checked = 0
+    for it in items:
+        c = convs[it["source_id"]]
+        labels = known[it["source_id"]][0]
+        voice_of = {lab: v for v, lab in labels.items()}
+        for entry in it["voices"]:
+            if entry["alone_at"] is None:
+                continue
+            t = it["clip_start"] + entry["alone_at"]
+            talking = {v for s, e, v in c.reference if s <= t < e}
+            assert talking == {voice_of[entry["speaker"]]}, (it["item_id"], entry, talking)
+            checked += 1
+        if it["kind"] in ("first", "last", "interrupt"):
+            assert " Voices: " in it["question"] and "is the voice at" in it["question"], it["question"]
+    assert checked >= 20

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -89,6 +90,9 @@ QA_FIELDS = [
     pa.field("tolerance_s", pa.float64()),  # duration: an answer within this is right; else null
     pa.field("reference", pa.list_(pa.string())),  # turn_id / event_id / segment_id rows used
     pa.field("diarization_confidence", pa.float64()),  # the source's (null: not measured)
+    # every speaker of the clip with a moment (seconds from clip_start) they talk alone: how a
+    # listener tells which voice a label in the question or the options means
+    pa.field("voices", pa.list_(pa.struct([pa.field("speaker", pa.string()), pa.field("alone_at", pa.float64())]))),
 ]
 QA_SCHEMA = pa.schema(QA_FIELDS)
 
@@ -183,6 +187,23 @@ def _cut(turns: list[Turn], a: float, b: float) -> list[tuple[Turn, float, float
 
 def speaker_order(speaker: str) -> tuple[int, str]:
     return len(speaker), speaker
+
+
+def alone_at(turns: list[Turn], speaker: str, a: float, b: float) -> float | None:
+    """The middle of `speaker`'s longest stretch in [a, b) with nobody else speaking, seconds
+    from `a` (None: they never speak alone there)."""
+    others = [(s, e) for t, s, e in _cut(turns, a, b) if t.speaker != speaker]
+    best, best_len = None, 0.0
+    for t, s, e in _cut(turns, a, b):
+        if t.speaker != speaker:
+            continue
+        pieces = [(s, e)]
+        for os_, oe in others:
+            pieces = [p for x, y in pieces for p in ((x, min(y, os_)), (max(x, oe), y)) if p[1] > p[0]]
+        for x, y in pieces:
+            if y - x > best_len:
+                best, best_len = (x + y) / 2 - a, y - x
+    return None if best is None else round(best, 2)
 
 
 def speakers_in(turns: list[Turn], a: float, b: float) -> list[str]:
@@ -295,10 +316,17 @@ def _clip_items(source_id, k, a, b, present, turns, events, all_phrases, all_spe
         item_id = f"{source_id}-qa-{k:05d}-{kind}-{n}"
         options = _shuffled(item_id, answer, distractors if distractors is not None
                             else [NO if answer == YES else YES])
+        named = [spk for spk in voices if re.search(re.escape(spk) + r"(?!\d)", question + " " + " ".join(options))]
+        if named:  # the labels a listener must tell apart, each by a moment it talks alone
+            question += " Voices: " + "; ".join(
+                f"{spk} is the voice at {_t(voices[spk])} s" if voices[spk] is not None else f"{spk} never talks alone"
+                for spk in named) + "."
         out.append({"item_id": item_id, "source_id": source_id, "clip_start": a, "clip_end": b, "kind": kind,
                     "question": question, "answer": answer, "options": options, "tolerance_s": tol,
-                    "reference": reference})
+                    "reference": reference,
+                    "voices": [{"speaker": spk, "alone_at": voices[spk]} for spk in present]})
 
+    voices = {spk: alone_at(turns, spk, a, b) for spk in present}
     cut = _cut(turns, a, b)
     in_clip = [t for t, s, e in cut if t.speaker in present]
     where = f"in this clip ({_t(b - a)} s)"
