@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mmcurate.pipelines.config import AsrConfig
-from mmcurate.quality.wer import align_words, normalize, wer
+from wer_reference import align_words, normalize, wer
 from mmcurate.schemas.records import AsrSegment, Word
 from mmcurate.transforms import models
 from mmcurate.transforms.asr import (

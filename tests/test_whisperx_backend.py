@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mmcurate.pipelines.config import AsrConfig
-from mmcurate.quality.wer import normalize, wer
+from wer_reference import normalize, wer
 from mmcurate.transforms.asr import NO_ALIGN_WARNING, load_transcriber
 from mmcurate.transforms.decode import decode_audio
 

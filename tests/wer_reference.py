@@ -1,4 +1,5 @@
-"""Word error rate and word alignment for scoring transcripts against references.
+"""Word error rate and word alignment for scoring transcripts against references (a test-only
+metric: no product code scores WER).
 
 Scoring follows the usual convention (and /work/shared/media/README.md): lower-case, remove
 punctuation, collapse whitespace, then Levenshtein distance over words divided by the number of
