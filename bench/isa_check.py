@@ -22,9 +22,21 @@ import soundfile as sf
 import torch
 
 from mmcurate.transforms.asr import AsrConfig, load_transcriber
-from mmcurate.transforms.cpu import cpu_flags
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+
+
+def cpu_flags() -> set[str]:
+    """The first CPU's /proc/cpuinfo "flags" (x86 Linux); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() == "flags":
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
 
 
 def _h(b: bytes) -> str:

