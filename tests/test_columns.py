@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from mmcurate.schemas.columns import arrow_type, column, schema_of
 from mmcurate.schemas.tables import TABLES
 
 FROZEN = Path(__file__).parent / "data" / "table_schemas"
@@ -51,3 +52,57 @@ def test_schema_is_the_frozen_one(name):
     # nested fields too (Schema.equals compares them, this says which one differs)
     for got, want in zip(derived, frozen):
         assert got.equals(want, check_metadata=True), (got, want)
+
+
+def test_every_record_field_is_a_column_and_every_column_a_field():
+    """The schemas are derived from the records, so this holds by construction; it says so for
+    a reader, and fails if a table is ever declared apart from its record again."""
+    from mmcurate.schemas.records import RECORDS, to_table
+
+    assert set(RECORDS) == set(TABLES)
+    for name, cls in RECORDS.items():
+        assert [f.name for f in dataclasses.fields(cls)] == TABLES[name].names, name
+        assert to_table(name, []).schema.equals(TABLES[name], check_metadata=True), name
+
+
+def test_nested_structs_are_their_records():
+    from mmcurate.schemas import tables
+    from mmcurate.schemas.records import DnsmosWindow, Word
+
+    assert [f.name for f in tables.WORD] == [f.name for f in dataclasses.fields(Word)]
+    assert [f.name for f in tables.DNSMOS_WINDOW] == [f.name for f in dataclasses.fields(DnsmosWindow)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    a: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rec:
+    s: str
+    f: float | None
+    i: int
+    b: bool
+    raw: bytes | None
+    n32: int = column(pa.int32())
+    m: dict[str, str] = column(nullable=True, default_factory=dict)
+    inner: list[_Inner] | None = None
+
+
+def test_column_rules():
+
+    schema = schema_of(_Rec)
+    assert schema == pa.schema([
+        pa.field("s", pa.string(), nullable=False),
+        pa.field("f", pa.float64()),
+        pa.field("i", pa.int64(), nullable=False),
+        pa.field("b", pa.bool_(), nullable=False),
+        pa.field("raw", pa.binary()),
+        pa.field("n32", pa.int32(), nullable=False),
+        pa.field("m", pa.map_(pa.string(), pa.string())),
+        pa.field("inner", pa.list_(pa.struct([pa.field("a", pa.string(), nullable=False)]))),
+    ])
+    assert schema.metadata is None
+    with pytest.raises(TypeError, match="no Arrow type"):
+        arrow_type(dict)
