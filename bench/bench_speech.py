@@ -142,9 +142,9 @@ def output_rows(out: Path) -> dict:
     what two runs of the same job must agree on whatever their parallelism."""
     import pyarrow.parquet as pq
 
-    from mmcurate.transforms.read import committed_shards
+    from mmcurate.quality.db import committed_shards
 
-    shards = committed_shards(str(out))
+    shards, _ = committed_shards(str(out))
     cols = {"segments": ["segment_id", "start", "end", "speaker", "text"],
             "turns": ["turn_id", "speaker", "start", "end"]}
     return {t: sorted(tuple(r[c] for c in cs) for p in shards.get(t, [])

@@ -18,9 +18,10 @@ Nothing here imports Airflow: the DAG only calls these functions.
 from __future__ import annotations
 
 import os
-import posixpath
 import re
 from dataclasses import dataclass
+
+from mmcurate.transforms.commit import join
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 # matched with fullmatch: `$` would also accept a trailing newline
@@ -32,10 +33,6 @@ class Partition:
     name: str  # e.g. "2026-11-24"
     input: str  # the job's one INPUT: a manifest file or a directory
     output: str  # OUTPUT_ROOT/<name>
-
-
-def _join(root: str, name: str) -> str:
-    return posixpath.join(root.rstrip("/"), name) if "://" in root else os.path.join(root, name)
 
 
 def _exists(path: str) -> bool:
@@ -60,7 +57,7 @@ def check_name(name: str) -> str:
 
 def candidates(inputs_root: str, name: str) -> list[str]:
     """Where the convention looks for partition `name`'s input, in order."""
-    return [_join(inputs_root, name + s) for s in MANIFEST_SUFFIXES] + [_join(inputs_root, name)]
+    return [join(inputs_root, name + s) for s in MANIFEST_SUFFIXES] + [join(inputs_root, name)]
 
 
 def resolve(name: str, output_root: str, inputs_root: str | None = None,
@@ -74,14 +71,14 @@ def resolve(name: str, output_root: str, inputs_root: str | None = None,
     if input_path:
         if not _exists(input_path):
             raise FileNotFoundError(f"partition {name}: input {input_path} does not exist")
-        return Partition(name, _abs(input_path), _abs(_join(output_root, name)))
+        return Partition(name, _abs(input_path), _abs(join(output_root, name)))
     if not inputs_root:
         raise ValueError("no input: give the DAG param `input` or `inputs_root` "
                          "(or MMCURATE_INPUTS_ROOT)")
     looked = candidates(inputs_root, name)
     for path in looked:
         if _exists(path):
-            return Partition(name, _abs(path), _abs(_join(output_root, name)))
+            return Partition(name, _abs(path), _abs(join(output_root, name)))
     raise FileNotFoundError(f"partition {name}: no input; looked for {', '.join(looked)}")
 
 

@@ -211,12 +211,11 @@ def _corpus_table(ctx: BuildContext, streams: dict, name: str, label: str):
     the job did not already hand it in (None otherwise)."""
     if name in streams:
         return streams[name]
-    from mmcurate.transforms.read import ReadTables, committed_shards
+    from mmcurate.quality.db import committed_shards
+    from mmcurate.transforms.read import ReadTables
 
-    try:
-        if not committed_shards(ctx.output).get(name):
-            return None
-    except FileNotFoundError:
+    listed, _ = committed_shards(ctx.output)
+    if not (listed or {}).get(name):
         return None
     return (ctx.pipeline | label >> ReadTables(ctx.output, [name]))[name]
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from mmcurate.quality.curated import create_curated_views
 from mmcurate.quality.segment_audit import KEPT_SEGMENTS_VIEW
 from mmcurate.schemas.tables import TABLES
+from mmcurate.transforms.commit import is_remote, join
 
 DECLARED_SCHEMA = "declared"  # DuckDB schema holding one empty table per declared Arrow schema
 
@@ -53,7 +54,10 @@ def committed_shards(out_dir: str) -> tuple[dict[str, list[str]] | None, str | N
     """({table: [shard path]} from manifest.json, None) or (None, why there is none).
 
     The manifest is the commit point of an output generation (mmcurate.transforms.sink):
-    readers use exactly the shards it lists, never a glob that could mix generations."""
+    readers use exactly the shards it lists, never a glob that could mix generations. The one
+    reader of the list, for the audit's views and for the corpus jobs (`ReadTables`, which
+    raise FileNotFoundError with the why); local paths and object-store URLs alike. It lives
+    here, the lowest of its users, so that the audit reads it without importing Beam."""
     m = load_manifest(out_dir)
     if m is None:
         return None, "manifest.json missing: the run did not finish (or this is not an mmcurate output)"
@@ -65,7 +69,7 @@ def committed_shards(out_dir: str) -> tuple[dict[str, list[str]] | None, str | N
     out: dict[str, list[str]] = {}
     for rel in shards:
         table = str(rel).split("/", 1)[0]
-        out.setdefault(table, []).append(os.path.join(out_dir, *str(rel).split("/")))
+        out.setdefault(table, []).append(join(out_dir, *str(rel).split("/")))
     return out, None
 
 
@@ -229,8 +233,8 @@ def load_manifest(out_dir: str) -> dict[str, Any] | None:
     cannot be read or parsed. A remote one (gs://, s3://) is read through Beam's FileSystems; a
     local one directly, as FileSystems would, without importing Beam for it (1.2 s, three times
     the audit's own imports)."""
-    remote = "://" in out_dir
-    path = out_dir.rstrip("/") + "/manifest.json" if remote else os.path.join(out_dir, "manifest.json")
+    remote = is_remote(out_dir)
+    path = join(out_dir, "manifest.json")
     try:
         if remote:
             from apache_beam.io.filesystems import FileSystems

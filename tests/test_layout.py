@@ -89,7 +89,8 @@ def test_cli_help_lists_every_stage_and_its_tables():
 def test_read_tables_gives_back_what_was_written(tmp_path):
     """Corpus-level jobs read an earlier output's committed tables as typed records."""
     from mmcurate.schemas import Rejection, Segment, SpeechRegion, Word
-    from mmcurate.transforms.read import ReadTables, committed_shards
+    from mmcurate.quality.db import committed_shards
+    from mmcurate.transforms.read import ReadTables
     from mmcurate.transforms.sink import OutputConfig, WriteTables
 
     regions = [SpeechRegion(f"s-vad-{i:05d}", "s", i * 1.0, i + 0.5, "r") for i in range(5)]
@@ -105,7 +106,7 @@ def test_read_tables_gives_back_what_was_written(tmp_path):
         _ = tables | WriteTables(str(out), "r", OutputConfig(buckets=2), lambda w: {"run_id": "r", **w})
     # a foreign file beside the committed shards is not read
     (out / "segments" / "part-9999-0000.parquet").write_bytes(b"not parquet")
-    assert set(committed_shards(str(out))) == {"speech_regions", "segments", "rejected"}
+    assert set(committed_shards(str(out))[0]) == {"speech_regions", "segments", "rejected"}
 
     from apache_beam.testing.util import assert_that, equal_to
 
@@ -113,8 +114,10 @@ def test_read_tables_gives_back_what_was_written(tmp_path):
         read = p | ReadTables(str(out), ["speech_regions", "segments"])
         assert_that(read["speech_regions"], equal_to(regions), label="Regions")
         assert_that(read["segments"], equal_to(segs), label="Segments")
-    with pytest.raises(FileNotFoundError, match="manifest.json"):
-        committed_shards(str(tmp_path))
+    assert committed_shards(str(tmp_path)) == (None, "manifest.json missing: the run did not finish "
+                                                      "(or this is not an mmcurate output)")
+    with pytest.raises(FileNotFoundError, match="manifest.json"), beam.Pipeline() as p:
+        p | ReadTables(str(tmp_path), ["segments"])
 
 
 def test_removed_senko_backend_is_refused_at_start_up(tmp_path, capsys):

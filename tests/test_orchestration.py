@@ -275,11 +275,11 @@ def test_dag_end_to_end_readme_recipe_retrigger_and_planted_violation(airflow_db
 def _ids(out: Path) -> dict:
     import pyarrow.parquet as pq
 
-    from mmcurate.transforms.read import committed_shards
+    from mmcurate.quality.db import committed_shards
     from mmcurate.transforms.sink import ID_COLUMN
 
     ids = {}
-    for table, paths in committed_shards(str(out)).items():
+    for table, paths in committed_shards(str(out))[0].items():
         col = ID_COLUMN.get(table)
         if col:
             ids[table] = sorted(v for p in paths for v in pq.read_table(p, columns=[col]).column(col).to_pylist())

@@ -50,10 +50,10 @@ def _tables(out: Path) -> dict:
     """Every committed table's rows, sorted, without per-run measurements."""
     import pyarrow.parquet as pq
 
-    from mmcurate.transforms.read import committed_shards
+    from mmcurate.quality.db import committed_shards
 
     tables = {}
-    for table, paths in committed_shards(str(out)).items():
+    for table, paths in committed_shards(str(out))[0].items():
         rows = [{k: v for k, v in r.items() if k not in VOLATILE}
                 for p in paths for r in pq.read_table(p).to_pylist()]
         tables[table] = sorted(rows, key=lambda r: json.dumps(r, sort_keys=True, default=str))

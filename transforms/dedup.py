@@ -763,12 +763,9 @@ class _EmbedTranscripts(beam.DoFn):
         if self._fake is not None:
             self.model = self._fake
             return
-        from mmcurate.transforms.embed import SentenceEmbedder
+        from mmcurate.transforms.embed import shared_embedder
 
-        device = self.cfg.semantic_device
-        threads = self.cfg.semantic_threads or None
-        self.model = _SHARED.acquire(lambda: _Holder(SentenceEmbedder(device, threads=threads)),
-                                     tag=f"minilm-{device}").model
+        self.model = shared_embedder(self.cfg.semantic_device, self.cfg.semantic_threads or None)
 
     def process(self, batch):
         texts = [t for _, t in batch]
@@ -779,19 +776,6 @@ class _EmbedTranscripts(beam.DoFn):
         for (sig, _), v in zip(batch, vecs):
             yield dataclasses.replace(sig, method="embedding", signature_id=f"{sig.kind}:{sig.item_id}:embedding",
                                       signature=np.asarray(v, "<f4").tobytes())
-
-
-class _Holder:
-    def __init__(self, model):
-        self.model = model
-
-
-try:
-    from apache_beam.utils.shared import Shared as _SharedCls
-
-    _SHARED = _SharedCls()
-except Exception:  # noqa: BLE001
-    _SHARED = None
 
 
 # ------------------------------------------------------------------ semantic: FAISS partitions

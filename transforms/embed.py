@@ -171,3 +171,30 @@ class SentenceEmbedder:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             out.append(pooled.cpu().numpy().astype(np.float32))
         return np.concatenate(out) if out else np.zeros((0, DIM), np.float32)
+
+
+class _Holder:
+    """Beam's Shared keeps weak references: a plain object to hold the model."""
+
+    def __init__(self, model: SentenceEmbedder):
+        self.model = model
+
+
+_SHARED = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_embedder(device: str = "cpu", threads: int | None = None) -> SentenceEmbedder:
+    """The worker process's one SentenceEmbedder for (device, threads), through Beam's
+    `apache_beam.utils.shared.Shared`: every DoFn that embeds (dedup's transcript embeddings,
+    rephrasing's drift guard) calls this from `setup`, so the ~90 MB model is loaded once per
+    process, by one thread, and the DoFn instances and threads share it (`embed` holds its own
+    lock). Beam is imported on the first call, not with this module."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            from apache_beam.utils.shared import Shared
+
+            _SHARED = Shared()
+    return _SHARED.acquire(lambda: _Holder(SentenceEmbedder(device, threads=threads)),
+                           tag=f"minilm-{device}-{threads}").model

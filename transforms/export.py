@@ -47,6 +47,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
+from mmcurate.transforms.commit import atomic_file, write_atomic
 from mmcurate.transforms.duplex import DEFAULT_FRAME_RATE  # 12.5 Hz (export reads duplex, not back)
 
 log = logging.getLogger("mmcurate.export")
@@ -204,12 +205,6 @@ class Exporter:
         return []
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    from mmcurate.transforms.commit import write_atomic as write
-
-    write(path, data)
-
-
 def _gzip(data: bytes) -> bytes:
     """gzip with no name or time in the header: same data, same bytes."""
     buf = io.BytesIO()
@@ -357,17 +352,12 @@ def nemo_entry(r: dict) -> dict:
 def _tar(path: str, members: Iterator[tuple[str, bytes]]) -> None:
     """A tar of (name, bytes) members in the given order, with no time, owner or mode of this
     machine inside (same members, same bytes), written beside `path` and renamed into place."""
-    tmp = path + ".tmp"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(tmp, "wb") as fh:
+    with atomic_file(path) as fh:
         with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for name, data in members:
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _json_bytes(item: dict) -> bytes:
@@ -573,8 +563,7 @@ class DuplexExporter(Exporter):
         finally:
             con.close()
         path = self.shard_files(to, shard)[0]
-        tmp = path + ".tmp"
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        with atomic_file(path) as fh, pq.ParquetWriter(fh, schema, compression="zstd") as writer:
             for sid, media_uri in sources:
                 spans: dict[str, list[tuple[float, float]]] = {}
                 for t_sid, spk, start, end in turns:
@@ -596,9 +585,6 @@ class DuplexExporter(Exporter):
                            "pad_share": text.pad_share, "sentences": duplex.sentences(words)}
                     writer.write_table(pa.Table.from_pylist([row], schema=schema))  # a row group per stream
                 del audio
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
 
     def finish(self, con, to, shards):
         """The per-stream figures, read back from the shards (without their audio)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import posixpath
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -18,31 +17,18 @@ from apache_beam.io.filesystems import FileSystems
 
 from mmcurate.schemas.records import RECORDS
 from mmcurate.schemas.tables import TABLES
+from mmcurate.transforms.commit import join
 
 MANIFEST = "manifest.json"
 
 
-def _join(base: str, rel: str) -> str:
-    return posixpath.join(base, rel) if "://" in base else f"{base.rstrip('/')}/{rel}"
-
-
 def read_manifest(out_dir: str) -> dict:
     """The committed manifest of an output directory; FileNotFoundError without one."""
-    path = _join(out_dir, MANIFEST)
+    path = join(out_dir, MANIFEST)
     if not FileSystems.exists(path):
         raise FileNotFoundError(f"{out_dir}: no {MANIFEST}; not a finished mmcurate output")
     with FileSystems.open(path, compression_type="uncompressed") as fh:
         return json.loads(fh.read().decode("utf-8"))
-
-
-def committed_shards(out_dir: str) -> dict[str, list[str]]:
-    """{table: [shard path]} from the output's manifest; FileNotFoundError without one."""
-    manifest = read_manifest(out_dir)
-    shards: dict[str, list[str]] = {}
-    for rel in manifest.get("shards", []):
-        table = rel.split("/", 1)[0]
-        shards.setdefault(table, []).append(_join(out_dir, rel))
-    return shards
 
 
 def read_shard(path: str, table: str):
@@ -65,7 +51,11 @@ class ReadTables(beam.PTransform):
         self.out_dir, self.tables = out_dir, list(tables)
 
     def expand(self, pbegin):
-        shards = committed_shards(self.out_dir)
+        from mmcurate.quality.db import committed_shards  # lazy: duckdb is no worker's business
+
+        shards, why = committed_shards(self.out_dir)
+        if shards is None:
+            raise FileNotFoundError(f"{self.out_dir}: {why}")
         out = {}
         for table in self.tables:
             paths = sorted(shards.get(table, []))

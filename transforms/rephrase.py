@@ -56,6 +56,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from mmcurate.quality.rephrase_guards import (ChatterGuard, CopyGuard, DriftGuard, EmptyGuard,
                                               LanguageGuard, TruncatedGuard, count_tokens, judge)
 from mmcurate.schemas.params import Rule, non_negative, positive, unit_interval
+from mmcurate.schemas.printable import dead_letter_text
 from mmcurate.schemas.records import Rejection, Segment, TextMix
 
 log = logging.getLogger("mmcurate.rephrase")
@@ -571,9 +572,9 @@ class _GuardFn(beam.DoFn):
         c = self._cfg
         embedder = self._embedder
         if embedder is None:
-            from mmcurate.transforms.embed import SentenceEmbedder
+            from mmcurate.transforms.embed import shared_embedder
 
-            embedder = _shared_embedder()
+            embedder = shared_embedder(threads=1)
         embed = embedder if callable(embedder) else embedder.embed
         self._guards = [EmptyGuard(c.min_output_tokens), TruncatedGuard(), ChatterGuard(),
                         LanguageGuard(c.language_min_probability, c.language_min_chars),
@@ -633,27 +634,14 @@ class _SurplusFn(beam.DoFn):
                    f"synthetic_ratio target, dropped last-selected first; {row.text[:200]!r}"))
 
 
-_EMBEDDER = None
-
-
-def _shared_embedder():
-    """One sentence-embedding model per worker process (its threads share it)."""
-    global _EMBEDDER
-    if _EMBEDDER is None:
-        from mmcurate.transforms.embed import SentenceEmbedder
-
-        _EMBEDDER = SentenceEmbedder(threads=1)
-    return _EMBEDDER
-
-
 def _generation_failures(run_id: str):
     """A whole batch the backend could not run (the model did not load ...): one ledger row
     per passage, reason backend_error."""
     def rows(dead_letter):
         batch, error = dead_letter
-        why = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+        why = dead_letter_text(error)
         for p, req in batch:
-            yield Rejection.make(stage=STAGE, reason="backend_error", detail=why[:500], uri=p.text_id,
+            yield Rejection.make(stage=STAGE, reason="backend_error", detail=why, uri=p.text_id,
                                  run_id=run_id, source_id=p.source_id, item_id=req.text_id)
     return rows
 

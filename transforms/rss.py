@@ -37,6 +37,7 @@ import feedparser
 
 from mmcurate.schemas.printable import printable
 from mmcurate.schemas.records import stable_id
+from mmcurate.transforms.commit import write_atomic
 
 USER_AGENT = "mmcurate/0.1 (podcast ingest; python-urllib)"
 log = logging.getLogger("mmcurate.ingest")
@@ -541,19 +542,6 @@ def remove_stale_parts(download_dir: str, idle_s: float) -> list[str]:
     return gone
 
 
-def _write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".part-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def download(url: str, download_dir: str, policy: HttpPolicy, type_hint: str | None = None) -> Download:
     """Fetch url into download_dir/<sha256><ext> (streamed, hashed, size-capped, atomic).
 
@@ -592,9 +580,12 @@ def download(url: str, download_dir: str, policy: HttpPolicy, type_hint: str | N
                 os.unlink(tmp)
             raise
         name = os.path.basename(final)
-        _write_atomic(
+        # a fresh `.part-*` name: workers fetching one URL race here, and a killed one's
+        # leftover is swept by remove_stale_parts
+        write_atomic(
             _index_path(download_dir, url),
-            json.dumps({"url": url, "file": name, "sha256": sha, "bytes": n}, sort_keys=True),
+            json.dumps({"url": url, "file": name, "sha256": sha, "bytes": n}, sort_keys=True).encode("utf-8"),
+            tmp_prefix=".part-",
         )
         return Download(final, sha, n, reused=False)
 

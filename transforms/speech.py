@@ -53,6 +53,8 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
+from mmcurate.schemas.printable import dead_letter_text as _dead_letter_text
+from mmcurate.schemas.printable import error_text as _error_text
 from mmcurate.schemas.printable import printable
 from mmcurate.schemas.records import (
     AsrResult,
@@ -126,11 +128,6 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _error_text(e: BaseException | str, limit: int = 500) -> str:
-    text = e if isinstance(e, str) else f"{type(e).__name__}: {e}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _speaker_hints(source: SourceRecord, cfg: DiarizationConfig) -> dict[str, int | None]:
     """num/min/max speakers: the source's metadata (ints as strings) overrides the config."""
     hints: dict[str, int | None] = {
@@ -155,15 +152,6 @@ def _speaker_hints(source: SourceRecord, cfg: DiarizationConfig) -> dict[str, in
 def _asr_reject(source: SourceRecord, run_id: str, reason: str, detail: str) -> Rejection:
     return Rejection.make(stage="asr", reason=reason, detail=detail, uri=source.uri,
                           run_id=run_id, source_id=source.source_id, duration_s=source.speech_s)
-
-
-def _dead_letter_text(error: Any) -> str:
-    """The exception text of a RunInference dead-letter element's error part."""
-    if isinstance(error, BaseException):
-        return _error_text(error)
-    if isinstance(error, tuple) and len(error) >= 2:  # (type, repr, traceback lines)
-        return _error_text(str(error[1]))
-    return _error_text(str(error))
 
 
 class _DecodeOnceFn(beam.DoFn):
