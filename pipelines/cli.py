@@ -389,9 +389,11 @@ def cmd_run(args, beam_args: list[str]) -> int:
     print(f"shards:   {out}/<table>/*.parquet")
     from mmcurate.schemas.tables import TABLES
 
-    for table in [t for t in TABLES if t in manifest["tables"]]:
+    written = [t for t in TABLES if t in manifest["tables"]]
+    width = max(map(len, written), default=0)
+    for table in written:
         n = manifest["tables"][table]
-        print(f"  {table:<15} {n:>8} rows   {out}/{table}/")
+        print(f"  {table:<{width}} {n:>8} rows   {out}/{table}/")
     print(f"manifest: {out}/manifest.json")
     if not args.no_audit and "://" not in out:
         print()

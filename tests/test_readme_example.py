@@ -33,7 +33,7 @@ def test_the_check_reads_every_count_and_finds_a_drift():
     # --write makes the README say what the run gives, nothing else changes
     fixed = rx.rewrite(text, real)
     assert rx.drift(rx.claims(fixed), real) == []
-    assert "  text_mix              70 rows" in fixed
+    assert "  text_mix               70 rows" in fixed
     assert len(fixed.splitlines()) == len(text.splitlines()) + 1
 
 
