@@ -4,8 +4,10 @@ within 0.3-0.7 s of the newcomer's onset), overlaps (both talk on for 1.4-2.2 s)
 back-channels (0.3-0.8 s inside a turn), with their exact times.
 
 Two readings per conversation: the events of the reference turns (what the rules give on
-perfect turns) and the events of the embedded diarizer's turns (what a run writes). The fit
-split's voices are the ones any parameter was looked at on; the test split's voices were not.
+perfect turns) and the events of the embedded diarizer's turns (what a run writes). Splits:
+fit and test are the speaker-count splits' voices (the rules were corrected on missed events of
+both splits' reference turns); clean, the held-out close-microphone test voices, was first run
+after the rules were final.
 
     .venv/bin/python bench/bench_turn_events.py [--splits fit,test] [--per-split 6] [--minutes 2]
 
