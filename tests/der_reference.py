@@ -18,9 +18,10 @@ from typing import Iterable
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 
 
-def read_rttm(path: str | Path, uri: str | None = None) -> list[tuple[float, float, str]]:
+def read_rttm(path: str | Path, uri: str | None = None, sort: bool = True) -> list[tuple[float, float, str]]:
     """RTTM ``SPEAKER <file> 1 <start> <duration> <NA> <NA> <speaker> ...`` -> (start, end, label),
-    sorted; only file `uri` when given."""
+    sorted (`sort=False`: in the file's order, to check how a writer ordered it); only file `uri`
+    when given."""
     turns = []
     for line in Path(path).read_text().splitlines():
         f = line.split()
@@ -30,7 +31,7 @@ def read_rttm(path: str | Path, uri: str | None = None) -> list[tuple[float, flo
             continue
         start, dur = float(f[3]), float(f[4])
         turns.append((start, start + dur, f[7]))
-    return sorted(turns, key=lambda t: (t[0], t[1]))
+    return sorted(turns, key=lambda t: (t[0], t[1])) if sort else turns
 
 
 def annotation(turns: Iterable, uri: str = "file"):

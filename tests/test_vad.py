@@ -16,15 +16,9 @@ import pytest
 from media_fixtures import write_video
 
 from mmcurate.transforms.decode import decode_audio, iter_audio, write_audio
-from mmcurate.transforms.vad import (
-    SileroVad,
-    _silero_data_dir,
-    intersection_duration,
-    merge_intervals,
-    read_rttm,
-    total_duration,
-    vad_model_info,
-)
+from der_reference import read_rttm
+from mmcurate.transforms.intervals import intersection_duration, merge_intervals, total_duration
+from mmcurate.transforms.vad import SileroVad, _silero_data_dir, vad_model_info
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 ROOT = Path(__file__).resolve().parents[1]

@@ -146,17 +146,6 @@ def sentences(words: Iterable[dict], pause_s: float = SENTENCE_PAUSE_S) -> list[
     return out
 
 
-def merge_spans(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The union of (start, end) spans, by start; empty spans dropped."""
-    out: list[list[float]] = []
-    for s, e in sorted((float(s), float(e)) for s, e in spans if e > s):
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return [(s, e) for s, e in out]
-
-
 def speaker_audio(audio: np.ndarray, turns: Iterable[tuple[float, float]], sample_rate: int) -> np.ndarray:
     """`audio` inside the turns, exact zeros elsewhere; same length."""
     out = np.zeros_like(audio)

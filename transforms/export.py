@@ -49,6 +49,8 @@ from typing import Any, ClassVar, Iterator
 
 from mmcurate.transforms.commit import atomic_file, write_atomic
 from mmcurate.transforms.duplex import DEFAULT_FRAME_RATE  # 12.5 Hz (export reads duplex, not back)
+from mmcurate.transforms.intervals import merge_intervals
+from mmcurate.transforms.qa import DEFAULT_CLIP_S, DEFAULT_DISTRACTORS, DEFAULT_MIN_CONFIDENCE, speaker_order
 
 log = logging.getLogger("mmcurate.export")
 
@@ -490,18 +492,16 @@ class HuggingFaceExporter(Exporter):
 REPORT_STREAMS = 20  # streams listed one per line in the summary
 DUPLEX_SHARD_SIZE = 8  # sources per duplex shard: each holds its speakers' whole-source audio
 
-# the curated sources, with how many speakers their curated turns have
-DUPLEX_SOURCES = """
+# the curated sources, with how many speakers their curated turns have and the diarizer's
+# confidence in that count: what the dialogue formats (duplex, qa) plan from
+CONVERSATION_SOURCES = """
     SELECT s.source_id, s.media_uri, s.duration_s,
            (SELECT count(DISTINCT t.speaker) FROM curated_turns t
-            WHERE t.source_id = s.source_id AND t."end" > t.start) AS speakers
+            WHERE t.source_id = s.source_id AND t."end" > t.start) AS speakers,
+           (SELECT max(x.diarization_confidence) FROM curated_transcripts x
+            WHERE x.source_id = s.source_id) AS confidence
     FROM curated_sources s ORDER BY s.source_id
 """
-
-
-def _speaker_order(speaker: str) -> tuple[int, str]:
-    """spk2 before spk10 (labels share their source's prefix)."""
-    return len(speaker), speaker
 
 
 @dataclass
@@ -517,16 +517,17 @@ class DuplexExporter(Exporter):
     frame_rate: float = DEFAULT_FRAME_RATE
 
     def plan(self, con) -> list[ExportShard]:
-        rows = con.execute(DUPLEX_SOURCES).fetchall()
-        ids = [sid for sid, _uri, _dur, n in rows if n >= 2]
+        rows = con.execute(CONVERSATION_SOURCES).fetchall()
+        used = [r for r in rows if r[3] >= 2]
+        ids = [r[0] for r in used]
         segments, words, unassigned = con.execute("""
             SELECT count(*), coalesce(sum(len(words)), 0),
                    coalesce(sum(len(words)) FILTER (WHERE speaker IS NULL OR speaker NOT IN (
                        SELECT speaker FROM curated_turns t WHERE t.source_id = g.source_id)), 0)
             FROM curated_segments g WHERE source_id IN (SELECT unnest(?::VARCHAR[]))""", [ids]).fetchone()
-        self.stats = {"segments": int(segments), "hours": sum(d for sid, _u, d, n in rows if n >= 2) / 3600.0,
+        self.stats = {"segments": int(segments), "hours": sum(r[2] for r in used) / 3600.0,
                       "sources": len(ids), "sources_skipped": len(rows) - len(ids),
-                      "streams": sum(n for *_r, n in rows if n >= 2), "frame_rate": self.frame_rate,
+                      "streams": sum(r[3] for r in used), "frame_rate": self.frame_rate,
                       "words_without_stream": int(unassigned), "words": int(words)}
         return _cut("sources", ids, self.shard_size)
 
@@ -569,11 +570,11 @@ class DuplexExporter(Exporter):
                 for t_sid, spk, start, end in turns:
                     if t_sid == sid and end > start:
                         spans.setdefault(spk, []).append((start, end))
-                speakers = sorted(spans, key=_speaker_order)
+                speakers = sorted(spans, key=speaker_order)
                 audio = decode_audio(media_uri, sample_rate=SAMPLE_RATE)
                 frames = duplex.num_frames(audio.shape[0], self.frame_rate, SAMPLE_RATE)
                 for spk in speakers:
-                    own = duplex.merge_spans(spans[spk])
+                    own = merge_intervals(spans[spk])
                     words = [w for g_sid, g_spk, ws in segs if g_sid == sid and g_spk == spk for w in (ws or [])]
                     text = duplex.text_stream(words, frames, self.frame_rate)
                     row = {"source_id": sid, "speaker": spk, "speakers": speakers, "sample_rate": SAMPLE_RATE,
@@ -621,19 +622,7 @@ class DuplexExporter(Exporter):
         return lines
 
 
-
-
 QA_SHARD_SIZE = 64  # sources per qa shard: items are small, a source gives ~10 per clip
-
-# the curated sources, their speaker count in curated turns and the diarizer's confidence
-QA_SOURCES = """
-    SELECT s.source_id, s.duration_s,
-           (SELECT count(DISTINCT t.speaker) FROM curated_turns t
-            WHERE t.source_id = s.source_id AND t."end" > t.start) AS speakers,
-           (SELECT max(x.diarization_confidence) FROM curated_transcripts x
-            WHERE x.source_id = s.source_id) AS confidence
-    FROM curated_sources s ORDER BY s.source_id
-"""
 
 
 @dataclass
@@ -647,9 +636,9 @@ class QAExporter(Exporter):
                            "answers from the tables")
     KINDS: ClassVar[tuple[str, ...]] = ("sources",)
     shard_size: int = QA_SHARD_SIZE
-    clip_s: float = 30.0
-    distractors: int = 3
-    min_confidence: float = 0.5
+    clip_s: float = DEFAULT_CLIP_S
+    distractors: int = DEFAULT_DISTRACTORS
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
 
     def qa_options(self):
         from mmcurate.transforms.qa import QAOptions
@@ -664,9 +653,9 @@ class QAExporter(Exporter):
         return hashlib.sha256(f"{o.clip_s!r}|{o.distractors}|{o.min_confidence!r}".encode()).hexdigest()[:10]
 
     def plan(self, con) -> list[ExportShard]:
-        rows = con.execute(QA_SOURCES).fetchall()
-        used = [r for r in rows if r[2] >= 2]
-        self.stats = {"segments": 0, "hours": sum(r[1] or 0.0 for r in used) / 3600.0, "sources": len(used),
+        rows = con.execute(CONVERSATION_SOURCES).fetchall()
+        used = [r for r in rows if r[3] >= 2]
+        self.stats = {"segments": 0, "hours": sum(r[2] or 0.0 for r in used) / 3600.0, "sources": len(used),
                       "sources_skipped": len(rows) - len(used),
                       "options": {"clip_s": self.clip_s, "distractors": self.distractors,
                                   "min_confidence": self.min_confidence}}

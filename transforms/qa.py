@@ -186,6 +186,7 @@ def _cut(turns: list[Turn], a: float, b: float) -> list[tuple[Turn, float, float
 
 
 def speaker_order(speaker: str) -> tuple[int, str]:
+    """spk2 before spk10 (the labels of one source share its prefix)."""
     return len(speaker), speaker
 
 

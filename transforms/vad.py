@@ -113,51 +113,6 @@ def vad_model_info(model_path: str | None = None) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Interval helpers (seconds), shared by the tests and the bench.
-
-
-def merge_intervals(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[list[float]] = []
-    for s, e in sorted((float(s), float(e)) for s, e in intervals if e > s):
-        if out and s <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], e)
-        else:
-            out.append([s, e])
-    return [(s, e) for s, e in out]
-
-
-def total_duration(intervals: Iterable[tuple[float, float]]) -> float:
-    return sum(e - s for s, e in merge_intervals(intervals))
-
-
-def intersection_duration(
-    a: Iterable[tuple[float, float]], b: Iterable[tuple[float, float]]
-) -> float:
-    a, b = merge_intervals(a), merge_intervals(b)
-    i = j = 0
-    tot = 0.0
-    while i < len(a) and j < len(b):
-        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if hi > lo:
-            tot += hi - lo
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return tot
-
-
-def read_rttm(path: str) -> list[tuple[float, float, str]]:
-    """(start, end, speaker) of every SPEAKER line of an RTTM file."""
-    turns = []
-    with open(path) as fh:
-        for line in fh:
-            f = line.split()
-            if len(f) >= 8 and f[0] == "SPEAKER":
-                start, dur = float(f[3]), float(f[4])
-                turns.append((start, start + dur, f[7]))
-    return turns
 
 
 # ---------------------------------------------------------------------------------------------
