@@ -16,16 +16,17 @@ FTO_EDGES = (-2.0, -1.0, -0.5, -0.2, 0.0, 0.2, 0.5, 1.0, 2.0)
 PER_SOURCE_SHOWN = 10  # the text audit lists this many sources; --json has them all
 
 _PER_SOURCE = """
-    WITH tr AS (SELECT * FROM turn_events WHERE kind IN ('gap', 'overlap', 'interruption'))
     SELECT s.source_id, s.duration_s,
-           (SELECT count(*) FROM tr WHERE tr.source_id = s.source_id) AS transfers,
-           (SELECT count(*) FROM tr WHERE tr.source_id = s.source_id AND kind = 'overlap') AS overlaps,
-           (SELECT count(*) FROM tr WHERE tr.source_id = s.source_id AND kind = 'interruption') AS interruptions,
-           (SELECT count(*) FROM turn_events e WHERE e.source_id = s.source_id AND kind = 'backchannel') AS backchannels,
-           (SELECT count(*) FROM turn_events e WHERE e.source_id = s.source_id AND kind = 'pause') AS pauses,
-           (SELECT quantile_cont(offset_s, [0.1, 0.5, 0.9]) FROM tr WHERE tr.source_id = s.source_id) AS fto
-    FROM sources s WHERE s.source_id IN (SELECT DISTINCT source_id FROM turns)
-    ORDER BY s.source_id
+           count(e.kind) FILTER (WHERE e.kind IN ('gap', 'overlap', 'interruption')) AS transfers,
+           count(e.kind) FILTER (WHERE e.kind = 'overlap') AS overlaps,
+           count(e.kind) FILTER (WHERE e.kind = 'interruption') AS interruptions,
+           count(e.kind) FILTER (WHERE e.kind = 'backchannel') AS backchannels,
+           count(e.kind) FILTER (WHERE e.kind = 'pause') AS pauses,
+           quantile_cont(e.offset_s, [0.1, 0.5, 0.9])
+               FILTER (WHERE e.kind IN ('gap', 'overlap', 'interruption')) AS fto
+    FROM sources s LEFT JOIN turn_events e USING (source_id)
+    WHERE s.source_id IN (SELECT DISTINCT source_id FROM turns)
+    GROUP BY s.source_id, s.duration_s ORDER BY s.source_id
 """
 
 _SHARES = """
