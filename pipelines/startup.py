@@ -23,3 +23,48 @@ def import_runinference_without_model_manager() -> None:
     finally:
         if name in sys.modules and sys.modules[name] is None:
             del sys.modules[name]
+
+
+_DOFN_SPECS_VERSIONS = ("2.77.",)  # the Beam releases whose get_dofn_specs this memo was checked against
+
+
+def memoize_dofn_specs() -> bool:
+    """Remember each DoFn instance's state and timer specs instead of finding them again.
+
+    Beam's `userstate.get_dofn_specs` walks every method of a DoFn (about 30, most inherited)
+    through `inspect.signature` on each call, and Beam calls it about eight times per ParDo
+    while it builds, validates and translates a graph (`is_stateful_dofn`,
+    `validate_stateful_dofn`). The default graph has about 300 ParDos: 2,360 calls and 76,000
+    signatures, 5.8 of the 16.2 s of a one-file run under cProfile. The answer depends only on
+    the instance's methods, which do not change after it is made, so it is kept per instance
+    (weakly: an instance dropped is forgotten; one that cannot be a weak key is not cached).
+    Applied only on the Beam releases it was checked against; elsewhere Beam's own function
+    stays. Returns whether the memo is in place. Results equal Beam's: tests/test_startup.py."""
+    import weakref
+
+    import apache_beam
+    from apache_beam.transforms import userstate
+
+    if getattr(userstate.get_dofn_specs, "_mmcurate_memo", False):
+        return True
+    if not apache_beam.__version__.startswith(_DOFN_SPECS_VERSIONS):
+        return False
+    find = userstate.get_dofn_specs
+    known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get_dofn_specs(dofn):
+        try:
+            states, timers = known[dofn]
+        except (KeyError, TypeError):
+            states, timers = find(dofn)
+            try:
+                known[dofn] = frozenset(states), frozenset(timers)
+            except TypeError:  # unhashable or not weakly referenceable: not cached
+                pass
+        return set(states), set(timers)  # Beam's callers get sets of their own, as before
+
+    get_dofn_specs._mmcurate_memo = True  # type: ignore[attr-defined]
+    get_dofn_specs.__wrapped__ = find  # type: ignore[attr-defined]
+    get_dofn_specs.__doc__ = find.__doc__
+    userstate.get_dofn_specs = get_dofn_specs
+    return True

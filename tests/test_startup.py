@@ -26,3 +26,75 @@ def test_the_driver_imports_runinference_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines() == ["None []", "True ModelManager"]
+
+
+def test_memoized_dofn_specs_equal_beams_and_are_found_once_per_instance():
+    """The memo of Beam's DoFn introspection (startup.memoize_dofn_specs) gives Beam's own
+    answer for every DoFn of the default graph, state and timer DoFns included, and asks Beam
+    once per instance however often a graph's construction asks it."""
+    import apache_beam as beam
+    from apache_beam.transforms import userstate
+    from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
+
+    from mmcurate.pipelines import curate
+    from mmcurate.pipelines.config import CurateConfig
+    from mmcurate.pipelines.startup import memoize_dofn_specs
+
+    class Stateful(beam.DoFn):
+        BAG = BagStateSpec("bag", beam.coders.StrUtf8Coder())
+        TIMER = TimerSpec("t", beam.TimeDomain.WATERMARK)
+
+        def process(self, kv, bag=beam.DoFn.StateParam(BAG), t=beam.DoFn.TimerParam(TIMER)):
+            yield kv
+
+        @on_timer(TIMER)
+        def fire(self):
+            pass
+
+    assert memoize_dofn_specs() and memoize_dofn_specs()  # idempotent: wrapped once
+    memo = userstate.get_dofn_specs
+    beams = memo.__wrapped__
+    assert not getattr(beams, "_mmcurate_memo", False)
+
+    cfg = CurateConfig()
+    p = beam.Pipeline()
+    curate.build(p, ["in.wav"], "/nonexistent-out", cfg, "run-x",
+                 curate.ManifestBuilder("run-x", "v", cfg.to_json(), [], []))
+    dofns = [t.transform.fn for t in _all_parts(p)
+             if isinstance(t.transform, beam.ParDo)] + [Stateful(), beam.Map(len).fn]
+    assert len(dofns) > 100
+    for fn in dofns:
+        assert memo(fn) == beams(fn) == memo(fn), fn
+    states, timers = memo(Stateful())
+    assert {s.name for s in states} == {"bag"} and {t.name for t in timers} == {"ts-t"}  # Beam prefixes timer names
+
+    calls = []
+    userstate.get_dofn_specs = beams  # a fresh memo over a counting Beam function
+    try:
+        import mmcurate.pipelines.startup as startup
+
+        def counting(fn):
+            calls.append(fn)
+            return beams(fn)
+
+        userstate.get_dofn_specs = counting
+        assert startup.memoize_dofn_specs()
+        one = Stateful()
+        for _ in range(8):
+            userstate.is_stateful_dofn(one)
+        userstate.validate_stateful_dofn(one)
+        assert calls == [one]
+        got = userstate.get_dofn_specs(one)
+        got[0].clear()  # a caller's changes stay its own
+        assert len(userstate.get_dofn_specs(one)[0]) == 1
+    finally:
+        userstate.get_dofn_specs = memo
+
+
+def _all_parts(p):
+    out, todo = [], list(p.transforms_stack[0].parts)
+    while todo:
+        t = todo.pop()
+        out.append(t)
+        todo.extend(t.parts)
+    return out
