@@ -22,7 +22,7 @@ Methods, all scored here by the same pair loop:
   tmk        ThreatExchange's TMK+PDQF (`tmkpy`): a pair when the level-1 cosine and the level-2
              score are both >= 0.7 (TMK's documented threshold), when that package built
 Images (`--stills`, on by default): frames at fixed times of each excerpt and of its frame
-edits (no retiming), as keyframes: the keyframe pHash (`keyframes.phash` of the luma plane, as
+edits (no retiming), as keyframes: the keyframe pHash (`image_hash.phash` of the luma plane, as
 the video stage stores it) within `dedup.image_max_bits`, against PDQ within 31 bits.
 
 PDQ and vPDQ run in a second venv (bench/requirements-videohash.txt; vPDQ also needs FFmpeg's
@@ -192,10 +192,12 @@ def score(clips: list[ve.Clip], match) -> dict:
 
 def stills(clips: list[ve.Clip], out_dir: Path):
     """Frames at STILL_TIMES of each excerpt and frame edit: their keyframe pHash (as the video
-    stage computes it) and a PNG of the RGB frame for PDQ."""
+    stage computes it), the (picture inside the bars, its centre) hash pair of the video
+    fingerprint (`fingerprint.frame_hashes`), and a PNG of the RGB frame for PDQ."""
     import av
 
-    from mmcurate.transforms.keyframes import _luma_plane, phash
+    from mmcurate.transforms.image_hash import frame_hashes, phash
+    from mmcurate.transforms.keyframes import _luma_plane
 
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []
@@ -216,7 +218,8 @@ def stills(clips: list[ve.Clip], out_dir: Path):
                     from PIL import Image
 
                     Image.fromarray(fr.to_ndarray(format="rgb24")).save(png)
-                items.append((c, want.pop(0), phash(_luma_plane(fr)), png))
+                y = _luma_plane(fr)
+                items.append((c, want.pop(0), (phash(y), *frame_hashes(y)), png))
     return items
 
 
@@ -313,9 +316,17 @@ def main(argv=None) -> int:
     if not a.no_stills:
         items = stills(clips, work / "stills")
 
+        def bits(a: int, b: int) -> int:
+            return bin(a ^ b).count("1")
+
         def phash_ok(x, y):
-            return bin(x[0] ^ y[0]).count("1") <= cfg.image_max_bits
+            return bits(x[0][0], y[0][0]) <= cfg.image_max_bits
+
+        def framed_ok(x, y):  # picture-picture, picture-centre or centre-picture, as compare_video
+            (_, xp, xc), (_, yp, yc) = x[0], y[0]
+            return min(bits(xp, yp), bits(xp, yc), bits(xc, yp)) <= cfg.image_max_bits
         img_results["keyframe pHash"] = score_stills(items, phash_ok)
+        img_results["picture/centre pHash"] = score_stills(items, framed_ok)
         if a.ref_python and Path(a.ref_python).exists():
             sref = ref_hashes(a.ref_python, sorted({p for *_, p in items}), work / "ref_stills.json")
             if sref is not None:

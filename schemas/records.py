@@ -261,6 +261,10 @@ class InterleavedItem(_Row):
     width: int | None = column(pa.int32(), default=None)
     height: int | None = column(pa.int32(), default=None)
     phash: str | None = None  # 64-bit DCT perceptual hash, 16 hex digits
+    # the same hash of the picture inside black bars, and of that picture's centre 90%
+    # (transforms/image_hash.py): image dedup compares these too, so that bars and crops match
+    picture_phash: str | None = None
+    centre_phash: str | None = None
     keyframe_id: str | None = None  # f"{source_id}-kf-{n:05d}" (ledger item_id of drops)
     frame_time: float | None = None  # when the chosen frame is shown
     cut: str | None = None  # why a keyframe starts here: start | shot | interval

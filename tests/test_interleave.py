@@ -18,7 +18,7 @@ SCORES = FrameScores(120.0, 50.0, 250.0, 0.5, 900.0)
 
 def kf(n: int, start: float, end: float) -> Keyframe:
     return Keyframe(f"s-kf-{n:05d}", start, end, start + 0.1, "shot" if n else "start",
-                    None, 64, 36, b"jpeg", "jpeg", f"{n:016x}", SCORES)
+                    None, 64, 36, b"jpeg", "jpeg", f"{n:016x}", f"{n:016x}", f"{n:016x}", SCORES)
 
 
 def w(text: str, start: float, end: float, spk: str | None = "s-spk0") -> SpokenWord:

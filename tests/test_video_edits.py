@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mmcurate.transforms import fingerprint as fp
+from mmcurate.transforms import image_hash as ih
 from mmcurate.transforms.dedup import DedupConfig, lsh_keys, verify_pair
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,12 +85,12 @@ def test_content_box_cuts_black_bars_only():
     boxed = np.full((120, 200), 16, np.uint8)  # letterbox and pillarbox bars, limited-range black
     boxed[15:105, 20:180] = pic
     boxed[20:28, 184:198] = 235  # a logo laid over a bar does not widen the picture
-    assert fp.content_box(boxed) == (slice(15, 105), slice(20, 180))
-    assert fp.content_box(pic) == (slice(0, 90), slice(0, 160))
+    assert ih.content_box(boxed) == (slice(15, 105), slice(20, 180))
+    assert ih.content_box(pic) == (slice(0, 90), slice(0, 160))
     dark = np.full((120, 200), 16, np.uint8)
     dark[50:60, 90:100] = 200  # a dark frame with a small bright spot keeps its whole frame
-    assert fp.content_box(dark) == (slice(0, 120), slice(0, 200))
-    assert fp.frame_hashes(boxed) == fp.frame_hashes(pic)
+    assert ih.content_box(dark) == (slice(0, 120), slice(0, 200))
+    assert ih.frame_hashes(boxed) == ih.frame_hashes(pic)
 
 
 def test_a_signature_written_before_the_centre_hash_still_compares():

@@ -88,6 +88,7 @@ def default_partition(output: str) -> str:
 def index_settings(cfg) -> dict[str, dict[str, Any]]:
     """Per method of `cfg.methods`: what must be equal for two signatures to compare."""
     from mmcurate.transforms import fingerprint as fp
+    from mmcurate.transforms import image_hash as ih
 
     out: dict[str, dict[str, Any]] = {}
     for m in sorted(cfg.methods):
@@ -102,7 +103,10 @@ def index_settings(cfg) -> dict[str, dict[str, Any]]:
         elif m == "video_fp":
             s = {"dedup.video_step_s": cfg.video_step_s,
                  "video fingerprint": f"pHash of the picture inside black bars (luma > "
-                                      f"{fp.BAR_LUMA}) and of its centre {fp.CENTRE:g}"}
+                                      f"{ih.BAR_LUMA}) and of its centre {ih.CENTRE:g}"}
+        elif m == "phash":
+            s = {"image fingerprint": f"pHash of the whole keyframe, of the picture inside black "
+                                      f"bars (luma > {ih.BAR_LUMA}) and of its centre {ih.CENTRE:g}"}
         elif m == "embedding":
             from mmcurate.transforms import embed
 

@@ -10,9 +10,9 @@ E(n, k) - E(n, k+1) - (E(n-1, k) - E(n-1, k+1)). Two fingerprints are compared a
 time offset (voted by equal sub-fingerprints); the similarity is 1 - bit error rate over the
 overlap (Haitsma & Kalker 2002: BER < 0.35 is the same recording; unrelated audio gives ~0.5).
 
-Video (`video_fingerprint`): two 64-bit DCT perceptual hashes (`keyframes.phash`) of the luma
+Video (`video_fingerprint`): two 64-bit DCT perceptual hashes (`image_hash.phash`) of the luma
 of frames sampled every `step_s` seconds, with their times (a TMK/vPDQ-style frame-hash
-sequence): one of the picture inside its black bars (`content_box`: letterbox, pillarbox and
+sequence): one of the picture inside its black bars (`image_hash.content_box`: letterbox, pillarbox and
 windowbox bars are cut, so a copy with other bars hashes the same picture), one of that
 picture's centre 90% x 90% (a copy cropped by up to ~10% hashes like the original's centre).
 Two sequences are compared at the best time shift (voted by close hash pairs); the similarity is
@@ -38,6 +38,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+
+from mmcurate.transforms.image_hash import frame_hashes
 
 SAMPLE_RATE = 16000
 AUDIO_FRAME = 2048
@@ -182,18 +184,6 @@ def audio_keys(fp: np.ndarray, k: int = 24) -> list[int]:
 VIDEO_MAGIC = b"\x00\x00\xc0\x7fVF2\x00"
 _VIDEO_REC = [("t", "<f4"), ("h", "<u8"), ("c", "<u8")]
 _VIDEO_REC_V1 = [("t", "<f4"), ("h", "<u8")]
-# Black bars: a line (row or column), from an edge inward, is a bar while fewer than BAR_SHARE of
-# its pixels are brighter than BAR_LUMA (black is 16 in limited-range video, x264's ringing at a
-# bar's edge stays below ~30; a logo or subtitle laid over a bar covers under 10% of its line).
-# A frame whose picture would keep less than BAR_MIN_KEEP of a side (a fade, a night scene)
-# keeps its whole frame.
-BAR_LUMA = 40
-BAR_SHARE = 0.1
-BAR_MIN_KEEP = 1 / 3
-CENTRE = 0.9  # the second hash: the picture's centre 90% x 90% (a 10% crop hashes like it)
-HASH_SIDE = 256  # the luma plane is point-subsampled to about this many pixels first
-
-
 @dataclass(frozen=True)
 class VideoPrint:
     times: np.ndarray  # float32 seconds
@@ -214,35 +204,6 @@ class VideoPrint:
                        rec["c"].astype(np.uint64))
         rec = np.frombuffer(data, dtype=_VIDEO_REC_V1)
         return cls(rec["t"].astype(np.float32), rec["h"].astype(np.uint64))
-
-
-def content_box(y: np.ndarray) -> tuple[slice, slice]:
-    """The rows and columns of a luma plane inside its black bars (the whole plane when the
-    bars would leave less than BAR_MIN_KEEP of a side)."""
-    bright = y > BAR_LUMA
-    rows = np.flatnonzero(bright.mean(axis=1) >= BAR_SHARE)
-    cols = np.flatnonzero(bright.mean(axis=0) >= BAR_SHARE)
-    h, w = y.shape
-    whole = (slice(0, h), slice(0, w))
-    if rows.size == 0 or cols.size == 0:
-        return whole
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    if r1 - r0 < h * BAR_MIN_KEEP or c1 - c0 < w * BAR_MIN_KEEP:
-        return whole
-    return slice(r0, r1), slice(c0, c1)
-
-
-def frame_hashes(y: np.ndarray) -> tuple[int, int]:
-    """(pHash of the picture inside the bars, pHash of its centre) of a luma plane."""
-    from mmcurate.transforms.keyframes import phash
-
-    step = max(1, max(y.shape) // HASH_SIDE)
-    small = y[::step, ::step]
-    rs, cs = content_box(small)
-    pic = small[rs, cs].astype(np.float32)
-    ph, pw = pic.shape
-    dh, dw = int(round(ph * (1 - CENTRE) / 2)), int(round(pw * (1 - CENTRE) / 2))
-    return phash(pic), phash(pic[dh:ph - dh or None, dw:pw - dw or None])
 
 
 def video_fingerprint(media_uri: str, step_s: float = 0.25, max_s: float | None = None) -> VideoPrint:
@@ -358,5 +319,5 @@ def video_keys(vp: VideoPrint, k: int = 24) -> list[int]:
 
 
 __all__ = ["Alignment", "AudioFingerprinter", "VideoPrint", "audio_fingerprint", "audio_keys",
-           "compare_audio", "compare_video", "content_box", "dataclasses", "frame_hashes",
+           "compare_audio", "compare_video", "dataclasses",
            "video_fingerprint", "video_keys"]

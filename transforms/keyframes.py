@@ -44,6 +44,7 @@ from typing import Iterator
 
 import numpy as np
 
+from mmcurate.transforms.image_hash import frame_hashes, hamming, luma, phash
 from mmcurate.transforms.video_config import VideoConfig
 
 log = logging.getLogger("mmcurate.keyframes")
@@ -105,6 +106,10 @@ class Keyframe:
     image: bytes
     image_format: str  # jpeg | webp
     phash: str  # 64-bit DCT perceptual hash, 16 hex digits
+    # the same hash of the picture inside black bars and of that picture's centre 90%
+    # (fingerprint.frame_hashes): what image dedup also compares, so that bars and crops match
+    picture_phash: str
+    centre_phash: str
     scores: FrameScores
 
 
@@ -163,12 +168,6 @@ class KeyframeResult:
 # Image measures (numpy only)
 
 
-def luma(rgb: np.ndarray) -> np.ndarray:
-    """BT.601 luma of an (h, w, 3) uint8 image, float32."""
-    x = rgb.astype(np.float32)
-    return 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
-
-
 def laplacian_var(gray: np.ndarray) -> float:
     """Variance of the 4-neighbour Laplacian: the classic focus measure (Pech-Pacheco 2000)."""
     g = np.asarray(gray, dtype=np.float32)
@@ -202,33 +201,6 @@ def frame_scores(rgb: np.ndarray) -> FrameScores:
         dominant_share=round(dominant_share(rgb), 4),
         sharpness=round(laplacian_var(y), 3),
     )
-
-
-def _area_resize(gray: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Area-average resize of a 2-D array to (h, w) (any size in, exact size out)."""
-    g = np.asarray(gray, dtype=np.float32)
-    ys = np.linspace(0, g.shape[0], h + 1).astype(int)
-    xs = np.linspace(0, g.shape[1], w + 1).astype(int)
-    c = np.cumsum(np.cumsum(np.pad(g, ((1, 0), (1, 0))), axis=0), axis=1)
-    tot = c[ys[1:], :][:, xs[1:]] - c[ys[:-1], :][:, xs[1:]] - c[ys[1:], :][:, xs[:-1]] + c[ys[:-1], :][:, xs[:-1]]
-    area = np.outer(np.diff(ys), np.diff(xs)).astype(np.float32)
-    return tot / np.maximum(area, 1.0)
-
-
-def phash(rgb_or_gray: np.ndarray) -> int:
-    """64-bit DCT perceptual hash (the pHash of Zauner 2010 / `imagehash.phash`): luma
-    area-resized to 32x32, 2-D DCT-II, the 8x8 lowest frequencies compared with their median."""
-    from scipy.fft import dctn
-
-    g = rgb_or_gray if rgb_or_gray.ndim == 2 else luma(rgb_or_gray)
-    small = _area_resize(g, 32, 32)
-    low = dctn(small, type=2, norm="ortho")[:8, :8].reshape(-1)
-    bits = low > np.median(low)
-    return int(sum(1 << i for i, b in enumerate(bits[::-1]) if b))
-
-
-def hamming(a: int, b: int) -> int:
-    return int(bin(a ^ b).count("1"))
 
 
 def quality_reason(s: FrameScores, cfg: VideoConfig) -> tuple[str, str] | None:
@@ -585,7 +557,8 @@ def _choose(w: _Window, end: float, source_id: str, cfg: VideoConfig, stats: Key
     kid = f"{source_id}-kf-{n:05d}"
     start, t = round(w.start, 3), round(best.t, 3)
     end = round(max(end, best.t), 3)
-    h = phash(_luma_plane(frame))
+    y = _luma_plane(frame)
+    h = phash(y)
     if kept and cfg.near_duplicate_bits >= 0:
         prev = kept[-1]
         dist = hamming(h, int(prev.phash, 16))
@@ -596,6 +569,7 @@ def _choose(w: _Window, end: float, source_id: str, cfg: VideoConfig, stats: Key
                 f"{prev.keyframe_id}, whose span now ends at {end:.2f} s", None))
             kept[-1] = _replace_end(prev, end)
             return
+    picture, centre = frame_hashes(y)
     ow, oh = output_size(frame.width, frame.height, cfg.max_side)
     rgb = frame.reformat(width=ow, height=oh, format="rgb24", interpolation="AREA").to_ndarray()
     stats.frames_converted += 1
@@ -608,7 +582,8 @@ def _choose(w: _Window, end: float, source_id: str, cfg: VideoConfig, stats: Key
     kept.append(Keyframe(
         keyframe_id=kid, start=start, end=end, frame_time=t, cut=w.cut, cut_score=w.score,
         width=ow, height=oh, image=encode_image(rgb, cfg.image_format, cfg.image_quality),
-        image_format=cfg.image_format, phash=f"{h:016x}", scores=scores))
+        image_format=cfg.image_format, phash=f"{h:016x}", picture_phash=f"{picture:016x}",
+        centre_phash=f"{centre:016x}", scores=scores))
 
 
 def _luma_plane(frame) -> np.ndarray:

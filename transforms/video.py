@@ -178,7 +178,8 @@ class _InterleaveFn(beam.DoFn):
                 s = k.scores
                 yield InterleavedItem(
                     **row, image=k.image, image_format=k.image_format, width=k.width,
-                    height=k.height, phash=k.phash, keyframe_id=k.keyframe_id,
+                    height=k.height, phash=k.phash, picture_phash=k.picture_phash,
+                    centre_phash=k.centre_phash, keyframe_id=k.keyframe_id,
                     frame_time=k.frame_time, cut=k.cut, cut_score=k.cut_score,
                     luma_mean=s.luma_mean, luma_std=s.luma_std, luma_p99=s.luma_p99,
                     dominant_share=s.dominant_share, sharpness=s.sharpness)
