@@ -325,8 +325,11 @@ def main(argv=None) -> int:
         def framed_ok(x, y):  # picture-picture, picture-centre or centre-picture, as compare_video
             (_, xp, xc), (_, yp, yc) = x[0], y[0]
             return min(bits(xp, yp), bits(xp, yc), bits(xc, yp)) <= cfg.image_max_bits
+        def either_ok(x, y):  # what image dedup compares (transforms/dedup_lsh.verify_pair)
+            return phash_ok(x, y) or framed_ok(x, y)
         img_results["keyframe pHash"] = score_stills(items, phash_ok)
         img_results["picture/centre pHash"] = score_stills(items, framed_ok)
+        img_results["either (dedup)"] = score_stills(items, either_ok)
         if a.ref_python and Path(a.ref_python).exists():
             sref = ref_hashes(a.ref_python, sorted({p for *_, p in items}), work / "ref_stills.json")
             if sref is not None:
