@@ -60,15 +60,18 @@ class LoudnessDnsmos:
 
 
 def fake_run(media: list[str], out: str, *, quality: dict | None = None, texts: list[str] | None = None,
-             real_dnsmos: bool = False, stages=("vad", "speech", "quality"), dnsmos_loader=LoudnessDnsmos):
+             real_dnsmos: bool = False, stages=("vad", "speech", "quality"), dnsmos_loader=LoudnessDnsmos,
+             segments: dict | None = None):
     """Run the real pipeline (real VAD, decode, sink, manifest) with the fake transcriber,
-    diarization off and the fake (`dnsmos_loader`, or the real) DNSMOS; returns the manifest."""
+    diarization off and the fake (`dnsmos_loader`, or the real) DNSMOS; returns the manifest.
+    `segments`: settings of the config's segments section (e.g. include_audio)."""
     from mmcurate.pipelines import curate
     from mmcurate.pipelines.config import CurateConfig
     from mmcurate.transforms.asr import AsrModelHandler
     from mmcurate.transforms.quality import DnsmosModelHandler
 
-    data = {"stages": list(stages), "diarization": {"backend": "none"}, "quality": quality or {}}
+    data = {"stages": list(stages), "diarization": {"backend": "none"}, "quality": quality or {},
+            "segments": segments or {}}
     cfg = CurateConfig.from_dict(data)
     tr = TextTranscriber(texts)
     overrides = {"asr_handler": AsrModelHandler(cfg.asr, loader=lambda _cfg: tr)}
