@@ -22,21 +22,22 @@ What is compared (kind: methods):
               of the source's representative
 
 How (every step is a Beam transform; nothing holds a global index in one worker):
-  1. every item becomes a `DedupSignature` per method (persisted in `dedup_signatures`), and
-     a node: its representative rank (see `node_of`);
+  1. every item becomes a `DedupSignature` per method (persisted in `dedup_signatures`;
+     dedup_signatures.py), and a node: its representative rank (dedup_nodes.node_of);
   2. LSH keys per signature (text hash; MinHash bands; bottom-k of fingerprint tokens; pHash
      bands) are grouped with GroupByKey, batched per shard of the key space (`lsh_shards`: one
      shuffle element per batch and shard, the buckets of a shard grouped in memory where it
      lands, so no worker holds the whole index); each bucket yields candidate pairs (every pair up to
-     `bucket_pairs_max` members, else a star from the bucket's best-ranked member);
+     `bucket_pairs_max` members, else a star from the bucket's best-ranked member): the keys
+     and the verification of each method are in dedup_lsh.py, MinHash in dedup_minhash.py;
   3. candidates are verified on both signatures (one CoGroupByKey gives each pair end its
      signature, a GroupByKey per pair brings the two together; a Bloom filter of the pairs'
-     ends, broadcast, lets only those nodes into the join: a semi-join);
-     embeddings are searched per partition: one flat FAISS index below `semantic_flat_max`
-     items, else k-means centroids trained on a sample (IVF / SemDeDup style) index every
-     vector in its nearest partition and search it in its `semantic_assign` nearest ones, the
-     partitions in parallel;
-  4. connected components over the verified edges (`ConnectedComponents`: min-label
+     ends, broadcast, lets only those nodes into the join: a semi-join, dedup_semijoin.py);
+     embeddings are searched per partition (dedup_semantic.py): one flat FAISS index below
+     `semantic_flat_max` items, else k-means centroids trained on a sample (IVF / SemDeDup
+     style) index every vector in its nearest partition and search it in its `semantic_assign`
+     nearest ones, the partitions in parallel;
+  4. connected components over the verified edges (components.ConnectedComponents: min-label
      propagation with pointer jumping for `cc_rounds` rounds, then a union-find over whatever
      label pairs are still inconsistent, normally none);
   5. the label of a component is its best-ranked node: the representative. Rank (the
@@ -45,7 +46,7 @@ How (every step is a Beam transform; nothing holds a global index in one worker)
      fidelity (sample rate x channels), then largest (bytes); then the longest item (text
      characters, image pixels); then the smallest item id. The same inputs always give the
      same clusters and representatives; the source rule means the kept transcript, text items
-     and document belong to the kept recording.
+     and document belong to the kept recording. The rows: dedup_clusters.py.
 
 Cross-run (`index_dir`): the signatures of every item a run KEEPS (representatives and
 singletons), and the exact hashes of the ones it drops, form the run's partition of the index,
