@@ -47,9 +47,9 @@ TIMED = [
     ("mmcurate.transforms.quality", "_ScoreTextFn", "process", "quality text filters"),
     ("mmcurate.transforms.quality", "_JudgeFn", "process", "quality text filters"),
     ("mmcurate.transforms.video", "_KeyframesFn", "process", "keyframes"),
-    ("mmcurate.transforms.dedup", "_SourceSignatures", "process", "fingerprints"),
-    ("mmcurate.transforms.dedup", "_TextSignatures", "process", "MinHash"),
-    ("mmcurate.transforms.dedup", "_EmbedTranscripts", "process", "embeddings"),
+    ("mmcurate.transforms.dedup_signatures", "SourceSignatures", "process", "fingerprints"),
+    ("mmcurate.transforms.dedup_signatures", "TextSignatures", "process", "MinHash"),
+    ("mmcurate.transforms.dedup_signatures", "EmbedTranscripts", "process", "embeddings"),
     ("mmcurate.transforms.sink", "_WriteBucket", "process", "write"),
     ("mmcurate.transforms.sink", "_Publish", "process", "write"),
 ]

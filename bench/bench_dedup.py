@@ -132,7 +132,8 @@ def run_ours(corpus: str, bands: int, rows: int, verify: str, threshold: float) 
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     from mmcurate.schemas.records import SourceRecord, Transcript
-    from mmcurate.transforms.dedup import DedupConfig, Deduplicate
+    from mmcurate.transforms.dedup import Deduplicate
+    from mmcurate.transforms.dedup_config import DedupConfig
 
     cfg = DedupConfig(methods=("minhash",), bands=bands, rows=rows, verify=verify,
                       jaccard_threshold=threshold)
@@ -186,7 +187,7 @@ def sweep(texts: list[str], planted: dict, grid: list[tuple[int, int]]) -> list[
     """LSH candidate recall for pairs at J >= 0.8 and the share of lower-Jaccard planted pairs
     that become candidates, per bands x rows (signatures of 512 permutations, first b*r used);
     precision after verification: exact -> 1.0 by construction; estimate -> measured."""
-    from mmcurate.transforms.dedup import MinHasher, band_keys, estimated_jaccard
+    from mmcurate.transforms.dedup_minhash import MinHasher, band_keys, estimated_jaccard
 
     h = MinHasher(512, 1, 5)
     docs = sorted({d for pq in planted for d in pq})
@@ -240,7 +241,8 @@ def bench_faiss(n: int, threshold: float = 0.95) -> dict:
     import apache_beam as beam
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from mmcurate.transforms.dedup import DedupConfig, SemanticPairs
+    from mmcurate.transforms.dedup_config import DedupConfig
+    from mmcurate.transforms.dedup_semantic import SemanticPairs
 
     k, size = n // 100, 5000
     cfg = DedupConfig(semantic_threshold=threshold)
@@ -288,7 +290,7 @@ def main(argv=None) -> int:
     ap.add_argument("--verify", default=None, help=argparse.SUPPRESS)
     ap.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    from mmcurate.transforms.dedup import DedupConfig
+    from mmcurate.transforms.dedup_config import DedupConfig
 
     d = DedupConfig()
     bands, rows = a.bands or d.bands, a.rows or d.rows

@@ -74,13 +74,13 @@ class EcapaEmbedding:
     def __call__(self, waveforms, masks=None):
         import torch
 
-        from mmcurate.transforms.diarize import _campplus_embed
+        from mmcurate.transforms.diarize_models import campplus_embed
 
         def fbank(w):  # (batch, 1, samples) -> (batch, frames, 80), SpeechBrain's Fbank
             return torch.stack([self._ecapa.fbank(x[0]) for x in w])
 
         with torch.inference_mode():  # masks, pooling and NaN rows exactly as for CAM++
-            return _campplus_embed(self.model, waveforms, masks, self.device, 8, fbank=fbank).numpy()
+            return campplus_embed(self.model, waveforms, masks, self.device, 8, fbank=fbank).numpy()
 
 
 def main(argv=None) -> int:
@@ -96,17 +96,18 @@ def main(argv=None) -> int:
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
     from der_reference import der, read_rttm
     from mmcurate.transforms import diarize as D
+    from mmcurate.transforms import diarize_models as DM
 
-    D._offline_env()
+    DM.offline_env()
     names = a.files.split(",")
     audio = {k: sf.read(os.path.join(MEDIA, FILES[k] + ".wav"), dtype="float32")[0] for k in names}
     ref = {k: read_rttm(os.path.join(MEDIA, FILES[k] + ".rttm")) for k in names}
     for model in a.models.split(","):
-        emb = EcapaEmbedding(ecapa_weights(a.cache)) if model == "ecapa" else D.CamPlusPlusEmbedding()
+        emb = EcapaEmbedding(ecapa_weights(a.cache)) if model == "ecapa" else DM.CamPlusPlusEmbedding()
         for th in (float(x) for x in a.thresholds.split(",")):
-            seg = Model.from_pretrained(str(D.packaged_segmentation_path()))
-            p = D._lazy("PackagedSpeakerDiarization")(seg, emb, segmentation_step=0.25)
-            p.instantiate({**D.PYANNOTE_31_PARAMS, "clustering": {
+            seg = Model.from_pretrained(str(DM.packaged_segmentation_path()))
+            p = DM.PackagedSpeakerDiarization(seg, emb, segmentation_step=0.25)
+            p.instantiate({**DM.PYANNOTE_31_PARAMS, "clustering": {
                 "method": "centroid", "threshold": th, "min_cluster_size": 5}})
             row = []
             for k in names:

@@ -66,7 +66,7 @@ def group(clip: ve.Clip) -> str:
 
 def mmcurate_prints(clips: list[ve.Clip]):
     from mmcurate.transforms import fingerprint as fp
-    from mmcurate.transforms.dedup import DedupConfig
+    from mmcurate.transforms.dedup_config import DedupConfig
 
     cfg = DedupConfig()
     out, t0 = {}, time.perf_counter()
@@ -76,7 +76,8 @@ def mmcurate_prints(clips: list[ve.Clip]):
 
 
 def mmcurate_match(prints: dict):
-    from mmcurate.transforms.dedup import DedupConfig, lsh_keys, verify_pair
+    from mmcurate.transforms.dedup_config import DedupConfig
+    from mmcurate.transforms.dedup_lsh import lsh_keys, verify_pair
 
     cfg = DedupConfig()
     keys = {p: set(lsh_keys("video_fp", b, cfg)) for p, b in prints.items()}
@@ -292,7 +293,7 @@ def main(argv=None) -> int:
                                                   max_side=a.max_side)]
     print(f"suite: {len(clips)} files from {len(sources)} clips ({time.perf_counter() - t0:.0f} s)")
 
-    from mmcurate.transforms.dedup import DedupConfig
+    from mmcurate.transforms.dedup_config import DedupConfig
 
     cfg = DedupConfig()
     prints, fp_s = mmcurate_prints(clips)

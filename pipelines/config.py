@@ -19,7 +19,7 @@ from mmcurate.schemas.stages import DEFAULT_STAGES
 from mmcurate.transforms.asr import AsrConfig
 from mmcurate.transforms.attribute import SegmentsConfig
 from mmcurate.transforms.decode import DecodeConfig
-from mmcurate.transforms.dedup import DedupConfig
+from mmcurate.transforms.dedup_config import DedupConfig
 from mmcurate.transforms.diarize import DiarizationConfig
 from mmcurate.transforms.ingest import IngestConfig
 from mmcurate.transforms.quality import QualityConfig

@@ -59,10 +59,11 @@ from mmcurate.quality.curated import curated_summary, format_curated  # noqa: E4
 LOW_WORD_PROBABILITY = 0.5
 QUANTILES = (0.1, 0.5, 0.9)
 
-_SL = "(" + ", ".join(f"'{s}'" for s in SOURCE_LEVEL_STAGES) + ")"
-# rows of the ledger that remove an input (not annotations of a kept source)
-_KEPT = "(" + ", ".join(f"'{r}'" for r in KEPT_SOURCE_REASONS) + ")"
-_REMOVES = f"(stage IN {_SL} AND reason NOT IN {_KEPT})"
+# SQL lists of the source-level stages and of the reasons that keep their source
+_SOURCE_LEVEL_STAGES_SQL = "(" + ", ".join(f"'{s}'" for s in SOURCE_LEVEL_STAGES) + ")"
+_KEPT_SOURCE_REASONS_SQL = "(" + ", ".join(f"'{r}'" for r in KEPT_SOURCE_REASONS) + ")"
+# a WHERE condition: the ledger rows that remove an input (not annotations of a kept source)
+_REMOVES_INPUT_SQL = f"(stage IN {_SOURCE_LEVEL_STAGES_SQL} AND reason NOT IN {_KEPT_SOURCE_REASONS_SQL})"
 
 # Per segment: duration and word count. Words come from word timestamps; a backend that gives
 # none (words null or empty) falls back to whitespace tokens of the text.
@@ -244,7 +245,7 @@ def _invariant(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         WITH s AS (SELECT uri FROM sources),
              -- the same name reached twice (a folder and a manifest) is two inputs: the
              -- repeat's ledger row carries an item_id, which makes its key distinct
-             r AS (SELECT uri || coalesce('#' || item_id, '') AS uri FROM rejected WHERE {_REMOVES})
+             r AS (SELECT uri || coalesce('#' || item_id, '') AS uri FROM rejected WHERE {_REMOVES_INPUT_SQL})
         SELECT
             (SELECT count(*) FROM s),
             (SELECT count(*) FROM r),
@@ -259,7 +260,7 @@ def _invariant(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         con,
         f"""
         SELECT count(*) FROM rejected
-        WHERE NOT {_REMOVES}
+        WHERE NOT {_REMOVES_INPUT_SQL}
           AND (source_id IS NULL OR source_id NOT IN (SELECT source_id FROM sources))
         """,
     )[0]
@@ -322,8 +323,8 @@ def _summarize(con: duckdb.DuckDBPyConnection, out_dir: str) -> dict[str, Any]:
         SELECT
             (SELECT coalesce(sum(duration_s), 0) FROM sources),
             (SELECT coalesce(sum(speech_s), 0) FROM sources),
-            (SELECT coalesce(sum(duration_s), 0) FROM rejected WHERE {_REMOVES}),
-            (SELECT count(*) FROM rejected WHERE {_REMOVES} AND duration_s IS NULL)
+            (SELECT coalesce(sum(duration_s), 0) FROM rejected WHERE {_REMOVES_INPUT_SQL}),
+            (SELECT count(*) FROM rejected WHERE {_REMOVES_INPUT_SQL} AND duration_s IS NULL)
         """,
     )
     s["hours_in"] = (float(src_s) + float(rej_s)) / 3600.0

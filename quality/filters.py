@@ -59,8 +59,9 @@ class Filter(Protocol):
     def keep_sql(self) -> str: ...
 
 
-class _Judged:
-    """`judge(row)`: keep (None) or the first reason; `failures(row)`: all of them."""
+class _JudgeByFirstFailure:
+    """A filter's `judge(row)` from its `failures(row)` (every failing code): None to keep the
+    row, else the first code."""
 
     def judge(self, row: Any) -> str | None:
         failed = self.failures(row)  # type: ignore[attr-defined]
@@ -71,7 +72,7 @@ class _Judged:
 
 
 @dataclass(frozen=True)
-class HallucinationFilter(_Judged):
+class HallucinationFilter(_JudgeByFirstFailure):
     """Stock phrases, decoder loops, words outside the VAD (mmcurate.quality.hallucination) and
     more characters per second than speech can carry.
 
@@ -107,7 +108,7 @@ class HallucinationFilter(_Judged):
 
 
 @dataclass(frozen=True)
-class LanguageFilter(_Judged):
+class LanguageFilter(_JudgeByFirstFailure):
     """Allow-list of spoken languages (Whisper's, or the transcript's text language when Whisper
     gave none), and two flags:
 
@@ -171,7 +172,7 @@ class LanguageFilter(_Judged):
 
 
 @dataclass(frozen=True)
-class SpeechQualityFilter(_Judged):
+class SpeechQualityFilter(_JudgeByFirstFailure):
     """DNSMOS P.835 minimums (mmcurate.quality.dnsmos); None turns a minimum off."""
 
     min_ovrl: float | None = None
@@ -198,7 +199,7 @@ class SpeechQualityFilter(_Judged):
 
 
 @dataclass(frozen=True)
-class DurationFilter(_Judged):
+class DurationFilter(_JudgeByFirstFailure):
     min_s: float | None = None
     max_s: float | None = None
     codes: tuple[str, ...] = ("too_short", "too_long")
@@ -242,7 +243,7 @@ def quartiles(values: Sequence[float]) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class SpeakingRateFilter(_Judged):
+class SpeakingRateFilter(_JudgeByFirstFailure):
     """Characters per second outside Tukey's fences (k x IQR) of its language's segments in this
     run, as Emilia-Pipe filters on average character duration. Only segments of at least
     `min_duration_s` are judged (and make the quartiles: on a short segment the word boundaries
@@ -272,7 +273,7 @@ class SpeakingRateFilter(_Judged):
 
 
 @dataclass(frozen=True)
-class SpeechRatioFilter(_Judged):
+class SpeechRatioFilter(_JudgeByFirstFailure):
     min_ratio: float | None = None
     codes: tuple[str, ...] = ("low_speech_ratio",)
 

@@ -385,7 +385,7 @@ class DedupSignature(_Row):
     are never decoded twice. `signature`: sha256 digest | sha1 of normalised text | MinHash
     uint32 values | audio fingerprint uint32 per 32 ms | video (float32 t, uint64 pHash) per
     sample | pHash uint64 | float32 embedding; all little-endian. The rank fields are the
-    representative rule's (mmcurate.transforms.dedup.node_of)."""
+    representative rule's (mmcurate.transforms.dedup_nodes.node_of)."""
 
     TABLE: ClassVar[str] = "dedup_signatures"
     signature_id: str  # f"{kind}:{item_id}:{method}"

@@ -125,10 +125,10 @@ def test_sources_are_spread_by_fingerprinting_cost_before_dedup_fingerprints_the
     round-robin by key, one worker of two got the 2-minute talk and more."""
     import functools
 
-    from mmcurate.transforms.dedup import _fingerprint_cost
+    from mmcurate.transforms.dedup_signatures import fingerprint_cost
 
     def _spread_fingerprints(joined, methods, workers=2):
-        spread = Spread(workers)(cost=functools.partial(_fingerprint_cost, frozenset(methods)),
+        spread = Spread(workers)(cost=functools.partial(fingerprint_cost, frozenset(methods)),
                                  key=lambda kv: kv[0])
         return joined if spread is None else joined | spread
 
@@ -140,11 +140,11 @@ def test_sources_are_spread_by_fingerprinting_cost_before_dedup_fingerprints_the
              *(joined(f"meet{i}", "audio", 30.0) for i in range(4)), joined("jfk", "audio", 11.0),
              ("gone", {"info": [], "prior": []})]
     both = frozenset({"audio_fp", "video_fp"})
-    assert _fingerprint_cost(both, items[0]) == pytest.approx(5 * 122.7)
-    assert _fingerprint_cost(frozenset({"audio_fp"}), items[0]) == pytest.approx(122.7)
-    assert _fingerprint_cost(frozenset({"video_fp"}), items[3]) == 0.0  # audio: no video_fp
-    assert _fingerprint_cost(both, items[-1]) == 0.0
-    cost = functools.partial(_fingerprint_cost, both)
+    assert fingerprint_cost(both, items[0]) == pytest.approx(5 * 122.7)
+    assert fingerprint_cost(frozenset({"audio_fp"}), items[0]) == pytest.approx(122.7)
+    assert fingerprint_cost(frozenset({"video_fp"}), items[3]) == 0.0  # audio: no video_fp
+    assert fingerprint_cost(both, items[-1]) == 0.0
+    cost = functools.partial(fingerprint_cost, both)
     expected: dict = {}
     for b, kv in assign_buckets(items, 2, cost, key=lambda kv: kv[0]):
         expected.setdefault(b, []).append(kv[0])

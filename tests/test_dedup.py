@@ -19,9 +19,12 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from mmcurate.schemas.records import Rejection, SourceRecord, Transcript
 from mmcurate.transforms import fingerprint as fp
-from mmcurate.transforms.dedup import (ConnectedComponents, DedupConfig, Deduplicate, MinHasher,
-                                       bucket_pairs, exact_jaccard, node_is_new, node_of, normalize_text,
-                                       shingles)
+from mmcurate.transforms.components import ConnectedComponents
+from mmcurate.transforms.dedup import Deduplicate
+from mmcurate.transforms.dedup_config import DedupConfig
+from mmcurate.transforms.dedup_lsh import bucket_pairs
+from mmcurate.transforms.dedup_minhash import MinHasher, exact_jaccard, normalize_text, shingles
+from mmcurate.transforms.dedup_nodes import node_is_new, node_of
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 FAST = ("sha256", "text_hash", "minhash", "embedding")
@@ -91,7 +94,7 @@ def test_shingles_and_exact_jaccard_match_python_sets():
 
 
 def test_ascii_fast_path_normalises_as_the_unicode_path():
-    from mmcurate.transforms.dedup import _normalize_unicode
+    from mmcurate.transforms.dedup_minhash import _normalize_unicode
 
     rng = np.random.default_rng(5)
     alphabet = [chr(c) for c in range(128)] + ["[spk0]", "[SPK12]", "  ", "Word"]
@@ -135,7 +138,7 @@ def test_compiled_signatures_are_the_numpy_ones():
 
 
 def test_representative_rule_orders_nodes():
-    from mmcurate.transforms.dedup import make_signature, source_info
+    from mmcurate.transforms.dedup_nodes import make_signature, source_info
 
     def sig(sid, dur, sr=16000, ch=1, size=100, part="p"):
         return make_signature("source", sid, "sha256", source_info(_src(sid, dur, sr, ch, size)),
@@ -184,7 +187,7 @@ def test_connected_components_min_label(rounds):
 def _semantic_pairs(items, cfg, path: Path) -> set:
     import json
 
-    from mmcurate.transforms.dedup import SemanticPairs
+    from mmcurate.transforms.dedup_semantic import SemanticPairs
 
     with TestPipeline() as p:
         _ = (p | beam.Create(items) | SemanticPairs(cfg)
@@ -222,9 +225,10 @@ def test_the_embedding_model_runs_on_the_threads_it_is_given():
     import sys
 
     code = ("import torch\n"
-            "from mmcurate.transforms.dedup import DedupConfig, _EmbedTranscripts\n"
+            "from mmcurate.transforms.dedup_config import DedupConfig\n"
+            "from mmcurate.transforms.dedup_signatures import EmbedTranscripts\n"
             "before = torch.get_num_threads()\n"
-            "fn = _EmbedTranscripts(DedupConfig(semantic_threads=1))\n"
+            "fn = EmbedTranscripts(DedupConfig(semantic_threads=1))\n"
             "fn.setup()\n"
             "v = fn.model.embed(['the same words'], 8)\n"
             "print(before, torch.get_num_threads(), v.shape[1])\n")

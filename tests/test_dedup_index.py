@@ -19,7 +19,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from mmcurate.pipelines.config import CurateConfig
 from mmcurate.schemas.records import SourceRecord
 from mmcurate.transforms import dedup_index
-from mmcurate.transforms.dedup import DedupConfig, read_index
+from mmcurate.transforms.dedup_config import DedupConfig
+from mmcurate.transforms.dedup_index import read_index
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 JFK = MEDIA / "speech" / "jfk.wav"
@@ -35,7 +36,8 @@ def _src(sid: str) -> SourceRecord:
 
 def _signatures(cfg: DedupConfig, partition: str, run_id: str) -> list:
     """sha256, text_hash and minhash signatures of two fake sources and their transcripts."""
-    from mmcurate.transforms.dedup import MinHasher, make_signature, normalize_text, source_info, text_hash
+    from mmcurate.transforms.dedup_minhash import MinHasher, normalize_text, text_hash
+    from mmcurate.transforms.dedup_nodes import make_signature, source_info
 
     hasher = MinHasher(cfg.num_perm, cfg.seed, cfg.shingle_size)
     out = []

@@ -22,7 +22,8 @@ os.environ["PYANNOTE_METRICS_ENABLED"] = "false"
 from mmcurate.pipelines.config import DiarizationConfig  # noqa: E402
 from der_reference import der, read_rttm  # noqa: E402
 from mmcurate.schemas.records import Turn  # noqa: E402
-from mmcurate.transforms.diarize import DiarizationError, exclusive_turns, export_pipeline_dir, load_diarizer  # noqa: E402
+from mmcurate.transforms.diarize import exclusive_turns, load_diarizer  # noqa: E402
+from mmcurate.transforms.diarize_models import DiarizationError, export_pipeline_dir  # noqa: E402
 from mmcurate.transforms.diarize import check_backend  # noqa: E402
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
@@ -168,7 +169,7 @@ def test_embedded_default_on_sample(embedded, sample):
 def test_embedded_threshold_robust(embedded, sample):
     """Two speakers and DER <= target across a band of clustering thresholds around the
     pyannote 3.1 default (0.7046), i.e. the result is not one lucky number."""
-    from mmcurate.transforms.diarize import PYANNOTE_31_PARAMS
+    from mmcurate.transforms.diarize_models import PYANNOTE_31_PARAMS
 
     audio, ref = sample
     try:
@@ -278,7 +279,7 @@ def test_onnx_matches_torch(embedded, sample):
     import torch
     from pyannote.audio import Model
 
-    from mmcurate.transforms.diarize import CamPlusPlusEmbedding, ONNX_TOLERANCE, packaged_segmentation_path
+    from mmcurate.transforms.diarize_models import CamPlusPlusEmbedding, ONNX_TOLERANCE, packaged_segmentation_path
 
     audio, _ = sample
     assert embedded.onnx and embedded.embedding.runner is not None
@@ -303,13 +304,14 @@ def test_onnx_matches_torch(embedded, sample):
 def test_onnx_export_is_cached_by_checksum(tmp_path, monkeypatch):
     """First use exports into the cache dir under names carrying the weights' sha256; a second
     use loads the same files (no re-export)."""
-    from mmcurate.transforms import diarize as dz
+    from mmcurate.transforms import diarize_models as dm
+    from mmcurate.transforms.models import file_sha256
 
-    first = dz.onnx_models(str(tmp_path), 1)["paths"]
-    seg_sha = dz._sha256(dz.packaged_segmentation_path())[:16]
+    first = dm.onnx_models(str(tmp_path), 1)["paths"]
+    seg_sha = file_sha256(dm.packaged_segmentation_path())[:16]
     assert first[0].parent == tmp_path and seg_sha in first[0].name and all(p.is_file() for p in first)
-    monkeypatch.setattr(dz, "export_onnx", lambda *a, **k: pytest.fail("re-exported"))
-    assert dz.onnx_models(str(tmp_path), 1)["paths"] == first
+    monkeypatch.setattr(dm, "export_onnx", lambda *a, **k: pytest.fail("re-exported"))
+    assert dm.onnx_models(str(tmp_path), 1)["paths"] == first
 
 
 @pytest.mark.slow
@@ -423,11 +425,11 @@ def _pyannote_apply(embedded):
     import torch
     from pyannote.audio import Model
 
-    from mmcurate.transforms import diarize as dz
+    from mmcurate.transforms import diarize_models as dm
 
-    seg = Model.from_pretrained(str(dz.packaged_segmentation_path()))
+    seg = Model.from_pretrained(str(dm.packaged_segmentation_path()))
     seg.forward = lambda w, *a, **k: torch.from_numpy(embedded._forward(w.detach().cpu().numpy()))
-    pipe = dz._lazy("PackagedSpeakerDiarization")(
+    pipe = dm.PackagedSpeakerDiarization(
         seg, embedded.embedding, segmentation_step=embedded.segmentation_step, segmentation_batch_size=1)
     params = embedded.default_params()
     assert params["clustering"].pop("distinct_below") is None, "pyannote has no distinct_below rule"
@@ -441,7 +443,7 @@ def test_core_constants_are_segmentation_3_0s():
     from pyannote.audio.utils.powerset import Powerset
 
     from mmcurate.transforms import diarize_core as core
-    from mmcurate.transforms.diarize import packaged_segmentation_path
+    from mmcurate.transforms.diarize_models import packaged_segmentation_path
 
     model = Model.from_pretrained(str(packaged_segmentation_path()))
     spec = model.specifications

@@ -66,8 +66,8 @@ elif hook == "asr":  # the third source's ASR: two transcripts made, no source c
         return orig(self, batch, model, inference_args)
     asr.AsrModelHandler.run_inference = run_inference
 elif hook == "merge":  # dedup's fingerprints: every source checkpointed
-    from mmcurate.transforms import dedup
-    dedup._SourceSignatures.process = lambda self, kv: park("merge")
+    from mmcurate.transforms import dedup_signatures
+    dedup_signatures.SourceSignatures.process = lambda self, kv: park("merge")
 elif hook == "publish":  # the final shards are in place, manifest.json not yet written
     from mmcurate.transforms import sink
     sink.commit_manifest = lambda *a, **k: park("publish")

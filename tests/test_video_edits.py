@@ -13,7 +13,8 @@ import pytest
 
 from mmcurate.transforms import fingerprint as fp
 from mmcurate.transforms import image_hash as ih
-from mmcurate.transforms.dedup import DedupConfig, lsh_keys, verify_pair
+from mmcurate.transforms.dedup_config import DedupConfig
+from mmcurate.transforms.dedup_lsh import lsh_keys, verify_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT.parent / "shared" / "media"

@@ -1,6 +1,6 @@
 """Compiled MinHash kernel (numba): shingle hashes, datasketch affine32 MinHash values and the
 sorted distinct shingle hashes of one text in one pass, bit for bit the values of the numpy
-reference path in `dedup.MinHasher` (tests/test_dedup.py compares them; `MinHasher` falls back
+reference path in `dedup_minhash.MinHasher` (tests/test_dedup.py compares them; `MinHasher` falls back
 to numpy when numba does not import).
 
 Why: the numpy path runs ~25 numpy calls and a (shingles x permutations) temporary per text;

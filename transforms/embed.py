@@ -173,8 +173,9 @@ class SentenceEmbedder:
         return np.concatenate(out) if out else np.zeros((0, DIM), np.float32)
 
 
-class _Holder:
-    """Beam's Shared keeps weak references: a plain object to hold the model."""
+class _SharedEmbedder:
+    """What Beam's Shared caches for a process: it keeps only weak references, which a plain
+    object takes (the model is reached as `.model`)."""
 
     def __init__(self, model: SentenceEmbedder):
         self.model = model
@@ -196,5 +197,5 @@ def shared_embedder(device: str = "cpu", threads: int | None = None) -> Sentence
             from apache_beam.utils.shared import Shared
 
             _SHARED = Shared()
-    return _SHARED.acquire(lambda: _Holder(SentenceEmbedder(device, threads=threads)),
+    return _SHARED.acquire(lambda: _SharedEmbedder(SentenceEmbedder(device, threads=threads)),
                            tag=f"minilm-{device}-{threads}").model

@@ -305,18 +305,29 @@ class SileroVad:
 
 
 @dataclass(frozen=True)
+class VadFailure:
+    """Why an input is a ledger row instead of a source: the fields of its Rejection."""
+
+    stage: str  # "decode" or "vad"
+    reason: str  # the ledger's reason code, e.g. "no_audio_stream", "too_long", "vad_error"
+    detail: str
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True)
 class VadOutcome:
     """One input after decode + VAD: everything the call found, nothing kept on the model.
 
-    `error` is (stage, reason, detail, duration_s) when the input is a ledger row instead of a
-    source; `audio` holds the decoded 16 kHz samples only when the handler was asked to keep
-    them (the speech stage runs next and must not decode the source again).
+    `error` is set when the input is a ledger row instead of a source; `audio` holds the
+    decoded 16 kHz samples only when the handler was asked to keep them (the speech stage runs
+    next and must not decode the source again). It goes from RunInference to the next DoFn
+    fused, one per source, never through a shuffle.
     """
 
     info: MediaInfo | None
     result: VadResult | None
     audio: np.ndarray | None
-    error: tuple[str, str, str, float | None] | None
+    error: VadFailure | None
     elapsed_s: float
     # kept although damaged (decode.truncated = "keep"): (seconds lost or None, what happened)
     truncated: tuple[float | None, str] | None = None
@@ -412,7 +423,7 @@ class VadModelHandler(ModelHandler[MediaRef, VadOutcome, SileroVad]):
         info = None
 
         def failed(stage: str, reason: str, detail: str, duration_s: float | None = None):
-            return VadOutcome(None, None, None, (stage, reason, detail, duration_s),
+            return VadOutcome(None, None, None, VadFailure(stage, reason, detail, duration_s),
                               time.perf_counter() - t0)
 
         try:
@@ -529,11 +540,12 @@ class _ToSourcesFn(beam.DoFn):
     def process(self, prediction: PredictionResult):
         ref: MediaRef = prediction.example
         out: VadOutcome = prediction.inference
-        if out.error is not None:
-            if out.error[1] == "no_audio_stream" and self._is_kept_video(out):
+        failure = out.error
+        if failure is not None:
+            if failure.reason == "no_audio_stream" and self._is_kept_video(out):
                 yield from self._video_without_speech(ref, out, "no audio stream")
                 return
-            yield self._reject(ref, *out.error)
+            yield self._reject(ref, failure.stage, failure.reason, failure.detail, failure.duration_s)
             return
         result, info = out.result, out.info
         if result.num_samples == 0:
