@@ -108,3 +108,69 @@ def test_a_signature_written_before_the_centre_hash_still_compares():
     assert (again.centres == new.centres).all() and (again.times == new.times).all()
     al = fp.compare_video(old, again)
     assert al is not None and al.similarity == 1.0
+
+
+# ------------------------------------------------------------------------------------ images
+
+FRAME_EDITS = ("greyscale", "sepia", "letterbox", "pillarbox", "logo", "crop10", "scale360", "lowbitrate")
+STILLS = (1.0, 3.0)
+
+
+def _still_signatures(path) -> list[bytes]:
+    """The dedup signature of the frame shown at each of STILLS, hashed as the video stage
+    hashes a keyframe (its luma plane: whole frame, picture inside bars, centre)."""
+    import av
+
+    from mmcurate.transforms.dedup_lsh import image_signature
+    from mmcurate.transforms.keyframes import _luma_plane
+
+    out, want = [], list(STILLS)
+    with av.open(str(path)) as c:
+        for frame in c.decode(c.streams.video[0]):
+            if want and float(frame.pts * frame.time_base) + 1e-6 >= want[0]:
+                y = _luma_plane(frame)
+                out.append(image_signature(ih.phash(y), *ih.frame_hashes(y)))
+                want.pop(0)
+    assert len(out) == len(STILLS)
+    return out
+
+
+def _image_pair(a: bytes, b: bytes, cfg: DedupConfig) -> bool:
+    shared = set(lsh_keys("phash", a, cfg)) & set(lsh_keys("phash", b, cfg))
+    return bool(shared) and verify_pair("phash", a, b, cfg) is not None
+
+
+# Stills the keyframe hashes miss (of the 2 per clip), measured: the logo covers most of what the
+# doorknob's bare door shows, as for the video fingerprint above. Before the picture and centre
+# hashes, every letterbox, pillarbox and crop10 still was missed as well (bench/README.md,
+# "Keyframes", recall per edit over more stills).
+IMAGE_MISSED = {("logo", SOURCES[1]): 2}
+
+
+@pytest.mark.parametrize("kind", FRAME_EDITS)
+def test_an_edited_keyframe_is_an_image_duplicate(suite, kind):
+    d, cfg, _ = suite
+    for src in SOURCES:
+        orig = _still_signatures(ve.generate(MEDIA / src, d, kinds=(), seconds=SECONDS, max_side=SIDE)[0].path)
+        edited = _still_signatures(ve.generate(MEDIA / src, d, kinds=(kind,), seconds=SECONDS, max_side=SIDE)[1].path)
+        found = sum(_image_pair(o, e, cfg) for o, e in zip(orig, edited))
+        print(f"{kind} of {src}: {found}/{len(STILLS)} stills found")
+        assert found >= len(STILLS) - IMAGE_MISSED.get((kind, src), 0), f"{kind} of {src}: {found} found"
+        (other,) = (s for s in SOURCES if s != src)
+        others = _still_signatures(ve.generate(MEDIA / other, d, kinds=(), seconds=SECONDS, max_side=SIDE)[0].path)
+        assert not any(_image_pair(o, e, cfg) for o in others for e in edited), f"{kind} of {src}: matched {other}"
+
+
+def test_image_signatures_of_the_whole_frame_alone_still_compare():
+    from mmcurate.transforms.dedup_lsh import image_distance, image_keys, image_signature
+
+    whole, picture, centre = 0x0123456789ABCDEF, 0xFEDCBA9876543210, 0x0F0F0F0F0F0F0F0F
+    new = image_signature(whole, picture, centre)
+    old = image_signature(whole ^ 0b111)  # 8 bytes, as written before: 3 bits from the new one
+    assert len(new) == 24 and len(old) == 8
+    assert image_distance(new, old) == image_distance(old, new) == 3
+    assert set(image_keys(old)) & set(image_keys(new))
+    # a picture within 2 bits of the other's centre is a pair though the whole frames differ
+    boxed = image_signature(~whole & (2**64 - 1), centre ^ 0b11, 0)
+    assert image_distance(new, boxed) == 2
+    assert set(image_keys(new)) & set(image_keys(boxed))

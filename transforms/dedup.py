@@ -10,7 +10,9 @@ What is compared (kind: methods):
   transcript  text_hash (normalised text), minhash (word 5-gram MinHash-LSH, verified by the
               exact Jaccard of the shingle sets; `verify = "estimate"`: the signatures'), embedding (all-MiniLM-L6-v2 cosine, FAISS)
   text_item   text_hash, minhash (the text items of interleaved video documents)
-  image       phash (the keyframes' 64-bit DCT hash, Hamming distance; 5 exact-match bands
+  image       phash (the keyframes' 64-bit DCT hashes, Hamming distance: of the whole frame, or
+              of the picture inside its black bars against the other's picture or centre, so
+              letterboxed, pillarboxed and cropped copies match; 5 exact-match bands per hash
               find every pair within 4 bits by the pigeonhole principle)
   passage,    text_hash, minhash: the rows of the rephrase stage's text_mix, natural passages
   synthetic   and synthetic rephrasings, compared with each other only (own LSH buckets). A
@@ -210,8 +212,9 @@ class Deduplicate(beam.PTransform):
                               | "KeyTextItems" >> beam.Map(lambda r: (r.source_id, ("text_item", r.item_id, r.text))))
             images = (inputs["interleaved"]
                       | "ImageItems" >> beam.Filter(lambda r: r.modality == "image" and r.phash)
-                      | "KeyImages" >> beam.Map(lambda r: (r.source_id, (r.item_id, r.phash,
-                                                                          float((r.width or 0) * (r.height or 0))))))
+                      | "KeyImages" >> beam.Map(lambda r: (r.source_id, (
+                          r.item_id, r.phash, r.picture_phash, r.centre_phash,
+                          float((r.width or 0) * (r.height or 0))))))
             if "phash" in methods:
                 sigs.append({"info": info, "items": images}
                             | "JoinImages" >> beam.CoGroupByKey()

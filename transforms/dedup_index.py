@@ -104,9 +104,6 @@ def index_settings(cfg) -> dict[str, dict[str, Any]]:
             s = {"dedup.video_step_s": cfg.video_step_s,
                  "video fingerprint": f"pHash of the picture inside black bars (luma > "
                                       f"{ih.BAR_LUMA}) and of its centre {ih.CENTRE:g}"}
-        elif m == "phash":
-            s = {"image fingerprint": f"pHash of the whole keyframe, of the picture inside black "
-                                      f"bars (luma > {ih.BAR_LUMA}) and of its centre {ih.CENTRE:g}"}
         elif m == "embedding":
             from mmcurate.transforms import embed
 

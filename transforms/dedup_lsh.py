@@ -23,6 +23,40 @@ def phash_keys(h: int) -> list[bytes]:
             for i, (off, w) in enumerate(_PHASH_BANDS)]
 
 
+# An image signature: the keyframe's whole-frame pHash, then (when the keyframe row has them) the
+# pHash of its picture inside black bars and of that picture's centre (image_hash.frame_hashes),
+# 8 bytes each, little-endian. Signatures of 8 bytes (rows and index entries written before the
+# two were kept) compare on the whole-frame hash alone.
+def image_signature(whole: int, picture: int | None = None, centre: int | None = None) -> bytes:
+    out = whole.to_bytes(8, "little")
+    if picture is not None and centre is not None:
+        out += picture.to_bytes(8, "little") + centre.to_bytes(8, "little")
+    return out
+
+
+def _image_hashes(sig: bytes) -> list[int]:
+    return [int.from_bytes(sig[i:i + 8], "little") for i in range(0, len(sig), 8)]
+
+
+def image_distance(a: bytes, b: bytes) -> int:
+    """Bits between two image signatures: the closer of the whole frames, and of the pictures
+    inside their bars (picture with picture, or either's picture with the other's centre, as
+    the video fingerprint compares frames): bars, crops and recolourings each leave one of them
+    close (bench/README.md, bench_vidsuite.py, "Keyframes")."""
+    ha, hb = _image_hashes(a), _image_hashes(b)
+    d = bin(ha[0] ^ hb[0]).count("1")
+    if len(ha) == 3 and len(hb) == 3:
+        (_, pa, ca), (_, pb, cb) = ha, hb
+        d = min(d, *(bin(x ^ y).count("1") for x, y in ((pa, pb), (pa, cb), (ca, pb))))
+    return d
+
+
+def image_keys(sig: bytes) -> list[bytes]:
+    """The bands of every hash of the signature, in one key space: a picture within 4 bits of
+    the other's centre shares a band with it."""
+    return sorted({k for h in _image_hashes(sig) for k in phash_keys(h)})
+
+
 # ------------------------------------------------------------------------ signatures -> keys
 
 
@@ -42,7 +76,7 @@ def lsh_keys(m: str, signature: bytes, cfg: DedupConfig) -> list[bytes]:
     if m == "video_fp":
         return [k.to_bytes(8, "little") for k in fp.video_keys(fp.VideoPrint.from_bytes(signature))]
     if m == "phash":
-        return phash_keys(int.from_bytes(signature, "little"))
+        return image_keys(signature)
     return []
 
 
@@ -66,7 +100,7 @@ def verify_pair(method: str, a: bytes, b: bytes, cfg: DedupConfig) -> float | No
                               step_s=cfg.video_step_s)
         return al.similarity if al is not None and al.similarity >= cfg.video_threshold else None
     if method == "phash":
-        d = bin(int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).count("1")
+        d = image_distance(a, b)
         return round(1.0 - d / 64.0, 4) if d <= cfg.image_max_bits else None
     return None
 

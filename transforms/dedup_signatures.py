@@ -13,6 +13,7 @@ import numpy as np
 
 from mmcurate.schemas.printable import printable
 from mmcurate.transforms.dedup_config import DedupConfig
+from mmcurate.transforms.dedup_lsh import image_signature
 from mmcurate.transforms.dedup_minhash import MinHasher, normalize_text, text_hash
 from mmcurate.transforms.dedup_nodes import SourceInfo, make_signature
 
@@ -132,8 +133,9 @@ class TextSignatures(beam.DoFn):
 
 
 class ImageSignatures(beam.DoFn):
-    """(source_id, {"info": [SourceInfo.wire()], "items": [(item_id, phash hex, pixels)]}) ->
-    the phash signature of every keyframe."""
+    """(source_id, {"info": [SourceInfo.wire()], "items": [(item_id, phash hex, picture_phash
+    hex, centre_phash hex, pixels)]}) -> the phash signature of every keyframe
+    (dedup_lsh.image_signature; the whole-frame hash alone for rows written without the other two)."""
 
     def __init__(self, partition: str, run_id: str):
         self.partition, self.run_id = partition, run_id
@@ -143,9 +145,10 @@ class ImageSignatures(beam.DoFn):
         if not g["info"]:
             return
         info = SourceInfo(*g["info"][0])
-        for item_id, phash_hex, pixels in g["items"]:
+        for item_id, phash_hex, picture_hex, centre_hex, pixels in g["items"]:
+            framed = (int(picture_hex, 16), int(centre_hex, 16)) if picture_hex and centre_hex else ()
             yield make_signature("image", item_id, "phash", info,
-                                 int(phash_hex, 16).to_bytes(8, "little"), pixels,
+                                 image_signature(int(phash_hex, 16), *framed), pixels,
                                  self.partition, self.run_id)
 
 
