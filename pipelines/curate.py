@@ -235,7 +235,29 @@ def local_runner(options: PipelineOptions):
         return None
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+    without_timed_flushes()
     return FnApiRunner()
+
+
+def without_timed_flushes() -> None:
+    """Turn off the periodic flush of the local runner's data-plane output buffers (Beam's
+    default: every 1000 ms for the embedded gRPC workers of `--direct_running_mode
+    multi_threading`), leaving the size-based flush that every other mode uses.
+
+    That flush runs on a timer thread of its own while the bundle's thread keeps encoding
+    elements into the same buffer, and Beam 2.77 writes without its lock: an element written
+    between the timer's copy of the buffer and its clear is dropped without a word, and one
+    caught half-encoded is split over two messages that the other side decodes apart (wrong
+    values, or a length read from the middle of an element: a MemoryError). Only bundles
+    that write for longer than the period are exposed (the ingest of a 10,000-line manifest),
+    so the loss came and went (bench/README.md, "Rows lost by the multi-threaded local
+    runner"; a Beam-only reproduction: bench/beam_timed_flush_loss.py). The timed flush only
+    lowers latency for streaming jobs; a batch job loses nothing by waiting for the size limit
+    or the end of the bundle. Both ends read the module's value when a run creates its
+    workers and data server, so it is set before each local run."""
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
 
 
 # Worker threads the local runner gets when the command line names neither
