@@ -22,7 +22,7 @@ from mmcurate.transforms.decode import DecodeConfig
 from mmcurate.transforms.dedup_config import DedupConfig
 from mmcurate.transforms.diarize import DiarizationConfig
 from mmcurate.transforms.ingest import IngestConfig
-from mmcurate.transforms.quality import QualityConfig
+from mmcurate.transforms.segment_quality import QualityConfig
 from mmcurate.transforms.rephrase import RephraseConfig
 from mmcurate.transforms.sink import OutputConfig
 from mmcurate.transforms.turn_events import TurnEventsConfig

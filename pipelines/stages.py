@@ -120,7 +120,7 @@ def _speech_transform(cfg: CurateConfig, run_id: str, overrides: dict | None = N
 
 
 def _dnsmos_handler(cfg: CurateConfig, overrides: dict | None = None):
-    from mmcurate.transforms.quality import DnsmosModelHandler
+    from mmcurate.transforms.segment_quality import DnsmosModelHandler
 
     return (overrides or {}).get("dnsmos_handler") or DnsmosModelHandler(
         cfg.quality.dnsmos_threads, cfg.decode.sample_rate, batch=cfg.quality.dnsmos_batch)
@@ -172,7 +172,7 @@ def _check_speech(cfg: CurateConfig) -> list[str]:
 
 
 def _build_quality(ctx: BuildContext, streams: dict) -> dict:
-    from mmcurate.transforms.quality import JudgeQuality
+    from mmcurate.transforms.segment_quality import JudgeQuality
 
     inputs = {k: streams[k] for k in ("segments", "sources", "speech_regions", "transcripts")}
     out = inputs | "Quality" >> JudgeQuality(ctx.cfg.quality, ctx.run_id)

@@ -19,7 +19,7 @@ The pipeline scores contiguous speech, not segments (`stretch_windows`): a stret
 9.01 s windows, each run once (the last one ends at the stretch's end; a stretch shorter than a
 window is tiled to one as the reference tiles a clip), so the cost is about one network run per
 9 s of speech; a segment gets the duration-weighted scores of the windows it overlaps
-(`mmcurate.transforms.quality.segment_dnsmos`). A window's score is the reference
+(`mmcurate.transforms.segment_quality.segment_dnsmos`). A window's score is the reference
 implementation's score of those 9.01 s, so a segment that is exactly one window keeps the
 reference's numbers.
 

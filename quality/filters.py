@@ -1,7 +1,7 @@
 """The quality filters: each a small unit that reads the scores in a `SegmentQuality` row and
 returns keep (None) or the reason it drops the row, and writes the same rule as SQL.
 
-Scores are computed once (mmcurate.transforms.quality: text scores here and in
+Scores are computed once (mmcurate.transforms.segment_quality: text scores here and in
 `mmcurate.quality.hallucination` / `mmcurate.quality.language`, DNSMOS by its model handler)
 and every one is kept in the `segment_quality` table, kept rows and dropped rows alike. A
 filter's verdict is a pure function of the row and its thresholds, and `keep_sql()` says the

@@ -68,7 +68,7 @@ def fake_run(media: list[str], out: str, *, quality: dict | None = None, texts: 
     from mmcurate.pipelines import curate
     from mmcurate.pipelines.config import CurateConfig
     from mmcurate.transforms.asr import AsrModelHandler
-    from mmcurate.transforms.quality import DnsmosModelHandler
+    from mmcurate.transforms.segment_quality import DnsmosModelHandler
 
     data = {"stages": list(stages), "diarization": {"backend": "none"}, "quality": quality or {},
             "segments": segments or {}}

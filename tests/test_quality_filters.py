@@ -25,7 +25,7 @@ from mmcurate.quality.hallucination import (
     tokens,
 )
 from mmcurate.schemas.records import SegmentQuality, Segment, Word
-from mmcurate.transforms.quality import QualityConfig, build_filters, keep_sql, score_segment
+from mmcurate.transforms.segment_quality import QualityConfig, build_filters, keep_sql, score_segment
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 
@@ -341,7 +341,7 @@ def test_dnsmos_batch_changes_speed_not_scores():
     from mmcurate.quality.dnsmos import Dnsmos
     from mmcurate.schemas.params import check
     from mmcurate.transforms.decode import decode_audio
-    from mmcurate.transforms.quality import QualityConfig
+    from mmcurate.transforms.segment_quality import QualityConfig
 
     audio = decode_audio(str(MEDIA / "diarization" / "ami" / "dev01.wav"))[: 25 * 16000]
     one, wide = Dnsmos(), Dnsmos(batch=64)

@@ -18,7 +18,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
 from mmcurate.schemas.records import DnsmosWindow, Segment, SourceRecord, SpeechRegion, Transcript, Word, to_table
-from mmcurate.transforms.quality import JudgeQuality, QualityConfig, keep_sql
+from mmcurate.transforms.segment_quality import JudgeQuality, QualityConfig, keep_sql
 
 from quality_fakes import LoudnessDnsmos, fake_run
 
@@ -63,7 +63,7 @@ def _transcript(sid: str, windows: list[DnsmosWindow] | None) -> Transcript:
 def _windows(path: Path, regions: list[SpeechRegion]) -> list[DnsmosWindow]:
     """What the speech stage's DNSMOS step gives a source (the fake model over its samples)."""
     from mmcurate.transforms.decode import decode_audio
-    from mmcurate.transforms.quality import score_stretches, speech_stretches
+    from mmcurate.transforms.segment_quality import score_stretches, speech_stretches
 
     return score_stretches(LoudnessDnsmos(), decode_audio(str(path)),
                            speech_stretches([(r.start, r.end) for r in regions]))
@@ -264,7 +264,7 @@ def test_contiguous_speech_is_cut_into_windows_each_sample_under_one():
     start, the last one ending at its end (and standing for the rest only); a stretch shorter
     than a window is one (tiled) window. Each sample stands under exactly one window."""
     from mmcurate.quality.dnsmos import WINDOW, stretch_window, stretch_windows
-    from mmcurate.transforms.quality import speech_stretches
+    from mmcurate.transforms.segment_quality import speech_stretches
 
     assert speech_stretches([(5.0, 6.0), (0.5, 2.0), (2.5, 3.0), (4.0, 4.5)]) == [(0.5, 3.0), (4.0, 6.0)]
     assert stretch_windows(0) == [] and stretch_windows(WINDOW) == [(0, 0, WINDOW)]
@@ -281,7 +281,7 @@ def test_contiguous_speech_is_cut_into_windows_each_sample_under_one():
 
 
 def test_a_segment_gets_the_duration_weighted_scores_of_the_windows_it_overlaps():
-    from mmcurate.transforms.quality import segment_dnsmos
+    from mmcurate.transforms.segment_quality import segment_dnsmos
 
     ws = [DnsmosWindow(0.0, 9.01, 3.0, 4.0, 2.0), DnsmosWindow(9.01, 18.02, 2.0, 3.0, 1.0),
           DnsmosWindow(20.0, 22.0, 4.0, 4.0, 4.0)]
@@ -302,7 +302,7 @@ def test_a_segment_that_is_exactly_one_window_keeps_the_reference_score():
     bit for bit (Dnsmos.score follows DNS-Challenge dnsmos_local.py, tests/test_quality_filters.py)."""
     from mmcurate.quality.dnsmos import WINDOW, Dnsmos
     from mmcurate.transforms.decode import decode_audio
-    from mmcurate.transforms.quality import score_stretches, segment_dnsmos
+    from mmcurate.transforms.segment_quality import score_stretches, segment_dnsmos
 
     audio = decode_audio(str(MEDIA / "diarization" / "sample.wav"))
     model = Dnsmos()

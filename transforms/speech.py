@@ -14,7 +14,7 @@ them apart (ASR on GPU workers, diarization elsewhere; resource hints come from 
 handlers). Each worker process loads each model once and shares it across its threads. The
 decoded samples travel only between fused steps (DetectSpeech -> Transcribe/Diarize, no
 shuffle in between), so a source is decoded once for VAD, ASR, diarization and, when the
-quality stage runs, DNSMOS (its windows of contiguous speech, `mmcurate.transforms.quality`,
+quality stage runs, DNSMOS (its windows of contiguous speech, `mmcurate.transforms.segment_quality`,
 reach the quality stage on the transcript row); only results go through the join.
 
 Ledger rules (nothing is lost):
@@ -363,7 +363,7 @@ def turn_rows(source_id: str, turns: list[Turn], labels: dict[int, int], model: 
 
 def _dnsmos_requests(sample_rate: int):
     def requests(element: SpeechInput):
-        from mmcurate.transforms.quality import DnsmosRequest, speech_stretches
+        from mmcurate.transforms.segment_quality import DnsmosRequest, speech_stretches
 
         # no region: no segment to score
         if element.regions is None or element.regions:
@@ -578,7 +578,7 @@ class TranscribeSpeech(beam.PTransform):
 
     The models are `RunInference` model handlers (defaults: `AsrModelHandler(asr)`,
     `DiarizationModelHandler(diarization)`); tests pass handlers with fake loaders.
-    `dnsmos_handler` (`mmcurate.transforms.quality.DnsmosModelHandler`, when the quality stage
+    `dnsmos_handler` (`mmcurate.transforms.segment_quality.DnsmosModelHandler`, when the quality stage
     runs) scores the same samples for DNSMOS; None: no DNSMOS step. Regions
     None in a SpeechInput means "transcribe the whole source" (no VAD ran); audio None means
     the samples were not kept upstream and are decoded here, once for both models.
