@@ -20,7 +20,7 @@ def test_the_driver_imports_runinference_without_torch():
         "import_runinference_without_model_manager()\n"
         "import apache_beam.ml.inference.base as base\n"
         "from mmcurate.pipelines import curate, checkpoints, stages\n"
-        "from mmcurate.transforms import vad, speech, quality, video, dedup\n"
+        "from mmcurate.transforms import vad, speech, segment_quality, video, dedup\n"
         "print(base.ModelManager, sorted(m for m in ('torch', 'scipy.optimize') if m in sys.modules))\n"
         "from apache_beam.ml.inference.model_manager import ModelManager\n"
         "print('torch' in sys.modules, ModelManager.__name__)\n")
