@@ -1,5 +1,6 @@
 """The fixed cost of a pipeline: building, translating and running the default graph on an input
-that is rejected at once, with and without the memo of Beam's DoFn introspection.
+that is rejected at once, with and without the memos of Beam's DoFn introspection and option
+views (pipelines/startup.py).
 
     .venv/bin/python bench/bench_graph.py [--repeat 4] [--rounds 2]
 
@@ -38,7 +39,8 @@ def counting(fn):
     return beams(fn)
 userstate.get_dofn_specs = counting
 if side == "plain":
-    startup.memoize_dofn_specs = lambda: False  # build_stages installs it: not on this side
+    startup.memoize_dofn_specs = lambda: False  # build_stages installs them: not on this side
+    startup.memoize_option_views = lambda: False
 bad = tmp / "bad.wav"
 bad.write_bytes(b"not audio")
 cpu, found = [], []

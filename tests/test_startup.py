@@ -100,3 +100,28 @@ def _all_parts(p):
         out.append(t)
         todo.extend(t.parts)
     return out
+
+
+def test_kept_option_views_share_values_as_new_views_do():
+    """The memo of PipelineOptions.view_as (startup.memoize_option_views): a view is kept per
+    options object and class, a value set through one view is seen through every other and
+    through the options, and values given as flags are read as Beam reads them."""
+    from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, StandardOptions
+
+    from mmcurate.pipelines.startup import memoize_option_views
+
+    assert memoize_option_views() and memoize_option_views()
+    make = PipelineOptions.view_as.__wrapped__
+    options = PipelineOptions(["--direct_num_workers=3", "--experiments=a"])
+    direct = options.view_as(DirectOptions)
+    assert direct is options.view_as(DirectOptions)  # kept
+    assert direct.direct_num_workers == 3 == make(options, DirectOptions).direct_num_workers
+    debug = options.view_as(DebugOptions)
+    debug.experiments = [*debug.experiments, "b"]  # as Beam adds experiments
+    assert options.view_as(DebugOptions).experiments == ["a", "b"] == make(options, DebugOptions).experiments
+    options.view_as(StandardOptions).streaming = True
+    assert make(options, StandardOptions).streaming is True
+    other = PipelineOptions([])
+    assert other.view_as(DirectOptions) is not direct and other.view_as(DirectOptions).direct_num_workers == 1
+    options._all_options = dict(options._all_options)  # values replaced: a view of the new ones
+    assert options.view_as(DirectOptions) is not direct
