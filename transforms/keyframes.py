@@ -107,7 +107,7 @@ class Keyframe:
     image_format: str  # jpeg | webp
     phash: str  # 64-bit DCT perceptual hash, 16 hex digits
     # the same hash of the picture inside black bars and of that picture's centre 90%
-    # (fingerprint.frame_hashes): what image dedup also compares, so that bars and crops match
+    # (image_hash.frame_hashes): what image dedup also compares, so that bars and crops match
     picture_phash: str
     centre_phash: str
     scores: FrameScores
