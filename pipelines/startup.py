@@ -25,7 +25,28 @@ def import_runinference_without_model_manager() -> None:
             del sys.modules[name]
 
 
-_DOFN_SPECS_VERSIONS = ("2.77.",)  # the Beam releases whose get_dofn_specs this memo was checked against
+# The Beam releases whose internals the memos below were checked against; elsewhere Beam's own
+# functions stay.
+_CHECKED_BEAM = ("2.77.",)
+
+
+def _replace(owner, name: str, wrap) -> bool:
+    """Put `wrap(original)` in place of `owner.name`, once, on a checked Beam release: the
+    wrapper is marked (a second call finds it) and keeps the original as `__wrapped__`.
+    Returns whether the wrapper is in place."""
+    import apache_beam
+
+    current = getattr(owner, name)
+    if getattr(current, "_mmcurate_memo", False):
+        return True
+    if not apache_beam.__version__.startswith(_CHECKED_BEAM):
+        return False
+    wrapper = wrap(current)
+    wrapper._mmcurate_memo = True
+    wrapper.__wrapped__ = current
+    wrapper.__doc__ = current.__doc__
+    setattr(owner, name, wrapper)
+    return True
 
 
 def memoize_dofn_specs() -> bool:
@@ -38,36 +59,28 @@ def memoize_dofn_specs() -> bool:
     signatures, 5.8 of the 16.2 s of a one-file run under cProfile. The answer depends only on
     the instance's methods, which do not change after it is made, so it is kept per instance
     (weakly: an instance dropped is forgotten; one that cannot be a weak key is not cached).
-    Applied only on the Beam releases it was checked against; elsewhere Beam's own function
-    stays. Returns whether the memo is in place. Results equal Beam's: tests/test_startup.py."""
+    Returns whether the memo is in place. Results equal Beam's: tests/test_startup.py."""
     import weakref
 
-    import apache_beam
     from apache_beam.transforms import userstate
 
-    if getattr(userstate.get_dofn_specs, "_mmcurate_memo", False):
-        return True
-    if not apache_beam.__version__.startswith(_DOFN_SPECS_VERSIONS):
-        return False
-    find = userstate.get_dofn_specs
-    known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    def wrap(find):
+        known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def get_dofn_specs(dofn):
-        try:
-            states, timers = known[dofn]
-        except (KeyError, TypeError):
-            states, timers = find(dofn)
+        def get_dofn_specs(dofn):
             try:
-                known[dofn] = frozenset(states), frozenset(timers)
-            except TypeError:  # unhashable or not weakly referenceable: not cached
-                pass
-        return set(states), set(timers)  # Beam's callers get sets of their own, as before
+                states, timers = known[dofn]
+            except (KeyError, TypeError):
+                states, timers = find(dofn)
+                try:
+                    known[dofn] = frozenset(states), frozenset(timers)
+                except TypeError:  # unhashable or not weakly referenceable: not cached
+                    pass
+            return set(states), set(timers)  # Beam's callers get sets of their own, as before
 
-    get_dofn_specs._mmcurate_memo = True  # type: ignore[attr-defined]
-    get_dofn_specs.__wrapped__ = find  # type: ignore[attr-defined]
-    get_dofn_specs.__doc__ = find.__doc__
-    userstate.get_dofn_specs = get_dofn_specs
-    return True
+        return get_dofn_specs
+
+    return _replace(userstate, "get_dofn_specs", wrap)
 
 
 def memoize_option_views() -> bool:
@@ -79,32 +92,25 @@ def memoize_option_views() -> bool:
     inference). A view holds no value of its own: it reads and writes the options' shared
     `_all_options`, so the kept view behaves as a new one would (a value set through any view
     is seen through all of them). One view per (options, class), dropped with the options;
-    made again if the options' values were replaced. Same Beam releases as the memo above;
-    `bench/bench_graph.py` measures both. Returns whether it is in place."""
+    made again if the options' values were replaced. `bench/bench_graph.py` measures both
+    memos. Returns whether it is in place."""
     import weakref
 
-    import apache_beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    if getattr(PipelineOptions.view_as, "_mmcurate_memo", False):
-        return True
-    if not apache_beam.__version__.startswith(_DOFN_SPECS_VERSIONS):
-        return False
-    make = PipelineOptions.view_as
-    views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    def wrap(make):
+        views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def view_as(self, cls):
-        try:
-            mine = views.setdefault(self, {})
-        except TypeError:  # not weakly referenceable: a new view, as Beam does
-            return make(self, cls)
-        view = mine.get(cls)
-        if view is None or view._all_options is not self._all_options:
-            view = mine[cls] = make(self, cls)
-        return view
+        def view_as(self, cls):
+            try:
+                mine = views.setdefault(self, {})
+            except TypeError:  # not weakly referenceable: a new view, as Beam does
+                return make(self, cls)
+            view = mine.get(cls)
+            if view is None or view._all_options is not self._all_options:
+                view = mine[cls] = make(self, cls)
+            return view
 
-    view_as._mmcurate_memo = True  # type: ignore[attr-defined]
-    view_as.__wrapped__ = make  # type: ignore[attr-defined]
-    view_as.__doc__ = make.__doc__
-    PipelineOptions.view_as = view_as
-    return True
+        return view_as
+
+    return _replace(PipelineOptions, "view_as", wrap)
