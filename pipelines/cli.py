@@ -841,6 +841,12 @@ def main(argv: list[str] | None = None) -> int:
         for problem in repeated:
             print(f"mmcurate: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    from mmcurate.schemas.stages import STAGE_MODULE_PROBLEMS
+
+    if STAGE_MODULE_PROBLEMS:  # a stage module that cannot be added: every command would be off
+        for problem in STAGE_MODULE_PROBLEMS:
+            print(f"mmcurate: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.command == "run":
             return cmd_run(args, rest)

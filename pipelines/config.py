@@ -15,7 +15,7 @@ from typing import Any
 
 from mmcurate.schemas import params
 from mmcurate.schemas.params import ConfigError
-from mmcurate.schemas.stages import DEFAULT_STAGES
+from mmcurate.schemas.stages import DEFAULT_STAGES, STAGE_CONFIG
 from mmcurate.transforms.asr import AsrConfig
 from mmcurate.transforms.attribute import SegmentsConfig
 from mmcurate.transforms.decode import DecodeConfig
@@ -86,6 +86,12 @@ class CurateConfig:
     @classmethod
     def load(cls, path: str | Path | None) -> "CurateConfig":
         return cls.from_dict(read_config_file(path)) if path is not None else cls()
+
+
+if STAGE_CONFIG:  # the sections of stage modules (mmcurate.schemas.stages), after the built-in ones
+    CurateConfig = dataclasses.make_dataclass(  # type: ignore[misc]
+        "CurateConfig", [(name, cls, field(default_factory=cls)) for name, cls in STAGE_CONFIG.items()],
+        bases=(CurateConfig,), namespace={"__module__": __name__, "__doc__": CurateConfig.__doc__})
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -46,9 +46,9 @@ def model_infos(cfg: CurateConfig) -> list[dict]:
 def startup_problems(cfg: CurateConfig) -> list[str]:
     """What would make the run fail, found before any work (each stage's `check`)."""
     from mmcurate.pipelines.stages import REGISTRY
-    from mmcurate.schemas.stages import resolve
+    from mmcurate.schemas.stages import STAGE_MODULE_PROBLEMS, resolve
 
-    return [p for spec in resolve(cfg.stages) for p in REGISTRY[spec.name].check(cfg)]
+    return list(STAGE_MODULE_PROBLEMS) + [p for spec in resolve(cfg.stages) for p in REGISTRY[spec.name].check(cfg)]
 
 
 @dataclass

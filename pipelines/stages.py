@@ -327,4 +327,15 @@ _WIRING = {
     "rephrase": dict(build=_build_rephrase, handlers=_rephrase_handlers, check=_check_rephrase),
 }
 
-REGISTRY: dict[str, Stage] = {s.name: Stage(spec=s, **_WIRING[s.name]) for s in STAGES}
+
+
+def _module_wiring(spec: StageSpec) -> dict:
+    """The wiring a stage module declares beside its STAGE (mmcurate.schemas.stages)."""
+    import importlib
+
+    mod = importlib.import_module(spec.module)
+    return {k: getattr(mod, k) for k in ("build", "handlers", "check") if callable(getattr(mod, k, None))}
+
+
+REGISTRY: dict[str, Stage] = {
+    s.name: Stage(spec=s, **(_module_wiring(s) if s.module else _WIRING[s.name])) for s in STAGES}

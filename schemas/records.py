@@ -6,6 +6,7 @@ mmcurate.schemas.tables derives every table's Arrow schema from them
 `X | None` -> nullable, anything else not null; `column(...)` where a column differs: it gives
 the field no default unless it says `default=`). A field's comment says what the column means.
 Adding a column is adding a field here; tests/test_columns.py then shows the schema change.
+The first field is the row's id, unique in its table: the sink buckets and sorts shards by it.
 
 Times are seconds relative to the start of the source recording (Lhotse's convention).
 Ids are deterministic functions of content, so a re-run of the same inputs gives the same ids.
@@ -50,6 +51,11 @@ class _Row:
             values["dnsmos_windows"] = [w if isinstance(w, DnsmosWindow) else DnsmosWindow(**w)
                                         for w in values["dnsmos_windows"]]
         return cls(**{f.name: values.get(f.name) for f in dataclasses.fields(cls)})
+
+
+# the base of every table's record, under the name a stage module's RECORDS use
+# (mmcurate.schemas.stages: "How to add a stage")
+Row = _Row
 
 
 @dataclass(frozen=True)

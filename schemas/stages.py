@@ -10,10 +10,23 @@ pipeline's `build()`, `--stages`, the CLI help, the audit's per-stage view and
 Stages that work on a whole corpus (dedup, rephrasing) are declared with `corpus=True`: they
 read the tables of an earlier output directory (`mmcurate.transforms.read.ReadTables`) and
 write new ones.
+
+A stage added later is one module that holds all of it (README, "How to add a stage"): its
+declaration `STAGE`, its tables `RECORDS`, its config sections `CONFIG` and its wiring `build`
+(optionally `handlers`, `check`). Naming that module in `STAGE_MODULES` below, or in the
+environment variable MMCURATE_STAGE_MODULES (a stage kept outside this repository), appends it
+to `STAGES`; the tables (`mmcurate.schemas.tables.TABLES`), the config
+(`mmcurate.pipelines.config.CurateConfig`), the registry, `--stages`, the help and the audit
+derive from there. Such a module is imported while this one loads: at its top it imports the
+standard library and `mmcurate.schemas.stages` / `records` / `columns` only (Beam and models
+inside `build`), as the built-in wiring does.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import os
 from dataclasses import dataclass
 
 
@@ -35,6 +48,9 @@ class StageSpec:
     # its rows for a source depend on that source alone: a run checkpoints them per source
     # (mmcurate.pipelines.checkpoints); False: it runs over every source's rows at once
     per_source: bool = True
+    # the module that wires a stage declared there (`STAGE_MODULES`); None: a built-in stage,
+    # wired in mmcurate.pipelines.stages
+    module: str | None = None
 
 
 STAGES: tuple[StageSpec, ...] = (
@@ -102,6 +118,76 @@ STAGES: tuple[StageSpec, ...] = (
         per_source=False,  # clusters span sources
     ),
 )
+
+# Modules that each declare and wire one more stage (module docstring), appended to STAGES in
+# this order, after them those of MMCURATE_STAGE_MODULES (comma-separated module names).
+STAGE_MODULES: tuple[str, ...] = ()
+
+# What the stage modules bring besides their declarations: config sections (name -> dataclass,
+# composed into CurateConfig), and problems loading them (reported at start-up, one line each;
+# the run refuses to start).
+STAGE_CONFIG: dict[str, type] = {}
+STAGE_MODULE_PROBLEMS: list[str] = []
+
+
+def _load_stage_modules() -> list[StageSpec]:
+    names = list(STAGE_MODULES) + [m.strip() for m in os.environ.get("MMCURATE_STAGE_MODULES", "").split(",")
+                                   if m.strip()]
+    loaded: list[StageSpec] = []
+    taken = {s.name for s in STAGES}
+    for name in dict.fromkeys(names):
+        where = f"stage module {name!r}" + ("" if name in STAGE_MODULES else " (MMCURATE_STAGE_MODULES)")
+        try:
+            mod = importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - a start-up problem, reported in one line
+            STAGE_MODULE_PROBLEMS.append(f"{where}: cannot import it: {type(e).__name__}: {e}")
+            continue
+        spec = getattr(mod, "STAGE", None)
+        problem = _stage_module_problem(mod, spec, taken)
+        if problem:
+            STAGE_MODULE_PROBLEMS.append(f"{where}: {problem}")
+            continue
+        from mmcurate.schemas.records import RECORDS  # loaded first by mmcurate.schemas
+
+        RECORDS.update(getattr(mod, "RECORDS", {}))
+        STAGE_CONFIG.update(getattr(mod, "CONFIG", {}))
+        taken.add(spec.name)
+        loaded.append(dataclasses.replace(spec, module=name))
+    return loaded
+
+
+def _stage_module_problem(mod, spec, taken: set[str]) -> str | None:
+    """Why a stage module cannot be added (None: it can)."""
+    if not isinstance(spec, StageSpec):
+        return "it has no STAGE = StageSpec(...)"
+    if spec.name in taken:
+        return f"a stage named {spec.name!r} exists already"
+    if not callable(getattr(mod, "build", None)):
+        return "it has no build(ctx, streams) function"
+    records = getattr(mod, "RECORDS", {})
+    for table in spec.produces:
+        if table not in records:
+            return f"its stage produces {table!r} but RECORDS declares no record for it"
+    from mmcurate.schemas.records import RECORDS
+
+    clash = [t for t in records if t in RECORDS]
+    if clash:
+        return f"RECORDS redeclares table(s) {clash}"
+    configs = getattr(mod, "CONFIG", {})
+    missing = [c for c in spec.config if c not in configs and c not in _BUILTIN_SECTIONS]
+    if missing:
+        return f"its stage reads config section(s) {missing} that CONFIG does not declare"
+    clash = [c for c in configs if c in _BUILTIN_SECTIONS or c in STAGE_CONFIG or c == "stages"]
+    if clash:
+        return f"CONFIG redeclares config section(s) {clash}"
+    return None
+
+
+# the sections of mmcurate.pipelines.config.CurateConfig (test_stage_modules checks the list)
+_BUILTIN_SECTIONS = ("ingest", "decode", "vad", "asr", "diarization", "segments", "turn_events",
+                     "output", "video", "quality", "dedup", "rephrase")
+
+STAGES = STAGES + tuple(_load_stage_modules())
 
 BY_NAME: dict[str, StageSpec] = {s.name: s for s in STAGES}
 

@@ -9,7 +9,8 @@ manifest (RUN_MANIFEST, MODEL_INFO) is declared here in Arrow: it is no table an
 Times are seconds relative to the start of the source recording (Lhotse's convention).
 Ids are deterministic functions of content, so a re-run of the same inputs gives the same ids.
 Tables later stages add (interleaved documents, dedup clusters, synthetic rows) register here too:
-a record class in records.py (added to RECORDS) and its name in TABLES below.
+a record class in records.py (added to RECORDS) and its name in TABLES below; a stage module's
+tables (`mmcurate.schemas.stages.STAGE_MODULES`) come from its own RECORDS.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ if set(TABLES) != set(RECORDS):
 # Stages whose rejections remove a whole source (count(inputs) == sources + these rejections):
 # derived from the stage declarations.
 from mmcurate.schemas.stages import PRODUCER, SOURCE_LEVEL_STAGES  # noqa: E402
+
+# the tables of stage modules (mmcurate.schemas.stages.STAGE_MODULES), which loading that module
+# added to RECORDS: published after the built-in ones, the ledger last
+TABLES = {**{t: s for t, s in TABLES.items() if t != "rejected"},
+          **{t: schema_of(r) for t, r in RECORDS.items() if t not in TABLES}, "rejected": REJECTED}
 
 _undeclared = [t for t in TABLES if t != "rejected" and t not in PRODUCER]
 if _undeclared or set(PRODUCER) - set(TABLES):

@@ -56,22 +56,9 @@ class OutputConfig:
 
 log = logging.getLogger("mmcurate.sink")
 
-# The id column of each table: bucketing and sort key.
-ID_COLUMN = {
-    "sources": "source_id",
-    "speech_regions": "region_id",
-    "segments": "segment_id",
-    "transcripts": "source_id",
-    "turns": "turn_id",
-    "turn_events": "event_id",
-    "interleaved": "item_id",
-    "documents": "document_id",
-    "segment_quality": "segment_id",
-    "dedup_clusters": "member_id",
-    "dedup_signatures": "signature_id",
-    "text_mix": "text_id",
-    "rejected": "rejection_id",
-}
+# The id column of each table, the bucketing and sort key: a row's id is its table's first column (mmcurate.schemas.records): shards are bucketed and
+# sorted by it, so the same rows give the same bytes
+ID_COLUMN = {table: schema.names[0] for table, schema in TABLES.items()}
 
 MANIFEST = "manifest.json"
 
