@@ -44,7 +44,7 @@ PASSAGES = [  # ../shared/media transcripts (whisper-base), cut as the stage cut
 
 
 def requests(n: int):
-    from mmcurate.quality.rephrase_guards import count_tokens
+    from mmcurate.quality.scorers.rephrase_guards import count_tokens
     from mmcurate.transforms.rephrase import RephraseConfig, load_style
 
     styles = RephraseConfig().styles

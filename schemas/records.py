@@ -134,7 +134,7 @@ class Word:
 @dataclass(frozen=True)
 class DnsmosWindow:
     """DNSMOS P.835 (1-5) of one 9.01 s window of a source's contiguous speech, and the part of
-    the source [start, end) its score stands for (mmcurate.quality.dnsmos.stretch_windows): the
+    the source [start, end) its score stands for (mmcurate.quality.scorers.dnsmos.stretch_windows): the
     speech stage scores each window once; a segment's dnsmos_* are the duration-weighted mean of
     the windows it overlaps (`transcripts.dnsmos_windows`, the Arrow struct
     `mmcurate.schemas.tables.DNSMOS_WINDOW`; its members are all nullable in the tables, as they
@@ -314,8 +314,8 @@ class SegmentQuality(_Row):
     """The quality stage's scores and verdict for one segment (the `segment_quality` table).
 
     The quality stage's verdict on every segment, kept or dropped, with every score its filters
-    read (mmcurate.quality.filters): a threshold is re-tuned with a DuckDB query over this table
-    (`mmcurate.quality.filters.keep_sql`) without re-running a model. Rows of one source share
+    read (mmcurate.quality.scorers.filters): a threshold is re-tuned with a DuckDB query over this table
+    (`mmcurate.quality.scorers.filters.keep_sql`) without re-running a model. Rows of one source share
     its source-level context (transcript language, speech ratio) and each language shares the
     speaking-rate quartiles of this run."""
 
@@ -505,7 +505,7 @@ class TextMix(_Row):
     generator: str | None  # synthetic: model name
     generator_sha256: str | None  # of the model's weights, when known
     finish_reason: str | None
-    copy_jaccard: float | None  # guard scores (mmcurate.quality.rephrase_guards)
+    copy_jaccard: float | None  # guard scores (mmcurate.quality.scorers.rephrase_guards)
     drift_cosine: float | None
     run_id: str
 

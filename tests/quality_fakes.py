@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmcurate.quality.dnsmos import DnsmosScore
+from mmcurate.quality.scorers.dnsmos import DnsmosScore
 from mmcurate.schemas.records import AsrResult, AsrSegment, Word
 
 SR = 16000

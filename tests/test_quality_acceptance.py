@@ -114,7 +114,7 @@ def test_quality_stage_alone_catches_invented_loops(tmp_path):
                        "FROM segment_quality q JOIN segments g USING (segment_id)").fetchall()
     print("\n[quality] ASR rules off:", rows)
     assert len(rows) >= 3  # whisper-base invents text on these hums
-    from mmcurate.quality.filters import HALLUCINATION_REASONS
+    from mmcurate.quality.scorers.filters import HALLUCINATION_REASONS
 
     # every drop names a quality filter: the hallucination rules, or the duration floor for a
     # blip shorter than quality.min_duration_s (0.1 s), such as "I do." that CI's CPU invented

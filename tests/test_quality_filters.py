@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from mmcurate.pipelines.config import ConfigError, CurateConfig
-from mmcurate.quality import filters as qf
-from mmcurate.quality.hallucination import (
+from mmcurate.quality.scorers import filters as qf
+from mmcurate.quality.scorers.hallucination import (
     PhraseMatcher,
     default_matcher,
     normalize,
@@ -127,7 +127,7 @@ def test_score_segment_fills_text_scores():
 
 
 def test_langdetect_is_deterministic_and_thread_safe():
-    from mmcurate.quality.language import detect
+    from mmcurate.quality.scorers.language import detect
 
     texts = ["And so, my fellow Americans, ask not what your country can do for you",
              "Guten Morgen, wie geht es dir heute? Ich habe lange nicht geschlafen.",
@@ -300,7 +300,7 @@ def test_quality_config_is_checked():
 
 
 def test_dnsmos_windows_follow_the_reference():
-    from mmcurate.quality.dnsmos import WINDOW, windows
+    from mmcurate.quality.scorers.dnsmos import WINDOW, windows
 
     # short clips are doubled until >= 9.01 s: 1 s -> 16 s (7 hops), 3 s -> 12 s (3 hops)
     assert windows(np.ones(16000, np.float32)).shape == (7, WINDOW)
@@ -319,7 +319,7 @@ def test_dnsmos_network_runs_is_what_scoring_a_clip_costs():
     real network runs on for a clip of n samples: counted on the session, for clips that are
     tiled (1-4.5 s), at the edge (9.01 s) and long (12 s; 29 s, where the reference skips 13 of
     20 windows). Not the duration: a 2 s clip costs 2 runs, a 12 s one 3."""
-    from mmcurate.quality.dnsmos import WINDOW, Dnsmos, network_runs
+    from mmcurate.quality.scorers.dnsmos import WINDOW, Dnsmos, network_runs
 
     m = Dnsmos()
     run = m._session.run
@@ -338,7 +338,7 @@ def test_dnsmos_network_runs_is_what_scoring_a_clip_costs():
 def test_dnsmos_batch_changes_speed_not_scores():
     """The windows go to onnxruntime `batch` at a time (quality.dnsmos_batch, default 1: a
     whole clip's activations wait on memory); every batch size gives the same scores."""
-    from mmcurate.quality.dnsmos import Dnsmos
+    from mmcurate.quality.scorers.dnsmos import Dnsmos
     from mmcurate.schemas.params import check
     from mmcurate.transforms.decode import decode_audio
     from mmcurate.transforms.segment_quality import QualityConfig
@@ -361,7 +361,7 @@ def test_dnsmos_scores_real_speech_above_noise():
     """DNSMOS P.835 on real recordings and on white noise (measured 2026-11-23, bit-identical
     with the CPU ISA variables set or unset: onnxruntime ignores them): jfk OVRL 2.715, LDC93S1
     3.238, white noise at 0.3 1.063; the bounds leave >= 0.18 either side."""
-    from mmcurate.quality.dnsmos import Dnsmos, model_info
+    from mmcurate.quality.scorers.dnsmos import Dnsmos, model_info
     from mmcurate.transforms.decode import decode_audio
 
     m = Dnsmos()

@@ -263,7 +263,7 @@ def test_contiguous_speech_is_cut_into_windows_each_sample_under_one():
     """Regions closer than 1 s are one stretch; a stretch is cut into 9.01 s windows from its
     start, the last one ending at its end (and standing for the rest only); a stretch shorter
     than a window is one (tiled) window. Each sample stands under exactly one window."""
-    from mmcurate.quality.dnsmos import WINDOW, stretch_window, stretch_windows
+    from mmcurate.quality.scorers.dnsmos import WINDOW, stretch_window, stretch_windows
     from mmcurate.transforms.segment_quality import speech_stretches
 
     assert speech_stretches([(5.0, 6.0), (0.5, 2.0), (2.5, 3.0), (4.0, 4.5)]) == [(0.5, 3.0), (4.0, 6.0)]
@@ -300,7 +300,7 @@ def test_a_segment_that_is_exactly_one_window_keeps_the_reference_score():
     """The windows are the reference implementation's: a segment that is exactly one window
     (a 9.01 s stretch, or the first 9.01 s of a longer one) has `Dnsmos.score` of its samples,
     bit for bit (Dnsmos.score follows DNS-Challenge dnsmos_local.py, tests/test_quality_filters.py)."""
-    from mmcurate.quality.dnsmos import WINDOW, Dnsmos
+    from mmcurate.quality.scorers.dnsmos import WINDOW, Dnsmos
     from mmcurate.transforms.decode import decode_audio
     from mmcurate.transforms.segment_quality import score_stretches, segment_dnsmos
 
@@ -339,7 +339,7 @@ class _CountingDnsmos(LoudnessDnsmos):
 
     def score(self, audio):
         # the old per-segment path: what the real network runs on for a clip of this length
-        from mmcurate.quality.dnsmos import network_runs
+        from mmcurate.quality.scorers.dnsmos import network_runs
 
         _CountingDnsmos.runs.append(network_runs(len(audio)))
         return super().score(audio)

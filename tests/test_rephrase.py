@@ -23,7 +23,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 
-from mmcurate.quality import rephrase_guards as rg
+from mmcurate.quality.scorers import rephrase_guards as rg
 from mmcurate.schemas.records import Segment, SegmentQuality, TextMix
 from mmcurate.transforms import rephrase as rp
 from mmcurate.transforms.rephrase_backends import Generation

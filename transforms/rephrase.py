@@ -17,7 +17,7 @@ them, mixed at a configured share of synthetic tokens, every rephrasing guarded.
       |                   the yield (accepted synthetic tokens per selected natural token)
       |                   measured in earlier rounds (round 0: expected_yield)
       |   "Select[k]" -> "Generate[k]" (RunInference, batched, concurrent requests)
-      |   "Guard[k]"      mmcurate.quality.rephrase_guards: empty, truncated, chatter,
+      |   "Guard[k]"      mmcurate.quality.scorers.rephrase_guards: empty, truncated, chatter,
       |                   wrong_language, copy, drift -> accepted rows or ledger rows
       -> text_mix (natural + accepted synthetic rows), rejected (stage "rephrase"),
          stats ("rephrase.synthetic_tokens", "rephrase.total_tokens", ...: the manifest's
@@ -53,7 +53,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from mmcurate.quality.rephrase_guards import (ChatterGuard, CopyGuard, DriftGuard, EmptyGuard,
+from mmcurate.quality.scorers.rephrase_guards import (ChatterGuard, CopyGuard, DriftGuard, EmptyGuard,
                                               LanguageGuard, TruncatedGuard, count_tokens, judge)
 from mmcurate.schemas.params import Rule, non_negative, positive, unit_interval
 from mmcurate.schemas.printable import dead_letter_text
@@ -137,7 +137,7 @@ class RephraseConfig:
     max_response_bytes: int = 4 << 20
     backoff_s: float = 1.0  # openai: first retry waits backoff_s x U(0.5, 1.5), then doubles
     backoff_max_s: float = 30.0
-    # guards (mmcurate.quality.rephrase_guards), measured 2026-11-23 on 12 SmolLM2-135M
+    # guards (mmcurate.quality.scorers.rephrase_guards), measured 2026-11-23 on 12 SmolLM2-135M
     # rephrasings (4 demo passages x 3 styles, bench/README.md "bench_rephrase.py"): the 3
     # near-copies (read side by side) scored Jaccard 0.51, 0.61, 0.73 on word 3-grams, every
     # other output <= 0.22; the 5 off-topic outputs ("And I'm sure that's just a lie...") cosine

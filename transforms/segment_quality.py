@@ -6,7 +6,7 @@
       |                  stock phrases, decoder loops, words outside the VAD, duration, rate,
       |                  DNSMOS from the source's windows (`segment_dnsmos`)
       | "RateByLanguage" (characters/s quartiles per spoken language over the run) -> side input
-      | "Judge"          the filters of mmcurate.quality.filters, in order
+      | "Judge"          the filters of mmcurate.quality.scorers.filters, in order
       -> segment_quality (every segment, kept or dropped, with its scores and verdict)
          kept_segments   (stream: the Segment records that passed, for later stages)
          rejected        (one ledger row per dropped segment: stage "quality", the first failing
@@ -21,7 +21,7 @@ on a source the speech stage writes a "dnsmos_error" row (stage "quality", item_
 and its segments are judged without DNSMOS.
 
 The `segments` table stays as the speech stage wrote it (every segment ASR kept): re-tuning a
-threshold is a query over `segment_quality` (`mmcurate.quality.filters.keep_sql`), and the
+threshold is a query over `segment_quality` (`mmcurate.quality.scorers.filters.keep_sql`), and the
 curated segments are `segments JOIN segment_quality USING (segment_id) WHERE keep` (the audit's
 `kept_segments` view); in-graph, later stages read the `kept_segments` stream.
 """
@@ -40,8 +40,8 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from mmcurate.quality import filters as qf
-from mmcurate.quality.hallucination import default_matcher, outside_vad_share, repeat_share, tokens
+from mmcurate.quality.scorers import filters as qf
+from mmcurate.quality.scorers.hallucination import default_matcher, outside_vad_share, repeat_share, tokens
 from mmcurate.schemas.params import Rule, non_negative, positive, unit_interval
 from mmcurate.schemas.printable import printable
 from mmcurate.schemas.records import DnsmosWindow, Rejection, Segment, SegmentQuality, SourceRecord
@@ -55,7 +55,7 @@ REJECTED = "rejected"
 
 @dataclass
 class QualityConfig:
-    """Thresholds of the quality filters (mmcurate.quality.filters). null turns a check off.
+    """Thresholds of the quality filters (mmcurate.quality.scorers.filters). null turns a check off.
 
     Measured 2026-11-23 on the pipeline's segments (whisper-base int8, embedded diarizer) of all
     real speech in ../shared/media (67 segments, 611 words in 10 files) and on the text
@@ -64,7 +64,7 @@ class QualityConfig:
     bit-identical (onnxruntime ignores those variables; langdetect is pure Python, seeded).
     See README "Quality" for the table."""
 
-    # hallucination (mmcurate.quality.hallucination): a share above the maximum drops. Stock
+    # hallucination (mmcurate.quality.scorers.hallucination): a share above the maximum drops. Stock
     # phrases: invented stock text is 1.0, real speech measured 0.0 (max); decoder loops:
     # invented loops 1.0, real speech 0.0 (max); words outside the VAD: real speech at most
     # 0.25 (ASR decodes only inside regions; this catches other backends and stored inputs)
@@ -86,7 +86,7 @@ class QualityConfig:
     min_text_language_probability: float = 0.9
     min_text_language_chars: int = 30
     language_flags: str = "flag"  # flag: columns only | drop: a flagged row is dropped
-    # DNSMOS P.835 (mmcurate.quality.dnsmos): scored and kept for every segment (the windows of
+    # DNSMOS P.835 (mmcurate.quality.scorers.dnsmos): scored and kept for every segment (the windows of
     # contiguous speech it overlaps, `segment_dnsmos`); no minimum by default. It rates
     # recording quality, not whether there is speech: real segments here scored OVRL 1.15-3.45
     # when each was scored alone (the lowest: overlapped meeting speech and sub-second words),
@@ -102,7 +102,7 @@ class QualityConfig:
     dnsmos_threads: int = 0
     # 9.01 s windows per onnxruntime call: 1 keeps a window's activations in the CPU caches and
     # scales with workers (a whole clip at once: up to 4x slower, 2x more so beside a second
-    # worker; quality/dnsmos.py). Raise it for a GPU provider. The scores do not change.
+    # worker; quality/scorers/dnsmos.py). Raise it for a GPU provider. The scores do not change.
     dnsmos_batch: int = 1
     # duration: Emilia-Pipe cuts 1-30 s; here segments are utterances (speech.segments cuts at
     # 30 s) and real short answers ("Yes.", 0.3 s) are speech, so only empty spans are dropped
@@ -184,7 +184,7 @@ def score_segment(seg: Segment, regions: list[tuple[float, float]] | None,
                   source_speech_ratio: float | None, run_id: str) -> SegmentQuality:
     """Every score of one segment that needs no audio and no other source (DNSMOS and the
     rate quartiles are filled in later); the verdict is not yet set."""
-    from mmcurate.quality.language import detect
+    from mmcurate.quality.scorers.language import detect
 
     duration = max(0.0, float(seg.end) - float(seg.start))
     n_chars = chars(seg.text)
@@ -229,13 +229,13 @@ class _ScoreTextFn(beam.DoFn):
         self._unscored = Metrics.counter(NS, "quality.dnsmos_unscored_segments")
 
     def setup(self):
-        from mmcurate.quality.language import factory
+        from mmcurate.quality.scorers.language import factory
 
         default_matcher()  # phrase automaton and language profiles: once per worker process
         factory()
 
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]):
-        from mmcurate.quality.language import detect
+        from mmcurate.quality.scorers.language import detect
 
         source_id, groups = element
         sources = list(groups["sources"])
@@ -296,9 +296,9 @@ class DnsmosRequest:
 
 def score_stretches(model, audio: np.ndarray, stretches: list[tuple[float, float]],
                     sample_rate: int = 16000) -> list[DnsmosWindow]:
-    """DNSMOS of each stretch in 9.01 s windows (`mmcurate.quality.dnsmos.stretch_windows`),
+    """DNSMOS of each stretch in 9.01 s windows (`mmcurate.quality.scorers.dnsmos.stretch_windows`),
     each run once: one row per window, with the part of the source its score stands for."""
-    from mmcurate.quality.dnsmos import stretch_window, stretch_windows
+    from mmcurate.quality.scorers.dnsmos import stretch_window, stretch_windows
 
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     out: list[DnsmosWindow] = []
@@ -346,7 +346,7 @@ def segment_dnsmos(start: float, end: float, windows: list[DnsmosWindow]
 class DnsmosModelHandler(ModelHandler):
     """DNSMOS P.835 for `RunInference`: example = `DnsmosRequest` (one source's samples, as the
     speech stage holds them, and its stretches of speech), inference = its `DnsmosWindow`s,
-    model = `mmcurate.quality.dnsmos.Dnsmos` (one ONNX session per worker process, shared by
+    model = `mmcurate.quality.scorers.dnsmos.Dnsmos` (one ONNX session per worker process, shared by
     its threads)."""
 
     def __init__(self, threads: int = 1, sample_rate: int = 16000, loader=None, batch: int = 1):
@@ -359,7 +359,7 @@ class DnsmosModelHandler(ModelHandler):
     def load_model(self):
         if self._loader is not None:
             return self._loader()
-        from mmcurate.quality.dnsmos import Dnsmos
+        from mmcurate.quality.scorers.dnsmos import Dnsmos
         from mmcurate.transforms.worker import exit_fast_after_harness
 
         exit_fast_after_harness()  # a worker process that loads ORT: no slow teardown
@@ -376,7 +376,7 @@ class DnsmosModelHandler(ModelHandler):
         return "mmcurate.quality"
 
     def model_info(self) -> list[dict]:
-        from mmcurate.quality.dnsmos import model_info
+        from mmcurate.quality.scorers.dnsmos import model_info
 
         return [model_info()]
 

@@ -11,7 +11,7 @@ embedding last) and returns the first failing guard's reason.
     truncated       finish_reason == "length": the model hit its token limit mid-text
     chatter         the model's own talk ("Sure, here is...", an echo of the instruction);
                     phrases in quality/data/rephrase_chatter.txt
-    wrong_language  langdetect (mmcurate.quality.language) says another language than the
+    wrong_language  langdetect (mmcurate.quality.scorers.language) says another language than the
                     passage's, both confident
     copy            MinHash Jaccard of word 3-gram shingles above `max_copy_jaccard`
                     (datasketch, 128 permutations, seed 1)
@@ -53,7 +53,7 @@ KEEP = Verdict(True)
 
 @functools.lru_cache(maxsize=1)
 def chatter_phrases() -> tuple[str, ...]:
-    path = Path(__file__).with_name("data") / "rephrase_chatter.txt"
+    path = Path(__file__).parent.parent / "data" / "rephrase_chatter.txt"  # quality/data
     lines = path.read_text(encoding="utf-8").splitlines()
     return tuple(l.strip().lower() for l in lines if l.strip() and not l.startswith("#"))
 
@@ -105,7 +105,7 @@ class LanguageGuard:
         self.min_chars = min_chars
 
     def _lang(self, text: str) -> str | None:
-        from mmcurate.quality.language import detect
+        from mmcurate.quality.scorers.language import detect
 
         if sum(c.isalpha() for c in text) < self.min_chars:
             return None

@@ -24,7 +24,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")  # quality/data
 PHRASE_FILE_PREFIX = "hallucinations."
 
 LOOP_MIN_REPEATS = 3  # a loop is the same n-gram at least 3 times in a row ...

@@ -2,7 +2,7 @@
 returns keep (None) or the reason it drops the row, and writes the same rule as SQL.
 
 Scores are computed once (mmcurate.transforms.segment_quality: text scores here and in
-`mmcurate.quality.hallucination` / `mmcurate.quality.language`, DNSMOS by its model handler)
+`mmcurate.quality.scorers.hallucination` / `mmcurate.quality.scorers.language`, DNSMOS by its model handler)
 and every one is kept in the `segment_quality` table, kept rows and dropped rows alike. A
 filter's verdict is a pure function of the row and its thresholds, and `keep_sql()` says the
 same in DuckDB SQL, so re-tuning a threshold is a query over the stored scores:
@@ -73,7 +73,7 @@ class _JudgeByFirstFailure:
 
 @dataclass(frozen=True)
 class HallucinationFilter(_JudgeByFirstFailure):
-    """Stock phrases, decoder loops, words outside the VAD (mmcurate.quality.hallucination) and
+    """Stock phrases, decoder loops, words outside the VAD (mmcurate.quality.scorers.hallucination) and
     more characters per second than speech can carry.
 
     A value above its maximum drops the row; None turns that check off."""
@@ -173,7 +173,7 @@ class LanguageFilter(_JudgeByFirstFailure):
 
 @dataclass(frozen=True)
 class SpeechQualityFilter(_JudgeByFirstFailure):
-    """DNSMOS P.835 minimums (mmcurate.quality.dnsmos); None turns a minimum off."""
+    """DNSMOS P.835 minimums (mmcurate.quality.scorers.dnsmos); None turns a minimum off."""
 
     min_ovrl: float | None = None
     min_sig: float | None = None
