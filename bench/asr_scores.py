@@ -4,7 +4,8 @@ compression ratio. The data behind the hallucination thresholds in transforms/as
 under each CPU instruction-set setting (CT2_FORCE_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 ONEDNN_MAX_CPU_ISA=AVX2) before moving one.
 
-    .venv/bin/python bench/asr_scores.py OUT.json
+    .venv/bin/python bench/asr_scores.py OUT.json            # sequential decoding
+    .venv/bin/python bench/asr_scores.py OUT.json batched    # asr.batched (BatchedInferencePipeline)
 """
 import json
 import sys
@@ -17,8 +18,9 @@ from mmcurate.transforms.vad import SileroVad
 import test_asr as T
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
-cfg = AsrConfig(no_speech_alone_threshold=None, vad_no_speech_threshold=None, low_confidence_word_prob=None,
-                no_speech_threshold=1.0, compression_ratio_threshold=100.0)
+BATCHED = sys.argv[2:3] == ["batched"]
+cfg = AsrConfig(batched=BATCHED, no_speech_alone_threshold=None, vad_no_speech_threshold=None, low_confidence_word_prob=None,
+                no_speech_threshold=1.0, compression_ratio_threshold=100.0, no_speech_alone_max_logprob=None)
 m = load_transcriber(cfg)
 vad = SileroVad()
 rows = []

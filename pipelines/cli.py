@@ -345,6 +345,14 @@ def missing_inputs(inputs: list[str]) -> list[str]:
     return list(inputs)
 
 
+def _refused(problems: list[str]) -> bool:
+    """Says each start-up problem in one `mmcurate:` line; True when there was one (the
+    command then exits 2 and runs nothing)."""
+    for problem in problems:
+        print(f"mmcurate: {problem}", file=sys.stderr)
+    return bool(problems)
+
+
 def cmd_run(args, beam_args: list[str]) -> int:
     from mmcurate.pipelines.startup import import_runinference_without_model_manager
 
@@ -368,9 +376,7 @@ def cmd_run(args, beam_args: list[str]) -> int:
         problems = [f"no input exists (nothing was run): {shown}"]
     # the output is probed (created) only for a run that will go ahead
     problems = problems or runner_problems(beam_args) or output_problems(args.output)
-    if problems:
-        for problem in problems:
-            print(f"mmcurate: {problem}", file=sys.stderr)
+    if _refused(problems):
         return EXIT_USAGE
     from mmcurate.pipelines.lock import OutputLocked
 
@@ -516,9 +522,7 @@ def cmd_corpus(args, beam_args: list[str]) -> int:
         print(f"mmcurate: --stages: {e}", file=sys.stderr)
         return EXIT_USAGE
     problems = unknown_beam_options(beam_args) or runner_problems(beam_args)
-    if problems:
-        for problem in problems:
-            print(f"mmcurate: {problem}", file=sys.stderr)
+    if _refused(problems):
         return EXIT_USAGE
     from mmcurate.pipelines.lock import OutputLocked
 
@@ -836,16 +840,10 @@ def main(argv: list[str] | None = None) -> int:
     mine, rest = split_beam_args(list(sys.argv[1:] if argv is None else argv), parser)
     args = parser.parse_args(mine)
     _setup_logging(args.verbose)
-    repeated = repeated_flags(mine, parser)
-    if repeated:
-        for problem in repeated:
-            print(f"mmcurate: {problem}", file=sys.stderr)
-        return EXIT_USAGE
     from mmcurate.schemas.stages import STAGE_MODULE_PROBLEMS
 
-    if STAGE_MODULE_PROBLEMS:  # a stage module that cannot be added: every command would be off
-        for problem in STAGE_MODULE_PROBLEMS:
-            print(f"mmcurate: {problem}", file=sys.stderr)
+    # a repeated flag, or a stage module that cannot be added (every command would be off)
+    if _refused(repeated_flags(mine, parser) or STAGE_MODULE_PROBLEMS):
         return EXIT_USAGE
     try:
         if args.command == "run":

@@ -380,7 +380,38 @@ def interpolate_words(text: str, start: float, end: float) -> list[Word]:
 # faster-whisper (embedded default)
 
 
-class FasterWhisperTranscriber:
+class _WhisperBackend:
+    """What both backends share: the manifest's model info, the input checks of a call and the
+    hallucination rules' split of its segments into kept and dropped."""
+
+    backend: ClassVar[str]
+    cfg: AsrConfig
+    _info: dict
+    name: str
+    version: str
+
+    def model_info(self) -> dict:
+        return {**self._info, "backend": self.backend, "source": self._info["version"],
+                "version": self.version, "model": self.name}
+
+    def _call(self, audio: np.ndarray, regions, language: str | None):
+        """(audio, regions, language hint) of a transcribe call, checked and normalised."""
+        audio = _check_audio(audio)
+        return audio, normalize_regions(regions, len(audio) / SAMPLE_RATE), language or self.cfg.language
+
+    def _result(self, lang: str | None, lang_p: float | None, segments: list[AsrSegment]) -> AsrResult:
+        """The call's result: each segment kept, or dropped with its reason (`drop_reason`)."""
+        kept, dropped = [], []
+        for seg in segments:
+            reason = drop_reason(seg, self.cfg)
+            if reason:
+                dropped.append((reason, seg))
+            else:
+                kept.append(seg)
+        return AsrResult(lang, lang_p, kept, self.name, self.version, dropped)
+
+
+class FasterWhisperTranscriber(_WhisperBackend):
     """faster-whisper with an embedded CTranslate2 Whisper model (default: whisper-base).
 
     Regions are joined (0.1 s of silence between them) in groups of at most 10 minutes of
@@ -413,25 +444,14 @@ class FasterWhisperTranscriber:
             f"model sha256 {self._info['sha256'][:12]}"
         )
 
-    def model_info(self) -> dict:
-        return {
-            **self._info,
-            "backend": self.backend,
-            "source": self._info["version"],
-            "version": self.version,
-            "model": self.name,
-        }
-
     def transcribe(
         self,
         audio: np.ndarray,
         regions: list[tuple[float, float]] | None = None,
         language: str | None = None,
     ) -> AsrResult:
-        audio = _check_audio(audio)
-        regions = normalize_regions(regions, len(audio) / SAMPLE_RATE)
-        dropped: list[tuple[str, AsrSegment]] = []
-        lang, lang_p = language or self.cfg.language, None
+        audio, regions, lang = self._call(audio, regions, language)
+        lang_p = None
         detect = lang is None
         segments: list[AsrSegment] = []
         duration_s = len(audio) / SAMPLE_RATE
@@ -469,7 +489,7 @@ class FasterWhisperTranscriber:
                 if end >= next_log and duration_s >= PROGRESS_EVERY_S:
                     log.info("asr: %.0f / %.0f s of audio transcribed", end, duration_s)
                     next_log = (end // PROGRESS_EVERY_S + 1) * PROGRESS_EVERY_S
-                seg = AsrSegment(
+                segments.append(AsrSegment(
                     start=start,
                     end=max(start, end),
                     text=s.text.strip(),
@@ -477,13 +497,8 @@ class FasterWhisperTranscriber:
                     avg_logprob=float(s.avg_logprob),
                     no_speech_prob=float(s.no_speech_prob),
                     compression_ratio=float(s.compression_ratio),
-                )
-                reason = drop_reason(seg, self.cfg)
-                if reason:
-                    dropped.append((reason, seg))
-                else:
-                    segments.append(seg)
-        return AsrResult(lang, lang_p, segments, self.name, self.version, dropped)
+                ))
+        return self._result(lang, lang_p, segments)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,7 +552,7 @@ def _offline_sentence_splitter() -> None:
     wxa.nltk_load = load
 
 
-class WhisperXTranscriber:
+class WhisperXTranscriber(_WhisperBackend):
     """whisperx 3.8: batched faster-whisper over pyannote-VAD chunks, optional wav2vec2 alignment.
 
     * Model: `asr.whisperx_model_dir` (a local CTranslate2 dir, e.g. faster-whisper-large-v3);
@@ -625,14 +640,7 @@ class WhisperXTranscriber:
         )
 
     def model_info(self) -> dict:
-        return {
-            **self._info,
-            "backend": self.backend,
-            "source": self._info["version"],
-            "version": self.version,
-            "model": self.name,
-            "align_model_dir": self.align_dir,
-        }
+        return {**super().model_info(), "align_model_dir": self.align_dir}
 
     def _align_model(self, language: str) -> tuple:
         if language not in self._align:
@@ -653,10 +661,8 @@ class WhisperXTranscriber:
         regions: list[tuple[float, float]] | None = None,
         language: str | None = None,
     ) -> AsrResult:
-        audio = _check_audio(audio)
-        regions = normalize_regions(regions, len(audio) / SAMPLE_RATE)
-        dropped: list[tuple[str, AsrSegment]] = []
-        lang, lang_p = language or self.cfg.language, None
+        audio, regions, lang = self._call(audio, regions, language)
+        lang_p = None
         if not regions:
             return AsrResult(lang, lang_p, [], self.name, self.version)
         if not self.pipeline.model.model.is_multilingual:
@@ -685,7 +691,7 @@ class WhisperXTranscriber:
             else:
                 words = interpolate_words(text, start, end)
             avg = s.get("avg_logprob")
-            seg = AsrSegment(
+            segments.append(AsrSegment(
                 start=round(start, 3),
                 end=round(max(start, end), 3),
                 text=text,
@@ -693,13 +699,8 @@ class WhisperXTranscriber:
                 avg_logprob=float(avg) if avg is not None else None,
                 no_speech_prob=None,
                 compression_ratio=compression_ratio(text),
-            )
-            reason = drop_reason(seg, self.cfg)
-            if reason:
-                dropped.append((reason, seg))
-            else:
-                segments.append(seg)
-        return AsrResult(lang, lang_p, segments, self.name, self.version, dropped)
+            ))
+        return self._result(lang, lang_p, segments)
 
 
 def _aligned_words(words: list[dict], seg_start: float, seg_end: float) -> list[Word]:
