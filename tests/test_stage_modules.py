@@ -95,28 +95,51 @@ def test_help_and_config_show_the_stage(module_dir):
     assert r.returncode == 2 and "region_stats.min_region_s" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("case, module, why", [
-    ("missing", None, "stage module 'broken' (MMCURATE_STAGE_MODULES): cannot import it: ModuleNotFoundError"),
-    ("no record", "from mmcurate.schemas.stages import StageSpec\n"
-                  "STAGE = StageSpec(name='broken', summary='s', requires=('sources',), produces=('t',),\n"
-                  "                  streams=(), config=(), ledger=('broken',), source_level=False)\n"
-                  "def build(ctx, streams): return {}\n",
-     "its stage produces 't' but RECORDS declares no record for it"),
-    ("taken name", "from mmcurate.schemas.stages import StageSpec\n"
-                   "STAGE = StageSpec(name='vad', summary='s', requires=('sources',), produces=(),\n"
-                   "                  streams=(), config=(), ledger=(), source_level=False)\n"
-                   "def build(ctx, streams): return {}\n",
+def _module(source: str):
+    import types
+
+    mod = types.ModuleType("m")
+    exec(textwrap.dedent(source), mod.__dict__)  # noqa: S102 - the test's own module text
+    return mod
+
+
+_SPEC = "from mmcurate.schemas.stages import StageSpec\n" \
+        "STAGE = StageSpec(name='{name}', summary='s', requires=('sources',), produces={produces},\n" \
+        "                  streams=(), config={config}, ledger=('x',), source_level=False)\n"
+
+
+@pytest.mark.parametrize("source, why", [
+    ("X = 1\n", "it has no STAGE = StageSpec(...)"),
+    (_SPEC.format(name="vad", produces=(), config=()) + "def build(ctx, s): return {}\n",
      "a stage named 'vad' exists already"),
-    ("no stage", "X = 1\n", "it has no STAGE = StageSpec(...)"),
+    (_SPEC.format(name="x", produces=(), config=()), "it has no build(ctx, streams) function"),
+    (_SPEC.format(name="x", produces=("t",), config=()) + "def build(ctx, s): return {}\n",
+     "its stage produces 't' but RECORDS declares no record for it"),
+    (_SPEC.format(name="x", produces=("t",), config=()) + "def build(ctx, s): return {}\n"
+     "from mmcurate.schemas.records import SourceRecord\nRECORDS = {'sources': SourceRecord, 't': SourceRecord}\n",
+     "RECORDS redeclares table(s) ['sources']"),
+    (_SPEC.format(name="x", produces=(), config=("x",)) + "def build(ctx, s): return {}\n",
+     "its stage reads config section(s) ['x'] that CONFIG does not declare"),
+    (_SPEC.format(name="x", produces=(), config=("vad",)) + "def build(ctx, s): return {}\nCONFIG = {'vad': int}\n",
+     "CONFIG redeclares config section(s) ['vad']"),
 ])
-def test_a_module_that_cannot_be_added_stops_every_command_in_one_line(tmp_path, case, module, why):
-    if module is not None:
-        (tmp_path / "broken.py").write_text(module, encoding="utf-8")
-    for argv in (["run", "in", "--output", "out"], ["audit", str(tmp_path)]):
-        r = _mmcurate(tmp_path, *argv, modules="broken")
-        assert r.returncode == 2, (case, r.stdout, r.stderr)
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and why in lines[0], (case, r.stderr)
+def test_what_makes_a_module_unfit_is_named(source, why):
+    from mmcurate.schemas import stages
+
+    mod = _module(source)
+    assert stages._stage_module_problem(mod, getattr(mod, "STAGE", None), {s.name for s in stages.STAGES}) == why
+
+
+def test_a_module_that_cannot_be_added_stops_every_command_in_one_line(tmp_path):
+    (tmp_path / "broken.py").write_text("X = 1\n", encoding="utf-8")
+    for modules, why in (("missing", "stage module 'missing' (MMCURATE_STAGE_MODULES): cannot import it: "
+                                     "ModuleNotFoundError"),
+                         ("broken", "stage module 'broken' (MMCURATE_STAGE_MODULES): it has no STAGE")):
+        for argv in (["run", "in", "--output", "out"], ["audit", str(tmp_path)])[: 2 if modules == "broken" else 1]:
+            r = _mmcurate(tmp_path, *argv, modules=modules)
+            assert r.returncode == 2, (modules, r.stdout, r.stderr)
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and why in lines[0], (modules, r.stderr)
     assert not (tmp_path / "out").exists()
 
 
