@@ -6,6 +6,7 @@ Real-model tests load each model once per module and print the measured WER / ti
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -215,11 +216,19 @@ def test_unknown_model_name_is_an_error(tmp_path):
 # --------------------------------------------------------------------------------- real model
 
 
+def _threads() -> int:
+    """CTranslate2 threads for this test process: its pytest-xdist worker's share of the cores
+    (0, CTranslate2's own default of 4, in one process). Two workers' 4-thread pools on 2 cores
+    spend their time waiting on each other (as torch's did: tests/conftest.py)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MMCURATE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield load_transcriber(AsrConfig())  # whisper-base, beam 5, int8
+        yield load_transcriber(AsrConfig(cpu_threads=_threads()))  # whisper-base, beam 5, int8
 
 
 def test_batch_windows_pack_regions_and_cut_long_ones():
@@ -250,7 +259,7 @@ def test_jfk_wer_zero_batched_and_sequential(base, batched):
     path (the speed work's acceptance)."""
     from mmcurate.transforms.vad import SileroVad
 
-    model = load_transcriber(AsrConfig(batched=True)) if batched else base
+    model = load_transcriber(AsrConfig(batched=True, cpu_threads=_threads())) if batched else base
     for name in ("jfk.wav", "jfk.mp3", "jfk.flac"):
         audio = decode_audio(str(SPEECH / name))
         res = model.transcribe(audio, SileroVad().regions([audio], SR))
@@ -423,7 +432,7 @@ def test_real_speech_keeps_its_words(base):
 @pytest.mark.slow
 @pytest.mark.model_score
 def test_tiny_en_transcribes_jfk():
-    tr = load_transcriber(AsrConfig(model="whisper-tiny.en", beam_size=1))
+    tr = load_transcriber(AsrConfig(model="whisper-tiny.en", beam_size=1, cpu_threads=_threads()))
     assert tr.model_info()["sha256"] == models.WHISPER_TINY_EN_SHA256
     audio = decode_audio(str(SPEECH / "jfk.flac"))
     res = tr.transcribe(audio, [(0.0, len(audio) / SR)])
