@@ -9,6 +9,9 @@
 Every command exits 0 (done), 1 (a verdict on the data), 2 (arguments, config or environment:
 nothing was run) or 3 (an unexpected error: one line, the traceback in a log file it names).
 Orchestrators key their retries on it: only 3 may be worth another try (`EXIT_EPILOG`).
+
+Why one module of this length: the argparse tree of every subcommand with the commands' thin
+bodies; the work is in curate, corpus, export and mmcurate.quality.audit.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ So `inputs = rows(sources) + rows(source-level rejected)`, and the invariant hol
 number of distinct uris over both sides equals that sum (no uri both kept and rejected, none
 counted twice). Sub-source rejections (an ASR failure of one source) do not remove the source
 and are not inputs.
+
+Why one module of this length: the checks and the summary of `mmcurate audit` read one DuckDB
+connection; the per-topic figures are modules of their own (turns, turn_taking, video_audit,
+der_sql, dedup_audit, segment_audit, rephrase_audit).
 """
 
 from __future__ import annotations

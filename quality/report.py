@@ -20,6 +20,9 @@ committed shards through a read-only DuckDB connection (mmcurate.quality.audit):
 
 Rows, players and thumbnails are sampled to caps (mmcurate.quality.report_tables) and the page
 says so; the page of any output stays under PAGE_CAP_BYTES.
+
+Why one module of this length: the page is one template; its sections are built from one
+`report_data` dict (charts: svgplot, tables: report_tables).
 """
 
 from __future__ import annotations

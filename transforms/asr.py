@@ -20,6 +20,9 @@ evidence: a rule that needs it does not fire.
 Dropped segments come back in the call's own result, `AsrResult.dropped`, as (reason,
 AsrSegment) pairs so the caller can put them in the ledger (nothing is kept on the model
 object: one model serves several threads).
+
+Why one module of this length: the config, the two Whisper backends on one base, the
+hallucination rules both apply, the windowing helpers both use and the RunInference handler.
 """
 
 from __future__ import annotations

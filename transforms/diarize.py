@@ -26,6 +26,10 @@ Backends (``DiarizationConfig.backend``):
 All backends take the whole source in memory (16 kHz mono float32) and return
 :class:`mmcurate.schemas.records.Turn` lists whose speakers are numbered 0..K-1 by first
 appearance. Turns may overlap; :func:`exclusive_turns` flattens them.
+
+Why one module of this length: the config, the RunInference handler and the pyannote-based
+backends that share their turn post-processing (models: diarize_models, clustering:
+diarize_core).
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ with no time stamps inside, so the same output gives the same bytes.
 
 `webdataset` and `hf` hold segments and documents: a document is its curated items in reading
 order (`curated_interleaved`: an image or text item dedup dropped inside it is left out).
+
+Why one module of this length: the exporters share the shard plan, the curated-view reader and
+the audio/image codecs; the derived formats (duplex, qa) are modules of their own.
 """
 
 from __future__ import annotations

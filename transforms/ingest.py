@@ -17,6 +17,9 @@ Invariant: every candidate ends as exactly one MediaRef or one Rejection, so
 
 Ledger reasons: not_found, empty_file, too_large, unreadable, invalid_path,
 unsupported_extension, bad_manifest, feed_error, no_enclosure, download_failed, duplicate.
+
+Why one module of this length: every kind of input (file, folder, glob, manifest, feed) ends
+in the same MediaRef or ledger row; a feed's HTTP is in rss.py.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ a shot longer than `max_interval_s` gets a frame per window of at most that leng
 frame is scored at output size, dropped with a reason by the quality filters (`quality_reason`),
 then dropped as a near-duplicate when its 64-bit DCT perceptual hash is within
 `near_duplicate_bits` of the last kept frame's (that frame's span grows over it).
+
+Why one module of this length: the single decode pass, shot detection and keyframe choice
+share the per-frame state of one loop.
 """
 
 from __future__ import annotations

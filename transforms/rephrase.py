@@ -32,6 +32,10 @@ the default 4 rounds (tests/test_rephrase.py). A rewrite can still be much longe
 (a question-answer rewrite of a short passage): after the rounds, "TrimSurplus" drops the accepted
 rephrasings whose removal brings the share closest to the target (surplus_ids; ledger reason
 `surplus`; `trim_surplus`), which matters on small corpora, where one rewrite is several points.
+
+Why one module of this length: passage cutting, the generation handler, the guards and the
+token-ratio mix are one stage whose steps pass private records (the guards' rules:
+quality/scorers/rephrase_guards).
 """
 
 from __future__ import annotations

@@ -38,6 +38,9 @@ Ledger rules (nothing is lost):
 
 The `turns` table holds the diarizer's own overlap-aware turns with the same speaker labels as
 `segments` (f"{source_id}-spk{k}"), written whenever diarization succeeded on a source.
+
+Why one module of this length: the fused step that holds a source's decoded samples through
+diarization, ASR and DNSMOS, and the attribution of their results, pass private records.
 """
 
 from __future__ import annotations

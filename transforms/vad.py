@@ -20,6 +20,9 @@ with probability >= threshold starts speech; speech ends where the probability s
 `threshold - 0.15` for at least min_silence_ms; regions shorter than min_speech_ms are dropped;
 each region is then padded by speech_pad_ms (half the gap when two regions are closer than two
 pads). Regions match silero's own function to the sample (max_speech_duration_s = inf).
+
+Why one module of this length: the streaming VAD model, its RunInference handler and the Beam
+stage around it, with the stage's failure records.
 """
 
 from __future__ import annotations
