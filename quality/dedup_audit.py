@@ -2,15 +2,8 @@
 query that lists one cluster's members (on the views `mmcurate.quality.db.connect` makes).
 
 The summary prints that query for its largest cluster as a command to paste
-(`cluster_members_command`); for another cluster, CLUSTER_MEMBERS_SQL with the cluster id, or
-any member's item id, in place of <id>:
-
-    SELECT d.cluster_id, d.kind, d.item_id, d.is_representative, d.representative_id,
-           d.representative_partition, d.method, d.similarity, s.uri
-    FROM dedup_clusters d LEFT JOIN sources s USING (source_id)
-    WHERE d.cluster_id = (SELECT cluster_id FROM dedup_clusters
-                          WHERE cluster_id = '<id>' OR item_id = '<id>' LIMIT 1)
-    ORDER BY d.is_representative DESC, d.similarity DESC, d.item_id
+(`cluster_members_command`); for another cluster, CLUSTER_MEMBERS_SQL below with the cluster
+id, or any member's item id, in place of {id}.
 """
 
 from __future__ import annotations
