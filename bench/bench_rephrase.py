@@ -6,7 +6,7 @@ concurrent requests over one at a time against the loopback OpenAI-compatible se
 Both figures are ratios or rates measured in the same command (the machine is shared):
   embedded: the same passages decoded one at a time (1 llama.cpp slot) and with `concurrency`
             slots in one process (continuous batching), greedy, the stage's own templates;
-  server:   `python -m mmcurate.transforms.rephrase_server --parallel N` on 127.0.0.1, the same
+  server:   `python tests/rephrase_server.py --parallel N` on 127.0.0.1, the same
             requests sent by 1 client thread, then by N threads (OpenAIChatClient, as the stage).
 Generated tokens are the server's `usage.completion_tokens`.
 """
@@ -83,7 +83,8 @@ def bench_embedded(n: int, conc: int) -> dict:
 def bench_server(n: int, conc: int) -> dict:
     from mmcurate.transforms.rephrase_backends import OpenAIChatClient
 
-    proc = subprocess.Popen([sys.executable, "-m", "mmcurate.transforms.rephrase_server",
+    server = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "rephrase_server.py")
+    proc = subprocess.Popen([sys.executable, server,
                              "--parallel", str(conc)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:

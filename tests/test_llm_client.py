@@ -5,7 +5,7 @@ every request it gets (path, method, headers). For each fault the client must en
 timeout_s x attempts (+ 1 s of slack), return one failure with its ledger reason, never send the
 API key anywhere but the configured server, and hold no more than the size cap of a reply (the
 memory test runs the client in a subprocess and reads its VmHWM). Valid answers come from
-`FakeChat` of mmcurate.transforms.rephrase_server.
+`FakeChat` of tests/rephrase_server.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mmcurate.transforms.rephrase_backends import OpenAIChatClient
-from mmcurate.transforms.rephrase_server import FakeChat
+from rephrase_server import FakeChat
 
 KEY_ENV = "MMCURATE_TEST_LLM_KEY"
 KEY = "sk-test-never-leaves-the-origin"

@@ -375,7 +375,7 @@ def test_corpus_job_adds_text_mix_and_the_ratio_to_the_manifest(tmp_path):
 
 def start_server(*args: str, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    proc = subprocess.Popen([sys.executable, "-m", "mmcurate.transforms.rephrase_server", *args],
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("rephrase_server.py")), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     t0 = time.time()
     line = proc.stdout.readline()

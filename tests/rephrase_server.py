@@ -1,6 +1,6 @@
 """A small OpenAI-compatible chat-completions server on loopback, backed by the embedded model.
 
-    python -m mmcurate.transforms.rephrase_server [--model smollm2-135m-instruct] [--port 0]
+    python tests/rephrase_server.py [--model smollm2-135m-instruct] [--port 0]
         [--parallel 4] [--fail-matching TEXT] [--sleep-matching TEXT --sleep S]
         [--fail-every N] [--fake]
 
