@@ -184,17 +184,20 @@ def embeddings(audio: np.ndarray, binarized: np.ndarray, chunk_step: float,
 # ------------------------------------------------------------------------------ 4. clustering
 
 
+def _bounds(exact, low, high, cap, what: str):
+    """(exact, low, high) count hints resolved as pyannote resolves them: an exact count sets
+    both bounds, the bounds are clipped to [1, cap], equal bounds fix the count; ValueError
+    naming `what` when low > high."""
+    low = max(1, min(cap, exact or low or 1))
+    high = max(1, min(cap, exact or high or cap))
+    if low > high:
+        raise ValueError(f"min_{what} must be smaller than (or equal to) max_{what} "
+                         f"(here: min_{what}={low:g} and max_{what}={high:g}).")
+    return (low if low == high else exact), low, high
+
+
 def _num_clusters(num_embeddings, num_clusters, min_clusters, max_clusters):
-    min_clusters = num_clusters or min_clusters or 1
-    min_clusters = max(1, min(num_embeddings, min_clusters))
-    max_clusters = num_clusters or max_clusters or num_embeddings
-    max_clusters = max(1, min(num_embeddings, max_clusters))
-    if min_clusters > max_clusters:
-        raise ValueError(f"min_clusters must be smaller than (or equal to) max_clusters "
-                         f"(here: min_clusters={min_clusters:g} and max_clusters={max_clusters:g}).")
-    if min_clusters == max_clusters:
-        num_clusters = min_clusters
-    return num_clusters, min_clusters, max_clusters
+    return _bounds(num_clusters, min_clusters, max_clusters, num_embeddings, "clusters")
 
 
 def _distinct(emb, clusters, large, small, small_sizes, below: float, room: int) -> np.ndarray:
@@ -412,14 +415,7 @@ class Chunks:
 
 
 def _speaker_bounds(num_speakers, min_speakers, max_speakers):
-    min_speakers = num_speakers or min_speakers or 1
-    max_speakers = num_speakers or max_speakers or np.inf
-    if min_speakers > max_speakers:
-        raise ValueError(f"min_speakers must be smaller than (or equal to) max_speakers "
-                         f"(here: min_speakers={min_speakers:g} and max_speakers={max_speakers:g}).")
-    if min_speakers == max_speakers:
-        num_speakers = min_speakers
-    return num_speakers, min_speakers, max_speakers
+    return _bounds(num_speakers, min_speakers, max_speakers, np.inf, "speakers")
 
 
 def chunks(audio: np.ndarray, forward: Callable, embed: Callable, params: Params, *, step: float,
