@@ -101,11 +101,14 @@ def _tokens(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def talk_run(inputs, tmp_path_factory) -> Path:
-    """The default job (vad, speech, video) on the talk, a near-duplicate clip and a video
-    without audio."""
+    """vad, speech and video on the talk, a near-duplicate clip and a video without audio (the
+    quality and dedup stages add nothing these tests read; the default job's documents, with
+    the quality stage's kept segments, are checked on the shared media by test_pipeline.py and
+    the README example)."""
     out = tmp_path_factory.mktemp("talk") / "out"
     chair = MEDIA / "neardup" / "chair-orig-22-sd-bar.mp4"
-    curate.run([str(LAION), str(chair), str(inputs["no_audio.mp4"])], str(out), CurateConfig())
+    curate.run([str(LAION), str(chair), str(inputs["no_audio.mp4"])], str(out),
+               CurateConfig(stages=("vad", "speech", "video")))
     return out
 
 
