@@ -7,17 +7,22 @@ os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def xdist_core_share() -> int:
+    """This test process's share of the cores under pytest-xdist (0: not under several workers)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+
+
 def pytest_configure(config):
     """Under pytest-xdist each worker process gets its share of the cores for torch's intra-op
     pool (and the ONNX Runtime sessions that take torch's count): two workers each spinning a
     2-thread pool on 2 cores made the torch-heavy diarizer tests 3-6x slower than alone
     (bench/README.md, "Suite times"). Subprocesses the tests start keep their own defaults."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     share = os.environ.get("MMCURATE_TEST_TORCH_THREADS")
-    if workers > 1 and share != "default":
+    if xdist_core_share() and share != "default":
         import torch
 
-        torch.set_num_threads(int(share) if share else max(1, (os.cpu_count() or 1) // workers))
+        torch.set_num_threads(int(share) if share else xdist_core_share())
 
 
 @pytest.fixture(autouse=True)

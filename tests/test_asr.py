@@ -6,7 +6,6 @@ Real-model tests load each model once per module and print the measured WER / ti
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -220,8 +219,9 @@ def _threads() -> int:
     """CTranslate2 threads for this test process: its pytest-xdist worker's share of the cores
     (0, CTranslate2's own default of 4, in one process). Two workers' 4-thread pools on 2 cores
     spend their time waiting on each other (as torch's did: tests/conftest.py)."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+    from conftest import xdist_core_share
+
+    return xdist_core_share()
 
 
 @pytest.fixture(scope="module")
