@@ -255,11 +255,11 @@ def test_batch_windows_pack_regions_and_cut_long_ones():
 @pytest.mark.model_score
 @pytest.mark.parametrize("batched", [True, False])
 def test_jfk_wer_zero_batched_and_sequential(base, batched):
-    """Batched decoding over VAD windows (asr.batched) keeps jfk at WER 0, like the sequential
-    path (the speed work's acceptance)."""
+    """Batched decoding over VAD windows (asr.batched, the default) keeps jfk at WER 0, like the
+    sequential path."""
     from mmcurate.transforms.vad import SileroVad
 
-    model = load_transcriber(AsrConfig(batched=True, cpu_threads=_threads())) if batched else base
+    model = base if batched else load_transcriber(AsrConfig(batched=False, cpu_threads=_threads()))
     for name in ("jfk.wav", "jfk.mp3", "jfk.flac"):
         audio = decode_audio(str(SPEECH / name))
         res = model.transcribe(audio, SileroVad().regions([audio], SR))

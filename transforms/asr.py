@@ -69,12 +69,13 @@ class AsrConfig:
     temperature_fallback: bool = False
     batch_size: int = 8
     # faster-whisper: decode the VAD regions as <= 30 s chunks, batch_size windows per encoder /
-    # decoder call (faster-whisper's BatchedInferencePipeline, as whisperx does); False: one
-    # window at a time with temperature fallback. Speed and WER: bench/README.md. Off by default:
-    # the hallucination rules below were calibrated on sequential decoding, and batched windows
-    # score real far-field speech higher (ami/dev01: one 30 s window no_speech_prob 0.484, above
-    # no_speech_alone_threshold 0.465, so 53 real words were dropped; tests/test_asr.py)
-    batched: bool = False
+    # decoder call (faster-whisper's BatchedInferencePipeline, as whisperx does), one segment per
+    # window; False: one window at a time, segments at Whisper's own timestamps. Speed and WER:
+    # bench/README.md. The hallucination rules below hold on both: with asr_scores.py's batched
+    # scores, noise/tone windows have no_speech_prob >= 0.578 (dropped: no_speech above 0.6, or
+    # avg_logprob < -0.5, or repetitive) and real speech <= 0.442 with avg_logprob >= -0.46 (kept:
+    # 565-566 of 565-566 words), native and under the AVX2 variables.
+    batched: bool = True
     cpu_threads: int = 0  # 0: cores / workers on the local runner with several workers, else CTranslate2 default
     # CTranslate2 replicas that transcribe at the same time (faster-whisper's num_workers):
     # > 1 lets the worker threads of one process (multi-threading DirectRunner) each run a
