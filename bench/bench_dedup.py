@@ -127,8 +127,33 @@ def score(clusters: dict, planted: dict, threshold: float = 0.8) -> dict:
 # ------------------------------------------------------------------------------- mmcurate
 
 
-def run_ours(corpus: str, bands: int, rows: int, verify: str, threshold: float) -> dict:
+READ_RANGE = 8 << 20  # bytes of the corpus per read task
+
+
+def _read_range(rng: tuple[str, int, int]):
+    """The lines of `path` that start in [start, end)."""
+    path, start, end = rng
+    with open(path, "rb") as fh:
+        if start:
+            fh.seek(start - 1)
+            fh.readline()  # the rest of the line holding byte start - 1: the previous range's
+        while fh.tell() < end:
+            line = fh.readline()
+            if not line:
+                break
+            yield line.decode()
+
+
+def run_ours(corpus: str, bands: int, rows: int, verify: str, threshold: float,
+             runner: str = "fnapi", dask_workers: int = 2, dask_memory: str = "2GiB",
+             dask_partitions: int = 0) -> dict:
+    """mmcurate's `Deduplicate` over the corpus. runner "fnapi": Beam's FnApiRunner in this
+    process (every shuffle held in its memory); "dask": mmcurate's DaskRunner on a
+    dask.distributed LocalCluster of `dask_workers` worker processes (one thread each) with
+    `dask_memory` each, which spill to disk as they fill; `dask_partitions` (0: the runner's
+    default, 4 per worker thread) bag partitions after each shuffle."""
     import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     from mmcurate.schemas.records import SourceRecord, Transcript
@@ -150,14 +175,36 @@ def run_ours(corpus: str, bands: int, rows: int, verify: str, threshold: float) 
         with open(out_path, "w") as fh:
             json.dump({str(int(r.item_id)): r.cluster_id for r in rows_}, fh)
 
+    cluster = None
+    if runner == "dask":
+        from dask.distributed import LocalCluster
+
+        from mmcurate.pipelines.dask_runner import DaskRunner
+
+        cluster = LocalCluster(n_workers=dask_workers, threads_per_worker=1, processes=True,
+                               memory_limit=dask_memory, dashboard_address=None)
+        flags = [f"--dask_client_address={cluster.scheduler_address}"]
+        if dask_partitions:
+            flags.append(f"--dask_npartitions={dask_partitions}")
+        pipeline = beam.Pipeline(runner=DaskRunner(), options=PipelineOptions(flags))
+    else:
+        pipeline = beam.Pipeline(runner=FnApiRunner())
+    # the corpus is read in byte ranges made by a Create, not by ReadFromText: Beam 2.77's
+    # DaskRunner has no translation for a Read (its bag is None: "'NoneType' object has no
+    # attribute 'map'"), and mmcurate's own graphs start from a Create as well
+    size = os.path.getsize(corpus)
+    ranges = [(corpus, start, min(size, start + READ_RANGE)) for start in range(0, size, READ_RANGE)]
     t0, c0 = time.perf_counter(), time.process_time()
-    with beam.Pipeline(runner=FnApiRunner()) as p:
-        recs = (p | "Read" >> beam.io.ReadFromText(corpus)
+    with pipeline as p:
+        recs = (p | "Ranges" >> beam.Create(ranges) | "Spread" >> beam.Reshuffle()
+                | "Read" >> beam.FlatMap(_read_range)
                 | "Records" >> beam.FlatMap(records).with_outputs("s", main="t"))
         out = {"sources": recs.s, "transcripts": recs.t} | "Dedup" >> Deduplicate(
             cfg, "bench", "bench", decode_media=False)
         _ = out["dedup_clusters"] | beam.combiners.ToList() | beam.Map(save)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if cluster is not None:
+        cluster.close()
     with open(out_path) as fh:
         clusters = json.load(fh)
     return {"seconds": seconds, "cpu_s": cpu, "clusters": clusters}
@@ -173,6 +220,40 @@ def child(cmd: list[str]) -> tuple[dict, float]:
     line = [l for l in out.splitlines() if l.startswith("{")][-1]
     res = json.loads(line)
     return res, res.get("peak_rss_mib", float("nan"))
+
+
+class _TreeRss:
+    """Samples the summed RSS of a process and all its descendants every 0.2 s (wait4's
+    ru_maxrss is the largest single process: a Dask cluster is several)."""
+
+    def __init__(self, pid: int):
+        import threading
+
+        import psutil
+
+        self.peak, self._done = 0, threading.Event()
+        self._root = psutil.Process(pid)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._done.wait(0.2):
+            total = 0
+            try:
+                for proc in [self._root, *self._root.children(recursive=True)]:
+                    try:
+                        total += proc.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def measured(argv: list[str]) -> list[str]:
@@ -283,6 +364,13 @@ def main(argv=None) -> int:
     ap.add_argument("--datatrove-python", default=os.path.join(ROOT, ".venv-datatrove", "bin", "python"))
     ap.add_argument("--no-datatrove", action="store_true")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--runner", choices=["fnapi", "dask"], default="fnapi",
+                    help="mmcurate's runner: Beam's FnApiRunner in one process (default), or "
+                         "mmcurate's DaskRunner on a LocalCluster (--dask-workers processes)")
+    ap.add_argument("--dask-workers", type=int, default=2)
+    ap.add_argument("--dask-memory", default="2GiB", help="memory limit per Dask worker; it spills beyond")
+    ap.add_argument("--dask-partitions", type=int, default=0,
+                    help="bag partitions after a shuffle (0: 4 per worker thread)")
     # internal: child processes
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
@@ -300,18 +388,23 @@ def main(argv=None) -> int:
         # a pipe holds (64 KiB: Beam's logs on 100k documents) would block writing, forever
         with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
             proc = subprocess.Popen(a.rest, stdout=fo, stderr=fe, text=True)
+            tree = _TreeRss(proc.pid)
             _, status, ru = os.wait4(proc.pid, 0)
+            tree.stop()
             fo.seek(0), fe.seek(0)
             out, err = fo.read(), fe.read()
         if status != 0:
             sys.stderr.write(err[-3000:])
             return 1
         res = json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
-        res["peak_rss_mib"] = ru.ru_maxrss / 1024.0
+        res["peak_rss_mib"] = ru.ru_maxrss / 1024.0  # the largest single process
+        res["peak_tree_rss_mib"] = tree.peak / 2**20  # all its processes together (sampled)
+        res["cpu_s_all"] = ru.ru_utime + ru.ru_stime  # with every descendant it reaped
         print(json.dumps(res))
         return 0
     if a.worker == "ours":
-        print(json.dumps(run_ours(a.corpus, bands, rows, a.verify or d.verify, d.jaccard_threshold)))
+        print(json.dumps(run_ours(a.corpus, bands, rows, a.verify or d.verify, d.jaccard_threshold,
+                                  a.runner, a.dask_workers, a.dask_memory, a.dask_partitions)))
         return 0
 
     results: dict = {"config": {"bands": bands, "rows": rows, "shingle": d.shingle_size,
@@ -328,14 +421,24 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-dedup-") as tmp:
             corpus = os.path.join(tmp, "corpus.jsonl")
             write_jsonl(texts, corpus)
+            n_texts = len(texts)
+            if not a.sweep:  # the harness keeps only the ground truth while the systems run
+                del texts
             rows_ = []
             ours, rss = child(measured([sys.executable, os.path.join(HERE, "bench_dedup.py"),
                                         "--worker", "ours", "--corpus", corpus, "--bands", str(bands),
-                                        "--rows", str(rows)]))
+                                        "--rows", str(rows), "--runner", a.runner,
+                                        "--dask-workers", str(a.dask_workers),
+                                        "--dask-memory", a.dask_memory,
+                                        "--dask-partitions", str(a.dask_partitions)]))
             s = score(ours["clusters"], planted)
-            rows_.append({"system": f"mmcurate dedup (Beam, {bands}x{rows}, {d.verify} verify)",
-                          "seconds": round(ours["seconds"], 1), "docs_per_s": round(len(texts) / ours["seconds"]),
-                          "cpu_s": round(ours["cpu_s"], 1), "peak_rss_mib": round(rss), **s})
+            where = ("FnApiRunner, 1 process" if a.runner == "fnapi" else
+                     f"DaskRunner, {a.dask_workers} workers x 1 thread, {a.dask_memory} each, "
+                     f"{a.dask_partitions or 4 * a.dask_workers} partitions")
+            rows_.append({"system": f"mmcurate dedup (Beam {where}, {bands}x{rows}, {d.verify} verify)",
+                          "seconds": round(ours["seconds"], 1), "docs_per_s": round(n_texts / ours["seconds"]),
+                          "cpu_s": round(ours["cpu_s_all"], 1), "peak_rss_mib": round(rss),
+                          "peak_tree_rss_mib": round(ours["peak_tree_rss_mib"]), **s})
             if not a.no_datatrove:
                 if not os.path.exists(a.datatrove_python):
                     print(f"datatrove: {a.datatrove_python} not found (make bench-dedup creates it)")
@@ -344,9 +447,13 @@ def main(argv=None) -> int:
                                               corpus, os.path.join(tmp, "dt"), "14", "8", "5"]))
                     s = score({int(k): v for k, v in dt["clusters"].items()}, planted)
                     rows_.append({"system": "datatrove 0.10.1 MinHash (14x8, no verification)",
-                                  "seconds": round(dt["seconds"], 1), "docs_per_s": round(len(texts) / dt["seconds"]),
-                                  "cpu_s": round(dt["cpu_s"], 1), "peak_rss_mib": round(rss), **s})
+                                  "seconds": round(dt["seconds"], 1), "docs_per_s": round(n_texts / dt["seconds"]),
+                                  "cpu_s": round(dt["cpu_s_all"], 1), "peak_rss_mib": round(rss),
+                                  "peak_tree_rss_mib": round(dt["peak_tree_rss_mib"]), **s})
             results["runs"] = rows_
+            results["harness_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            print(f"harness (corpus and ground truth, not a system under test): peak RSS "
+                  f"{results['harness_peak_rss_mib']} MiB")
             for r in rows_:
                 print(json.dumps(r))
             if len(rows_) == 2:

@@ -24,8 +24,9 @@ on every runner; only how this runner translates it changes. Reproductions of ea
    the cluster, so that uneven sources still balance).
 
 What it still lacks (documented, not worked around): metrics (`result.metrics()` raises
-NotImplementedError, so the run's counters are not reported), state and timers, and
-streaming. Side inputs are computed where they are read, as in the stock runner.
+NotImplementedError, so the run's counters are not reported), state and timers, streaming,
+and Beam `Read` sources such as `ReadFromText` (no translation: their bag is None; mmcurate's
+graphs start from a `Create`). Side inputs are computed where they are read, as in the stock runner.
 """
 
 from __future__ import annotations
