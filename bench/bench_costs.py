@@ -1,6 +1,7 @@
 """What each stage of a default run costs: CPU-seconds per hour of media, and wall time.
 
     .venv/bin/python bench/bench_costs.py [--media ../shared/media] [--workers 1,2] [--repeat 1]
+                                          [--set asr.batched=false ...]
 
 Runs `mmcurate run` (the CLI's own `main`, so the same config, worker and thread choices) in a
 fresh child process per run, on the same input:
@@ -19,6 +20,7 @@ fresh child process per run, on the same input:
   (1: `in_memory`; N > 1: N worker threads, as `mmcurate run` picks on N cores), alternating,
   so a load change on the shared box hits both: the ratio default / speech-only is the figure.
 
+`--set KEY=VALUE` (repeatable) goes to every run, e.g. a baseline with a setting changed.
 Prints the table and the load (`uptime`) before and after; writes `bench/results/costs.json`.
 Absolute seconds on a shared box are noisy: compare ratios measured in one command.
 """
@@ -162,12 +164,15 @@ def main() -> int:
     ap.add_argument("--media", type=Path, default=ROOT.parent / "shared" / "media")
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config value for every run (mmcurate run --set)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(json.loads(args.child))
         return 0
     inputs = [str(args.media)]
+    sets = [x for kv in args.set for x in ("--set", kv)]
     counts = [int(x) for x in args.workers.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     load = [uptime()]
@@ -175,7 +180,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         out = tmp / "timed"
-        timed = run(inputs, out, worker_args(1), True, tmp / "timed.log")
+        timed = run(inputs, out, worker_args(1) + sets, True, tmp / "timed.log")
         media_s = audio_s(out)
         per_hour = 3600.0 / media_s
         stages = dict(timed["stages"])
@@ -195,7 +200,7 @@ def main() -> int:
             for n in counts:
                 for name, sel in (("default", []), ("vad,speech", ["--stages", "vad,speech"])):
                     o = tmp / f"{name}-{n}-{rep}"
-                    r = run(inputs, o, worker_args(n) + sel, False, tmp / f"{name}-{n}-{rep}.log")
+                    r = run(inputs, o, worker_args(n) + sets + sel, False, tmp / f"{name}-{n}-{rep}.log")
                     r.update(stages=name, workers=n, repeat=rep)
                     walls.append(r)
                     print(f"  {name:<10} {n} worker(s): {r['process_wall_s']:.1f} s wall "
@@ -208,7 +213,7 @@ def main() -> int:
             print(f"default / vad,speech wall, {n} worker(s): {ratios[n]:.2f}x (goal <= 1.3)")
     load.append(uptime())
     print(load[-1])
-    result = {"media_s": media_s, "cores": os.cpu_count(), "timed_run": timed,
+    result = {"sets": args.set, "media_s": media_s, "cores": os.cpu_count(), "timed_run": timed,
               "cpu_s": stages, "cpu_s_per_media_hour": {k: v * per_hour for k, v in stages.items()},
               "dnsmos_share": stages.get("DNSMOS", 0.0) / total, "walls": walls,
               "default_over_speech": ratios, "load": load}
