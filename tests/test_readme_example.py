@@ -40,9 +40,19 @@ def test_the_check_reads_every_count_and_finds_a_drift():
 DEMO = Path(os.environ.get("MMCURATE_DEMO_OUTPUT", ROOT / "out" / "demo"))
 
 
+# The README records a run with these unset (its "Worked example"). Under them the models'
+# scores move, and so can counts of model output: make demo gave 90 segments instead of
+# 91 under the AVX2 variables on the 2-core AVX2 box the README was made on (batched ASR's word
+# times moved a pause across the 1 s that ends an utterance).
+ISA_VARIABLES = ("CT2_FORCE_CPU_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (DEMO / "manifest.json").exists(),
                     reason=f"no make demo output at {DEMO} (MMCURATE_DEMO_OUTPUT names another)")
+@pytest.mark.skipif(any(os.environ.get(v) for v in ISA_VARIABLES),
+                    reason="the README records a run without the ISA variables; counts of model "
+                           "output move with them")
 def test_readme_worked_example_matches_make_demo():
     """After `make demo` (MEDIA=../shared/media): fix a drift with
     `python tests/readme_example.py out/demo --write`."""
