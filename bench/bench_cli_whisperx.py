@@ -45,19 +45,12 @@ AVX2 = {"CT2_FORCE_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_
 
 def whisperx_child(files: list[str]) -> int:
     """What a WhisperX ASR-only script does, from import to the last file's text."""
+    from bench_speech import load_whisperx
     from mmcurate.pipelines.config import CurateConfig
-    from mmcurate.transforms import models
-    from mmcurate.transforms.asr import _offline_hub
     from mmcurate.transforms.decode import decode_audio
 
-    _offline_hub()
-    import whisperx
-
     cfg = CurateConfig().asr
-    info = models.model_info("asr", cfg.model)
-    model = whisperx.load_model(info["path"], "cpu", compute_type=cfg.compute_type,
-                                asr_options={"beam_size": cfg.beam_size}, vad_method="pyannote",
-                                local_files_only=True, threads=os.cpu_count() or 1)
+    model = load_whisperx(cfg, os.cpu_count() or 1)
     words = 0
     for f in files:
         out = model.transcribe(decode_audio(f, 16000), batch_size=cfg.batch_size)

@@ -152,21 +152,28 @@ def output_rows(out: Path) -> dict:
             for t, cs in cols.items()}
 
 
-def whisperx_baseline(files: list[Path], cfg) -> dict:
-    """WhisperX 3.8 ASR only on `files` (all decodable ones): x real time and per-file text."""
+def load_whisperx(asr, threads: int):
+    """WhisperX 3.8's ASR pipeline on the embedded Whisper weights of `asr` (an AsrConfig):
+    the same CT2 model, compute type and beam as ours, pyannote VAD, offline."""
     from mmcurate.transforms import models
     from mmcurate.transforms.asr import _offline_hub
-    from mmcurate.transforms.decode import DecodeError, decode_audio
 
     _offline_hub()
     import whisperx
 
+    info = models.model_info("asr", asr.model)
+    return whisperx.load_model(info["path"], "cpu", compute_type=asr.compute_type,
+                               asr_options={"beam_size": asr.beam_size}, vad_method="pyannote",
+                               local_files_only=True, threads=threads)
+
+
+def whisperx_baseline(files: list[Path], cfg) -> dict:
+    """WhisperX 3.8 ASR only on `files` (all decodable ones): x real time and per-file text."""
+    from mmcurate.transforms.decode import DecodeError, decode_audio
+
     threads = cfg.asr.cpu_threads or os.cpu_count() or 1
-    info = models.model_info("asr", cfg.asr.model)
     t0 = time.perf_counter()
-    model = whisperx.load_model(info["path"], "cpu", compute_type=cfg.asr.compute_type,
-                                asr_options={"beam_size": cfg.asr.beam_size}, vad_method="pyannote",
-                                local_files_only=True, threads=threads)
+    model = load_whisperx(cfg.asr, threads)
     load_s = time.perf_counter() - t0
     noise = (np.random.default_rng(0).standard_normal(16000 * 5) * 0.01).astype(np.float32)
     model.transcribe(noise, batch_size=cfg.asr.batch_size)  # untimed warm-up
