@@ -174,6 +174,39 @@ def test_bucket_pairs_all_star_and_index_pairs_skipped():
     assert list(bucket_pairs([n(1, False), n(2, False)], 32)) == []  # decided by earlier runs
 
 
+def test_compact_lsh_shards_give_every_bucket_pair():
+    """The LSH shuffle carries hashed keys and pickled nodes; grouped back, a shard yields the
+    pairs of exactly the buckets a plain dictionary of (key -> nodes) has."""
+    from mmcurate.transforms.dedup import _pairs_from_shard, _shard_keys
+    from mmcurate.transforms.dedup_lsh import lsh_keys
+
+    cfg = DedupConfig(methods=("minhash",), bands=16, rows=8, lsh_shards=4)
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(400)]
+    texts = [" ".join(rng.choice(words, 60)) for _ in range(120)]
+    texts += [t.replace(t.split()[5], "changed", 1) for t in texts[:40]]  # near-duplicates
+    texts += texts[:10]  # exact copies
+    hasher = MinHasher(cfg.num_perm)
+    views = []
+    for i, t in enumerate(texts):
+        node = (1, "", -1.0, -1.0, -1, -float(len(t)), "transcript", f"{i:05d}")
+        views.append((node, "minhash", MinHasher.pack(*hasher.signature(normalize_text(t)))))
+    want = set()
+    buckets: dict = {}
+    for node, m, sig in views:
+        for k in lsh_keys(m, sig, cfg):
+            buckets.setdefault(k, []).append(node)
+    for nodes in buckets.values():
+        want |= {("minhash", a, b) for a, b in bucket_pairs(nodes, 32)}
+    shards: dict = {}
+    for batch in (views[:70], views[70:]):  # two batches: two parts per shard
+        for shard, part in _shard_keys(batch, cfg):
+            assert part[0].dtype == np.uint64 and isinstance(part[1], bytes)
+            shards.setdefault(shard, []).append(part)
+    got = [p for kv in shards.items() for p in _pairs_from_shard(kv, 32)]
+    assert len(want) > 50 and set(got) == want
+
+
 @pytest.mark.parametrize("rounds", [1, 8])
 def test_connected_components_min_label(rounds):
     chain = [(f"c{i:02d}", f"c{i + 1:02d}") for i in range(30)]  # one long path

@@ -71,9 +71,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import pickle
 import zlib
 
 import apache_beam as beam
+import numpy as np
 
 from mmcurate.transforms.components import ConnectedComponents
 from mmcurate.transforms.dedup_clusters import BestEdge, ClusterRows, document_rows, index_rows
@@ -91,30 +94,62 @@ from mmcurate.transforms.dedup_signatures import (EmbedTranscripts, ImageSignatu
 # ------------------------------------------------------------------------ LSH and verification
 
 
+def _key64(key: bytes) -> int:
+    """A 64-bit hash of an LSH key. Two keys that collide only add a candidate pair, which
+    verification on both signatures rejects (~16M keys per 1M documents: ~1e-5 collisions)."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
 def _shard_keys(batch, cfg: DedupConfig):
-    """A batch of views (`view_of`) -> ((method, key space, shard), [(key, node), ...]): the
-    batch's LSH keys, one element per shard they fall in (shard = crc32(key) % lsh_shards)."""
-    out: dict[tuple, list] = {}
+    """A batch of views (`view_of`) -> ((method, key space, shard), (keys, nodes)), one element
+    per shard the batch's LSH keys fall in (shard = crc32(key) % lsh_shards): `keys` a uint64
+    array (`_key64` of each key), `nodes` the pickled list of their nodes, one per key.
+
+    Compact on purpose: this shuffle holds every band key of every document. As a list of
+    (key bytes, node tuple) it took ~420 bytes per key in memory (16 band keys: ~7 GB per
+    million documents, which the FnApiRunner holds whole); as an array and one pickle per
+    element it takes ~100, and a runner that spills (Dask) measures arrays and bytes exactly
+    (bench/README.md, bench_dedup.py at corpus scale)."""
+    out: dict[tuple, tuple[list, list]] = {}
     n = cfg.lsh_shards
     for node, method, signature, *_ in batch:
         space = key_space(node_kind(node))
         for k in lsh_keys(method, signature, cfg):
-            out.setdefault((method, space, zlib.crc32(k) % n), []).append((k, node))
-    return out.items()
+            keys, nodes = out.setdefault((method, space, zlib.crc32(k) % n), ([], []))
+            keys.append(_key64(k))
+            nodes.append(node)
+    for shard, (keys, nodes) in out.items():
+        yield shard, (np.array(keys, dtype=np.uint64), pickle.dumps(nodes, pickle.HIGHEST_PROTOCOL))
 
 
 def _pairs_from_shard(kv, max_all: int):
-    """((method, space, shard), [[(key, node), ...], ...]) -> (method, a, b) candidates of
-    every bucket in the shard."""
+    """((method, space, shard), [(keys, nodes), ...]) -> (method, a, b) candidates of every
+    bucket in the shard. Only the nodes of keys that occur more than once are unpickled, one
+    part at a time."""
     (method, *_), parts = kv
-    buckets: dict[bytes, list] = {}
-    for part in parts:
-        for k, node in part:
-            buckets.setdefault(k, []).append(node)
+    parts = list(parts)
+    if not parts:
+        return
+    keys = np.concatenate([k for k, _ in parts])
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    same = sorted_keys[1:] == sorted_keys[:-1]
+    shared = np.zeros(len(keys), dtype=bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    wanted = np.sort(order[shared])  # flat positions of keys in a bucket of >= 2
+    if not wanted.size:
+        return
+    starts = np.cumsum([0] + [len(k) for k, _ in parts])
+    part_of = np.searchsorted(starts, wanted, side="right") - 1
+    buckets: dict[int, list] = {}
+    for p in np.unique(part_of):
+        nodes = pickle.loads(parts[p][1])
+        for flat in wanted[part_of == p]:
+            buckets.setdefault(int(keys[flat]), []).append(nodes[flat - starts[p]])
     for nodes in buckets.values():
-        if len(nodes) > 1:
-            for a, b in bucket_pairs(nodes, max_all):
-                yield method, a, b
+        for a, b in bucket_pairs(nodes, max_all):
+            yield method, a, b
 
 
 def _sig_per_pair(kv):
