@@ -144,6 +144,10 @@ def _read_range(rng: tuple[str, int, int]):
             yield line.decode()
 
 
+DASK_MEMORY = {"distributed.worker.memory.target": 0.4, "distributed.worker.memory.spill": 0.5,
+               "distributed.worker.memory.pause": False, "distributed.worker.memory.terminate": False}
+
+
 def run_ours(corpus: str, bands: int, rows: int, verify: str, threshold: float,
              runner: str = "fnapi", dask_workers: int = 2, dask_memory: str = "2GiB",
              dask_partitions: int = 0) -> dict:
@@ -177,12 +181,17 @@ def run_ours(corpus: str, bands: int, rows: int, verify: str, threshold: float,
 
     cluster = None
     if runner == "dask":
+        import dask
         from dask.distributed import LocalCluster
 
         from mmcurate.pipelines.dask_runner import DaskRunner
 
-        cluster = LocalCluster(n_workers=dask_workers, threads_per_worker=1, processes=True,
-                               memory_limit=dask_memory, dashboard_address=None)
+        # spill to disk from 40 % of the limit and never pause or restart a worker: a paused
+        # worker (Dask's default at 80 %) holding a shuffle's only copy stalled a 1M run, and
+        # a restarted one recomputed its share (bench/README.md)
+        with dask.config.set(DASK_MEMORY):
+            cluster = LocalCluster(n_workers=dask_workers, threads_per_worker=1, processes=True,
+                                   memory_limit=dask_memory, dashboard_address=None)
         flags = [f"--dask_client_address={cluster.scheduler_address}"]
         if dask_partitions:
             flags.append(f"--dask_npartitions={dask_partitions}")
