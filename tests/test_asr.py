@@ -289,6 +289,37 @@ def test_jfk_wer(base, name):
 
 @pytest.mark.slow
 @pytest.mark.model_score
+def test_language_detection_encodes_the_first_window_once(base):
+    """Detection runs on the first batch window as the batch feeds it, and that batch reuses its
+    encoder output: one encoder pass per window (faster-whisper's own detection is one more per
+    source), with the same words and times as encoding every window afresh."""
+    from mmcurate.transforms.asr import batch_windows
+
+    audio = np.concatenate([decode_audio(str(SPEECH / "jfk.wav")), decode_audio(str(SPEECH / "LDC93S1.wav"))] * 3)
+    regions = [(0.0, len(audio) / SR)]  # 42 s: two windows
+    windows = batch_windows(*_join(audio, regions))
+    memo = base.model.encode
+    shapes = []
+
+    def counted(features):
+        shapes.append(features.shape[0] if features.ndim == 3 else 1)
+        return original(features)
+
+    original, memo._encode = memo._encode, counted
+    try:
+        res = base.transcribe(audio, regions)
+        assert len(windows) == 2 and sum(shapes) == 2, (windows, shapes)
+        memo._encode = original
+        base.model.encode = original  # no memo: detection and the batch encode on their own
+        ref = base.transcribe(audio, regions)
+    finally:
+        memo._encode, base.model.encode = original, memo
+    words = lambda r: [(w.word, w.start, w.end) for s in r.segments for w in s.words]  # noqa: E731
+    assert res.language == ref.language == "en" and words(res) == words(ref) and words(res)
+
+
+@pytest.mark.slow
+@pytest.mark.model_score
 def test_only_regions_are_transcribed_in_source_time(base):
     """jfk after 4 s of loud babble-like noise; the region covers only the speech."""
     jfk = decode_audio(str(SPEECH / "jfk.wav"))

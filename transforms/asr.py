@@ -422,7 +422,8 @@ class FasterWhisperTranscriber(_WhisperBackend):
     speech, decoded with word_timestamps=True and vad_filter=False (the regions already are
     the VAD), and times mapped back to the source. The language is detected once per call on
     the first group (i.e. on speech, not on a music intro) unless a hint is given, and then
-    kept for the other groups.
+    kept for the other groups; batched, on the group's first window, whose encoder output the
+    decoding then reuses (`_detect_first_window`).
     """
 
     backend = "faster-whisper"
@@ -442,6 +443,8 @@ class FasterWhisperTranscriber(_WhisperBackend):
             local_files_only=True,
         )
         self._batched = faster_whisper.BatchedInferencePipeline(self.model)
+        self._first = _FirstWindowEncoding(self.model.encode)
+        self.model.encode = self._first  # every encode of this model goes through the memo
         self.name = f"{self._info['name']} (faster-whisper)"
         self.version = (
             f"faster-whisper {faster_whisper.__version__}, ctranslate2 {ctranslate2.__version__}, "
@@ -468,16 +471,18 @@ class FasterWhisperTranscriber(_WhisperBackend):
                           log_prob_threshold=self.cfg.log_prob_threshold,
                           compression_ratio_threshold=self.cfg.compression_ratio_threshold)
             if self.cfg.batched:
+                windows = batch_windows(joined, tmap, BATCH_WINDOW_S)
+                if lang is None and self.model.model.is_multilingual:
+                    lang, lang_p = self._detect_first_window(joined, windows[0])
+                    common["language"] = lang
                 seg_iter, info = self._batched.transcribe(
                     joined, batch_size=self.cfg.batch_size,
-                    clip_timestamps=[{"start": a, "end": b}
-                                     for a, b in batch_windows(joined, tmap, BATCH_WINDOW_S)],
-                    **common)
+                    clip_timestamps=[{"start": a, "end": b} for a, b in windows], **common)
             else:
                 seg_iter, info = self.model.transcribe(
                     joined, condition_on_previous_text=self.cfg.condition_on_previous_text,
                     vad_filter=False, **common)
-            if detect and lang_p is None:  # first group: detected on speech
+            if detect and lang_p is None:  # first group: detected on speech (English-only: "en", 1)
                 lang, lang_p = info.language, float(info.language_probability)
             else:  # hinted (or detected earlier); an English-only model reports "en" anyway
                 lang = info.language
@@ -503,6 +508,58 @@ class FasterWhisperTranscriber(_WhisperBackend):
                     compression_ratio=float(s.compression_ratio),
                 ))
         return self._result(lang, lang_p, segments)
+
+
+    def _detect_first_window(self, joined: np.ndarray, window: tuple[float, float]) -> tuple[str, float]:
+        """Whisper's language detection on the first batch window, exactly as the batch will
+        feed it to the encoder (faster-whisper's clip slicing, features, padding), with the
+        encoder output kept for that batch. faster-whisper detects on the first 30 s of the
+        concatenated speech instead, one more encoder pass per source: ~0.6 CPU-s on one
+        thread, a fifth of the ASR of the shared media's short files (bench/README.md,
+        bench_cli_whisperx.py)."""
+        from faster_whisper.audio import pad_or_trim
+
+        a, b = window
+        chunk = joined[int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)]
+        features = pad_or_trim(self.model.feature_extractor(chunk)[..., :-1])
+        self._first.keep(features)
+        lang, p, _ = self.model.detect_language(features=features)
+        return lang, float(p)
+
+
+class _FirstWindowEncoding:
+    """WhisperModel.encode, with the encoder output of one kept window (per thread: one model
+    serves several) handed back when a later batch starts with the same features, so that
+    window is encoded once. The rest of that batch is encoded as usual."""
+
+    def __init__(self, encode):
+        self._encode = encode
+        self._local = threading.local()
+
+    def keep(self, features: np.ndarray) -> None:
+        self._local.features, self._local.output = features, None
+
+    def __call__(self, features: np.ndarray):
+        import ctranslate2
+
+        kept = getattr(self._local, "features", None)
+        if kept is None:
+            return self._encode(features)
+        batch = features if features.ndim == 3 else features[None]
+        if self._local.output is None:  # the detection's own call: encode and keep
+            if batch.shape[0] != 1 or not np.array_equal(batch[0], kept):
+                return self._encode(features)
+            out = self._encode(features)
+            self._local.output = np.array(out)  # a copy on the host: [1, frames, width]
+            return out
+        if not np.array_equal(batch[0], kept):
+            return self._encode(features)
+        first = self._local.output
+        self._local.features = self._local.output = None  # one use
+        if batch.shape[0] == 1:
+            return ctranslate2.StorageView.from_array(first)
+        rest = np.array(self._encode(batch[1:]))
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.concatenate([first, rest])))
 
 
 # ---------------------------------------------------------------------------------------------
