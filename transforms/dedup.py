@@ -107,9 +107,9 @@ def _shard_keys(batch, cfg: DedupConfig):
 
     Compact on purpose: this shuffle holds every band key of every document. As a list of
     (key bytes, node tuple) it took ~420 bytes per key in memory (16 band keys: ~7 GB per
-    million documents, which the FnApiRunner holds whole); as an array and one pickle per
-    element it takes ~100, and a runner that spills (Dask) measures arrays and bytes exactly
-    (bench/README.md, bench_dedup.py at corpus scale)."""
+    million documents, which a runner that shuffles in memory holds whole); as an array and
+    one pickle per element it takes ~100, and a runner that spills to disk measures arrays and
+    bytes exactly (bench/README.md, bench_dedup.py at corpus scale)."""
     out: dict[tuple, tuple[list, list]] = {}
     n = cfg.lsh_shards
     for node, method, signature, *_ in batch:
