@@ -509,7 +509,6 @@ class FasterWhisperTranscriber(_WhisperBackend):
                 ))
         return self._result(lang, lang_p, segments)
 
-
     def _detect_first_window(self, joined: np.ndarray, window: tuple[float, float]) -> tuple[str, float]:
         """Whisper's language detection on the first batch window, exactly as the batch will
         feed it to the encoder (faster-whisper's clip slicing, features, padding), with the

@@ -141,11 +141,12 @@ def _pairs_from_shard(kv, max_all: int):
     if not wanted.size:
         return
     starts = np.cumsum([0] + [len(k) for k, _ in parts])
-    part_of = np.searchsorted(starts, wanted, side="right") - 1
+    part_of = np.searchsorted(starts, wanted, side="right") - 1  # sorted, as `wanted` is
+    used, first = np.unique(part_of, return_index=True)
     buckets: dict[int, list] = {}
-    for p in np.unique(part_of):
+    for p, lo, hi in zip(used, first, [*first[1:], len(wanted)]):
         nodes = pickle.loads(parts[p][1])
-        for flat in wanted[part_of == p]:
+        for flat in wanted[lo:hi]:
             buckets.setdefault(int(keys[flat]), []).append(nodes[flat - starts[p]])
     for nodes in buckets.values():
         for a, b in bucket_pairs(nodes, max_all):
